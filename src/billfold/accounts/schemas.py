@@ -1,0 +1,43 @@
+"""Request and response shapes of accounts and auth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, EmailStr, Field
+
+from billfold.schemas import RequestModel
+
+ExpiresIn = Literal["1_week", "1_month", "3_months", "never"]
+
+
+class LoginRequest(RequestModel):
+    email: EmailStr
+    password: str = Field(min_length=1, max_length=1024)
+    expires_in: ExpiresIn = "1_month"
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth token type
+    expires_at: datetime | None
+    account_id: str
+
+
+class CreateAccountRequest(RequestModel):
+    email: EmailStr
+    password: str = Field(min_length=8, max_length=1024)
+    currency: Literal["USD", "EUR", "GBP"] = "USD"
+
+
+class IssueTokenRequest(RequestModel):
+    expires_in: ExpiresIn = "1_month"
+
+
+class AccountOut(BaseModel):
+    id: str
+    email: str
+    status: str
+    currency: str
+    created_at: datetime

@@ -1,0 +1,243 @@
+"""Request-scoped plumbing shared by routers: services, auth, idempotent execution."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from billfold.accounts.service import AgentContext, authenticate_token
+from billfold.api.errors import billfold_error_payload, request_id_of
+from billfold.api.responses import ApiResponse, dumps, envelope
+from billfold.config import Settings
+from billfold.db import Database
+from billfold.errors import BillfoldError, InvalidRequest, Unauthenticated
+from billfold.idempotency import service as idempotency
+from billfold.processors.sandbox import SandboxProcessor
+from billfold.security import secret_matches
+
+log = logging.getLogger("billfold.api")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    processor: SandboxProcessor
+    admin_key_hash: str
+
+    @property
+    def key_policy(self) -> idempotency.KeyPolicy:
+        return idempotency.KeyPolicy(
+            ttl=timedelta(hours=self.settings.idempotency_ttl_hours),
+            lock_timeout=timedelta(seconds=self.settings.idempotency_lock_timeout_seconds),
+        )
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+_agent_bearer = HTTPBearer(auto_error=False, description="Agent access token from /auth/login")
+_admin_bearer = HTTPBearer(auto_error=False, description="Operator admin key")
+
+
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Unauthenticated(
+            "Send an access token as 'Authorization: Bearer <token>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credentials.credentials
+
+
+def agent_context(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_agent_bearer)],
+) -> AgentContext:
+    token = _bearer_token(credentials)
+    with services.database.read() as session:
+        return authenticate_token(session, token)
+
+
+def require_operator(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+) -> None:
+    if not secret_matches(_bearer_token(credentials), services.admin_key_hash):
+        raise Unauthenticated("Invalid admin key.", headers={"WWW-Authenticate": "Bearer"})
+
+
+Agent = Annotated[AgentContext, Depends(agent_context)]
+Operator = Depends(require_operator)
+
+# What a handler returns: an HTTP status and the data to wrap in the envelope.
+Outcome = tuple[int, Any]
+
+
+class Idempotent:
+    """Runs one write request at most once per Idempotency-Key (see idempotency.service)."""
+
+    def __init__(
+        self, services: Services, request: Request, scope: str | None, key: str | None, body: bytes
+    ) -> None:
+        self.services = services
+        self.request_id = request_id_of(request)
+        self.scope = scope
+        self.key = key
+        self.fingerprint = _fingerprint(request, body)
+
+    def _render(self, outcome: Outcome) -> idempotency.StoredResponse:
+        status, data = outcome
+        return idempotency.StoredResponse(status, dumps(envelope(data)))
+
+    def _render_error(self, exc: BillfoldError) -> idempotency.StoredResponse:
+        return idempotency.StoredResponse(
+            exc.status_code, dumps(billfold_error_payload(exc, self.request_id))
+        )
+
+    @staticmethod
+    def _respond(
+        stored: idempotency.StoredResponse, *, replayed: bool = False, headers: dict[str, str]
+    ) -> Response:
+        out = dict(headers)
+        if replayed:
+            out["Idempotency-Replayed"] = "true"
+        return Response(
+            stored.body,
+            status_code=stored.status_code,
+            media_type="application/json",
+            headers=out,
+        )
+
+    def atomic(self, handler: Callable[[Session], Outcome]) -> Response:
+        """For pure database work: the claim, the effect and the stored outcome commit together."""
+        database = self.services.database
+        if self.key is None or self.scope is None:
+            with database.transaction() as session:
+                status, data = handler(session)
+            return ApiResponse(envelope(data), status_code=status)
+        with database.transaction() as session:
+            replay = idempotency.claim(
+                session,
+                scope=self.scope,
+                key=self.key,
+                fingerprint=self.fingerprint,
+                policy=self.services.key_policy,
+            )
+            if replay is not None:
+                return self._respond(replay, replayed=True, headers={})
+            savepoint = session.begin_nested()
+            error_headers: dict[str, str] = {}
+            try:
+                stored = self._render(handler(session))
+                savepoint.commit()
+            except BillfoldError as exc:
+                savepoint.rollback()
+                stored = self._render_error(exc)
+                error_headers = exc.headers
+            idempotency.complete(session, scope=self.scope, key=self.key, response=stored)
+        return self._respond(stored, headers=error_headers)
+
+    def phased(self, handler: Callable[[], Outcome]) -> Response:
+        """For work that calls the processor between its own transactions."""
+        database = self.services.database
+        if self.key is None or self.scope is None:
+            status, data = handler()
+            return ApiResponse(envelope(data), status_code=status)
+        with database.transaction() as session:
+            replay = idempotency.claim(
+                session,
+                scope=self.scope,
+                key=self.key,
+                fingerprint=self.fingerprint,
+                policy=self.services.key_policy,
+            )
+        if replay is not None:
+            return self._respond(replay, replayed=True, headers={})
+        error_headers: dict[str, str] = {}
+        try:
+            stored = self._render(handler())
+        except BillfoldError as exc:
+            stored = self._render_error(exc)
+            error_headers = exc.headers
+        except BaseException:
+            with database.transaction() as session:
+                idempotency.release(session, scope=self.scope, key=self.key)
+            raise
+        with database.transaction() as session:
+            idempotency.complete(session, scope=self.scope, key=self.key, response=stored)
+        return self._respond(stored, headers=error_headers)
+
+
+def _canonical_body(body: bytes) -> bytes:
+    if not body:
+        return b""
+    try:
+        parsed = json.loads(body, parse_float=Decimal)
+    except ValueError:
+        return body
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _fingerprint(request: Request, body: bytes) -> str:
+    digest = hashlib.sha256()
+    digest.update(request.method.encode())
+    digest.update(b" ")
+    digest.update(request.url.path.encode())
+    digest.update(b"?")
+    digest.update(request.url.query.encode())
+    digest.update(b"\n")
+    digest.update(_canonical_body(body))
+    return digest.hexdigest()
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Makes the request safe to retry: the same key and payload replay the "
+        "first response; keys are kept 24 hours.",
+    ),
+]
+
+
+def _checked_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > idempotency.MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} printable characters.",
+            details={"field": "Idempotency-Key"},
+        )
+    return key
+
+
+async def agent_idempotency(
+    request: Request, agent: Agent, services: ServicesDep, key: IdempotencyKeyHeader = None
+) -> Idempotent:
+    scope = f"account:{agent.account_id}"
+    return Idempotent(services, request, scope, _checked_key(key), await request.body())
+
+
+async def operator_idempotency(
+    request: Request, services: ServicesDep, key: IdempotencyKeyHeader = None
+) -> Idempotent:
+    return Idempotent(services, request, "operator", _checked_key(key), await request.body())
+
+
+AgentIdempotent = Annotated[Idempotent, Depends(agent_idempotency)]
+OperatorIdempotent = Annotated[Idempotent, Depends(operator_idempotency)]

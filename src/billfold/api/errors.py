@@ -1,0 +1,112 @@
+"""The one place errors become the envelope: {"error": {code, message, details, request_id}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from billfold.api.responses import ApiResponse
+from billfold.errors import BillfoldError, PaymentFailed
+
+log = logging.getLogger("billfold.api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def error_body(code: str, message: str, details: dict[str, Any], request_id: str) -> dict[str, Any]:
+    return {
+        "error": {"code": code, "message": message, "details": details, "request_id": request_id}
+    }
+
+
+def billfold_error_payload(exc: BillfoldError, request_id: str) -> dict[str, Any]:
+    body = error_body(exc.code, exc.message, exc.details, request_id)
+    if isinstance(exc, PaymentFailed) and exc.payment is not None:
+        body["data"] = {**exc.payment, "error": body["error"]}
+    return body
+
+
+def billfold_error_response(exc: BillfoldError, request_id: str) -> ApiResponse:
+    return ApiResponse(
+        billfold_error_payload(exc, request_id), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in location]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[str, dict[str, Any]]:
+    errors = []
+    for error in exc.errors():
+        location = error.get("loc", ())
+        message = str(error.get("msg", "invalid"))
+        if error.get("type") == "json_invalid":
+            return "The request body is not valid JSON.", {
+                "errors": [{"field": "body", "message": message}],
+                "field": "body",
+            }
+        message = message.removeprefix("Value error, ")
+        errors.append(
+            {
+                "field": _field_name(location),
+                "location": str(location[0]) if location else "",
+                "message": message,
+            }
+        )
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    return f"{first['field']}: {first['message']}", {"errors": errors, "field": first["field"]}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BillfoldError)
+    async def _billfold(request: Request, exc: BillfoldError) -> ApiResponse:
+        return billfold_error_response(exc, request_id_of(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> ApiResponse:
+        message, details = _validation_details(exc)
+        return ApiResponse(
+            error_body("invalid_request", message, details, request_id_of(request)),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> ApiResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 404 and message == "Not Found":
+            message = "No such endpoint."
+        return ApiResponse(
+            error_body(code, message, {}, request_id_of(request)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> ApiResponse:
+        request_id = request_id_of(request)
+        log.exception("unhandled error in request %s", request_id)
+        return ApiResponse(
+            error_body("internal_error", "An internal error occurred.", {}, request_id),
+            status_code=500,
+        )

@@ -1,0 +1,104 @@
+"""The `billfold` command: serve, migrate."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from billfold.config import Settings, get_settings
+
+app = typer.Typer(help="Billfold: billing, wallet and subscriptions for AI-agent platforms.")
+console = Console()
+
+
+def resolve_admin_key(settings: Settings) -> tuple[str, str]:
+    """The operator key and where it came from: the environment, or var/admin_key."""
+    if settings.admin_key:
+        return settings.admin_key, "BILLFOLD_ADMIN_KEY"
+    path = settings.var_dir / "admin_key"
+    if path.exists():
+        return path.read_text().strip(), str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = f"bf_admin_{secrets.token_urlsafe(32)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key, f"{path} (generated now)"
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest version."""
+    from billfold.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    console.print(f"[green]Schema is up to date[/green] on {_safe_url(settings.database_url)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    demo: Annotated[
+        bool | None,
+        typer.Option("--demo/--no-demo", help="Seed the demo account (default: on for SQLite)"),
+    ] = None,
+    run_migrations: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Upgrade the schema first")
+    ] = True,
+) -> None:
+    """Run the API (with the hosted sandbox pages) on HOST:PORT."""
+    import uvicorn
+
+    from billfold.api.app import build_services, create_app
+    from billfold.migrate import upgrade
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    if (
+        not settings.public_url
+        or settings.public_url == Settings.model_fields["public_url"].default
+    ):
+        settings = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
+    if run_migrations:
+        upgrade(settings.database_url)
+    admin_key, key_source = resolve_admin_key(settings)
+    services = build_services(settings, admin_key)
+    if demo is None:
+        demo = services.database.is_sqlite
+    lines = [
+        ("URL", settings.public_url),
+        ("Database", _safe_url(settings.database_url)),
+        ("Processor", settings.processor),
+        ("Admin key", f"{admin_key}   (from {key_source})"),
+    ]
+    if demo:
+        from billfold.demo import seed
+
+        access = seed(services)
+        lines += [
+            ("Demo login", f"{access.email} / {access.password}"),
+            ("Demo agent token", access.token),
+        ]
+    lines.append(("API docs", f"{settings.public_url}/docs"))
+    console.rule("[bold]Billfold")
+    for label, value in lines:
+        console.print(f"[bold]{label + ':':<18}[/bold]{value}", soft_wrap=True, highlight=False)
+    console.rule()
+    uvicorn.run(create_app(services), host=host, port=port, log_level="info")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,51 @@
+"""Operator configuration, read from the environment (``BILLFOLD_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_PATH = Path("var") / "billfold.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLFOLD_", extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_SQLITE_PATH}",
+        description="SQLAlchemy URL: a SQLite file (default) or postgresql+psycopg://…",
+    )
+    admin_key: str | None = Field(
+        default=None,
+        description="Bearer key of the operator API; generated into var/admin_key if unset.",
+    )
+    processor: Literal["sandbox"] = "sandbox"
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL clients reach this server at (used in links it hands out).",
+    )
+    currency: str = "USD"
+    sandbox_publishable_key: str = "pk_test_billfold_sandbox"
+    var_dir: Path = Path("var")
+
+    # Login throttling: failed attempts allowed per window, per email and per client address.
+    login_max_failures_per_email: int = 10
+    login_max_failures_per_client: int = 50
+    login_window_seconds: int = 900
+
+    idempotency_ttl_hours: int = 24
+    # A key still "in progress" after this long is presumed abandoned (crashed worker)
+    # and may be taken over by a retry; every effect under it is itself idempotent.
+    idempotency_lock_timeout_seconds: int = 60
+
+    db_pool_size: int = 20
+    db_max_overflow: int = 20
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,120 @@
+"""Idempotency-Key handling (IETF httpapi Idempotency-Key draft, Stripe's semantics).
+
+A key is claimed by inserting its row; the primary key (scope, key) decides between
+concurrent requests, never a check-then-insert. The stored outcome is replayed for
+the same payload; a different payload is refused; a request still running answers
+409. A claim left "in progress" longer than the lock timeout (a crashed process) may
+be taken over: every effect beneath it carries its own idempotency key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
+
+from billfold.clock import now
+from billfold.db import insert_or_ignore
+from billfold.errors import IdempotencyInProgress, IdempotencyKeyReused
+from billfold.idempotency.models import IdempotencyKey
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status_code: int
+    body: str
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    ttl: timedelta
+    lock_timeout: timedelta
+
+
+def claim(
+    session: Session, *, scope: str, key: str, fingerprint: str, policy: KeyPolicy
+) -> StoredResponse | None:
+    """Claim `key` for this request, or return the stored response to replay.
+
+    Raises IdempotencyKeyReused / IdempotencyInProgress. Returns None when the caller
+    now holds the claim and must go on to do the work.
+    """
+    current = now()
+    values = {
+        "scope": scope,
+        "key": key,
+        "fingerprint": fingerprint,
+        "status": "in_progress",
+        "created_at": current,
+        "locked_at": current,
+        "expires_at": current + policy.ttl,
+    }
+    if insert_or_ignore(session, IdempotencyKey, values, ["scope", "key"]):
+        return None
+    existing = session.get(IdempotencyKey, (scope, key), populate_existing=True)
+    if existing is None or existing.expires_at <= current:
+        # Expired (or deleted by a failed attempt in between): start afresh.
+        session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+        )
+        if insert_or_ignore(session, IdempotencyKey, values, ["scope", "key"]):
+            return None
+        raise IdempotencyInProgress("A request with this Idempotency-Key is in progress.")
+    if existing.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used with a different request.",
+            details={"idempotency_key": key},
+        )
+    if existing.status == "completed":
+        assert existing.response_status is not None and existing.response_body is not None
+        return StoredResponse(existing.response_status, existing.response_body)
+    taken_over = session.execute(
+        update(IdempotencyKey)
+        .where(
+            IdempotencyKey.scope == scope,
+            IdempotencyKey.key == key,
+            IdempotencyKey.status == "in_progress",
+            IdempotencyKey.locked_at == existing.locked_at,
+            IdempotencyKey.locked_at < current - policy.lock_timeout,
+        )
+        .values(locked_at=current)
+    ).rowcount  # type: ignore[attr-defined]
+    if taken_over:
+        return None
+    raise IdempotencyInProgress(
+        "A request with this Idempotency-Key is still in progress; retry later.",
+        details={"idempotency_key": key},
+        headers={"Retry-After": "1"},
+    )
+
+
+def complete(session: Session, *, scope: str, key: str, response: StoredResponse) -> None:
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+        .values(
+            status="completed",
+            response_status=response.status_code,
+            response_body=response.body,
+        )
+    )
+
+
+def release(session: Session, *, scope: str, key: str) -> None:
+    """Forget an in-progress claim whose request failed unexpectedly, so a retry can run."""
+    session.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.scope == scope,
+            IdempotencyKey.key == key,
+            IdempotencyKey.status == "in_progress",
+        )
+    )
+
+
+def purge_expired(session: Session) -> int:
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= now()))
+    return int(result.rowcount)  # type: ignore[attr-defined]

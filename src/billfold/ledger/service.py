@@ -1,0 +1,154 @@
+"""Post balanced transactions and read balances: the whole ledger.
+
+Sign convention: a posting's amount is added to its ledger account's balance. Wallet
+accounts (`wallet:<bucket>`) hold what the platform owes the account holder and never
+go below zero; the others (`processor:clearing`, `revenue:usage`, `operator:adjustments`)
+are their counterparts and carry the mirror image. Every transaction's postings sum
+to zero, so the sum over all ledger accounts of an account is always zero.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from billfold.clock import now
+from billfold.errors import InsufficientFunds, NotFound
+from billfold.ids import new_id
+from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.wallet.models import BUCKETS, Wallet
+
+WALLET_PREFIX = "wallet:"
+PROCESSOR_CLEARING = "processor:clearing"
+REVENUE_USAGE = "revenue:usage"
+OPERATOR_ADJUSTMENTS = "operator:adjustments"
+
+_BUCKET_COLUMNS = {bucket: getattr(Wallet, f"{bucket}_micros") for bucket in BUCKETS}
+
+
+def wallet_account(bucket: str) -> str:
+    assert bucket in BUCKETS, bucket
+    return WALLET_PREFIX + bucket
+
+
+@dataclass(frozen=True)
+class Posting:
+    ledger_account: str
+    amount_micros: int
+
+
+def post(
+    session: Session,
+    *,
+    account_id: str,
+    kind: str,
+    usecase: str,
+    postings: Sequence[Posting],
+    description: str | None = None,
+    payment_id: str | None = None,
+    reference: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> LedgerTransaction:
+    """Write one balanced transaction and move the cached wallet balances with it.
+
+    The wallet row changes through one atomic conditional UPDATE: every bucket it
+    lowers must stay at or above zero, or nothing is written and InsufficientFunds
+    is raised (the caller's transaction then rolls back as a whole).
+    """
+    if sum(p.amount_micros for p in postings) != 0:
+        raise AssertionError(f"unbalanced postings: {postings}")
+    if any(p.amount_micros == 0 for p in postings):
+        raise AssertionError(f"zero posting: {postings}")
+
+    deltas: dict[str, int] = defaultdict(int)
+    for p in postings:
+        if p.ledger_account.startswith(WALLET_PREFIX):
+            deltas[p.ledger_account.removeprefix(WALLET_PREFIX)] += p.amount_micros
+    net = sum(deltas.values())
+
+    values: dict[Any, Any] = {Wallet.balance_micros: Wallet.balance_micros + net}
+    guards = [Wallet.account_id == account_id]
+    for bucket, delta in deltas.items():
+        column = _BUCKET_COLUMNS[bucket]
+        values[column] = column + delta
+        if delta < 0:
+            guards.append(column >= -delta)
+    values[Wallet.updated_at] = now()
+    balance_after = session.execute(
+        update(Wallet).where(*guards).values(values).returning(Wallet.balance_micros)
+    ).scalar_one_or_none()
+    if balance_after is None:
+        raise InsufficientFunds("The wallet balance cannot cover this amount.")
+
+    values = {
+        "id": new_id("txn"),
+        "account_id": account_id,
+        "kind": kind,
+        "type": "credit" if net >= 0 else "debit",
+        "amount_micros": abs(net),
+        "balance_after_micros": balance_after,
+        "usecase": usecase,
+        "description": description,
+        "payment_id": payment_id,
+        "reference": reference,
+        "meta": meta,
+        "created_at": now(),
+    }
+    # Core inserts, in order: the ORM would not know postings depend on their transaction.
+    session.execute(insert(LedgerTransaction).values(values))
+    session.execute(
+        insert(LedgerPosting),
+        [
+            {
+                "transaction_id": values["id"],
+                "account_id": account_id,
+                "ledger_account": p.ledger_account,
+                "amount_micros": p.amount_micros,
+            }
+            for p in postings
+        ],
+    )
+    transaction = LedgerTransaction(**values)
+    return transaction
+
+
+def spend_split(buckets: dict[str, int], amount_micros: int) -> list[Posting]:
+    """Wallet postings that take `amount_micros` in spending order (SPEC §5)."""
+    remaining = amount_micros
+    postings = []
+    for bucket in BUCKETS:
+        take = min(buckets[bucket], remaining)
+        if take:
+            postings.append(Posting(wallet_account(bucket), -take))
+            remaining -= take
+    if remaining:
+        raise InsufficientFunds("The wallet balance cannot cover this amount.")
+    return postings
+
+
+def lock_wallet(session: Session, account_id: str) -> Wallet:
+    """The wallet row, locked for the rest of the transaction (SQLite: already exclusive)."""
+    wallet = session.scalars(
+        select(Wallet)
+        .where(Wallet.account_id == account_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if wallet is None:
+        raise NotFound("No such account.", code="account_not_found")
+    return wallet
+
+
+def ledger_balances(session: Session, account_id: str) -> dict[str, int]:
+    """Sum of postings per ledger account of one account (the ledger's truth)."""
+    rows = session.execute(
+        select(LedgerPosting.ledger_account, func.sum(LedgerPosting.amount_micros))
+        .where(LedgerPosting.account_id == account_id)
+        .group_by(LedgerPosting.ledger_account)
+    ).all()
+    return {name: int(total) for name, total in rows}

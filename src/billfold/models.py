@@ -1,0 +1,24 @@
+"""Every table, imported in one place so Alembic and tests see the whole schema."""
+
+from billfold.accounts.models import Account, AgentToken, RateLimitCounter
+from billfold.db import Base
+from billfold.idempotency.models import IdempotencyKey
+from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.payments.models import Payment, PaymentMethod, Refund
+from billfold.processors.sandbox import SandboxObject
+from billfold.wallet.models import Wallet
+
+__all__ = [
+    "Account",
+    "AgentToken",
+    "Base",
+    "IdempotencyKey",
+    "LedgerPosting",
+    "LedgerTransaction",
+    "Payment",
+    "PaymentMethod",
+    "RateLimitCounter",
+    "Refund",
+    "SandboxObject",
+    "Wallet",
+]

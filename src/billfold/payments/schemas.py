@@ -1,0 +1,55 @@
+"""Request and response shapes of cards and payments."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from billfold.money import MoneyOut
+from billfold.schemas import RequestModel
+
+PaymentMethodId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
+
+
+class AttachPaymentMethodRequest(RequestModel):
+    payment_method_id: PaymentMethodId
+    make_default: bool = True
+
+
+class PaymentMethodOut(BaseModel):
+    id: str
+    type: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    is_default: bool
+    created_at: datetime
+
+
+class PaymentMethodList(BaseModel):
+    items: list[PaymentMethodOut]
+    default_payment_method_id: str | None
+
+
+class StripeConfigOut(BaseModel):
+    publishable_key: str
+    api_base: str
+    processor: str
+    instructions: str
+
+
+class PaymentOut(BaseModel):
+    payment_intent_id: str
+    status: str
+    purpose: str
+    amount: MoneyOut
+    amount_refunded: MoneyOut
+    currency: str
+    payment_method_id: str | None
+    failure_code: str | None
+    decline_code: str | None
+    failure_message: str | None
+    created_at: datetime

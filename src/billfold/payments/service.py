@@ -1,0 +1,236 @@
+"""Saved cards and card payments: the account's side of what the processor did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from billfold.accounts.models import Account
+from billfold.accounts.service import get_account
+from billfold.db import Database, insert_or_ignore
+from billfold.errors import BillfoldError, NotFound
+from billfold.ledger.service import lock_wallet
+from billfold.money import from_micros
+from billfold.payments.models import Payment, PaymentMethod
+from billfold.processors.base import Card, CardError, ChargeResult, Processor, UnknownPaymentMethod
+
+
+class PaymentMethodRequired(BillfoldError):
+    status_code = 422
+    code = "payment_method_required"
+
+
+class CardDeclined(BillfoldError):
+    """The processor refused to save the card (Stripe declines some cards on attach)."""
+
+    status_code = 402
+    code = "card_declined"
+
+
+def payment_method_not_found(payment_method_id: str) -> NotFound:
+    return NotFound(
+        "No such payment method.",
+        code="payment_method_not_found",
+        details={"payment_method_id": payment_method_id},
+    )
+
+
+def payment_method_view(pm: PaymentMethod) -> dict[str, Any]:
+    return {
+        "id": pm.id,
+        "type": "card",
+        "brand": pm.brand,
+        "last4": pm.last4,
+        "exp_month": pm.exp_month,
+        "exp_year": pm.exp_year,
+        "is_default": pm.is_default,
+        "created_at": pm.created_at,
+    }
+
+
+def payment_view(payment: Payment) -> dict[str, Any]:
+    return {
+        "payment_intent_id": payment.id,
+        "status": payment.status,
+        "purpose": payment.purpose,
+        "amount": from_micros(payment.amount_micros),
+        "amount_refunded": from_micros(payment.refunded_micros),
+        "currency": payment.currency,
+        "payment_method_id": payment.payment_method_id,
+        "failure_code": payment.failure_code,
+        "decline_code": payment.decline_code,
+        "failure_message": payment.failure_message,
+        "created_at": payment.created_at,
+    }
+
+
+def list_payment_methods(session: Session, account_id: str) -> list[PaymentMethod]:
+    return list(
+        session.scalars(
+            select(PaymentMethod)
+            .where(PaymentMethod.account_id == account_id)
+            .order_by(PaymentMethod.created_at.desc(), PaymentMethod.id)
+        )
+    )
+
+
+def owned_payment_method(session: Session, account_id: str, pm_id: str) -> PaymentMethod:
+    pm = session.get(PaymentMethod, pm_id)
+    if pm is None or pm.account_id != account_id:
+        raise payment_method_not_found(pm_id)
+    return pm
+
+
+def default_payment_method(session: Session, account_id: str) -> PaymentMethod | None:
+    return session.scalars(
+        select(PaymentMethod).where(
+            PaymentMethod.account_id == account_id, PaymentMethod.is_default.is_(True)
+        )
+    ).one_or_none()
+
+
+def _make_default(session: Session, account_id: str, pm_id: str) -> None:
+    session.execute(
+        update(PaymentMethod)
+        .where(PaymentMethod.account_id == account_id, PaymentMethod.id != pm_id)
+        .where(PaymentMethod.is_default.is_(True))
+        .values(is_default=False)
+    )
+    session.execute(update(PaymentMethod).where(PaymentMethod.id == pm_id).values(is_default=True))
+
+
+def save_card(
+    session: Session, *, account_id: str, card: Card, make_default: bool
+) -> PaymentMethod:
+    """Record a card attached at the processor; the caller's transaction decides default."""
+    lock_wallet(session, account_id)  # serializes card changes of one account
+    insert_or_ignore(
+        session,
+        PaymentMethod,
+        {
+            "id": card.id,
+            "account_id": account_id,
+            "brand": card.brand,
+            "last4": card.last4,
+            "exp_month": card.exp_month,
+            "exp_year": card.exp_year,
+            "fingerprint": card.fingerprint,
+            "is_default": False,
+        },
+        ["id"],
+    )
+    pm = owned_payment_method(session, account_id, card.id)
+    if make_default or default_payment_method(session, account_id) is None:
+        _make_default(session, account_id, card.id)
+    session.refresh(pm)
+    return pm
+
+
+def set_default(session: Session, *, account_id: str, pm_id: str) -> PaymentMethod:
+    lock_wallet(session, account_id)
+    pm = owned_payment_method(session, account_id, pm_id)
+    _make_default(session, account_id, pm_id)
+    session.refresh(pm)
+    return pm
+
+
+def remove_payment_method(session: Session, *, account_id: str, pm_id: str) -> PaymentMethod:
+    """Delete a saved card; if it was the default, the newest remaining card becomes default."""
+    lock_wallet(session, account_id)
+    pm = owned_payment_method(session, account_id, pm_id)
+    was_default = pm.is_default
+    session.delete(pm)
+    session.flush()
+    if was_default:
+        remaining = list_payment_methods(session, account_id)
+        if remaining:
+            _make_default(session, account_id, remaining[0].id)
+    return pm
+
+
+def ensure_customer(database: Database, processor: Processor, account_id: str) -> str:
+    """The account's processor customer, created on first need (race-safe)."""
+    with database.read() as session:
+        account = get_account(session, account_id)
+        if account.processor_customer_id:
+            return account.processor_customer_id
+        email = account.email
+    customer_id = processor.create_customer(email=email, account_id=account_id)
+    with database.transaction() as session:
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id, Account.processor_customer_id.is_(None))
+            .values(processor_customer_id=customer_id)
+        )
+        winner = get_account(session, account_id).processor_customer_id
+    assert winner is not None
+    return winner
+
+
+def processor_card(processor: Processor, *, payment_method_id: str, customer_id: str) -> Card:
+    """A card known to the processor that is unattached or already this customer's."""
+    try:
+        card = processor.retrieve_payment_method(payment_method_id)
+    except UnknownPaymentMethod:
+        raise payment_method_not_found(payment_method_id) from None
+    if card.customer_id is not None and card.customer_id != customer_id:
+        raise payment_method_not_found(payment_method_id)
+    return card
+
+
+def attach_card(processor: Processor, *, payment_method_id: str, customer_id: str) -> Card:
+    try:
+        return processor.attach_payment_method(payment_method_id, customer_id=customer_id)
+    except UnknownPaymentMethod:
+        raise payment_method_not_found(payment_method_id) from None
+    except CardError as exc:
+        raise CardDeclined(
+            exc.message, details={"decline_code": exc.decline_code, "reason": exc.code}
+        ) from None
+
+
+def record_payment(
+    session: Session,
+    *,
+    account_id: str,
+    purpose: str,
+    amount_micros: int,
+    currency: str,
+    payment_method_id: str,
+    result: ChargeResult,
+) -> tuple[Payment, bool]:
+    """Store the processor's outcome once; True when this call recorded it."""
+    inserted = insert_or_ignore(
+        session,
+        Payment,
+        {
+            "id": result.payment_intent_id,
+            "account_id": account_id,
+            "purpose": purpose,
+            "amount_micros": amount_micros,
+            "currency": currency,
+            "status": result.status,
+            "payment_method_id": payment_method_id,
+            "failure_code": result.failure_code,
+            "decline_code": result.decline_code,
+            "failure_message": result.failure_message,
+            "refunded_micros": 0,
+        },
+        ["id"],
+    )
+    payment = session.get(Payment, result.payment_intent_id, populate_existing=True)
+    assert payment is not None and payment.account_id == account_id
+    return payment, inserted
+
+
+def get_payment(session: Session, *, account_id: str, payment_intent_id: str) -> Payment:
+    payment = session.get(Payment, payment_intent_id)
+    if payment is None or payment.account_id != account_id:
+        raise NotFound(
+            "No such payment.",
+            code="payment_not_found",
+            details={"payment_intent_id": payment_intent_id},
+        )
+    return payment

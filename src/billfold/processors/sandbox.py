@@ -1,0 +1,267 @@
+"""The sandbox processor: Stripe's test mode, in-process, with its state in its own tables.
+
+It behaves like a separate service: every call runs in its own short transaction, so
+callers must not hold a write transaction open while calling it (they would not with a
+real processor either). Card numbers are checked at tokenization and then forgotten:
+only brand, last4, expiry, a keyed fingerprint and the test card's scripted outcome
+are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Index, String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from billfold.clock import now
+from billfold.db import Base, Database, insert_or_ignore
+from billfold.ids import new_id
+from billfold.processors.base import (
+    Card,
+    CardError,
+    ChargeResult,
+    RefundResult,
+    UnknownPaymentMethod,
+)
+from billfold.processors.cards import TEST_CARD_DECLINES, Decline, check_card, fingerprint
+
+_FINGERPRINT_SECRET = "billfold-sandbox"  # noqa: S105 - keys fingerprints, not a credential
+
+
+class SandboxObject(Base):
+    """A sandbox processor object (customer, payment_method, payment_intent, refund)."""
+
+    __tablename__ = "sandbox_objects"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    object: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+    __table_args__ = (Index("ix_sandbox_objects_object", "object"),)
+
+
+def _card_of(obj: SandboxObject) -> Card:
+    data = obj.data
+    return Card(
+        id=obj.id,
+        brand=data["brand"],
+        last4=data["last4"],
+        exp_month=data["exp_month"],
+        exp_year=data["exp_year"],
+        fingerprint=data["fingerprint"],
+        customer_id=data.get("customer"),
+    )
+
+
+class SandboxProcessor:
+    name = "sandbox"
+
+    def __init__(self, database: Database, *, publishable_key: str) -> None:
+        self.database = database
+        self.publishable_key = publishable_key
+
+    # --- tokenization (called by the Stripe-compatible HTTP endpoint) -------------------
+
+    def tokenize_card(
+        self, *, number: str, exp_month: str, exp_year: str, cvc: str | None
+    ) -> dict[str, Any]:
+        """Create a payment method from raw card fields; raises cards.InvalidCard."""
+        checked = check_card(number, exp_month, exp_year, cvc, today=date.today())
+        decline = TEST_CARD_DECLINES.get(checked.number)
+        data = {
+            "brand": checked.brand,
+            "last4": checked.last4,
+            "exp_month": checked.exp_month,
+            "exp_year": checked.exp_year,
+            "fingerprint": fingerprint(checked.number, _FINGERPRINT_SECRET),
+            "decline": asdict(decline) if decline else None,
+            "customer": None,
+        }
+        with self.database.transaction() as session:
+            obj = SandboxObject(id=new_id("pm"), object="payment_method", data=data)
+            session.add(obj)
+        return self.payment_method_json(obj)
+
+    @staticmethod
+    def payment_method_json(obj: SandboxObject) -> dict[str, Any]:
+        data = obj.data
+        return {
+            "id": obj.id,
+            "object": "payment_method",
+            "type": "card",
+            "created": int(obj.created_at.timestamp()),
+            "customer": data.get("customer"),
+            "livemode": False,
+            "card": {
+                "brand": data["brand"],
+                "last4": data["last4"],
+                "exp_month": data["exp_month"],
+                "exp_year": data["exp_year"],
+                "fingerprint": data["fingerprint"],
+                "funding": "credit",
+                "country": "US",
+            },
+            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+        }
+
+    # --- the Processor interface --------------------------------------------------------
+
+    def create_customer(self, *, email: str, account_id: str) -> str:
+        with self.database.transaction() as session:
+            obj = SandboxObject(
+                id=new_id("cus"),
+                object="customer",
+                data={"email": email, "metadata": {"account_id": account_id}},
+            )
+            session.add(obj)
+        return obj.id
+
+    def _payment_method(
+        self, session: Session, payment_method_id: str, *, lock: bool = False
+    ) -> SandboxObject:
+        obj = session.get(SandboxObject, payment_method_id, with_for_update=lock)
+        if obj is None or obj.object != "payment_method":
+            raise UnknownPaymentMethod(payment_method_id)
+        return obj
+
+    def retrieve_payment_method(self, payment_method_id: str) -> Card:
+        with self.database.read() as session:
+            return _card_of(self._payment_method(session, payment_method_id))
+
+    def attach_payment_method(self, payment_method_id: str, *, customer_id: str) -> Card:
+        with self.database.transaction() as session:
+            obj = self._payment_method(session, payment_method_id, lock=True)
+            decline = obj.data.get("decline")
+            if decline and decline["on_attach"]:
+                raise CardError(decline["code"], decline["decline_code"], decline["message"])
+            owner = obj.data.get("customer")
+            if owner and owner != customer_id:
+                raise UnknownPaymentMethod(payment_method_id)
+            obj.data = {**obj.data, "customer": customer_id}
+            return _card_of(obj)
+
+    def detach_payment_method(self, payment_method_id: str) -> None:
+        with self.database.transaction() as session:
+            obj = self._payment_method(session, payment_method_id, lock=True)
+            obj.data = {**obj.data, "customer": None}
+
+    def charge(
+        self,
+        *,
+        customer_id: str,
+        payment_method_id: str,
+        amount_cents: int,
+        currency: str,
+        idempotency_key: str,
+        description: str,
+    ) -> ChargeResult:
+        with self.database.transaction() as session:
+            existing = session.scalars(
+                select(SandboxObject).where(SandboxObject.idempotency_key == idempotency_key)
+            ).first()
+            if existing is not None:
+                return self._charge_result(existing)
+            pm = self._payment_method(session, payment_method_id, lock=True)
+            owner = pm.data.get("customer")
+            if owner and owner != customer_id:
+                raise UnknownPaymentMethod(payment_method_id)
+            raw_decline = pm.data.get("decline")
+            decline = Decline(**raw_decline) if raw_decline else None
+            data: dict[str, Any] = {
+                "amount": amount_cents,
+                "currency": currency.lower(),
+                "customer": customer_id,
+                "payment_method": payment_method_id,
+                "description": description,
+                "amount_refunded": 0,
+            }
+            if decline is None:
+                data["status"] = "succeeded"
+                # An off-session charge with setup_future_usage attaches the card.
+                pm.data = {**pm.data, "customer": customer_id}
+            else:
+                data["status"] = (
+                    "requires_action" if decline.off_session_only else "requires_payment_method"
+                )
+                data["last_payment_error"] = {
+                    "code": decline.code,
+                    "decline_code": decline.decline_code,
+                    "message": decline.message,
+                }
+            intent_id = new_id("pi")
+            inserted = insert_or_ignore(
+                session,
+                SandboxObject,
+                {
+                    "id": intent_id,
+                    "object": "payment_intent",
+                    "idempotency_key": idempotency_key,
+                    "data": data,
+                    "created_at": now(),
+                },
+                ["idempotency_key"],
+            )
+            if not inserted:  # a concurrent call with the same key won
+                session.rollback()
+                return self._replay(idempotency_key)
+            return self._charge_result(SandboxObject(id=intent_id, data=data))
+
+    def _replay(self, idempotency_key: str) -> ChargeResult:
+        with self.database.read() as session:
+            obj = session.scalars(
+                select(SandboxObject).where(SandboxObject.idempotency_key == idempotency_key)
+            ).one()
+            return self._charge_result(obj)
+
+    @staticmethod
+    def _charge_result(obj: SandboxObject) -> ChargeResult:
+        data = obj.data
+        if data["status"] == "succeeded":
+            return ChargeResult(payment_intent_id=obj.id, status="succeeded")
+        error = data["last_payment_error"]
+        return ChargeResult(
+            payment_intent_id=obj.id,
+            status="requires_action" if data["status"] == "requires_action" else "failed",
+            failure_code=error["code"],
+            decline_code=error["decline_code"],
+            failure_message=error["message"],
+        )
+
+    def refund(
+        self, *, payment_intent_id: str, amount_cents: int, idempotency_key: str
+    ) -> RefundResult:
+        with self.database.transaction() as session:
+            existing = session.scalars(
+                select(SandboxObject).where(SandboxObject.idempotency_key == idempotency_key)
+            ).first()
+            if existing is not None:
+                return RefundResult(refund_id=existing.id, status=existing.data["status"])
+            intent = session.get(SandboxObject, payment_intent_id, with_for_update=True)
+            if intent is None or intent.object != "payment_intent":
+                raise UnknownPaymentMethod(payment_intent_id)
+            refundable = intent.data["amount"] - intent.data["amount_refunded"]
+            if intent.data["status"] != "succeeded" or amount_cents > refundable:
+                status = "failed"
+            else:
+                status = "succeeded"
+                intent.data = {
+                    **intent.data,
+                    "amount_refunded": intent.data["amount_refunded"] + amount_cents,
+                }
+            refund = SandboxObject(
+                id=new_id("re"),
+                object="refund",
+                idempotency_key=idempotency_key,
+                data={
+                    "payment_intent": payment_intent_id,
+                    "amount": amount_cents,
+                    "status": status,
+                },
+            )
+            session.add(refund)
+        return RefundResult(refund_id=refund.id, status=status)

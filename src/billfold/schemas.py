@@ -1,0 +1,41 @@
+"""Shared schema pieces: strict request models and the documented response envelope."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+T = TypeVar("T")
+
+
+class RequestModel(BaseModel):
+    """Request bodies refuse unknown fields: a misspelled field must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Envelope(BaseModel, Generic[T]):
+    data: T
+
+
+class ErrorObject(BaseModel):
+    code: str
+    message: str
+    details: dict[str, object]
+    request_id: str
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorObject
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in {
+        401: "Missing, invalid, expired or revoked token",
+        404: "No such object (or not this account's)",
+        409: "Conflict, or the same Idempotency-Key is still in progress",
+        422: "Invalid request, or an Idempotency-Key reused with another payload",
+    }.items()
+}

@@ -1,0 +1,142 @@
+"""Request and response shapes of the wallet."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from billfold.money import CARD_DECIMALS, MAX_AMOUNT, USAGE_DECIMALS, AmountRules, MoneyOut
+from billfold.payments.schemas import PaymentMethodId
+from billfold.schemas import RequestModel
+
+MIN_FUNDING = Decimal(10)
+MIN_USAGE_CHARGE = Decimal("0.000001")
+
+FundingAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
+WithdrawalAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal("0.01"))]
+AdjustmentAmount = Annotated[
+    Decimal,
+    AmountRules(decimals=USAGE_DECIMALS, minimum=-MAX_AMOUNT, nonzero=True),
+]
+UsageAmount = Annotated[Decimal, AmountRules(decimals=USAGE_DECIMALS, minimum=MIN_USAGE_CHARGE)]
+
+
+class FundRequest(RequestModel):
+    amount: FundingAmount
+    payment_method_id: PaymentMethodId | None = None
+
+
+class WithdrawRequest(RequestModel):
+    amount: WithdrawalAmount
+
+
+class UsageChargeRequest(RequestModel):
+    account_id: str = Field(min_length=1, max_length=40)
+    amount: UsageAmount
+    usecase: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=500)
+    metadata: dict[str, Any] | None = None
+
+
+class OperatorRefundRequest(RequestModel):
+    payment_intent_id: str = Field(min_length=1, max_length=64)
+    amount: WithdrawalAmount | None = None
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class AdjustmentRequest(RequestModel):
+    account_id: str = Field(min_length=1, max_length=40)
+    amount: AdjustmentAmount
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class Breakdown(BaseModel):
+    subscription: MoneyOut
+    promotional: MoneyOut
+    purchased: MoneyOut
+
+
+class BalanceOut(BaseModel):
+    balance: MoneyOut
+    currency: str
+    breakdown: Breakdown
+    withdrawable: MoneyOut
+
+
+class TransactionOut(BaseModel):
+    id: str
+    created_at: datetime
+    type: Literal["credit", "debit"]
+    kind: str
+    amount: MoneyOut
+    usecase: str
+    description: str | None
+    balance_after: MoneyOut
+    payment_intent_id: str | None
+    metadata: dict[str, Any]
+
+
+class WalletSummary(BaseModel):
+    balance: MoneyOut
+    currency: str
+
+
+class TransactionPage(BaseModel):
+    items: list[TransactionOut]
+    wallet: WalletSummary
+    total: int
+    limit: int
+    offset: int
+    has_more: bool
+
+
+class FundOut(BaseModel):
+    payment_intent_id: str
+    status: str
+    amount: MoneyOut
+    currency: str
+    payment_method_id: str | None
+    transaction_id: str | None
+    balance: MoneyOut
+
+
+class RefundOut(BaseModel):
+    id: str
+    payment_intent_id: str
+    amount: MoneyOut
+    status: str
+
+
+class WithdrawOut(BaseModel):
+    withdrawal_id: str
+    amount: MoneyOut
+    balance: MoneyOut
+    currency: str
+    refunds: list[RefundOut]
+
+
+class UsageChargeOut(BaseModel):
+    id: str
+    account_id: str
+    amount: MoneyOut
+    usecase: str
+    balance_after: MoneyOut
+    created_at: datetime
+
+
+class LedgerCheckOut(BaseModel):
+    account_id: str
+    cached: dict[str, MoneyOut]
+    postings: dict[str, MoneyOut]
+    consistent: bool
+
+
+class OperatorRefundOut(BaseModel):
+    id: str
+    amount: MoneyOut
+    reason: str
+    balance: MoneyOut
+    refunds: list[RefundOut]

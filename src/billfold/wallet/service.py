@@ -1,0 +1,449 @@
+"""Wallet use cases: balance, history, card funding, withdrawal and usage charges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from billfold.db import Database
+from billfold.errors import Conflict, InsufficientFunds, NotFound, PaymentFailed
+from billfold.ids import new_id
+from billfold.ledger import service as ledger
+from billfold.ledger.models import LedgerTransaction
+from billfold.money import from_micros, micros_to_cents
+from billfold.payments import service as payments
+from billfold.payments.models import Payment, Refund
+from billfold.processors.base import Processor
+from billfold.wallet.models import Wallet
+
+# Card payments whose money is purchased credit, refundable to the card on withdrawal.
+REFUNDABLE_PURPOSES = ("wallet_funding",)
+
+
+def get_wallet(session: Session, account_id: str) -> Wallet:
+    wallet = session.get(Wallet, account_id)
+    if wallet is None:
+        raise NotFound("No such account.", code="account_not_found")
+    return wallet
+
+
+def balance_view(wallet: Wallet) -> dict[str, Any]:
+    return {
+        "balance": from_micros(wallet.balance_micros),
+        "currency": wallet.currency,
+        "breakdown": {
+            "subscription": from_micros(wallet.subscription_micros),
+            "promotional": from_micros(wallet.promotional_micros),
+            "purchased": from_micros(wallet.purchased_micros),
+        },
+        "withdrawable": from_micros(wallet.purchased_micros),
+    }
+
+
+def transaction_view(txn: LedgerTransaction) -> dict[str, Any]:
+    return {
+        "id": txn.id,
+        "created_at": txn.created_at,
+        "type": txn.type,
+        "kind": txn.kind,
+        "amount": from_micros(txn.amount_micros),
+        "usecase": txn.usecase,
+        "description": txn.description,
+        "balance_after": from_micros(txn.balance_after_micros),
+        "payment_intent_id": txn.payment_id,
+        "metadata": txn.meta or {},
+    }
+
+
+def list_transactions(
+    session: Session, *, account_id: str, type: str | None, limit: int, offset: int
+) -> tuple[list[LedgerTransaction], int]:
+    where = [LedgerTransaction.account_id == account_id]
+    if type is not None:
+        where.append(LedgerTransaction.type == type)
+    items = list(
+        session.scalars(
+            select(LedgerTransaction)
+            .where(*where)
+            .order_by(LedgerTransaction.created_at.desc(), LedgerTransaction.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+    total = session.scalar(select(func.count()).select_from(LedgerTransaction).where(*where))
+    return items, int(total or 0)
+
+
+@dataclass(frozen=True)
+class Funded:
+    payment: Payment
+    wallet: Wallet
+    transaction_id: str | None
+
+
+def fund_wallet(
+    database: Database,
+    processor: Processor,
+    *,
+    account_id: str,
+    amount_micros: int,
+    payment_method_id: str | None,
+    idempotency_key: str | None,
+) -> Funded:
+    """Charge a card and credit the wallet as purchased credit, exactly once per charge.
+
+    The processor call sits between two transactions: reading what to charge, and
+    recording the outcome. Its idempotency key is derived from the request's, so a
+    retried request finds the same PaymentIntent and the unique payment id keeps the
+    credit single.
+    """
+    with database.read() as session:
+        wallet = get_wallet(session, account_id)
+        currency = wallet.currency
+        if payment_method_id is None:
+            default = payments.default_payment_method(session, account_id)
+            if default is None:
+                raise payments.PaymentMethodRequired(
+                    "Give a payment_method_id: this account has no default card on file."
+                )
+            payment_method_id = default.id
+            saved = True
+        else:
+            saved_pm = session.get(payments.PaymentMethod, payment_method_id)
+            if saved_pm is not None and saved_pm.account_id != account_id:
+                raise payments.payment_method_not_found(payment_method_id)
+            saved = saved_pm is not None
+    customer_id = payments.ensure_customer(database, processor, account_id)
+    card = None
+    if not saved:
+        card = payments.processor_card(
+            processor, payment_method_id=payment_method_id, customer_id=customer_id
+        )
+    result = processor.charge(
+        customer_id=customer_id,
+        payment_method_id=payment_method_id,
+        amount_cents=micros_to_cents(amount_micros),
+        currency=currency,
+        idempotency_key=f"fund:{account_id}:{idempotency_key or new_id('once')}",
+        description="Wallet funding",
+    )
+    transaction_id = None
+    with database.transaction() as session:
+        payment, first_time = payments.record_payment(
+            session,
+            account_id=account_id,
+            purpose="wallet_funding",
+            amount_micros=amount_micros,
+            currency=currency,
+            payment_method_id=payment_method_id,
+            result=result,
+        )
+        if result.succeeded and first_time:
+            txn = ledger.post(
+                session,
+                account_id=account_id,
+                kind="wallet_funding",
+                usecase="wallet_funding",
+                description="Wallet funded by card",
+                payment_id=payment.id,
+                reference=f"payment:{payment.id}",
+                postings=[
+                    ledger.Posting(ledger.wallet_account("purchased"), amount_micros),
+                    ledger.Posting(ledger.PROCESSOR_CLEARING, -amount_micros),
+                ],
+            )
+            transaction_id = txn.id
+            if card is not None:
+                payments.save_card(session, account_id=account_id, card=card, make_default=False)
+        wallet = get_wallet(session, account_id)
+        session.refresh(wallet)
+    if not result.succeeded:
+        raise PaymentFailed(
+            result.failure_message or "The card was declined.",
+            decline_code=result.decline_code or "generic_decline",
+            payment={
+                **payments.payment_view(payment),
+                "balance": from_micros(wallet.balance_micros),
+            },
+        )
+    return Funded(payment=payment, wallet=wallet, transaction_id=transaction_id)
+
+
+@dataclass(frozen=True)
+class RefundBatch:
+    """Card refunds that return purchased credit: a withdrawal, or an operator refund."""
+
+    id: str
+    amount_micros: int
+    refunds: list[Refund]
+    wallet: Wallet
+
+
+def withdraw(
+    database: Database, processor: Processor, *, account_id: str, amount_micros: int
+) -> RefundBatch:
+    """Return purchased credit to the cards it came from, newest payment first."""
+    batch_id = new_id("wd")
+    with database.transaction() as session:
+        candidates = session.scalars(
+            select(Payment)
+            .where(
+                Payment.account_id == account_id,
+                Payment.status == "succeeded",
+                Payment.purpose.in_(REFUNDABLE_PURPOSES),
+                Payment.refunded_micros < Payment.amount_micros,
+            )
+            .order_by(Payment.created_at.desc(), Payment.id.desc())
+        )
+        refunds = _debit_and_plan_refunds(
+            session,
+            account_id=account_id,
+            amount_micros=amount_micros,
+            payments=candidates,
+            batch_id=batch_id,
+            reason="withdrawal",
+        )
+    return _send_refunds(database, processor, batch_id, account_id, amount_micros, refunds)
+
+
+def refund_payment(
+    database: Database,
+    processor: Processor,
+    *,
+    payment_intent_id: str,
+    amount_micros: int | None,
+    reason: str,
+) -> RefundBatch:
+    """Operator refund of one card payment (all that is left of it unless an amount is given).
+
+    The refunded money leaves the wallet's purchased credit: what was already spent
+    cannot be refunded this way.
+    """
+    batch_id = new_id("rfd")
+    with database.transaction() as session:
+        payment = session.get(Payment, payment_intent_id)
+        if payment is None:
+            raise NotFound("No such payment.", code="payment_not_found")
+        if payment.status != "succeeded" or payment.purpose not in REFUNDABLE_PURPOSES:
+            raise Conflict(
+                "Only a succeeded wallet funding can be refunded.", code="not_refundable"
+            )
+        left = payment.amount_micros - payment.refunded_micros
+        amount = left if amount_micros is None else amount_micros
+        if amount > left or amount == 0:
+            raise Conflict(
+                "The refund exceeds what is left of the payment.",
+                code="refund_exceeds_payment",
+                details={"refundable": from_micros(left)},
+            )
+        refunds = _debit_and_plan_refunds(
+            session,
+            account_id=payment.account_id,
+            amount_micros=amount,
+            payments=[payment],
+            batch_id=batch_id,
+            reason=reason,
+        )
+        account_id = payment.account_id
+    return _send_refunds(database, processor, batch_id, account_id, amount, refunds)
+
+
+def _debit_and_plan_refunds(
+    session: Session,
+    *,
+    account_id: str,
+    amount_micros: int,
+    payments: Iterable[Payment],
+    batch_id: str,
+    reason: str,
+) -> list[Refund]:
+    """Take purchased credit off the wallet and reserve it against the given payments in order.
+
+    The debit and the refund plan commit together; each refund then goes to the
+    processor under its own id as idempotency key, and one the processor refuses is
+    put back on the wallet (see _send_refund), so money is never lost between the two.
+    """
+    wallet = ledger.lock_wallet(session, account_id)
+    if wallet.purchased_micros < amount_micros:
+        raise InsufficientFunds(
+            "Only purchased credit can be refunded to a card, and there is not enough of it.",
+            details={"withdrawable": from_micros(wallet.purchased_micros)},
+        )
+    refunds: list[Refund] = []
+    remaining = amount_micros
+    for payment in payments:
+        take = min(payment.amount_micros - payment.refunded_micros, remaining)
+        _reserve_refund(session, payment.id, take)
+        refunds.append(
+            Refund(
+                id=new_id("re"),
+                account_id=account_id,
+                payment_id=payment.id,
+                amount_micros=take,
+                status="pending",
+                reason=reason,
+                withdrawal_id=batch_id,
+            )
+        )
+        remaining -= take
+        if remaining == 0:
+            break
+    if remaining:
+        raise AssertionError("purchased credit exceeds refundable card payments")
+    session.add_all(refunds)
+    ledger.post(
+        session,
+        account_id=account_id,
+        kind=reason,
+        usecase=reason,
+        description="Refunded to card",
+        reference=f"refund_batch:{batch_id}",
+        postings=[
+            ledger.Posting(ledger.wallet_account("purchased"), -amount_micros),
+            ledger.Posting(ledger.PROCESSOR_CLEARING, amount_micros),
+        ],
+        meta={"batch_id": batch_id},
+    )
+    return refunds
+
+
+def _send_refunds(
+    database: Database,
+    processor: Processor,
+    batch_id: str,
+    account_id: str,
+    amount_micros: int,
+    refunds: list[Refund],
+) -> RefundBatch:
+    for refund in refunds:
+        _send_refund(database, processor, refund)
+    with database.read() as session:
+        wallet = get_wallet(session, account_id)
+    return RefundBatch(batch_id, amount_micros, refunds, wallet)
+
+
+def _reserve_refund(session: Session, payment_id: str, amount_micros: int) -> None:
+    reserved = session.execute(
+        update(Payment)
+        .where(
+            Payment.id == payment_id,
+            Payment.amount_micros - Payment.refunded_micros >= amount_micros,
+        )
+        .values(refunded_micros=Payment.refunded_micros + amount_micros)
+    ).rowcount  # type: ignore[attr-defined]
+    if not reserved:
+        raise AssertionError(f"refund of {payment_id} exceeds what is left of it")
+
+
+def _send_refund(database: Database, processor: Processor, refund: Refund) -> None:
+    result = processor.refund(
+        payment_intent_id=refund.payment_id,
+        amount_cents=micros_to_cents(refund.amount_micros),
+        idempotency_key=refund.id,
+    )
+    with database.transaction() as session:
+        marked = session.execute(
+            update(Refund)
+            .where(Refund.id == refund.id, Refund.status == "pending")
+            .values(status=result.status, processor_refund_id=result.refund_id)
+        ).rowcount  # type: ignore[attr-defined]
+        if marked and result.status != "succeeded":
+            _reserve_refund(session, refund.payment_id, -refund.amount_micros)
+            ledger.post(
+                session,
+                account_id=refund.account_id,
+                kind="withdrawal_reversal",
+                usecase="withdrawal_reversal",
+                description="Refund refused by the processor; credit restored",
+                reference=f"refund_failed:{refund.id}",
+                postings=[
+                    ledger.Posting(ledger.wallet_account("purchased"), refund.amount_micros),
+                    ledger.Posting(ledger.PROCESSOR_CLEARING, -refund.amount_micros),
+                ],
+            )
+    refund.status = result.status
+    refund.processor_refund_id = result.refund_id
+
+
+def refund_view(refund: Refund) -> dict[str, Any]:
+    return {
+        "id": refund.id,
+        "payment_intent_id": refund.payment_id,
+        "amount": from_micros(refund.amount_micros),
+        "status": refund.status,
+    }
+
+
+def charge_usage(
+    session: Session,
+    *,
+    account_id: str,
+    amount_micros: int,
+    usecase: str,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+) -> LedgerTransaction:
+    """Debit the wallet for usage, spending subscription, promotional, then purchased credit.
+
+    The wallet row is locked for the split; the conditional UPDATE in ledger.post
+    still guards every bucket, so a balance can never go below zero.
+    """
+    wallet = ledger.lock_wallet(session, account_id)
+    if wallet.balance_micros < amount_micros:
+        raise InsufficientFunds(
+            "The wallet balance cannot cover this charge.",
+            details={
+                "balance": from_micros(wallet.balance_micros),
+                "amount": from_micros(amount_micros),
+            },
+        )
+    postings = [*ledger.spend_split(_buckets(wallet), amount_micros)]
+    postings.append(ledger.Posting(ledger.REVENUE_USAGE, amount_micros))
+    return ledger.post(
+        session,
+        account_id=account_id,
+        kind="usage_charge",
+        usecase=usecase,
+        description=description,
+        postings=postings,
+        meta=metadata,
+    )
+
+
+def adjust(
+    session: Session, *, account_id: str, amount_micros: int, reason: str
+) -> LedgerTransaction:
+    """Operator adjustment: a credit lands as promotional credit (it has no card behind it
+    to be refunded to); a debit spends in the usual order."""
+    if amount_micros > 0:
+        ledger.lock_wallet(session, account_id)
+        postings = [
+            ledger.Posting(ledger.wallet_account("promotional"), amount_micros),
+            ledger.Posting(ledger.OPERATOR_ADJUSTMENTS, -amount_micros),
+        ]
+    else:
+        wallet = ledger.lock_wallet(session, account_id)
+        postings = [
+            *ledger.spend_split(_buckets(wallet), -amount_micros),
+            ledger.Posting(ledger.OPERATOR_ADJUSTMENTS, -amount_micros),
+        ]
+    return ledger.post(
+        session,
+        account_id=account_id,
+        kind="adjustment",
+        usecase="adjustment",
+        description=reason,
+        postings=postings,
+    )
+
+
+def _buckets(wallet: Wallet) -> dict[str, int]:
+    return {
+        "subscription": wallet.subscription_micros,
+        "promotional": wallet.promotional_micros,
+        "purchased": wallet.purchased_micros,
+    }

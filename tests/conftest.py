@@ -1,0 +1,135 @@
+"""Test fixtures: every API test runs against SQLite and the real PostgreSQL, through a live
+uvicorn server in a background thread, as clients would reach it.
+
+PostgreSQL unreachable: the PostgreSQL half skips locally with the reason, and fails
+in CI (CI=true), so CI proves both databases.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import uvicorn
+
+from billfold.api.app import build_services, create_app
+from billfold.api.deps import Services
+from billfold.config import Settings
+from billfold.migrate import upgrade
+from tests.helpers import Api
+
+PG_ADMIN_DSN = os.environ.get(
+    "BILLFOLD_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+ADMIN_KEY = "bf_admin_test_key"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def require_service(reason: str) -> None:
+    """Skip locally for a missing service; in CI a missing service is a failure."""
+    if IN_CI:
+        pytest.fail(f"CI must run this test, but: {reason}")
+    pytest.skip(reason)
+
+
+def postgres_reachable() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL is not reachable at {PG_ADMIN_DSN}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    problem = postgres_reachable()
+    if problem:
+        require_service(problem)
+    name = f"billfold_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "billfold.db"
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture(scope="session")
+def backend(database_url: str) -> str:
+    return "sqlite" if database_url.startswith("sqlite") else "postgresql"
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass
+class LiveServer:
+    url: str
+    services: Services
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str) -> Iterator[LiveServer]:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    settings = Settings(
+        database_url=database_url,
+        admin_key=ADMIN_KEY,
+        public_url=f"http://127.0.0.1:{port}",
+        var_dir=Path("/nonexistent"),
+    )
+    upgrade(database_url)
+    services = build_services(settings, ADMIN_KEY)
+    config = uvicorn.Config(
+        create_app(services), log_level="warning", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    yield LiveServer(url=f"http://127.0.0.1:{port}", services=services)
+    server.should_exit = True
+    thread.join(timeout=10)
+    services.database.dispose()
+
+
+@pytest.fixture
+def services(live_server: LiveServer) -> Services:
+    return live_server.services
+
+
+@pytest.fixture
+def api(live_server: LiveServer) -> Api:
+    return Api(live_server.url, ADMIN_KEY)
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,177 @@
+"""A thin client for tests: the HTTP API as agents and the operator call it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import requests
+
+CARD_OK = "4242424242424242"
+CARD_DECLINED = "4000000000000002"
+CARD_INSUFFICIENT_FUNDS = "4000000000009995"
+CARD_EXPIRED = "4000000000000069"
+CARD_INCORRECT_CVC = "4000000000000127"
+CARD_PROCESSING_ERROR = "4000000000000119"
+CARD_ATTACH_THEN_FAIL = "4000000000000341"
+CARD_REQUIRES_AUTH = "4000002500003155"
+
+
+def decimal_json(response: requests.Response) -> Any:
+    """Parse a response keeping numbers exact."""
+    import json
+
+    return json.loads(response.text, parse_float=Decimal)
+
+
+@dataclass
+class Agent:
+    api: Api
+    account_id: str
+    email: str
+    password: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.api.session.get(self.api.agent_url(path), headers=self.headers, **kwargs)
+
+    def post(
+        self, path: str, json: Any = None, *, key: str | None = None, **kwargs: Any
+    ) -> requests.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        if key:
+            headers["Idempotency-Key"] = key
+        return self.api.session.post(self.api.agent_url(path), json=json, headers=headers, **kwargs)
+
+    def put(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
+        return self.api.session.put(
+            self.api.agent_url(path), json=json, headers=self.headers, **kwargs
+        )
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.api.session.delete(self.api.agent_url(path), headers=self.headers, **kwargs)
+
+    def card(self, number: str = CARD_OK) -> str:
+        return self.api.tokenize(number)
+
+    def fund(self, amount: Any, number: str = CARD_OK, **kwargs: Any) -> requests.Response:
+        return self.post(
+            "/wallet/fund", {"amount": amount, "payment_method_id": self.card(number)}, **kwargs
+        )
+
+    def balance(self) -> Decimal:
+        response = self.get("/wallet/balance")
+        assert response.status_code == 200, response.text
+        value: Decimal = decimal_json(response)["data"]["balance"]
+        return value
+
+    def transaction_count(self) -> int:
+        response = self.get("/wallet/transactions", params={"limit": 1})
+        assert response.status_code == 200, response.text
+        return int(response.json()["data"]["total"])
+
+
+class Api:
+    def __init__(self, base_url: str, admin_key: str) -> None:
+        self.base_url = base_url
+        self.admin_key = admin_key
+        self.session = requests.Session()
+
+    def agent_url(self, path: str) -> str:
+        return f"{self.base_url}/api/agents/v1{path}"
+
+    def admin_url(self, path: str) -> str:
+        return f"{self.base_url}/api/admin/v1{path}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    def admin_post(
+        self, path: str, json: Any = None, *, key: str | None = None
+    ) -> requests.Response:
+        headers = dict(self.admin_headers)
+        if key:
+            headers["Idempotency-Key"] = key
+        return self.session.post(self.admin_url(path), json=json, headers=headers)
+
+    def admin_get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.get(self.admin_url(path), headers=self.admin_headers, **kwargs)
+
+    def new_agent(self, *, expires_in: str = "1_month") -> Agent:
+        email = f"agent-{uuid.uuid4().hex[:12]}@example.com"
+        password = "correct horse battery staple"
+        created = self.admin_post("/accounts", {"email": email, "password": password})
+        assert created.status_code == 201, created.text
+        login = self.session.post(
+            self.agent_url("/auth/login"),
+            json={"email": email, "password": password, "expires_in": expires_in},
+        )
+        assert login.status_code == 200, login.text
+        return Agent(
+            self,
+            created.json()["data"]["id"],
+            email,
+            password,
+            login.json()["data"]["access_token"],
+        )
+
+    def stripe_config(self, agent: Agent) -> dict[str, Any]:
+        response = agent.get("/billing/stripe-config")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    def tokenize(self, number: str, *, exp_year: int | None = None, cvc: str = "123") -> str:
+        response = self.session.post(
+            f"{self.base_url}/sandbox/v1/payment_methods",
+            auth=("pk_test_billfold_sandbox", ""),
+            data={
+                "type": "card",
+                "card[number]": number,
+                "card[exp_month]": 12,
+                "card[exp_year]": exp_year or date.today().year + 2,
+                "card[cvc]": cvc,
+            },
+        )
+        assert response.status_code == 200, response.text
+        pm_id: str = response.json()["id"]
+        return pm_id
+
+    def charge_usage(
+        self, account_id: str, amount: Any, *, key: str | None = None, usecase: str = "tokens"
+    ) -> requests.Response:
+        return self.admin_post(
+            "/usage-charges",
+            {"account_id": account_id, "amount": amount, "usecase": usecase},
+            key=key,
+        )
+
+    def ledger_check(self, account_id: str) -> dict[str, Any]:
+        response = self.admin_get(f"/accounts/{account_id}/ledger-check")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = decimal_json(response)["data"]
+        return data
+
+
+def assert_error(
+    response: requests.Response, status: int, code: str | None = None
+) -> dict[str, Any]:
+    """The response is a rejection in the spec's envelope."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} or status == 402, body
+    error: dict[str, Any] = body["error"]
+    assert set(error) == {"code", "message", "details", "request_id"}, error
+    assert error["request_id"].startswith("req_")
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
