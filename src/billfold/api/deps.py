@@ -218,9 +218,14 @@ def _checked_key(key: str | None) -> str | None:
     if key is None:
         return None
     key = key.strip()
-    if not key or len(key) > idempotency.MAX_KEY_LENGTH or not key.isprintable():
+    if (
+        not key
+        or len(key) > idempotency.MAX_KEY_LENGTH
+        or not (key.isascii() and key.isprintable())
+    ):
         raise InvalidRequest(
-            f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} printable characters.",
+            f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} printable ASCII "
+            "characters.",
             details={"field": "Idempotency-Key"},
         )
     return key
