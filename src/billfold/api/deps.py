@@ -192,16 +192,17 @@ def _canonical_body(body: bytes) -> bytes:
     return json.dumps(parsed, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def _fingerprint(request: Request, body: bytes) -> str:
+def request_fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    """What "the same request" means for an Idempotency-Key: method, path, query and the
+    JSON body up to key order and whitespace."""
     digest = hashlib.sha256()
-    digest.update(request.method.encode())
-    digest.update(b" ")
-    digest.update(request.url.path.encode())
-    digest.update(b"?")
-    digest.update(request.url.query.encode())
-    digest.update(b"\n")
+    digest.update(f"{method} {path}?{query}\n".encode())
     digest.update(_canonical_body(body))
     return digest.hexdigest()
+
+
+def _fingerprint(request: Request, body: bytes) -> str:
+    return request_fingerprint(request.method, request.url.path, request.url.query, body)
 
 
 IdempotencyKeyHeader = Annotated[
