@@ -8,8 +8,10 @@ import pytest
 import requests
 from sqlalchemy import update
 
+from billfold.accounts import service as accounts
 from billfold.accounts.models import AgentToken
 from billfold.api.deps import Services
+from billfold.errors import RateLimited
 from billfold.security import hash_secret
 from tests.helpers import Agent, Api, assert_error
 
@@ -130,3 +132,16 @@ def test_failed_logins_are_throttled_per_email(api: Api, services: Services) -> 
     assert int(throttled.headers["Retry-After"]) > 0
     other = api.new_agent()
     assert _login(api, other.email, other.password).status_code == 200
+
+
+def test_failed_logins_are_throttled_per_client_address(services: Services) -> None:
+    """The per-address limit, driven at the service level with an address no test uses."""
+    window = services.settings.login_window_seconds
+    keys = {"login:client:198.51.100.7": 3, "login:email:someone@example.com": 100}
+    for _ in range(3):
+        with services.database.read() as session:
+            accounts.check_login_allowed(session, keys=keys, window_seconds=window)
+        with services.database.transaction() as session:
+            accounts.record_login_failure(session, keys=list(keys), window_seconds=window)
+    with services.database.read() as session, pytest.raises(RateLimited):
+        accounts.check_login_allowed(session, keys=keys, window_seconds=window)
