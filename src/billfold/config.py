@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     login_max_failures_per_client: int = 50
     login_window_seconds: int = 900
 
+    payment_link_ttl_minutes: int = 60
     idempotency_ttl_hours: int = 24
     # A key still "in progress" after this long is presumed abandoned (crashed worker)
     # and may be taken over by a retry; every effect under it is itself idempotent.

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -120,7 +120,12 @@ class Database:
 
 
 def insert_or_ignore(
-    session: Session, model: type[Base], values: dict[str, Any], conflict_columns: list[str]
+    session: Session,
+    model: type[Base],
+    values: dict[str, Any],
+    conflict_columns: list[str],
+    *,
+    index_where: str | None = None,
 ) -> bool:
     """INSERT … ON CONFLICT DO NOTHING; True when this call inserted the row.
 
@@ -137,7 +142,8 @@ def insert_or_ignore(
 
         stmt = sqlite_insert(model).values(**values)
     # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT here.
-    stmt = stmt.on_conflict_do_nothing(index_elements=conflict_columns).returning(
-        getattr(model, conflict_columns[0])
-    )
+    where = text(index_where) if index_where else None
+    stmt = stmt.on_conflict_do_nothing(
+        index_elements=conflict_columns, index_where=where
+    ).returning(getattr(model, conflict_columns[0]))
     return session.execute(stmt).first() is not None

@@ -1,8 +1,12 @@
 """Every table, imported in one place so Alembic and tests see the whole schema."""
 
 from billfold.accounts.models import Account, AgentToken, RateLimitCounter
+from billfold.billing.models import BillingInfo
+from billfold.checkout.models import CheckoutSession
+from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.db import Base
 from billfold.idempotency.models import IdempotencyKey
+from billfold.jobs.models import Job
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.payments.models import Payment, PaymentMethod, Refund
 from billfold.processors.sandbox import SandboxObject
@@ -12,7 +16,12 @@ __all__ = [
     "Account",
     "AgentToken",
     "Base",
+    "BillingInfo",
+    "CheckoutSession",
+    "Coupon",
+    "CouponRedemption",
     "IdempotencyKey",
+    "Job",
     "LedgerPosting",
     "LedgerTransaction",
     "Payment",

@@ -16,7 +16,12 @@ from billfold.accounts.router import agent_router as auth_router
 from billfold.api.deps import Services
 from billfold.api.errors import error_body, install_error_handlers
 from billfold.api.responses import ApiResponse
+from billfold.billing.router import router as billing_router
+from billfold.checkout.pages import router as checkout_pages
+from billfold.checkout.router import router as checkout_router
 from billfold.config import Settings
+from billfold.coupons.router import admin_router as coupons_admin_router
+from billfold.coupons.router import router as coupons_router
 from billfold.db import Database
 from billfold.ids import new_id
 from billfold.payments.router import router as payments_router
@@ -113,7 +118,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(auth_router, prefix=AGENT_PREFIX)
     app.include_router(payments_router, prefix=AGENT_PREFIX)
     app.include_router(wallet_router, prefix=AGENT_PREFIX)
+    app.include_router(billing_router, prefix=AGENT_PREFIX)
+    app.include_router(checkout_router, prefix=AGENT_PREFIX)
+    app.include_router(coupons_router, prefix=AGENT_PREFIX)
     app.include_router(accounts_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(usage_admin_router, prefix=ADMIN_PREFIX)
+    app.include_router(coupons_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(sandbox_router)
+    app.include_router(checkout_pages)
     return app

@@ -52,6 +52,10 @@ def serve(
     run_migrations: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Upgrade the schema first")
     ] = True,
+    worker: Annotated[
+        bool,
+        typer.Option("--worker/--no-worker", help="Run a job worker in this process too"),
+    ] = True,
 ) -> None:
     """Run the API (with the hosted sandbox pages) on HOST:PORT."""
     import uvicorn
@@ -91,7 +95,35 @@ def serve(
     for label, value in lines:
         console.print(f"[bold]{label + ':':<18}[/bold]{value}", soft_wrap=True, highlight=False)
     console.rule()
+    if worker:
+        from billfold.jobs.worker import start_in_thread
+
+        start_in_thread(services)
     uvicorn.run(create_app(services), host=host, port=port, log_level="info")
+
+
+@app.command("worker")
+def run_worker(
+    once: Annotated[bool, typer.Option(help="Run the jobs due now, then exit")] = False,
+) -> None:
+    """Run background jobs (top-ups, expiries, …); run as many as you like beside the API."""
+    import signal
+    import threading
+
+    from billfold.api.app import build_services
+    from billfold.jobs.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    admin_key, _ = resolve_admin_key(settings)
+    job_runner = Worker(build_services(settings, admin_key))
+    if once:
+        console.print(f"Ran {job_runner.drain()} job(s).")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    job_runner.run_forever(stop)
 
 
 def _safe_url(url: str) -> str:

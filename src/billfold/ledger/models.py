@@ -22,6 +22,9 @@ class LedgerTransaction(Base):
     # From the wallet's side: "credit" raises the balance, "debit" lowers it.
     type: Mapped[str] = mapped_column(String(6))
     amount_micros: Mapped[int] = mapped_column(Micros)
+    # "succeeded" for every posted transaction; "failed" marks a recorded attempt that
+    # moved no money (a declined top-up) and so has no postings.
+    status: Mapped[str] = mapped_column(String(12), default="succeeded")
     balance_after_micros: Mapped[int] = mapped_column(Micros)
     usecase: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(String(500))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
@@ -78,6 +78,15 @@ def post(
         values[column] = column + delta
         if delta < 0:
             guards.append(column >= -delta)
+    if net > 0:
+        # A credit that lifts the balance back to the auto-funding threshold re-arms it.
+        values[Wallet.auto_funding_armed] = case(
+            (
+                Wallet.balance_micros + net >= func.coalesce(Wallet.charge_threshold_micros, 0),
+                true(),
+            ),
+            else_=Wallet.auto_funding_armed,
+        )
     values[Wallet.updated_at] = now()
     balance_after = session.execute(
         update(Wallet).where(*guards).values(values).returning(Wallet.balance_micros)
@@ -97,6 +106,7 @@ def post(
         "payment_id": payment_id,
         "reference": reference,
         "meta": meta,
+        "status": "succeeded",
         "created_at": now(),
     }
     # Core inserts, in order: the ORM would not know postings depend on their transaction.
@@ -115,6 +125,37 @@ def post(
     )
     transaction = LedgerTransaction(**values)
     return transaction
+
+
+def record_failed_attempt(
+    session: Session,
+    *,
+    account_id: str,
+    kind: str,
+    amount_micros: int,
+    balance_micros: int,
+    description: str,
+    payment_id: str | None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Note an attempt that moved no money in the wallet's history (it has no postings)."""
+    session.execute(
+        insert(LedgerTransaction).values(
+            id=new_id("txn"),
+            account_id=account_id,
+            kind=kind,
+            type="credit",
+            status="failed",
+            amount_micros=amount_micros,
+            balance_after_micros=balance_micros,
+            usecase=kind,
+            description=description,
+            payment_id=payment_id,
+            reference=f"failed:{payment_id}" if payment_id else None,
+            meta=meta,
+            created_at=now(),
+        )
+    )
 
 
 def spend_split(buckets: dict[str, int], amount_micros: int) -> list[Posting]:

@@ -17,6 +17,7 @@ from billfold.payments.schemas import (
     PaymentMethodList,
     PaymentMethodOut,
     PaymentOut,
+    SetupIntentOut,
     StripeConfigOut,
 )
 from billfold.schemas import ERROR_RESPONSES, Envelope
@@ -154,3 +155,30 @@ def payment_status(
             session, account_id=agent.account_id, payment_intent_id=payment_intent_id
         )
         return ok(service.payment_view(payment))
+
+
+@router.post("/billing/setup-intent", response_model=Envelope[SetupIntentOut], status_code=201)
+def create_setup_intent(
+    agent: Agent, services: ServicesDep, request: Request, idem: AgentIdempotent
+) -> Response:
+    """Start saving a card without charging it: confirm the intent at the processor."""
+
+    def handler() -> Outcome:
+        customer_id = service.ensure_customer(
+            services.database, services.processor, agent.account_id
+        )
+        intent = services.processor.create_setup_intent(customer_id=customer_id)
+        base = api_base(services, request)
+        return 201, {
+            "setup_intent_id": intent.id,
+            "client_secret": intent.client_secret,
+            "status": intent.status,
+            "instructions": (
+                f"Confirm with POST {base}/v1/setup_intents/{intent.id}/confirm (basic auth: the "
+                "publishable key) and payment_method_data[type]=card plus "
+                "payment_method_data[card][number|exp_month|exp_year|cvc]; then attach the "
+                "returned payment_method with POST /billing/payment-methods."
+            ),
+        }
+
+    return idem.phased(handler)

@@ -53,3 +53,10 @@ class PaymentOut(BaseModel):
     decline_code: str | None
     failure_message: str | None
     created_at: datetime
+
+
+class SetupIntentOut(BaseModel):
+    setup_intent_id: str
+    client_secret: str
+    status: str
+    instructions: str

@@ -41,6 +41,13 @@ class RefundResult:
     status: str  # succeeded, failed
 
 
+@dataclass(frozen=True)
+class SetupIntent:
+    id: str
+    client_secret: str
+    status: str
+
+
 class CardError(Exception):
     """The processor refused the card itself (on attach), Stripe's `card_error`."""
 
@@ -60,6 +67,8 @@ class Processor(Protocol):
     publishable_key: str
 
     def create_customer(self, *, email: str, account_id: str) -> str: ...
+
+    def create_setup_intent(self, *, customer_id: str) -> SetupIntent: ...
 
     def retrieve_payment_method(self, payment_method_id: str) -> Card: ...
 

@@ -24,6 +24,7 @@ from billfold.processors.base import (
     CardError,
     ChargeResult,
     RefundResult,
+    SetupIntent,
     UnknownPaymentMethod,
 )
 from billfold.processors.cards import TEST_CARD_DECLINES, Decline, check_card, fingerprint
@@ -120,6 +121,92 @@ class SandboxProcessor:
             )
             session.add(obj)
         return obj.id
+
+    def create_setup_intent(self, *, customer_id: str) -> SetupIntent:
+        intent_id = new_id("seti")
+        secret = f"{intent_id}_secret_{new_id('s', 24)[2:]}"
+        with self.database.transaction() as session:
+            session.add(
+                SandboxObject(
+                    id=intent_id,
+                    object="setup_intent",
+                    data={
+                        "customer": customer_id,
+                        "client_secret": secret,
+                        "status": "requires_payment_method",
+                        "payment_method": None,
+                        "usage": "off_session",
+                    },
+                )
+            )
+        return SetupIntent(id=intent_id, client_secret=secret, status="requires_payment_method")
+
+    def confirm_setup_intent(
+        self,
+        setup_intent_id: str,
+        *,
+        card: dict[str, str | None] | None,
+        payment_method: str | None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Confirm with new card details or an existing pm; (setup intent JSON, card error).
+
+        Raises cards.InvalidCard for malformed card data and UnknownPaymentMethod for an
+        unknown intent or payment method, as Stripe answers those before confirming.
+        """
+        if card is not None:
+            pm_id = self.tokenize_card(
+                number=card.get("number") or "",
+                exp_month=card.get("exp_month") or "",
+                exp_year=card.get("exp_year") or "",
+                cvc=card.get("cvc"),
+            )["id"]
+        elif payment_method:
+            pm_id = payment_method
+        else:
+            raise UnknownPaymentMethod("no payment method")
+        with self.database.transaction() as session:
+            intent = session.get(SandboxObject, setup_intent_id, with_for_update=True)
+            if intent is None or intent.object != "setup_intent":
+                raise UnknownPaymentMethod(setup_intent_id)
+            if intent.data["status"] == "succeeded":
+                return self.setup_intent_json(intent), None
+            pm = self._payment_method(session, pm_id, lock=True)
+            decline = pm.data.get("decline")
+            data = {**intent.data, "payment_method": pm_id, "last_setup_error": None}
+            error = None
+            if decline and decline["on_attach"]:
+                data["status"] = "requires_payment_method"
+                error = {
+                    "type": "card_error",
+                    "code": decline["code"],
+                    "decline_code": decline["decline_code"],
+                    "message": decline["message"],
+                }
+                data["last_setup_error"] = error
+            elif decline and decline["off_session_only"]:
+                data["status"] = "requires_action"
+                data["next_action"] = {"type": "use_stripe_sdk"}
+            else:
+                data["status"] = "succeeded"
+                pm.data = {**pm.data, "customer": data["customer"]}
+            intent.data = data
+            return self.setup_intent_json(intent), error
+
+    @staticmethod
+    def setup_intent_json(obj: SandboxObject) -> dict[str, Any]:
+        data = obj.data
+        return {
+            "id": obj.id,
+            "object": "setup_intent",
+            "client_secret": data["client_secret"],
+            "customer": data["customer"],
+            "payment_method": data["payment_method"],
+            "status": data["status"],
+            "usage": data["usage"],
+            "next_action": data.get("next_action"),
+            "last_setup_error": data.get("last_setup_error"),
+            "livemode": False,
+        }
 
     def _payment_method(
         self, session: Session, payment_method_id: str, *, lock: bool = False

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from billfold.api.deps import ServicesDep
+from billfold.processors.base import UnknownPaymentMethod
 from billfold.processors.cards import InvalidCard
 
 router = APIRouter(prefix="/sandbox/v1", tags=["sandbox processor"], include_in_schema=True)
@@ -40,8 +41,10 @@ def _key_from(request: Request) -> str | None:
     return None
 
 
-@router.post("/payment_methods", summary="Create a card PaymentMethod (Stripe-compatible)")
-async def create_payment_method(request: Request, services: ServicesDep) -> JSONResponse:
+async def _authorized_form(
+    request: Request, services: ServicesDep
+) -> dict[str, str] | JSONResponse:
+    """The form fields of a request made with the publishable key, or Stripe's error."""
     key = _key_from(request)
     if key is None or not hmac.compare_digest(
         key.encode(), services.processor.publishable_key.encode()
@@ -52,9 +55,16 @@ async def create_payment_method(request: Request, services: ServicesDep) -> JSON
             "Invalid API Key provided. Use the publishable key from /billing/stripe-config.",
         )
     try:
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        return {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
     except UnicodeDecodeError:
         return _stripe_error(400, "invalid_request_error", "The body must be form-encoded.")
+
+
+@router.post("/payment_methods", summary="Create a card PaymentMethod (Stripe-compatible)")
+async def create_payment_method(request: Request, services: ServicesDep) -> JSONResponse:
+    form = await _authorized_form(request, services)
+    if isinstance(form, JSONResponse):
+        return form
     if form.get("type") != "card":
         return _stripe_error(
             400, "invalid_request_error", "Only type=card is supported.", param="type"
@@ -74,3 +84,51 @@ async def create_payment_method(request: Request, services: ServicesDep) -> JSON
     except InvalidCard as exc:
         return _stripe_error(402, "card_error", exc.message, code=exc.code, param=exc.param)
     return JSONResponse(payment_method)
+
+
+@router.post(
+    "/setup_intents/{setup_intent_id}/confirm",
+    summary="Confirm a SetupIntent with card details (Stripe-compatible)",
+)
+async def confirm_setup_intent(
+    setup_intent_id: str, request: Request, services: ServicesDep
+) -> JSONResponse:
+    form = await _authorized_form(request, services)
+    if isinstance(form, JSONResponse):
+        return form
+    card = None
+    if any(k.startswith("payment_method_data[") for k in form):
+        if form.get("payment_method_data[type]", "card") != "card":
+            return _stripe_error(
+                400,
+                "invalid_request_error",
+                "Only card payment methods are supported.",
+                param="payment_method_data[type]",
+            )
+        card = {
+            field: form.get(f"payment_method_data[card][{field}]")
+            for field in ("number", "exp_month", "exp_year", "cvc")
+        }
+    elif not form.get("payment_method"):
+        return _stripe_error(
+            400,
+            "invalid_request_error",
+            "Give payment_method_data[card][…] fields or a payment_method.",
+            param="payment_method_data",
+        )
+    try:
+        intent, error = services.processor.confirm_setup_intent(
+            setup_intent_id, card=card, payment_method=form.get("payment_method")
+        )
+    except InvalidCard as exc:
+        return _stripe_error(402, "card_error", exc.message, code=exc.code, param=exc.param)
+    except UnknownPaymentMethod:
+        return _stripe_error(
+            404,
+            "invalid_request_error",
+            "No such setup_intent or payment_method.",
+            code="resource_missing",
+        )
+    if error is not None:
+        return JSONResponse({"error": {**error, "setup_intent": intent}}, status_code=402)
+    return JSONResponse(intent)

@@ -21,10 +21,12 @@ from billfold.api.routing import DecimalJSONRoute
 from billfold.ledger.service import ledger_balances
 from billfold.money import from_micros, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
-from billfold.wallet import service
+from billfold.wallet import auto_funding, service
 from billfold.wallet.models import BUCKETS
 from billfold.wallet.schemas import (
     AdjustmentRequest,
+    AutoFundingOut,
+    AutoFundingRequest,
     BalanceOut,
     FundOut,
     FundRequest,
@@ -56,6 +58,32 @@ PAYMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 def wallet_balance(agent: Agent, services: ServicesDep) -> Response:
     with services.database.read() as session:
         return ok(service.balance_view(service.get_wallet(session, agent.account_id)))
+
+
+@router.put("/wallet/auto-funding", response_model=Envelope[AutoFundingOut])
+def enable_auto_funding(body: AutoFundingRequest, agent: Agent, idem: AgentIdempotent) -> Response:
+    """Charge the default card auto_charge_amount whenever a debit leaves the balance under
+    charge_threshold (one top-up at a time; off after 3 declines in a row)."""
+
+    def handler(session: Session) -> Outcome:
+        wallet = auto_funding.enable(
+            session,
+            account_id=agent.account_id,
+            auto_charge_amount_micros=to_micros(body.auto_charge_amount),
+            charge_threshold_micros=to_micros(body.charge_threshold),
+        )
+        return 200, auto_funding.state_view(wallet)
+
+    return idem.atomic(handler)
+
+
+@router.delete("/wallet/auto-funding", response_model=Envelope[AutoFundingOut])
+def disable_auto_funding(agent: Agent, idem: AgentIdempotent) -> Response:
+    def handler(session: Session) -> Outcome:
+        wallet = auto_funding.disable(session, account_id=agent.account_id)
+        return 200, auto_funding.state_view(wallet)
+
+    return idem.atomic(handler)
 
 
 @router.get("/wallet/transactions", response_model=Envelope[TransactionPage])

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from billfold.money import CARD_DECIMALS, MAX_AMOUNT, USAGE_DECIMALS, AmountRules, MoneyOut
 from billfold.payments.schemas import PaymentMethodId
@@ -17,6 +17,8 @@ MIN_USAGE_CHARGE = Decimal("0.000001")
 
 FundingAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
 WithdrawalAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal("0.01"))]
+AutoChargeAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(5))]
+ThresholdAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(1))]
 AdjustmentAmount = Annotated[
     Decimal,
     AmountRules(decimals=USAGE_DECIMALS, minimum=-MAX_AMOUNT, nonzero=True),
@@ -27,6 +29,25 @@ UsageAmount = Annotated[Decimal, AmountRules(decimals=USAGE_DECIMALS, minimum=MI
 class FundRequest(RequestModel):
     amount: FundingAmount
     payment_method_id: PaymentMethodId | None = None
+
+
+class AutoFundingRequest(RequestModel):
+    """Also accepts the short names `amount` and `threshold`."""
+
+    auto_charge_amount: AutoChargeAmount = Field(
+        validation_alias=AliasChoices("auto_charge_amount", "amount")
+    )
+    charge_threshold: ThresholdAmount = Field(
+        validation_alias=AliasChoices("charge_threshold", "threshold")
+    )
+
+
+class AutoFundingOut(BaseModel):
+    enabled: bool
+    auto_charge_amount: MoneyOut | None
+    charge_threshold: MoneyOut | None
+    consecutive_failures: int
+    disabled_reason: str | None
 
 
 class WithdrawRequest(RequestModel):
@@ -60,6 +81,7 @@ class Breakdown(BaseModel):
 
 
 class BalanceOut(BaseModel):
+    auto_funding: AutoFundingOut
     balance: MoneyOut
     currency: str
     breakdown: Breakdown

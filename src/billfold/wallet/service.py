@@ -18,10 +18,11 @@ from billfold.money import from_micros, micros_to_cents
 from billfold.payments import service as payments
 from billfold.payments.models import Payment, Refund
 from billfold.processors.base import Processor
+from billfold.wallet import auto_funding
 from billfold.wallet.models import Wallet
 
 # Card payments whose money is purchased credit, refundable to the card on withdrawal.
-REFUNDABLE_PURPOSES = ("wallet_funding",)
+REFUNDABLE_PURPOSES = ("wallet_funding", "auto_funding", "checkout", "coupon_purchase")
 
 
 def get_wallet(session: Session, account_id: str) -> Wallet:
@@ -33,6 +34,7 @@ def get_wallet(session: Session, account_id: str) -> Wallet:
 
 def balance_view(wallet: Wallet) -> dict[str, Any]:
     return {
+        "auto_funding": auto_funding.state_view(wallet),
         "balance": from_micros(wallet.balance_micros),
         "currency": wallet.currency,
         "breakdown": {
@@ -49,6 +51,7 @@ def transaction_view(txn: LedgerTransaction) -> dict[str, Any]:
         "id": txn.id,
         "created_at": txn.created_at,
         "type": txn.type,
+        "status": txn.status,
         "kind": txn.kind,
         "amount": from_micros(txn.amount_micros),
         "usecase": txn.usecase,
@@ -93,6 +96,7 @@ def fund_wallet(
     amount_micros: int,
     payment_method_id: str | None,
     idempotency_key: str | None,
+    purpose: str = "wallet_funding",
 ) -> Funded:
     """Charge a card and credit the wallet as purchased credit, exactly once per charge.
 
@@ -136,7 +140,7 @@ def fund_wallet(
         payment, first_time = payments.record_payment(
             session,
             account_id=account_id,
-            purpose="wallet_funding",
+            purpose=purpose,
             amount_micros=amount_micros,
             currency=currency,
             payment_method_id=payment_method_id,
@@ -146,7 +150,7 @@ def fund_wallet(
             txn = ledger.post(
                 session,
                 account_id=account_id,
-                kind="wallet_funding",
+                kind=purpose,
                 usecase="wallet_funding",
                 description="Wallet funded by card",
                 payment_id=payment.id,
@@ -403,7 +407,7 @@ def charge_usage(
         )
     postings = [*ledger.spend_split(_buckets(wallet), amount_micros)]
     postings.append(ledger.Posting(ledger.REVENUE_USAGE, amount_micros))
-    return ledger.post(
+    txn = ledger.post(
         session,
         account_id=account_id,
         kind="usage_charge",
@@ -412,6 +416,10 @@ def charge_usage(
         postings=postings,
         meta=metadata,
     )
+    auto_funding.after_debit(
+        session, locked_wallet=wallet, balance_after_micros=txn.balance_after_micros
+    )
+    return txn
 
 
 def adjust(
@@ -419,26 +427,24 @@ def adjust(
 ) -> LedgerTransaction:
     """Operator adjustment: a credit lands as promotional credit (it has no card behind it
     to be refunded to); a debit spends in the usual order."""
+    wallet = ledger.lock_wallet(session, account_id)
     if amount_micros > 0:
-        ledger.lock_wallet(session, account_id)
-        postings = [
-            ledger.Posting(ledger.wallet_account("promotional"), amount_micros),
-            ledger.Posting(ledger.OPERATOR_ADJUSTMENTS, -amount_micros),
-        ]
+        postings = [ledger.Posting(ledger.wallet_account("promotional"), amount_micros)]
     else:
-        wallet = ledger.lock_wallet(session, account_id)
-        postings = [
-            *ledger.spend_split(_buckets(wallet), -amount_micros),
-            ledger.Posting(ledger.OPERATOR_ADJUSTMENTS, -amount_micros),
-        ]
-    return ledger.post(
+        postings = ledger.spend_split(_buckets(wallet), -amount_micros)
+    txn = ledger.post(
         session,
         account_id=account_id,
         kind="adjustment",
         usecase="adjustment",
         description=reason,
-        postings=postings,
+        postings=[*postings, ledger.Posting(ledger.OPERATOR_ADJUSTMENTS, -amount_micros)],
     )
+    if amount_micros < 0:
+        auto_funding.after_debit(
+            session, locked_wallet=wallet, balance_after_micros=txn.balance_after_micros
+        )
+    return txn
 
 
 def _buckets(wallet: Wallet) -> dict[str, int]:

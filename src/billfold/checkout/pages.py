@@ -1,0 +1,134 @@
+"""The hosted payment page a human opens from a payment link (sandbox mode)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from billfold.api.deps import Services, ServicesDep
+from billfold.checkout import service
+from billfold.checkout.models import CheckoutSession
+from billfold.clock import now
+from billfold.money import from_micros
+
+router = APIRouter(include_in_schema=False)
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
+_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def money_text(micros: int, currency: str) -> str:
+    amount = from_micros(micros).quantize(Decimal("0.01"))
+    symbol = _SYMBOLS.get(currency)
+    return f"{symbol}{amount:,}" if symbol else f"{amount:,} {currency}"
+
+
+def _page(name: str, status_code: int = 200, **context: object) -> HTMLResponse:
+    html = _templates.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status_code, headers=_HEADERS)
+
+
+def _closed(heading: str, message: str, status_code: int) -> HTMLResponse:
+    return _page("closed.html", status_code, heading=heading, message=message)
+
+
+def _expires_in(expires_at: datetime) -> str:
+    seconds = max(0, int((expires_at - now()).total_seconds()))
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def _pay_page(
+    checkout: CheckoutSession,
+    *,
+    error: str | None = None,
+    field: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    return _page(
+        "pay.html",
+        status_code,
+        amount=money_text(checkout.amount_micros, checkout.currency),
+        description="Add funds to your agent's prepaid wallet",
+        action=f"/pay/{checkout.id}",
+        error=error,
+        error_field=field,
+        expires_at_iso=checkout.expires_at.isoformat(),
+        expires_in_text=_expires_in(checkout.expires_at),
+    )
+
+
+def _show(checkout: CheckoutSession | None) -> HTMLResponse:
+    if checkout is None:
+        return _closed("Payment link not found", "Check the link you were given.", 404)
+    status = service.effective_status(checkout)
+    if status == "complete":
+        return _page(
+            "success.html",
+            amount=money_text(checkout.amount_micros, checkout.currency),
+            session_id=checkout.id,
+        )
+    if status == "expired":
+        return _closed(
+            "This payment link has expired",
+            "Nothing was charged. Ask the agent that sent it for a new link.",
+            410,
+        )
+    if status == "processing":
+        return _closed(
+            "Payment in progress",
+            "A payment for this link is being processed. Reload shortly.",
+            409,
+        )
+    return _pay_page(checkout)
+
+
+@router.get("/pay/{session_id}")
+def show_payment_page(session_id: str, services: ServicesDep) -> Response:
+    with services.database.read() as session:
+        return _show(session.get(CheckoutSession, session_id))
+
+
+def _split_expiry(value: str) -> tuple[str, str]:
+    cleaned = value.replace(" ", "")
+    month, _, year = cleaned.partition("/")
+    return month, year
+
+
+@router.post("/pay/{session_id}")
+async def submit_payment(session_id: str, request: Request, services: ServicesDep) -> Response:
+    try:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+    except UnicodeDecodeError:
+        form = {}
+    return await run_in_threadpool(_submit, services, session_id, form)
+
+
+def _submit(services: Services, session_id: str, form: dict[str, str]) -> Response:
+    month, year = _split_expiry(form.get("card_expiry", ""))
+    result = service.pay_with_card(
+        services.database,
+        services.processor,
+        session_id=session_id,
+        number=form.get("card_number", ""),
+        exp_month=month,
+        exp_year=year,
+        cvc=form.get("card_cvc", ""),
+    )
+    with services.database.read() as session:
+        checkout = session.get(CheckoutSession, session_id)
+    if result.status in ("declined", "invalid_card") and checkout is not None:
+        return _pay_page(checkout, error=result.message, field=result.field, status_code=402)
+    if result.status == "complete":
+        # Post/Redirect/Get: reloading the success page does not resubmit the form.
+        return RedirectResponse(f"/pay/{session_id}", status_code=303)
+    return _show(checkout)

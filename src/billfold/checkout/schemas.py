@@ -1,0 +1,68 @@
+"""Request and response shapes of payment links and checkout confirmation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from billfold.money import CARD_DECIMALS, AmountRules, MoneyOut
+from billfold.schemas import RequestModel
+
+MIN_LINK_FUNDING = Decimal(10)
+LinkAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_LINK_FUNDING)]
+
+
+class PaymentLinkRequest(RequestModel):
+    purpose: Literal["fund", "subscribe"]
+    amount: LinkAmount | None = None
+    plan_id: int | None = Field(default=None, ge=1)
+    # Named only to refuse it with a clear message (the reference says it is not accepted).
+    success_url: Any = Field(default=None, json_schema_extra={"deprecated": True})
+
+    @field_validator("success_url")
+    @classmethod
+    def _no_success_url(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                "success_url is not accepted: after paying, the human sees Billfold's success "
+                "page with the session_id to copy back to the agent."
+            )
+        return None
+
+    @model_validator(mode="after")
+    def _purpose_fields(self) -> PaymentLinkRequest:
+        if self.purpose == "fund" and self.amount is None:
+            raise ValueError("amount is required when purpose is 'fund' (at least 10)")
+        if self.purpose == "fund" and self.plan_id is not None:
+            raise ValueError("plan_id goes with purpose 'subscribe', not 'fund'")
+        if self.purpose == "subscribe" and self.plan_id is None:
+            raise ValueError("plan_id is required when purpose is 'subscribe'")
+        return self
+
+
+class PaymentLinkOut(BaseModel):
+    payment_url: str
+    session_id: str
+    purpose: str
+    amount: MoneyOut | None
+    currency: str
+    expires_at: datetime
+    instructions: str
+
+
+class ConfirmCheckoutRequest(RequestModel):
+    session_id: str = Field(min_length=1, max_length=64)
+
+
+class ConfirmedCheckoutOut(BaseModel):
+    session_id: str
+    status: str
+    purpose: str
+    amount: MoneyOut
+    currency: str
+    payment_intent_id: str | None
+    balance: MoneyOut
+    completed_at: datetime | None

@@ -1,0 +1,262 @@
+"""Payment links: create a checkout session, take the human's payment, report it to the agent.
+
+The wallet is credited in the same transaction that marks the session paid, so a
+human's payment is never left uncredited; confirm-checkout then only reports it,
+exactly once and the same way every time. A session is claimed ("processing") while a
+payment is attempted, so a double-submitted form cannot charge twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import or_, update
+from sqlalchemy.orm import Session
+
+from billfold.checkout.models import CheckoutSession
+from billfold.clock import now
+from billfold.db import Database
+from billfold.errors import BillfoldError, Conflict, Gone, NotFound
+from billfold.ids import new_id
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
+from billfold.ledger import service as ledger
+from billfold.money import micros_to_cents
+from billfold.payments import service as payments
+from billfold.processors.cards import InvalidCard
+from billfold.processors.sandbox import SandboxProcessor
+from billfold.wallet.models import Wallet
+
+if TYPE_CHECKING:
+    from billfold.api.deps import Services
+
+PROCESSING_LEASE = timedelta(minutes=2)
+EXPIRE_JOB = "checkout.expire"
+
+
+class CheckoutNotCompleted(BillfoldError):
+    status_code = 409
+    code = "checkout_not_completed"
+
+
+class CheckoutExpired(Gone):
+    code = "checkout_expired"
+
+
+def create(
+    session: Session, *, account_id: str, purpose: str, amount_micros: int, ttl: timedelta
+) -> CheckoutSession:
+    wallet = session.get(Wallet, account_id)
+    if wallet is None:
+        raise NotFound("No such account.", code="account_not_found")
+    checkout = CheckoutSession(
+        id=new_id("cs"),
+        account_id=account_id,
+        purpose=purpose,
+        amount_micros=amount_micros,
+        currency=wallet.currency,
+        status="open",
+        expires_at=now() + ttl,
+        created_at=now(),
+    )
+    session.add(checkout)
+    session.flush()
+    jobs.enqueue(
+        session,
+        kind=EXPIRE_JOB,
+        account_id=account_id,
+        payload={"session_id": checkout.id},
+        run_at=checkout.expires_at,
+    )
+    return checkout
+
+
+def effective_status(checkout: CheckoutSession) -> str:
+    if checkout.status in ("open", "processing") and checkout.expires_at <= now():
+        return "expired"
+    return checkout.status
+
+
+def expire(session: Session, session_id: str) -> None:
+    session.execute(
+        update(CheckoutSession)
+        .where(
+            CheckoutSession.id == session_id,
+            CheckoutSession.status == "open",
+            CheckoutSession.expires_at <= now(),
+        )
+        .values(status="expired")
+    )
+
+
+def get_for_account(session: Session, *, account_id: str, session_id: str) -> CheckoutSession:
+    checkout = session.get(CheckoutSession, session_id)
+    if checkout is None or checkout.account_id != account_id:
+        raise NotFound(
+            "No such checkout session.",
+            code="checkout_not_found",
+            details={"session_id": session_id},
+        )
+    return checkout
+
+
+def confirm(session: Session, *, account_id: str, session_id: str, purpose: str) -> CheckoutSession:
+    """The completed session, or why not yet: 409 until paid, 410 once expired."""
+    checkout = get_for_account(session, account_id=account_id, session_id=session_id)
+    if checkout.purpose != purpose:
+        raise Conflict(
+            f"This checkout session is for '{checkout.purpose}', not '{purpose}'.",
+            code="checkout_purpose_mismatch",
+        )
+    status = effective_status(checkout)
+    if status == "complete":
+        return checkout
+    if status == "expired":
+        raise CheckoutExpired(
+            "This payment link expired before it was paid. Create a new one.",
+            details={"session_id": session_id, "expires_at": checkout.expires_at.isoformat()},
+        )
+    raise CheckoutNotCompleted(
+        "The payment has not been completed yet. Poll again after the human pays.",
+        details={"session_id": session_id, "status": status},
+    )
+
+
+@dataclass(frozen=True)
+class PayResult:
+    """What the hosted page shows after a payment attempt."""
+
+    status: str  # complete, declined, invalid_card, busy, expired
+    message: str | None = None
+    field: str | None = None
+
+
+def pay_with_card(
+    database: Database,
+    processor: SandboxProcessor,
+    *,
+    session_id: str,
+    number: str,
+    exp_month: str,
+    exp_year: str,
+    cvc: str,
+) -> PayResult:
+    """The hosted page's form submit: tokenize, charge and, on success, credit the wallet."""
+    try:
+        card = processor.tokenize_card(
+            number=number, exp_month=exp_month, exp_year=exp_year, cvc=cvc
+        )
+    except InvalidCard as exc:
+        return PayResult("invalid_card", exc.message, exc.param)
+    current = now()
+    with database.transaction() as session:
+        claimed = session.execute(
+            update(CheckoutSession)
+            .where(
+                CheckoutSession.id == session_id,
+                CheckoutSession.expires_at > current,
+                or_(
+                    CheckoutSession.status == "open",
+                    (CheckoutSession.status == "processing")
+                    & (CheckoutSession.processing_until < current),
+                ),
+            )
+            .values(
+                status="processing",
+                processing_until=current + PROCESSING_LEASE,
+                attempts=CheckoutSession.attempts + 1,
+            )
+            .returning(
+                CheckoutSession.account_id,
+                CheckoutSession.amount_micros,
+                CheckoutSession.currency,
+                CheckoutSession.attempts,
+            )
+        ).first()
+    if claimed is None:
+        with database.read() as session:
+            checkout = session.get(CheckoutSession, session_id)
+            status = effective_status(checkout) if checkout else "expired"
+        return PayResult("busy" if status == "processing" else status)
+    account_id, amount, currency, attempt = claimed
+    try:
+        customer_id = payments.ensure_customer(database, processor, account_id)
+        result = processor.charge(
+            customer_id=customer_id,
+            payment_method_id=card["id"],
+            amount_cents=micros_to_cents(amount),
+            currency=currency,
+            idempotency_key=f"checkout:{session_id}:{attempt}",
+            description="Wallet funding (payment link)",
+        )
+    except Exception:
+        _reopen(database, session_id)
+        raise
+    with database.transaction() as session:
+        payment, first_time = payments.record_payment(
+            session,
+            account_id=account_id,
+            purpose="checkout",
+            amount_micros=amount,
+            currency=currency,
+            payment_method_id=card["id"],
+            result=result,
+        )
+        if not result.succeeded:
+            session.execute(
+                update(CheckoutSession)
+                .where(CheckoutSession.id == session_id, CheckoutSession.status == "processing")
+                .values(status="open", processing_until=None)
+            )
+            return PayResult(
+                "declined",
+                _decline_message(result.failure_message, result.decline_code),
+            )
+        completed = session.execute(
+            update(CheckoutSession)
+            .where(CheckoutSession.id == session_id, CheckoutSession.status == "processing")
+            .values(
+                status="complete",
+                payment_intent_id=payment.id,
+                completed_at=now(),
+                processing_until=None,
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        if completed and first_time:
+            ledger.post(
+                session,
+                account_id=account_id,
+                kind="checkout",
+                usecase="wallet_funding",
+                description="Wallet funded through a payment link",
+                payment_id=payment.id,
+                reference=f"payment:{payment.id}",
+                postings=[
+                    ledger.Posting(ledger.wallet_account("purchased"), amount),
+                    ledger.Posting(ledger.PROCESSOR_CLEARING, -amount),
+                ],
+                meta={"session_id": session_id},
+            )
+    return PayResult("complete")
+
+
+def _reopen(database: Database, session_id: str) -> None:
+    with database.transaction() as session:
+        session.execute(
+            update(CheckoutSession)
+            .where(CheckoutSession.id == session_id, CheckoutSession.status == "processing")
+            .values(status="open", processing_until=None)
+        )
+
+
+def _decline_message(message: str | None, decline_code: str | None) -> str:
+    reason = (decline_code or "declined").replace("_", " ")
+    return f"{message or 'Your card was declined.'} ({reason}) Try another card."
+
+
+def run_expiry(services: Services, job: ClaimedJob) -> None:
+    """The job scheduled at a link's expiry: an unpaid session becomes expired."""
+    with services.database.transaction() as session:
+        expire(session, str(job.payload["session_id"]))

@@ -1,0 +1,333 @@
+"""Coupons: validate, and redeem exactly once per account and within the limit.
+
+A redemption is reserved first, in one transaction: a conditional UPDATE takes one of
+the remaining redemptions (so two accounts racing for the last one cannot both win)
+and the (coupon, account) unique constraint refuses a second one by the same account.
+A purchase coupon then charges the card; a decline gives the reservation back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from billfold.clock import now
+from billfold.coupons.models import Coupon, CouponRedemption
+from billfold.db import Database, insert_or_ignore
+from billfold.errors import BillfoldError, Conflict, InvalidRequest
+from billfold.ids import new_id
+from billfold.ledger import service as ledger
+from billfold.money import from_micros
+from billfold.payments import service as payments
+from billfold.processors.base import Processor
+from billfold.wallet import service as wallet_service
+from billfold.wallet.models import Wallet
+
+OPERATOR_PROMOTIONS = "operator:promotions"
+PURCHASE_KINDS = ("bonus_percent", "bonus_fixed")
+
+
+class CouponError(BillfoldError):
+    """A coupon that cannot be used; `code` says why (validate reports it as data)."""
+
+    status_code = 422
+
+
+def _error(code: str, message: str, status: int = 422, **details: Any) -> CouponError:
+    error = CouponError(message, code=code, details=details)
+    error.status_code = status
+    return error
+
+
+def normalize_code(code: str) -> str:
+    return code.strip().upper()
+
+
+def find(session: Session, code: str) -> Coupon:
+    coupon = session.scalars(select(Coupon).where(Coupon.code == normalize_code(code))).first()
+    if coupon is None:
+        raise _error("coupon_not_found", "No coupon with this code.", 404)
+    return coupon
+
+
+def bonus_micros(coupon: Coupon, purchase_micros: int) -> int:
+    if coupon.kind == "bonus_fixed":
+        return coupon.amount_micros or 0
+    if coupon.kind == "bonus_percent":
+        # Round down to the micro: a bonus never exceeds its stated percentage.
+        return purchase_micros * (coupon.percent_basis_points or 0) // 10_000
+    return 0
+
+
+def check_usable(
+    session: Session, coupon: Coupon, *, account_id: str, purchase_micros: int | None
+) -> int:
+    """Raise the reason a coupon cannot be used now; else the credit it would grant."""
+    current = now()
+    if coupon.status != "active" or (coupon.valid_until and coupon.valid_until <= current):
+        raise _error("coupon_expired", "This coupon has expired.", 410)
+    if coupon.valid_from and coupon.valid_from > current:
+        raise _error(
+            "coupon_not_yet_valid",
+            "This coupon is not valid yet.",
+            422,
+            valid_from=coupon.valid_from.isoformat(),
+        )
+    if coupon.max_redemptions is not None and coupon.redemptions >= coupon.max_redemptions:
+        raise _error("coupon_exhausted", "This coupon has been fully redeemed.", 409)
+    redeemed = session.scalars(
+        select(CouponRedemption.id).where(
+            CouponRedemption.coupon_id == coupon.id, CouponRedemption.account_id == account_id
+        )
+    ).first()
+    if redeemed is not None:
+        raise _error(
+            "coupon_already_redeemed", "This account has already redeemed this coupon.", 409
+        )
+    if coupon.kind in PURCHASE_KINDS:
+        if purchase_micros is None or purchase_micros < coupon.min_purchase_micros:
+            raise _error(
+                "purchase_below_minimum",
+                f"This coupon needs a purchase of at least "
+                f"{from_micros(coupon.min_purchase_micros)} {coupon.currency}.",
+                422,
+                min_purchase=from_micros(coupon.min_purchase_micros),
+            )
+        return bonus_micros(coupon, purchase_micros)
+    return coupon.amount_micros or 0
+
+
+def coupon_view(coupon: Coupon) -> dict[str, Any]:
+    remaining = (
+        None
+        if coupon.max_redemptions is None
+        else max(coupon.max_redemptions - coupon.redemptions, 0)
+    )
+    return {
+        "id": coupon.id,
+        "code": coupon.code,
+        "kind": coupon.kind,
+        "credit_amount": from_micros(coupon.amount_micros or 0)
+        if coupon.kind == "credit"
+        else None,
+        "bonus_amount": (
+            from_micros(coupon.amount_micros or 0) if coupon.kind == "bonus_fixed" else None
+        ),
+        "bonus_percent": (
+            Decimal(coupon.percent_basis_points or 0) / 100
+            if coupon.kind == "bonus_percent"
+            else None
+        ),
+        "min_purchase": from_micros(coupon.min_purchase_micros),
+        "currency": coupon.currency,
+        "valid_from": coupon.valid_from,
+        "expires_at": coupon.valid_until,
+        "max_redemptions": coupon.max_redemptions,
+        "remaining_redemptions": remaining,
+        "status": coupon.status,
+    }
+
+
+def validate(
+    session: Session, *, account_id: str, code: str, purchase_micros: int | None
+) -> dict[str, Any]:
+    """Validation answers as data: {valid: true, …} or {valid: false, error: {code, message}}."""
+    try:
+        coupon = find(session, code)
+        credit = check_usable(
+            session, coupon, account_id=account_id, purchase_micros=purchase_micros
+        )
+    except CouponError as exc:
+        return {
+            "valid": False,
+            "code": normalize_code(code),
+            "error": {"code": exc.code, "message": exc.message, "details": exc.details},
+        }
+    view = coupon_view(coupon)
+    view.update(valid=True, code=coupon.code, error=None)
+    if coupon.kind in PURCHASE_KINDS:
+        view["bonus_amount"] = from_micros(credit)
+        view["purchase_amount"] = from_micros(purchase_micros or 0)
+        view["total_credit"] = from_micros((purchase_micros or 0) + credit)
+    return view
+
+
+def create(session: Session, *, values: dict[str, Any]) -> Coupon:
+    coupon_id = new_id("cpn")
+    inserted = insert_or_ignore(
+        session,
+        Coupon,
+        {
+            **values,
+            "id": coupon_id,
+            "code": normalize_code(values["code"]),
+            "redemptions": 0,
+            "status": "active",
+            "created_at": now(),
+        },
+        ["code"],
+    )
+    if not inserted:
+        raise Conflict("A coupon with this code exists.", code="coupon_code_taken")
+    coupon = session.get(Coupon, coupon_id)
+    assert coupon is not None
+    return coupon
+
+
+def archive(session: Session, *, code: str) -> Coupon:
+    coupon = find(session, code)
+    coupon.status = "archived"
+    return coupon
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    redemption: CouponRedemption
+    coupon: Coupon
+    balance_micros: int
+
+
+def _reserve(
+    session: Session, coupon: Coupon, *, account_id: str, purchase_micros: int | None
+) -> CouponRedemption:
+    credit = check_usable(session, coupon, account_id=account_id, purchase_micros=purchase_micros)
+    current = now()
+    taken = session.execute(
+        update(Coupon)
+        .where(
+            Coupon.id == coupon.id,
+            Coupon.status == "active",
+            or_(Coupon.max_redemptions.is_(None), Coupon.redemptions < Coupon.max_redemptions),
+            or_(Coupon.valid_until.is_(None), Coupon.valid_until > current),
+        )
+        .values(redemptions=Coupon.redemptions + 1)
+    ).rowcount  # type: ignore[attr-defined]
+    if not taken:
+        raise _error("coupon_exhausted", "This coupon has been fully redeemed.", 409)
+    redemption = CouponRedemption(
+        id=new_id("red"),
+        coupon_id=coupon.id,
+        account_id=account_id,
+        status="pending" if coupon.kind in PURCHASE_KINDS else "redeemed",
+        credit_micros=credit,
+        purchase_micros=(purchase_micros or 0) if coupon.kind in PURCHASE_KINDS else 0,
+        created_at=current,
+    )
+    session.add(redemption)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise _error(
+            "coupon_already_redeemed", "This account has already redeemed this coupon.", 409
+        ) from None
+    return redemption
+
+
+def _grant(session: Session, redemption: CouponRedemption, coupon: Coupon) -> None:
+    if redemption.credit_micros:
+        ledger.post(
+            session,
+            account_id=redemption.account_id,
+            kind="coupon_credit",
+            usecase="coupon",
+            description=f"Coupon {coupon.code}",
+            reference=f"coupon:{redemption.id}",
+            postings=[
+                ledger.Posting(ledger.wallet_account("promotional"), redemption.credit_micros),
+                ledger.Posting(OPERATOR_PROMOTIONS, -redemption.credit_micros),
+            ],
+            meta={"coupon": coupon.code},
+        )
+
+
+def redeem(
+    database: Database,
+    processor: Processor,
+    *,
+    account_id: str,
+    code: str,
+    purchase_micros: int | None,
+    payment_method_id: str | None,
+    idempotency_key: str | None,
+) -> Redeemed:
+    with database.transaction() as session:
+        coupon = find(session, code)
+        if coupon.kind not in PURCHASE_KINDS:
+            redemption = _reserve(session, coupon, account_id=account_id, purchase_micros=None)
+            _grant(session, redemption, coupon)
+            wallet = session.get(Wallet, account_id, populate_existing=True)
+            assert wallet is not None
+            return Redeemed(redemption, coupon, wallet.balance_micros)
+        if purchase_micros is None:
+            raise InvalidRequest(
+                "purchase_amount is required for this coupon: it adds a bonus to a card purchase.",
+                details={"field": "purchase_amount"},
+            )
+        if (
+            payment_method_id is None
+            and payments.default_payment_method(session, account_id) is None
+        ):
+            raise payments.PaymentMethodRequired(
+                "Give a payment_method_id: this account has no default card on file."
+            )
+        redemption = _reserve(
+            session, coupon, account_id=account_id, purchase_micros=purchase_micros
+        )
+    # Charge the purchase; a decline gives the reserved redemption back.
+    try:
+        funded = wallet_service.fund_wallet(
+            database,
+            processor,
+            account_id=account_id,
+            amount_micros=purchase_micros,
+            payment_method_id=payment_method_id,
+            idempotency_key=f"coupon:{redemption.id}:{idempotency_key or ''}",
+            purpose="coupon_purchase",
+        )
+    except BaseException:  # a decline (PaymentFailed) or anything else: nothing was granted
+        with database.transaction() as session:
+            _release(session, redemption)
+        raise
+    with database.transaction() as session:
+        row = session.get(CouponRedemption, redemption.id, with_for_update=True)
+        assert row is not None
+        if row.status == "pending":
+            row.status = "redeemed"
+            row.payment_id = funded.payment.id
+            _grant(session, row, coupon)
+        wallet = session.get(Wallet, account_id, populate_existing=True)
+        assert wallet is not None
+        return Redeemed(row, coupon, wallet.balance_micros)
+
+
+def _release(session: Session, redemption: CouponRedemption) -> None:
+    removed = session.execute(
+        delete(CouponRedemption).where(
+            CouponRedemption.id == redemption.id, CouponRedemption.status == "pending"
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    if removed:
+        session.execute(
+            update(Coupon)
+            .where(Coupon.id == redemption.coupon_id)
+            .values(redemptions=Coupon.redemptions - 1)
+        )
+
+
+def redemption_view(result: Redeemed) -> dict[str, Any]:
+    redemption = result.redemption
+    return {
+        "redemption_id": redemption.id,
+        "code": result.coupon.code,
+        "kind": result.coupon.kind,
+        "credit_amount": from_micros(redemption.credit_micros),
+        "purchase_amount": from_micros(redemption.purchase_micros),
+        "payment_intent_id": redemption.payment_id,
+        "balance": from_micros(result.balance_micros),
+        "redeemed_at": redemption.created_at,
+    }
