@@ -253,7 +253,8 @@ def _reopen(database: Database, session_id: str) -> None:
 
 def _decline_message(message: str | None, decline_code: str | None) -> str:
     reason = (decline_code or "declined").replace("_", " ")
-    return f"{message or 'Your card was declined.'} ({reason}) Try another card."
+    text = (message or "Your card was declined.").rstrip(".")
+    return f"{text} ({reason}). Try another card."
 
 
 def run_expiry(services: Services, job: ClaimedJob) -> None:

@@ -1,0 +1,137 @@
+"""The human-assisted flow in real Chromium: the agent's poll loop from the reference
+document runs while the test, playing the human, pays on the hosted page."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import require_service
+from tests.helpers import CARD_DECLINED, Api
+
+CHROMIUM = "/usr/bin/chromium"
+BASE = ""
+links: queue.Queue[dict] = queue.Queue()
+
+
+def headers(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+# --- copied from the reference document (print → the links queue, for the human) -------
+
+
+def get_wallet_balance(token):
+    resp = requests.get(f"{BASE}/wallet/balance", headers=headers(token))
+    return resp.json()["data"]
+
+
+def create_payment_link(token, purpose, amount=None, plan_id=None):
+    payload = {"purpose": purpose}
+    if amount is not None:
+        payload["amount"] = amount
+    if plan_id is not None:
+        payload["plan_id"] = plan_id
+    resp = requests.post(f"{BASE}/billing/payment-link", headers=headers(token), json=payload)
+    return resp.json()["data"]
+
+
+def confirm_wallet_checkout(token, session_id):
+    resp = requests.post(
+        f"{BASE}/wallet/confirm-checkout",
+        headers=headers(token),
+        json={"session_id": session_id},
+    )
+    return resp.json()["data"]
+
+
+def fund_via_human(token, amount, poll_interval=5, max_wait=300):
+    initial = get_wallet_balance(token)["balance"]  # noqa: F841 - as in the reference
+    link = create_payment_link(token, purpose="fund", amount=amount)
+    links.put(link)  # the reference prints payment_url for the human here
+    elapsed = 0
+    while elapsed < max_wait:
+        time.sleep(poll_interval)
+        elapsed += poll_interval
+        try:
+            result = confirm_wallet_checkout(token, link["session_id"])
+            return result
+        except Exception:
+            pass
+    return None
+
+
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        require_service(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+def test_human_pays_in_the_browser_while_the_agent_polls(
+    api: Api, browser: object, artifacts: Path, backend: str
+) -> None:
+    global BASE
+    BASE = f"{api.base_url}/api/agents/v1"
+    agent = api.new_agent()
+    outcome: dict = {}
+    poller = threading.Thread(
+        target=lambda: outcome.update(
+            result=fund_via_human(agent.token, amount=50, poll_interval=0.3, max_wait=60)
+        )
+    )
+    poller.start()
+    link = links.get(timeout=30)
+
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+    page.goto(link["payment_url"])
+    assert page.get_by_test_id("amount").inner_text() == "$50.00"
+    assert page.locator("#countdown").inner_text().endswith(" s")
+    overflow = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+    assert overflow is False  # no sideways scrolling on a phone
+    page.screenshot(path=str(artifacts / f"checkout-form-{backend}.png"), full_page=True)
+
+    # A declined card: the human sees why and can try again.
+    page.get_by_label("Card number").fill(CARD_DECLINED)
+    page.get_by_label("Expiry (MM/YY)").fill("12/34")
+    page.get_by_label("CVC").fill("123")
+    page.get_by_role("button", name="Pay $50.00").click()
+    alert = page.get_by_role("alert")
+    assert "declined" in alert.inner_text()
+    page.screenshot(path=str(artifacts / f"checkout-declined-{backend}.png"), full_page=True)
+    assert agent.balance() == 0
+
+    page.get_by_label("Card number").fill("4242 4242 4242 4242")
+    page.get_by_label("Expiry (MM/YY)").fill("12/34")
+    page.get_by_label("CVC").fill("123")
+    page.get_by_role("button", name="Pay $50.00").click()
+    session_id = page.get_by_test_id("session-id").inner_text()
+    assert session_id == link["session_id"]
+    page.get_by_role("button", name="Copy").click()
+    page.screenshot(path=str(artifacts / f"checkout-success-{backend}.png"), full_page=True)
+    page.close()
+
+    poller.join(timeout=60)
+    result = outcome["result"]
+    assert result is not None, "the agent never saw the payment"
+    assert result["balance"] == 50
+    assert result["session_id"] == session_id
+    assert agent.balance() == 50

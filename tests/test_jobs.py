@@ -1,0 +1,132 @@
+"""The durable job queue: claims, leases, retries with backoff, dedupe, many workers."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from billfold.api.deps import Services
+from billfold.clock import now
+from billfold.jobs import service as jobs
+from billfold.jobs.models import Job
+from billfold.jobs.service import ClaimedJob
+from billfold.jobs.worker import Worker
+
+
+def _job(services: Services, job_id: int) -> Job:
+    with services.database.read() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _enqueue(services: Services, kind: str, **kwargs: object) -> int:
+    with services.database.transaction() as session:
+        assert jobs.enqueue(session, kind=kind, **kwargs)  # type: ignore[arg-type]
+        return int(session.scalars(select(Job.id).order_by(Job.id.desc()).limit(1)).one())
+
+
+def test_failed_job_is_retried_with_backoff_then_buried(services: Services) -> None:
+    kind = f"test.flaky.{uuid.uuid4().hex[:6]}"
+    calls: list[int] = []
+
+    def flaky(_services: Services, job: ClaimedJob) -> None:
+        calls.append(job.attempts)
+        raise RuntimeError("receiver down")
+
+    worker = Worker(services)
+    worker.handlers[kind] = flaky
+    job_id = _enqueue(services, kind, max_attempts=3)
+    worker.drain()
+    job = _job(services, job_id)
+    assert (job.status, job.attempts) == ("queued", 1)
+    assert "receiver down" in (job.last_error or "")
+    assert timedelta(seconds=9) < job.run_at - now() <= timedelta(seconds=10)
+    worker.drain()  # not due yet: nothing runs
+    assert calls == [1]
+    for _ in range(2):
+        worker.drain(at=now() + timedelta(days=1))
+    job = _job(services, job_id)
+    assert calls == [1, 2, 3]
+    assert (job.status, job.attempts) == ("dead", 3)
+    assert job.finished_at is not None
+
+
+def test_lost_lease_is_claimed_again(services: Services) -> None:
+    kind = f"test.lease.{uuid.uuid4().hex[:6]}"
+    done: list[int] = []
+    worker = Worker(services)
+    worker.handlers[kind] = lambda _s, job: done.append(job.id)
+    job_id = _enqueue(services, kind)
+    with services.database.transaction() as session:
+        claimed = jobs.claim(session, worker_id="dead-worker", limit=1000)
+    assert job_id in [c.id for c in claimed]
+    worker.drain()
+    assert job_id not in done  # still leased to the dead worker
+    worker.drain(at=now() + jobs.LEASE + timedelta(seconds=1))
+    assert job_id in done
+    job = _job(services, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    # The dead worker wakes up: it cannot mark a job it no longer holds.
+    with services.database.transaction() as session:
+        late = ClaimedJob(job_id, kind, None, {}, 1, 8)
+        assert jobs.succeed(session, late, worker_id="dead-worker") is False
+
+
+def test_dedupe_key_allows_one_active_job(services: Services) -> None:
+    key = f"dedupe:{uuid.uuid4()}"
+    kind = f"test.dedupe.{uuid.uuid4().hex[:6]}"
+    with services.database.transaction() as session:
+        assert jobs.enqueue(session, kind=kind, dedupe_key=key) is True
+        assert jobs.enqueue(session, kind=kind, dedupe_key=key) is False
+    worker = Worker(services)
+    worker.handlers[kind] = lambda _s, _j: None
+    worker.drain()
+    with services.database.transaction() as session:  # finished: the key is free again
+        assert jobs.enqueue(session, kind=kind, dedupe_key=key) is True
+
+
+def test_many_workers_run_each_job_once(services: Services, backend: str) -> None:
+    kind = f"test.many.{uuid.uuid4().hex[:6]}"
+    runs: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def handler(_services: Services, job: ClaimedJob) -> None:
+        with lock:
+            runs[job.id] += 1
+
+    with services.database.transaction() as session:
+        for _ in range(120):
+            jobs.enqueue(session, kind=kind)
+        ids = set(session.scalars(select(Job.id).where(Job.kind == kind)))
+    workers = [Worker(services) for _ in range(4)]
+    for worker in workers:
+        worker.handlers[kind] = handler
+
+    def work(worker: Worker) -> None:
+        for _ in range(200):
+            if not worker.run_once(limit=5):
+                break
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert set(runs) == ids
+    assert set(runs.values()) == {1}
+    with services.database.read() as session:
+        statuses = set(session.scalars(select(Job.status).where(Job.kind == kind)))
+    assert statuses == {"succeeded"}
+
+
+def test_unknown_job_kind_is_buried_not_lost(services: Services) -> None:
+    job_id = _enqueue(services, f"test.unknown.{uuid.uuid4().hex[:6]}", max_attempts=1)
+    Worker(services).drain()
+    job = _job(services, job_id)
+    assert job.status == "dead"
+    assert "no handler" in (job.last_error or "")
