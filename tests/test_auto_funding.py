@@ -71,7 +71,7 @@ def test_concurrent_charges_crossing_the_threshold_top_up_once(
     with ThreadPoolExecutor(max_workers=25) as pool:
         results = list(pool.map(lambda _: api.charge_usage(agent.account_id, "0.2"), range(50)))
     assert all(r.status_code == 201 for r in results), [r.text for r in results][:3]
-    assert agent.balance() == 0  # 50 × 0.2, top-up not run yet
+    assert agent.balance() == 0  # 50 x 0.2, top-up not run yet
     with services.database.read() as session:
         queued = session.scalar(
             select(func.count())
