@@ -112,3 +112,43 @@ def test_oversized_body_is_refused(funded: Agent) -> None:
     body = '{"amount": 10, "payment_method_id": "' + "p" * 2_000_000 + '"}'
     assert_error(_raw(funded, "/wallet/fund", body), 413, "payload_too_large")
     _unchanged(funded)
+
+
+def test_nul_characters_are_refused_everywhere(api: Api, funded: Agent) -> None:
+    """PostgreSQL text cannot hold NUL: it must be a 422, never a 500, on both databases."""
+    assert_error(funded.get("/payments/%00/status"), 422, "invalid_request")
+    assert_error(funded.get("/wallet/coupons/validate", params={"coupon_code": "\x00"}), 422)
+    assert_error(api.admin_get("/accounts/%00"), 422)
+    body = '{"account_id": "\\u0000", "amount": 1, "usecase": "x"}'
+    response = requests.post(
+        api.admin_url("/usage-charges"),
+        data=body,
+        headers={**api.admin_headers, "Content-Type": "application/json"},
+    )
+    assert_error(response, 422, "invalid_request")
+    assert_error(funded.put("/billing/info", {"name": "a\x00"}), 422, "invalid_request")
+    _unchanged(funded)
+
+
+def test_decimal_metadata_is_kept_exactly(api: Api, funded: Agent) -> None:
+    response = requests.post(
+        api.admin_url("/usage-charges"),
+        data=(
+            f'{{"account_id": "{funded.account_id}", "amount": 0.5, "usecase": "x",'
+            ' "metadata": {"tokens": 1.25, "nested": [0.1, {"p": 3.000001}]}}'
+        ),
+        headers={**api.admin_headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 201, response.text
+    txn = funded.get("/wallet/transactions", params={"type": "debit"}).json()["data"]["items"][0]
+    assert '"tokens": 1.25' in funded.get("/wallet/transactions").text
+    assert txn["metadata"] == {"tokens": 1.25, "nested": [0.1, {"p": 3.000001}]}
+
+
+def test_body_that_is_not_utf8_is_invalid_json(funded: Agent) -> None:
+    response = requests.post(
+        funded.api.agent_url("/wallet/fund"),
+        data=b'{"amount": "\xff"}',
+        headers={**funded.headers, "Content-Type": "application/json"},
+    )
+    assert_error(response, 422, "invalid_request")

@@ -81,6 +81,11 @@ def test_embedded_default_serves_with_demo_data(tmp_path: Path) -> None:
             headers={"Authorization": f"Bearer {token.group(1)}"},
         )
         assert balance.json()["data"]["balance"] == 25
+        login = requests.post(
+            f"{base}/api/agents/v1/auth/login",
+            json={"email": "demo@example.com", "password": "demo-password"},
+        )
+        assert login.status_code == 200, login.text
         created = requests.post(
             f"{base}/api/admin/v1/accounts",
             json={"email": "someone@example.com", "password": "long enough"},

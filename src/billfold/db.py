@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import simplejson
 from sqlalchemy import BigInteger, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -74,6 +76,13 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# JSON columns keep decimals exact both ways (request bodies carry Decimal, never float).
+_JSON: dict[str, Any] = {
+    "json_serializer": partial(simplejson.dumps, use_decimal=True),
+    "json_deserializer": partial(simplejson.loads, use_decimal=True),
+}
+
+
 class Database:
     """The engines for one database URL and the transactions over them."""
 
@@ -85,13 +94,13 @@ class Database:
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(url, connect_args={"timeout": 30})
-            self.read_engine = create_engine(url, connect_args={"timeout": 30})
+            self.engine = create_engine(url, connect_args={"timeout": 30}, **_JSON)
+            self.read_engine = create_engine(url, connect_args={"timeout": 30}, **_JSON)
             _configure_sqlite(self.engine, immediate=True)
             _configure_sqlite(self.read_engine, immediate=False)
         else:
             self.engine = create_engine(
-                url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+                url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, **_JSON
             )
             self.read_engine = self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

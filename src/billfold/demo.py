@@ -14,7 +14,7 @@ from billfold.api.deps import Services
 from billfold.money import to_micros
 from billfold.wallet import service as wallet
 
-DEMO_EMAIL = "demo@billfold.local"
+DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - a published demo credential, sandbox only
 DEMO_FUNDING = Decimal(25)
 

@@ -42,7 +42,11 @@ def _token_out(issued: service.IssuedToken) -> TokenOut:
     )
 
 
-@agent_router.post("/auth/login", response_model=Envelope[TokenOut])
+@agent_router.post(
+    "/auth/login",
+    response_model=Envelope[TokenOut],
+    responses={429: {"description": "Too many failed logins for this email or address"}},
+)
 def login(body: LoginRequest, request: Request, services: ServicesDep) -> Response:
     """Exchange email and password for an agent access token."""
     settings = services.settings

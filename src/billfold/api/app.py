@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
@@ -50,6 +51,21 @@ class RequestContext:
             return
         request_id = new_id("req", 20)
         scope.setdefault("state", {})["request_id"] = request_id
+        if "\x00" in scope.get("path", "") or b"\x00" in unquote_to_bytes(
+            scope.get("query_string", b"")
+        ):
+            response = ApiResponse(
+                error_body(
+                    "invalid_request",
+                    "The URL must not contain NUL characters.",
+                    {"field": "url"},
+                    request_id,
+                ),
+                status_code=422,
+                headers={"X-Request-Id": request_id},
+            )
+            await response(scope, receive, send)
+            return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
                 response = ApiResponse(

@@ -61,8 +61,9 @@ def _validation_details(exc: RequestValidationError) -> tuple[str, dict[str, Any
         location = error.get("loc", ())
         message = str(error.get("msg", "invalid"))
         if error.get("type") == "json_invalid":
-            return "The request body is not valid JSON.", {
-                "errors": [{"field": "body", "message": message}],
+            reason = str((error.get("ctx") or {}).get("error") or message)
+            return f"The request body is not valid JSON: {reason}.", {
+                "errors": [{"field": "body", "message": reason}],
                 "field": "body",
             }
         message = message.removeprefix("Value error, ")
@@ -92,6 +93,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ApiResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # A body that is not even UTF-8: the same answer as malformed JSON.
+            return ApiResponse(
+                error_body(
+                    "invalid_request",
+                    "The request body is not valid JSON.",
+                    {
+                        "errors": [{"field": "body", "message": "not valid UTF-8 JSON"}],
+                        "field": "body",
+                    },
+                    request_id_of(request),
+                ),
+                status_code=422,
+            )
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":

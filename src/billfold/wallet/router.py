@@ -144,7 +144,11 @@ def fund_wallet(
     return idem.phased(handler)
 
 
-@router.post("/wallet/withdraw", response_model=Envelope[WithdrawOut])
+@router.post(
+    "/wallet/withdraw",
+    response_model=Envelope[WithdrawOut],
+    responses={402: {"description": "insufficient_funds: not that much purchased credit"}},
+)
 def withdraw(
     body: WithdrawRequest, agent: Agent, services: ServicesDep, idem: AgentIdempotent
 ) -> Response:
@@ -221,7 +225,12 @@ def ledger_check(account_id: str, services: ServicesDep) -> Response:
     )
 
 
-@admin_router.post("/refunds", response_model=Envelope[OperatorRefundOut], status_code=201)
+@admin_router.post(
+    "/refunds",
+    response_model=Envelope[OperatorRefundOut],
+    status_code=201,
+    responses={402: {"description": "insufficient_funds: the credit was already spent"}},
+)
 def refund_payment(
     body: OperatorRefundRequest, services: ServicesDep, idem: OperatorIdempotent
 ) -> Response:
@@ -246,7 +255,12 @@ def refund_payment(
     return idem.phased(handler)
 
 
-@admin_router.post("/adjustments", response_model=Envelope[TransactionOut], status_code=201)
+@admin_router.post(
+    "/adjustments",
+    response_model=Envelope[TransactionOut],
+    status_code=201,
+    responses={402: {"description": "insufficient_funds: a debit larger than the balance"}},
+)
 def create_adjustment(body: AdjustmentRequest, idem: OperatorIdempotent) -> Response:
     """Credit (as promotional credit) or debit a wallet by hand, with a reason."""
 
