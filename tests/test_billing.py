@@ -5,66 +5,21 @@ from __future__ import annotations
 import pytest
 import requests
 
+from tests import reference as ref
 from tests.helpers import Api, assert_error
-
-BASE = ""
-
-
-def headers(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-# --- copied from the reference document -----------------------------------------------
-
-
-def get_billing_overview(token):
-    resp = requests.get(f"{BASE}/billing/overview", headers=headers(token))
-    return resp.json()["data"]
-
-
-def get_billing_info(token):
-    resp = requests.get(f"{BASE}/billing/info", headers=headers(token))
-    return resp.json()["data"]
-
-
-def update_billing_info(token, **kwargs):
-    resp = requests.put(f"{BASE}/billing/info", headers=headers(token), json=kwargs)
-    return resp.json()["data"]
-
-
-def fund_wallet(token, amount, payment_method_id=None, idempotency_key=None):
-    payload = {"amount": amount}
-    if payment_method_id:
-        payload["payment_method_id"] = payment_method_id
-    h = headers(token)
-    if idempotency_key:
-        h["Idempotency-Key"] = idempotency_key
-    resp = requests.post(f"{BASE}/wallet/fund", headers=h, json=payload)
-    return resp.json()["data"]
-
-
-def ensure_account_funded(token, min_balance=10, top_up_amount=50):
-    overview = get_billing_overview(token)
-    balance = overview.get("wallet_balance", 0)
-    if balance < min_balance:
-        fund_wallet(token, top_up_amount)
-
-
-# --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(autouse=True)
 def _base(api: Api) -> None:
-    global BASE
-    BASE = f"{api.base_url}/api/agents/v1"
+    ref.configure(api.base_url)
 
 
 def test_billing_info_round_trip_and_partial_update(api: Api) -> None:
     agent = api.new_agent()
-    empty = get_billing_info(agent.token)
+    empty = ref.get_billing_info(agent.token)
     assert empty["name"] is None
     assert empty["address"]["country"] is None
-    update_billing_info(
+    ref.update_billing_info(
         agent.token,
         name="Acme Corp",
         email="billing@acme.com",
@@ -76,7 +31,7 @@ def test_billing_info_round_trip_and_partial_update(api: Api) -> None:
         address_postal_code="94105",
         address_country="US",
     )
-    info = get_billing_info(agent.token)
+    info = ref.get_billing_info(agent.token)
     assert (info["name"], info["tax_id"], info["address_country"]) == (
         "Acme Corp",
         "EU123456789",
@@ -84,17 +39,17 @@ def test_billing_info_round_trip_and_partial_update(api: Api) -> None:
     )
     assert info["address"]["city"] == "San Francisco"
     # A partial update keeps the other fields; null clears one.
-    update_billing_info(agent.token, name="Zoë Ødegård", address_line2="Suite 5")
-    update_billing_info(agent.token, address_state=None)
-    info = get_billing_info(agent.token)
+    ref.update_billing_info(agent.token, name="Zoë Ødegård", address_line2="Suite 5")
+    ref.update_billing_info(agent.token, address_state=None)
+    info = ref.get_billing_info(agent.token)
     assert (info["name"], info["address_line2"], info["email"]) == (
         "Zoë Ødegård",
         "Suite 5",
         "billing@acme.com",
     )
     assert info["address_state"] is None
-    update_billing_info(agent.token, tax_id="de 123 456 789", tax_id_type="eu_vat")
-    assert get_billing_info(agent.token)["tax_id"] == "DE123456789"  # normalized
+    ref.update_billing_info(agent.token, tax_id="de 123 456 789", tax_id_type="eu_vat")
+    assert ref.get_billing_info(agent.token)["tax_id"] == "DE123456789"  # normalized
 
 
 @pytest.mark.parametrize(
@@ -115,12 +70,12 @@ def test_billing_info_round_trip_and_partial_update(api: Api) -> None:
 )
 def test_billing_info_refuses_bad_fields(api: Api, body: dict, field: str) -> None:
     agent = api.new_agent()
-    update_billing_info(agent.token, name="Kept")
-    response = requests.put(f"{BASE}/billing/info", headers=headers(agent.token), json=body)
+    ref.update_billing_info(agent.token, name="Kept")
+    response = requests.put(f"{ref.BASE}/billing/info", headers=ref.headers(agent.token), json=body)
     error = assert_error(response, 422, "invalid_request")
     assert error["details"]["field"] == field
-    assert get_billing_info(agent.token)["name"] == "Kept"
-    assert get_billing_info(agent.token)["tax_id"] is None
+    assert ref.get_billing_info(agent.token)["name"] == "Kept"
+    assert ref.get_billing_info(agent.token)["tax_id"] is None
 
 
 @pytest.mark.parametrize(
@@ -137,24 +92,26 @@ def test_billing_info_refuses_bad_fields(api: Api, body: dict, field: str) -> No
 )
 def test_common_tax_ids_accepted(api: Api, tax_id_type: str, tax_id: str) -> None:
     agent = api.new_agent()
-    data = update_billing_info(agent.token, tax_id=tax_id, tax_id_type=tax_id_type)
+    data = ref.update_billing_info(agent.token, tax_id=tax_id, tax_id_type=tax_id_type)
     assert data["tax_id_type"] == tax_id_type
 
 
 def test_overview_and_the_reference_top_up_helper(api: Api) -> None:
     agent = api.new_agent()
-    overview = get_billing_overview(agent.token)
+    overview = ref.get_billing_overview(agent.token)
     assert overview["wallet_balance"] == 0
     assert overview["active_subscriptions"] == []
     assert overview["default_payment_method"] is None
     agent.fund(10)
     api.charge_usage(agent.account_id, 3)
-    ensure_account_funded(agent.token, min_balance=10, top_up_amount=25)  # uses the default card
-    overview = get_billing_overview(agent.token)
+    ref.ensure_account_funded(
+        agent.token, min_balance=10, top_up_amount=25
+    )  # uses the default card
+    overview = ref.get_billing_overview(agent.token)
     assert overview["wallet_balance"] == 32
     assert overview["default_payment_method"]["last4"] == "4242"
     assert [c["amount"] for c in overview["recent_charges"]] == [25, 10]
     assert overview["recent_transactions"][0]["amount"] == 25
     assert overview["auto_funding"]["enabled"] is False
-    ensure_account_funded(agent.token, min_balance=10, top_up_amount=25)  # enough: no charge
-    assert len(get_billing_overview(agent.token)["recent_charges"]) == 2
+    ref.ensure_account_funded(agent.token, min_balance=10, top_up_amount=25)  # enough: no charge
+    assert len(ref.get_billing_overview(agent.token)["recent_charges"]) == 2

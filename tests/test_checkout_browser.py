@@ -6,69 +6,16 @@ from __future__ import annotations
 import queue
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
+from tests import reference as ref
 from tests.conftest import require_service
 from tests.helpers import CARD_DECLINED, Api
 
 CHROMIUM = "/usr/bin/chromium"
-BASE = ""
-links: queue.Queue[dict] = queue.Queue()
-
-
-def headers(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-# --- copied from the reference document (print → the links queue, for the human) -------
-
-
-def get_wallet_balance(token):
-    resp = requests.get(f"{BASE}/wallet/balance", headers=headers(token))
-    return resp.json()["data"]
-
-
-def create_payment_link(token, purpose, amount=None, plan_id=None):
-    payload = {"purpose": purpose}
-    if amount is not None:
-        payload["amount"] = amount
-    if plan_id is not None:
-        payload["plan_id"] = plan_id
-    resp = requests.post(f"{BASE}/billing/payment-link", headers=headers(token), json=payload)
-    return resp.json()["data"]
-
-
-def confirm_wallet_checkout(token, session_id):
-    resp = requests.post(
-        f"{BASE}/wallet/confirm-checkout",
-        headers=headers(token),
-        json={"session_id": session_id},
-    )
-    return resp.json()["data"]
-
-
-def fund_via_human(token, amount, poll_interval=5, max_wait=300):
-    initial = get_wallet_balance(token)["balance"]  # noqa: F841 - as in the reference
-    link = create_payment_link(token, purpose="fund", amount=amount)
-    links.put(link)  # the reference prints payment_url for the human here
-    elapsed = 0
-    while elapsed < max_wait:
-        time.sleep(poll_interval)
-        elapsed += poll_interval
-        try:
-            result = confirm_wallet_checkout(token, link["session_id"])
-            return result
-        except Exception:
-            pass
-    return None
-
-
-# --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +36,15 @@ def browser() -> Iterator[object]:
 def test_human_pays_in_the_browser_while_the_agent_polls(
     api: Api, browser: object, artifacts: Path, backend: str
 ) -> None:
-    global BASE
-    BASE = f"{api.base_url}/api/agents/v1"
+    ref.configure(api.base_url)
     agent = api.new_agent()
     outcome: dict = {}
+    links: queue.Queue[dict] = queue.Queue()
     poller = threading.Thread(
         target=lambda: outcome.update(
-            result=fund_via_human(agent.token, amount=50, poll_interval=0.3, max_wait=60)
+            result=ref.fund_via_human(
+                agent.token, amount=50, poll_interval=0.3, max_wait=60, show_link=links.put
+            )
         )
     )
     poller.start()

@@ -4,49 +4,8 @@ from __future__ import annotations
 
 import requests
 
+from tests import reference as ref
 from tests.helpers import CARD_DECLINED, CARD_REQUIRES_AUTH, Agent, Api, assert_error
-
-BASE = ""
-
-
-def headers(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-# --- copied from the reference document -----------------------------------------------
-
-
-def get_stripe_config(token):
-    resp = requests.get(f"{BASE}/billing/stripe-config", headers=headers(token))
-    return resp.json()["data"]
-
-
-def create_setup_intent(token):
-    resp = requests.post(f"{BASE}/billing/setup-intent", headers=headers(token))
-    return resp.json()["data"]
-
-
-def add_payment_method(token, payment_method_id, make_default=True):
-    resp = requests.post(
-        f"{BASE}/billing/payment-methods",
-        headers=headers(token),
-        json={"payment_method_id": payment_method_id, "make_default": make_default},
-    )
-    return resp.json()["data"]
-
-
-def fund_wallet(token, amount, payment_method_id=None, idempotency_key=None):
-    payload = {"amount": amount}
-    if payment_method_id:
-        payload["payment_method_id"] = payment_method_id
-    h = headers(token)
-    if idempotency_key:
-        h["Idempotency-Key"] = idempotency_key
-    resp = requests.post(f"{BASE}/wallet/fund", headers=h, json=payload)
-    return resp.json()["data"]
-
-
-# --------------------------------------------------------------------------------------
 
 
 def _confirm(api_base: str, stripe_pk: str, setup: dict, number: str) -> requests.Response:
@@ -64,23 +23,22 @@ def _confirm(api_base: str, stripe_pk: str, setup: dict, number: str) -> request
 
 
 def test_setup_intent_flow(api: Api) -> None:
-    global BASE
-    BASE = f"{api.base_url}/api/agents/v1"
+    ref.configure(api.base_url)
     agent = api.new_agent()
     token = agent.token
-    api_base = get_stripe_config(token)["api_base"]
+    api_base = ref.get_stripe_config(token)["api_base"]
 
-    setup = create_setup_intent(token)
+    setup = ref.create_setup_intent(token)
     client_secret = setup["client_secret"]
     assert client_secret.startswith(setup["setup_intent_id"] + "_secret_")
-    stripe_pk = get_stripe_config(token)["publishable_key"]
+    stripe_pk = ref.get_stripe_config(token)["publishable_key"]
     confirm_resp = _confirm(api_base, stripe_pk, setup, "4242424242424242")
     assert confirm_resp.json()["status"] == "succeeded"
     pm_id = confirm_resp.json()["payment_method"]  # as the reference reads it
 
-    saved = add_payment_method(token, pm_id, make_default=True)
+    saved = ref.add_payment_method(token, pm_id, make_default=True)
     assert (saved["id"], saved["is_default"], saved["last4"]) == (pm_id, True, "4242")
-    result = fund_wallet(token, 50, payment_method_id=pm_id)
+    result = ref.fund_wallet(token, 50, payment_method_id=pm_id)
     assert result["status"] == "succeeded"
     assert agent.balance() == 50
     # Confirming again is a no-op answer, like Stripe's for a succeeded intent.

@@ -122,6 +122,17 @@ class Idempotent:
             headers=out,
         )
 
+    def _claim(self, session: Session) -> idempotency.StoredResponse | None:
+        assert self.scope is not None
+        assert self.key is not None
+        return idempotency.claim(
+            session,
+            scope=self.scope,
+            key=self.key,
+            fingerprint=self.fingerprint,
+            policy=self.services.key_policy,
+        )
+
     def atomic(self, handler: Callable[[Session], Outcome]) -> Response:
         """For pure database work: the claim, the effect and the stored outcome commit together."""
         database = self.services.database
@@ -130,13 +141,7 @@ class Idempotent:
                 status, data = handler(session)
             return ApiResponse(envelope(data), status_code=status)
         with database.transaction() as session:
-            replay = idempotency.claim(
-                session,
-                scope=self.scope,
-                key=self.key,
-                fingerprint=self.fingerprint,
-                policy=self.services.key_policy,
-            )
+            replay = self._claim(session)
             if replay is not None:
                 return self._respond(replay, replayed=True, headers={})
             savepoint = session.begin_nested()
@@ -158,13 +163,7 @@ class Idempotent:
             status, data = handler()
             return ApiResponse(envelope(data), status_code=status)
         with database.transaction() as session:
-            replay = idempotency.claim(
-                session,
-                scope=self.scope,
-                key=self.key,
-                fingerprint=self.fingerprint,
-                policy=self.services.key_policy,
-            )
+            replay = self._claim(session)
         if replay is not None:
             return self._respond(replay, replayed=True, headers={})
         error_headers: dict[str, str] = {}

@@ -22,7 +22,6 @@ from billfold.errors import BillfoldError, Conflict, Gone, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
-from billfold.ledger import service as ledger
 from billfold.money import micros_to_cents
 from billfold.payments import service as payments
 from billfold.processors.cards import InvalidCard
@@ -225,18 +224,12 @@ def pay_with_card(
             )
         ).rowcount  # type: ignore[attr-defined]
         if completed and first_time:
-            ledger.post(
+            payments.credit_purchase(
                 session,
-                account_id=account_id,
+                payment,
                 kind="checkout",
                 usecase="wallet_funding",
                 description="Wallet funded through a payment link",
-                payment_id=payment.id,
-                reference=f"payment:{payment.id}",
-                postings=[
-                    ledger.Posting(ledger.wallet_account("purchased"), amount),
-                    ledger.Posting(ledger.PROCESSOR_CLEARING, -amount),
-                ],
                 meta={"session_id": session_id},
             )
     return PayResult("complete")

@@ -11,6 +11,8 @@ from billfold.accounts.models import Account
 from billfold.accounts.service import get_account
 from billfold.db import Database, insert_or_ignore
 from billfold.errors import BillfoldError, NotFound
+from billfold.ledger import service as ledger
+from billfold.ledger.models import LedgerTransaction
 from billfold.ledger.service import lock_wallet
 from billfold.money import from_micros
 from billfold.payments.models import Payment, PaymentMethod
@@ -234,3 +236,30 @@ def get_payment(session: Session, *, account_id: str, payment_intent_id: str) ->
             details={"payment_intent_id": payment_intent_id},
         )
     return payment
+
+
+def credit_purchase(
+    session: Session,
+    payment: Payment,
+    *,
+    kind: str,
+    usecase: str,
+    description: str,
+    meta: dict[str, Any] | None = None,
+) -> LedgerTransaction:
+    """Credit a succeeded card payment to the wallet as purchased credit (once per payment:
+    the ledger reference `payment:<id>` is unique per account)."""
+    return ledger.post(
+        session,
+        account_id=payment.account_id,
+        kind=kind,
+        usecase=usecase,
+        description=description,
+        payment_id=payment.id,
+        reference=f"payment:{payment.id}",
+        postings=[
+            ledger.Posting(ledger.wallet_account("purchased"), payment.amount_micros),
+            ledger.Posting(ledger.PROCESSOR_CLEARING, -payment.amount_micros),
+        ],
+        meta=meta,
+    )

@@ -152,18 +152,12 @@ def run_top_up(services: Services, job: ClaimedJob) -> None:
         if not first_time:
             return  # a re-run of a job whose outcome is already recorded
         if result.succeeded:
-            ledger.post(
+            payments.credit_purchase(
                 session,
-                account_id=account_id,
+                payment,
                 kind="auto_funding",
                 usecase="auto_funding",
                 description="Wallet auto-funded by card",
-                payment_id=payment.id,
-                reference=f"payment:{payment.id}",
-                postings=[
-                    ledger.Posting(ledger.wallet_account("purchased"), amount),
-                    ledger.Posting(ledger.PROCESSOR_CLEARING, -amount),
-                ],
             )
             session.execute(
                 update(Wallet)

@@ -147,18 +147,12 @@ def fund_wallet(
             result=result,
         )
         if result.succeeded and first_time:
-            txn = ledger.post(
+            txn = payments.credit_purchase(
                 session,
-                account_id=account_id,
+                payment,
                 kind=purpose,
                 usecase="wallet_funding",
                 description="Wallet funded by card",
-                payment_id=payment.id,
-                reference=f"payment:{payment.id}",
-                postings=[
-                    ledger.Posting(ledger.wallet_account("purchased"), amount_micros),
-                    ledger.Posting(ledger.PROCESSOR_CLEARING, -amount_micros),
-                ],
             )
             transaction_id = txn.id
             if card is not None:
