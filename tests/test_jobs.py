@@ -7,14 +7,17 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from billfold.api.deps import Services
 from billfold.clock import now
+from billfold.idempotency.models import IdempotencyKey
+from billfold.jobs import maintenance
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job
 from billfold.jobs.service import ClaimedJob
 from billfold.jobs.worker import Worker
+from tests.helpers import Api
 
 
 def _job(services: Services, job_id: int) -> Job:
@@ -130,3 +133,26 @@ def test_unknown_job_kind_is_buried_not_lost(services: Services) -> None:
     job = _job(services, job_id)
     assert job.status == "dead"
     assert "no handler" in (job.last_error or "")
+
+
+def test_maintenance_purges_expired_idempotency_keys(api: Api, services: Services) -> None:
+    agent = api.new_agent()
+    agent.fund(10, key="old-key")
+    agent.fund(10, key="fresh-key")
+    scope = f"account:{agent.account_id}"
+    with services.database.transaction() as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.scope == scope, IdempotencyKey.key == "old-key")
+            .values(expires_at=now() - timedelta(seconds=1))
+        )
+        maintenance.schedule(session)
+        maintenance.schedule(session)  # idempotent: one queued purge
+        queued = session.scalars(
+            select(Job.id).where(Job.kind == maintenance.JOB_KIND, Job.status == "queued")
+        ).all()
+    assert len(queued) == 1
+    Worker(services).drain(at=now() + maintenance.INTERVAL + timedelta(seconds=1))
+    with services.database.read() as session:
+        keys = set(session.scalars(select(IdempotencyKey.key).where(IdempotencyKey.scope == scope)))
+    assert keys == {"fresh-key"}

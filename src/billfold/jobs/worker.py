@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -25,10 +26,15 @@ Handler = Callable[["Services", ClaimedJob], None]
 def handlers() -> dict[str, Handler]:
     """Every job kind and the domain function that runs it."""
     from billfold.checkout.service import EXPIRE_JOB, run_expiry
+    from billfold.jobs import maintenance
     from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
     from billfold.wallet.auto_funding import run_top_up
 
-    return {TOP_UP_JOB: run_top_up, EXPIRE_JOB: run_expiry}
+    return {
+        TOP_UP_JOB: run_top_up,
+        EXPIRE_JOB: run_expiry,
+        maintenance.JOB_KIND: maintenance.run_purge,
+    }
 
 
 class Worker:
@@ -71,9 +77,16 @@ class Worker:
                 log.warning("job %s finished after its lease was taken over", job.id)
 
     def run_forever(self, stop: threading.Event, *, poll_seconds: float = 0.5) -> None:
+        from billfold.jobs import maintenance
+
         log.info("worker %s started", self.worker_id)
+        next_schedule = 0.0
         while not stop.is_set():
             try:
+                if time.monotonic() >= next_schedule:
+                    with self.services.database.transaction() as session:
+                        maintenance.schedule(session)
+                    next_schedule = time.monotonic() + 60
                 ran = self.run_once()
             except Exception:
                 log.exception("worker loop error")

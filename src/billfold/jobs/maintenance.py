@@ -1,0 +1,41 @@
+"""Housekeeping on the job queue: forget expired idempotency keys and old login counters."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from billfold.accounts.models import RateLimitCounter
+from billfold.clock import now
+from billfold.idempotency import service as idempotency
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
+
+if TYPE_CHECKING:
+    from billfold.api.deps import Services
+
+log = logging.getLogger("billfold.worker")
+
+JOB_KIND = "maintenance.purge"
+INTERVAL = timedelta(hours=1)
+COUNTER_RETENTION = timedelta(days=1)
+
+
+def schedule(session: Session) -> None:
+    """Keep one purge queued (the dedupe key makes every worker's call after the first a no-op)."""
+    jobs.enqueue(session, kind=JOB_KIND, run_at=now() + INTERVAL, dedupe_key=JOB_KIND)
+
+
+def run_purge(services: Services, job: ClaimedJob) -> None:
+    with services.database.transaction() as session:
+        keys = idempotency.purge_expired(session)
+        counters = session.execute(
+            delete(RateLimitCounter).where(
+                RateLimitCounter.window_start < now() - COUNTER_RETENTION
+            )
+        ).rowcount  # type: ignore[attr-defined]
+    log.info("purged %s expired idempotency keys and %s login counters", keys, counters)
