@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, insert, select, true, update
+from sqlalchemy import Table, case, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
@@ -28,7 +28,12 @@ PROCESSOR_CLEARING = "processor:clearing"
 REVENUE_USAGE = "revenue:usage"
 OPERATOR_ADJUSTMENTS = "operator:adjustments"
 
-_BUCKET_COLUMNS = {bucket: getattr(Wallet, f"{bucket}_micros") for bucket in BUCKETS}
+# Hot-path statements go to the Tables: the ORM's bulk-statement machinery adds much
+# Python overhead per statement and nothing these need.
+_WALLETS = cast(Table, Wallet.__table__)
+_TRANSACTIONS = cast(Table, LedgerTransaction.__table__)
+_POSTINGS = cast(Table, LedgerPosting.__table__)
+_BUCKET_COLUMNS = {bucket: _WALLETS.c[f"{bucket}_micros"] for bucket in BUCKETS}
 
 
 def wallet_account(bucket: str) -> str:
@@ -71,8 +76,9 @@ def post(
             deltas[p.ledger_account.removeprefix(WALLET_PREFIX)] += p.amount_micros
     net = sum(deltas.values())
 
-    values: dict[Any, Any] = {Wallet.balance_micros: Wallet.balance_micros + net}
-    guards = [Wallet.account_id == account_id]
+    wallet = _WALLETS.c
+    values: dict[Any, Any] = {wallet.balance_micros: wallet.balance_micros + net}
+    guards = [wallet.account_id == account_id]
     for bucket, delta in deltas.items():
         column = _BUCKET_COLUMNS[bucket]
         values[column] = column + delta
@@ -80,16 +86,16 @@ def post(
             guards.append(column >= -delta)
     if net > 0:
         # A credit that lifts the balance back to the auto-funding threshold re-arms it.
-        values[Wallet.auto_funding_armed] = case(
+        values[wallet.auto_funding_armed] = case(
             (
-                Wallet.balance_micros + net >= func.coalesce(Wallet.charge_threshold_micros, 0),
+                wallet.balance_micros + net >= func.coalesce(wallet.charge_threshold_micros, 0),
                 true(),
             ),
-            else_=Wallet.auto_funding_armed,
+            else_=wallet.auto_funding_armed,
         )
-    values[Wallet.updated_at] = now()
+    values[wallet.updated_at] = now()
     balance_after = session.execute(
-        update(Wallet).where(*guards).values(values).returning(Wallet.balance_micros)
+        update(_WALLETS).where(*guards).values(values).returning(_WALLETS.c.balance_micros)
     ).scalar_one_or_none()
     if balance_after is None:
         raise InsufficientFunds("The wallet balance cannot cover this amount.")
@@ -110,9 +116,10 @@ def post(
         "created_at": now(),
     }
     # Core inserts, in order: the ORM would not know postings depend on their transaction.
-    session.execute(insert(LedgerTransaction).values(values))
+    row = {("metadata" if key == "meta" else key): value for key, value in values.items()}
+    session.execute(insert(_TRANSACTIONS).values(row))
     session.execute(
-        insert(LedgerPosting),
+        insert(_POSTINGS),
         [
             {
                 "transaction_id": values["id"],
