@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from billfold.api.deps import Services
+from billfold.clock import now
+from billfold.idempotency.models import IdempotencyKey
 from billfold.payments.models import Payment
 from tests.helpers import Api, assert_error, decimal_json
 
@@ -115,3 +118,22 @@ def test_concurrent_same_key_funding_charges_the_card_once(api: Api, services: S
     assert payments == 1
     # After the dust settles the key replays the one outcome.
     assert agent.post("/wallet/fund", body, key=key).headers["Idempotency-Replayed"] == "true"
+
+
+def test_an_expired_key_is_free_again(api: Api, services: Services) -> None:
+    agent = api.new_agent()
+    agent.fund(10)
+    key = f"charge-{uuid.uuid4()}"
+    assert api.charge_usage(agent.account_id, 1, key=key).status_code == 201
+    with services.database.transaction() as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.scope == "operator", IdempotencyKey.key == key)
+            .values(expires_at=now() - timedelta(seconds=1))
+        )
+    again = api.charge_usage(agent.account_id, 2, key=key)  # another payload: fine after expiry
+    assert again.status_code == 201, again.text
+    assert "Idempotency-Replayed" not in again.headers
+    assert agent.balance() == 7
+    assert api.charge_usage(agent.account_id, 2, key=key).headers["Idempotency-Replayed"] == "true"
+    assert agent.balance() == 7

@@ -87,6 +87,10 @@ Operator = Depends(require_operator)
 Outcome = tuple[int, Any]
 
 
+class _KeyTaken(Exception):
+    """The Idempotency-Key is already stored: undo this attempt's effect."""
+
+
 class Idempotent:
     """Runs one write request at most once per Idempotency-Key (see idempotency.service)."""
 
@@ -134,13 +138,39 @@ class Idempotent:
         )
 
     def atomic(self, handler: Callable[[Session], Outcome]) -> Response:
-        """For pure database work: the claim, the effect and the stored outcome commit together."""
+        """For pure database work: the effect and its stored outcome commit together.
+
+        Fast path: run the work, then insert the completed key in the same transaction.
+        A request whose key is already taken (a replay, a concurrent twin, another
+        payload) loses at that insert, its effect rolls back, and it goes the careful
+        way: claim first, then replay, refuse, or run and store.
+        """
         database = self.services.database
         if self.key is None or self.scope is None:
             with database.transaction() as session:
                 status, data = handler(session)
             return ApiResponse(envelope(data), status_code=status)
-        with database.transaction() as session:
+        try:
+            with database.transaction() as session:
+                stored = self._render(handler(session))
+                if idempotency.store_completed(
+                    session,
+                    scope=self.scope,
+                    key=self.key,
+                    fingerprint=self.fingerprint,
+                    response=stored,
+                    policy=self.services.key_policy,
+                ):
+                    return self._respond(stored, headers={})
+                raise _KeyTaken
+        except (_KeyTaken, BillfoldError):
+            pass  # errors are stored (and replays answered) by the careful path
+        return self._atomic_claimed(handler)
+
+    def _atomic_claimed(self, handler: Callable[[Session], Outcome]) -> Response:
+        assert self.scope is not None
+        assert self.key is not None
+        with self.services.database.transaction() as session:
             replay = self._claim(session)
             if replay is not None:
                 return self._respond(replay, replayed=True, headers={})

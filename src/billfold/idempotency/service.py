@@ -92,6 +92,35 @@ def claim(
     )
 
 
+def store_completed(
+    session: Session,
+    *,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    response: StoredResponse,
+    policy: KeyPolicy,
+) -> bool:
+    """Insert the key already completed; False if any row (live or expired) holds it."""
+    current = now()
+    return insert_or_ignore(
+        session,
+        IdempotencyKey,
+        {
+            "scope": scope,
+            "key": key,
+            "fingerprint": fingerprint,
+            "status": "completed",
+            "response_status": response.status_code,
+            "response_body": response.body,
+            "created_at": current,
+            "locked_at": current,
+            "expires_at": current + policy.ttl,
+        },
+        ["scope", "key"],
+    )
+
+
 def complete(session: Session, *, scope: str, key: str, response: StoredResponse) -> None:
     session.execute(
         update(IdempotencyKey)
