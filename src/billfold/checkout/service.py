@@ -23,6 +23,7 @@ from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.money import micros_to_cents
+from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.processors.cards import InvalidCard
 from billfold.processors.sandbox import SandboxProcessor
@@ -174,12 +175,23 @@ def pay_with_card(
                 CheckoutSession.attempts,
             )
         ).first()
+        if claimed is not None:
+            account_id, amount, currency, attempt = claimed
+            pending = recovery.PendingCharge(
+                account_id=account_id,
+                purpose="checkout",
+                amount_micros=amount,
+                currency=currency,
+                payment_method_id=card["id"],
+                processor_key=f"checkout:{session_id}:{attempt}",
+                checkout_session_id=session_id,
+            )
+            recovery.watch(session, pending)
     if claimed is None:
         with database.read() as session:
             checkout = session.get(CheckoutSession, session_id)
             status = effective_status(checkout) if checkout else "expired"
         return PayResult("busy" if status == "processing" else status)
-    account_id, amount, currency, attempt = claimed
     try:
         customer_id = payments.ensure_customer(database, processor, account_id)
         result = processor.charge(
@@ -187,13 +199,14 @@ def pay_with_card(
             payment_method_id=card["id"],
             amount_cents=micros_to_cents(amount),
             currency=currency,
-            idempotency_key=f"checkout:{session_id}:{attempt}",
+            idempotency_key=pending.processor_key,
             description="Wallet funding (payment link)",
         )
     except Exception:
         _reopen(database, session_id)
         raise
     with database.transaction() as session:
+        recovery.settle(session, pending)
         payment, first_time = payments.record_payment(
             session,
             account_id=account_id,
@@ -213,17 +226,9 @@ def pay_with_card(
                 "declined",
                 _decline_message(result.failure_message, result.decline_code),
             )
-        completed = session.execute(
-            update(CheckoutSession)
-            .where(CheckoutSession.id == session_id, CheckoutSession.status == "processing")
-            .values(
-                status="complete",
-                payment_intent_id=payment.id,
-                completed_at=now(),
-                processing_until=None,
-            )
-        ).rowcount  # type: ignore[attr-defined]
-        if completed and first_time:
+        if first_time:
+            # Money the human paid is always credited, even if this session was
+            # completed meanwhile by another attempt (after a lapsed processing lease).
             payments.credit_purchase(
                 session,
                 payment,
@@ -232,7 +237,25 @@ def pay_with_card(
                 description="Wallet funded through a payment link",
                 meta={"session_id": session_id},
             )
+        complete_session(session, session_id, payment.id)
     return PayResult("complete")
+
+
+def complete_session(session: Session, session_id: str, payment_intent_id: str) -> None:
+    """Mark a session paid by this payment, unless another payment completed it first."""
+    session.execute(
+        update(CheckoutSession)
+        .where(
+            CheckoutSession.id == session_id,
+            CheckoutSession.status.in_(("open", "processing", "expired")),
+        )
+        .values(
+            status="complete",
+            payment_intent_id=payment_intent_id,
+            completed_at=now(),
+            processing_until=None,
+        )
+    )
 
 
 def _reopen(database: Database, session_id: str) -> None:

@@ -133,3 +133,12 @@ def fail(session: Session, job: ClaimedJob, *, worker_id: str, error: str) -> No
         .where(Job.id == job.id, Job.status == "running", Job.locked_by == worker_id)
         .values(**values, locked_until=None, last_error=error[:4000])
     )
+
+
+def cancel(session: Session, *, dedupe_key: str) -> None:
+    """Drop a queued job that is no longer needed (its work was done another way)."""
+    session.execute(
+        update(Job)
+        .where(Job.dedupe_key == dedupe_key, Job.status == "queued")
+        .values(status="succeeded", finished_at=now(), last_error="cancelled: not needed")
+    )

@@ -27,6 +27,7 @@ def handlers() -> dict[str, Handler]:
     """Every job kind and the domain function that runs it."""
     from billfold.checkout.service import EXPIRE_JOB, run_expiry
     from billfold.jobs import maintenance
+    from billfold.payments import recovery
     from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
     from billfold.wallet.auto_funding import run_top_up
 
@@ -34,6 +35,7 @@ def handlers() -> dict[str, Handler]:
         TOP_UP_JOB: run_top_up,
         EXPIRE_JOB: run_expiry,
         maintenance.JOB_KIND: maintenance.run_purge,
+        recovery.JOB_KIND: recovery.run_recovery,
     }
 
 

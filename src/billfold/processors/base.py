@@ -87,6 +87,10 @@ class Processor(Protocol):
         description: str,
     ) -> ChargeResult: ...
 
+    def find_charge(self, idempotency_key: str) -> ChargeResult | None:
+        """The charge made under this idempotency key, if the processor ever saw it."""
+        ...
+
     def refund(
         self, *, payment_intent_id: str, amount_cents: int, idempotency_key: str
     ) -> RefundResult: ...

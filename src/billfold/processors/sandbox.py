@@ -299,11 +299,19 @@ class SandboxProcessor:
             return self._charge_result(SandboxObject(id=intent_id, data=data))
 
     def _replay(self, idempotency_key: str) -> ChargeResult:
+        found = self.find_charge(idempotency_key)
+        assert found is not None
+        return found
+
+    def find_charge(self, idempotency_key: str) -> ChargeResult | None:
         with self.database.read() as session:
             obj = session.scalars(
-                select(SandboxObject).where(SandboxObject.idempotency_key == idempotency_key)
-            ).one()
-            return self._charge_result(obj)
+                select(SandboxObject).where(
+                    SandboxObject.idempotency_key == idempotency_key,
+                    SandboxObject.object == "payment_intent",
+                )
+            ).first()
+            return self._charge_result(obj) if obj is not None else None
 
     @staticmethod
     def _charge_result(obj: SandboxObject) -> ChargeResult:

@@ -15,6 +15,7 @@ from billfold.ids import new_id
 from billfold.ledger import service as ledger
 from billfold.ledger.models import LedgerTransaction
 from billfold.money import from_micros, micros_to_cents
+from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.payments.models import Payment, Refund
 from billfold.processors.base import Processor
@@ -103,7 +104,7 @@ def fund_wallet(
     The processor call sits between two transactions: reading what to charge, and
     recording the outcome. Its idempotency key is derived from the request's, so a
     retried request finds the same PaymentIntent and the unique payment id keeps the
-    credit single.
+    credit single; a recovery job records it if this process dies in between.
     """
     with database.read() as session:
         wallet = get_wallet(session, account_id)
@@ -127,16 +128,28 @@ def fund_wallet(
         card = payments.processor_card(
             processor, payment_method_id=payment_method_id, customer_id=customer_id
         )
+    pending = recovery.PendingCharge(
+        account_id=account_id,
+        purpose=purpose,
+        amount_micros=amount_micros,
+        currency=currency,
+        payment_method_id=payment_method_id,
+        processor_key=f"fund:{account_id}:{idempotency_key or new_id('once')}",
+        save_card=card is not None,
+    )
+    with database.transaction() as session:
+        recovery.watch(session, pending)
     result = processor.charge(
         customer_id=customer_id,
         payment_method_id=payment_method_id,
         amount_cents=micros_to_cents(amount_micros),
         currency=currency,
-        idempotency_key=f"fund:{account_id}:{idempotency_key or new_id('once')}",
+        idempotency_key=pending.processor_key,
         description="Wallet funding",
     )
     transaction_id = None
     with database.transaction() as session:
+        recovery.settle(session, pending)
         payment, first_time = payments.record_payment(
             session,
             account_id=account_id,

@@ -1,0 +1,109 @@
+"""Recovering card charges interrupted between the processor and the database.
+
+A synchronous card charge (wallet funding, a coupon purchase, a payment-link payment)
+calls the processor between two transactions. If the process dies after the processor
+charged but before the outcome was recorded, the card holder has paid and nothing
+credits them. So before each such call a recovery job is queued, in its own committed
+transaction, a few minutes ahead; recording the outcome cancels it. If it does run, it
+asks the processor what happened under the charge's idempotency key, and records and
+credits a charge it finds, once: the payment id is unique, and so is the ledger
+reference. It never starts a charge of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from billfold.clock import now
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
+from billfold.payments import service as payments
+from billfold.processors.base import Card, UnknownPaymentMethod
+
+if TYPE_CHECKING:
+    from billfold.api.deps import Services
+
+log = logging.getLogger("billfold.payments")
+
+JOB_KIND = "payments.recover_charge"
+DELAY = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class PendingCharge:
+    """What a card charge is for, kept until its outcome is recorded."""
+
+    account_id: str
+    purpose: str
+    amount_micros: int
+    currency: str
+    payment_method_id: str
+    processor_key: str
+    save_card: bool = False
+    checkout_session_id: str | None = None
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"recover:{self.processor_key}"
+
+
+def watch(session: Session, charge: PendingCharge) -> None:
+    jobs.enqueue(
+        session,
+        kind=JOB_KIND,
+        account_id=charge.account_id,
+        payload=asdict(charge),
+        run_at=now() + DELAY,
+        dedupe_key=charge.dedupe_key,
+    )
+
+
+def settle(session: Session, charge: PendingCharge) -> None:
+    """The outcome is recorded: the recovery job is not needed."""
+    jobs.cancel(session, dedupe_key=charge.dedupe_key)
+
+
+def run_recovery(services: Services, job: ClaimedJob) -> None:
+    charge = PendingCharge(**job.payload)
+    processor = services.processor
+    result = processor.find_charge(charge.processor_key)
+    if result is None:
+        return  # the charge never reached the processor: nothing to recover
+    card: Card | None = None
+    if charge.save_card and result.succeeded:
+        try:
+            card = processor.retrieve_payment_method(charge.payment_method_id)
+        except UnknownPaymentMethod:
+            card = None
+    with services.database.transaction() as session:
+        payment, first_time = payments.record_payment(
+            session,
+            account_id=charge.account_id,
+            purpose=charge.purpose,
+            amount_micros=charge.amount_micros,
+            currency=charge.currency,
+            payment_method_id=charge.payment_method_id,
+            result=result,
+        )
+        if not (first_time and result.succeeded):
+            return
+        log.warning("recovered interrupted card charge %s (%s)", payment.id, charge.purpose)
+        payments.credit_purchase(
+            session,
+            payment,
+            kind=charge.purpose,
+            usecase="wallet_funding",
+            description="Card payment recorded after an interruption",
+            meta={"recovered": True},
+        )
+        if card is not None:
+            payments.save_card(session, account_id=charge.account_id, card=card, make_default=False)
+        if charge.checkout_session_id:
+            from billfold.checkout.service import complete_session
+
+            complete_session(session, charge.checkout_session_id, payment.id)
