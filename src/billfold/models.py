@@ -6,6 +6,7 @@ from billfold.checkout.models import CheckoutSession
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.db import Base
 from billfold.idempotency.models import IdempotencyKey
+from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries, OperatorSettings
 from billfold.jobs.models import Job
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.payments.models import Payment, PaymentMethod, Refund
@@ -21,9 +22,13 @@ __all__ = [
     "Coupon",
     "CouponRedemption",
     "IdempotencyKey",
+    "Invoice",
+    "InvoiceLine",
     "Job",
     "LedgerPosting",
     "LedgerTransaction",
+    "NumberSeries",
+    "OperatorSettings",
     "Payment",
     "PaymentMethod",
     "RateLimitCounter",

@@ -25,6 +25,9 @@ from billfold.coupons.router import admin_router as coupons_admin_router
 from billfold.coupons.router import router as coupons_router
 from billfold.db import Database
 from billfold.ids import new_id
+from billfold.invoices.router import admin_router as invoices_admin_router
+from billfold.invoices.router import files_router as invoice_files_router
+from billfold.invoices.router import router as invoices_router
 from billfold.payments.router import router as payments_router
 from billfold.processors.sandbox import SandboxProcessor
 from billfold.processors.sandbox_router import router as sandbox_router
@@ -137,9 +140,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(billing_router, prefix=AGENT_PREFIX)
     app.include_router(checkout_router, prefix=AGENT_PREFIX)
     app.include_router(coupons_router, prefix=AGENT_PREFIX)
+    app.include_router(invoices_router, prefix=AGENT_PREFIX)
     app.include_router(accounts_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(usage_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(coupons_admin_router, prefix=ADMIN_PREFIX)
+    app.include_router(invoices_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(sandbox_router)
     app.include_router(checkout_pages)
+    app.include_router(invoice_files_router)
     return app

@@ -238,6 +238,14 @@ def get_payment(session: Session, *, account_id: str, payment_intent_id: str) ->
     return payment
 
 
+INVOICE_DESCRIPTIONS = {
+    "wallet_funding": "Prepaid wallet credit",
+    "auto_funding": "Prepaid wallet credit (auto-funding)",
+    "checkout": "Prepaid wallet credit (payment link)",
+    "coupon_purchase": "Prepaid wallet credit (coupon purchase)",
+}
+
+
 def credit_purchase(
     session: Session,
     payment: Payment,
@@ -248,7 +256,18 @@ def credit_purchase(
     meta: dict[str, Any] | None = None,
 ) -> LedgerTransaction:
     """Credit a succeeded card payment to the wallet as purchased credit (once per payment:
-    the ledger reference `payment:<id>` is unique per account)."""
+    the ledger reference `payment:<id>` is unique per account), and invoice it."""
+    from billfold.invoices.service import invoice_card_payment
+
+    invoice_card_payment(
+        session,
+        account_id=payment.account_id,
+        payment_intent_id=payment.id,
+        amount_micros=payment.amount_micros,
+        currency=payment.currency,
+        line_kind="wallet_funding",
+        description=INVOICE_DESCRIPTIONS.get(kind, "Prepaid wallet credit"),
+    )
     return ledger.post(
         session,
         account_id=payment.account_id,

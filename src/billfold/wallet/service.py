@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from billfold.db import Database
 from billfold.errors import Conflict, InsufficientFunds, NotFound, PaymentFailed
 from billfold.ids import new_id
+from billfold.invoices.service import credit_note_for_refund
 from billfold.ledger import service as ledger
 from billfold.ledger.models import LedgerTransaction
 from billfold.money import from_micros, micros_to_cents
@@ -362,6 +363,13 @@ def _send_refund(database: Database, processor: Processor, refund: Refund) -> No
             .where(Refund.id == refund.id, Refund.status == "pending")
             .values(status=result.status, processor_refund_id=result.refund_id)
         ).rowcount  # type: ignore[attr-defined]
+        if marked and result.status == "succeeded":
+            credit_note_for_refund(
+                session,
+                refund_id=refund.id,
+                payment_intent_id=refund.payment_id,
+                amount_micros=refund.amount_micros,
+            )
         if marked and result.status != "succeeded":
             _reserve_refund(session, refund.payment_id, -refund.amount_micros)
             ledger.post(

@@ -1,0 +1,345 @@
+"""Invoices for card charges and credit notes for refunds, numbered without gaps.
+
+Every card charge that credits the wallet is invoiced in the same transaction that
+credits it; every refund that succeeds gets a credit note referencing the invoice it
+reverses. Numbers are assigned at finalization from a series row that the
+finalizing transaction locks (`UPDATE … RETURNING`), so a rollback returns its number
+and concurrent finalizations queue: no gaps, no duplicates.
+
+Card amounts are tax-inclusive: the wallet is credited what the card paid, and the
+invoice breaks out the tax at the buyer's country's rate (or none, with the
+reverse-charge note, for an EU business buyer in another EU country than the seller).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from billfold.billing.models import BillingInfo
+from billfold.clock import now
+from billfold.db import insert_or_ignore
+from billfold.errors import NotFound
+from billfold.ids import new_id
+from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries, OperatorSettings
+from billfold.money import from_micros
+
+EU_COUNTRIES = frozenset(
+    [
+        "AT",
+        "BE",
+        "BG",
+        "HR",
+        "CY",
+        "CZ",
+        "DK",
+        "EE",
+        "FI",
+        "FR",
+        "DE",
+        "GR",
+        "HU",
+        "IE",
+        "IT",
+        "LV",
+        "LT",
+        "LU",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SK",
+        "SI",
+        "ES",
+        "SE",
+    ]
+)
+REVERSE_CHARGE_NOTE = (
+    "Reverse charge: VAT to be accounted for by the recipient "
+    "(Article 196, Council Directive 2006/112/EC)."
+)
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "seller": {
+        "name": "Billfold operator",
+        "address": [],
+        "country": None,
+        "tax_id": None,
+        "email": None,
+        "logo_path": None,
+    },
+    "invoice_prefix": "BF",
+    "credit_note_prefix": "CN",
+    "tax_rates": {},  # country → percent as a string, e.g. {"DE": "19"}
+}
+
+
+def get_settings(session: Session) -> dict[str, Any]:
+    row = session.get(OperatorSettings, 1)
+    data = row.data if row else {}
+    merged = {**DEFAULT_SETTINGS, **data}
+    merged["seller"] = {**DEFAULT_SETTINGS["seller"], **data.get("seller", {})}
+    return merged
+
+
+def update_settings(session: Session, changes: dict[str, Any]) -> dict[str, Any]:
+    current = get_settings(session)
+    if "seller" in changes:
+        changes = {**changes, "seller": {**current["seller"], **changes["seller"]}}
+    merged = {**current, **changes}
+    row = session.get(OperatorSettings, 1, with_for_update=True)
+    if row is None:
+        session.add(OperatorSettings(id=1, data=merged, updated_at=now()))
+    else:
+        row.data = merged
+        row.updated_at = now()
+    return merged
+
+
+def _next_number(session: Session, series: str, prefix: str, issued_at: datetime) -> str:
+    insert_or_ignore(session, NumberSeries, {"series": series, "last_number": 0}, ["series"])
+    value = session.execute(
+        update(NumberSeries)
+        .where(NumberSeries.series == series)
+        .values(last_number=NumberSeries.last_number + 1)
+        .returning(NumberSeries.last_number)
+    ).scalar_one()
+    return f"{prefix}-{issued_at.year}-{value:06d}"
+
+
+def _tax_terms(settings: dict[str, Any], buyer: dict[str, Any]) -> tuple[int, bool]:
+    """(tax rate in basis points, reverse charge) for this buyer."""
+    seller_country = settings["seller"].get("country")
+    buyer_country = buyer.get("address_country")
+    if (
+        buyer.get("tax_id_type") == "eu_vat"
+        and buyer.get("tax_id")
+        and seller_country in EU_COUNTRIES
+        and buyer_country in EU_COUNTRIES
+        and buyer_country != seller_country
+    ):
+        return 0, True
+    rate = settings["tax_rates"].get(buyer_country or "")
+    return (int(Decimal(str(rate)) * 100) if rate is not None else 0), False
+
+
+def tax_percent(basis_points: int) -> Decimal:
+    """1900 → 19, 1250 → 12.5."""
+    return from_micros(basis_points * 10_000)
+
+
+def _split_inclusive(total_micros: int, rate_bp: int) -> int:
+    """The tax inside a tax-inclusive total, rounded to the cent."""
+    if rate_bp == 0:
+        return 0
+    net = total_micros * 10_000 // (10_000 + rate_bp)
+    tax = total_micros - net
+    return (tax + 5_000) // 10_000 * 10_000
+
+
+def _buyer_snapshot(session: Session, account_id: str) -> dict[str, Any]:
+    from billfold.accounts.models import Account
+    from billfold.billing.service import info_view  # billing reads wallets, which invoice
+
+    info = info_view(session.get(BillingInfo, account_id))
+    account = session.get(Account, account_id)
+    info["account_email"] = account.email if account else None
+    return info
+
+
+def invoice_card_payment(
+    session: Session,
+    *,
+    account_id: str,
+    payment_intent_id: str,
+    amount_micros: int,
+    currency: str,
+    line_kind: str,
+    description: str,
+    period: tuple[datetime, datetime] | None = None,
+) -> Invoice:
+    """Issue the paid invoice of one card charge, in the caller's transaction."""
+    settings = get_settings(session)
+    buyer = _buyer_snapshot(session, account_id)
+    rate_bp, reverse = _tax_terms(settings, buyer)
+    tax = _split_inclusive(amount_micros, rate_bp)
+    issued = now()
+    invoice = Invoice(
+        id=new_id("in"),
+        account_id=account_id,
+        kind="invoice",
+        number=_next_number(session, "invoice", settings["invoice_prefix"], issued),
+        status="paid",
+        currency=currency,
+        subtotal_micros=amount_micros - tax,
+        discount_micros=0,
+        tax_micros=tax,
+        total_micros=amount_micros,
+        amount_paid_micros=amount_micros,
+        tax_rate_basis_points=rate_bp,
+        reverse_charge=reverse,
+        payment_intent_id=payment_intent_id,
+        source=f"payment:{payment_intent_id}",
+        seller=settings["seller"],
+        buyer=buyer,
+        issued_at=issued,
+        paid_at=issued,
+        created_at=issued,
+    )
+    session.add(invoice)
+    session.add(
+        InvoiceLine(
+            invoice_id=invoice.id,
+            account_id=account_id,
+            position=1,
+            kind=line_kind,
+            description=description,
+            quantity=1,
+            unit_amount_micros=amount_micros - tax,
+            amount_micros=amount_micros - tax,
+            period_start=period[0] if period else None,
+            period_end=period[1] if period else None,
+        )
+    )
+    session.flush()
+    return invoice
+
+
+def credit_note_for_refund(
+    session: Session, *, refund_id: str, payment_intent_id: str, amount_micros: int
+) -> Invoice | None:
+    """The credit note of a succeeded refund, reversing (part of) its payment's invoice."""
+    original = session.scalars(
+        select(Invoice).where(Invoice.source == f"payment:{payment_intent_id}")
+    ).first()
+    if original is None:
+        return None
+    settings = get_settings(session)
+    tax = _split_inclusive(amount_micros, original.tax_rate_basis_points)
+    issued = now()
+    note = Invoice(
+        id=new_id("cn"),
+        account_id=original.account_id,
+        kind="credit_note",
+        number=_next_number(session, "credit_note", settings["credit_note_prefix"], issued),
+        status="paid",
+        currency=original.currency,
+        subtotal_micros=-(amount_micros - tax),
+        discount_micros=0,
+        tax_micros=-tax,
+        total_micros=-amount_micros,
+        amount_paid_micros=-amount_micros,
+        tax_rate_basis_points=original.tax_rate_basis_points,
+        reverse_charge=original.reverse_charge,
+        payment_intent_id=payment_intent_id,
+        refund_id=refund_id,
+        reverses_invoice_id=original.id,
+        source=f"refund:{refund_id}",
+        seller=original.seller,
+        buyer=original.buyer,
+        issued_at=issued,
+        paid_at=issued,
+        created_at=issued,
+    )
+    session.add(note)
+    session.add(
+        InvoiceLine(
+            invoice_id=note.id,
+            account_id=original.account_id,
+            position=1,
+            kind="refund",
+            description=f"Refund to card, reversing invoice {original.number}",
+            quantity=1,
+            unit_amount_micros=-(amount_micros - tax),
+            amount_micros=-(amount_micros - tax),
+        )
+    )
+    session.flush()
+    return note
+
+
+def get_for_account(session: Session, *, account_id: str, invoice_id: str) -> Invoice:
+    invoice = session.get(Invoice, invoice_id)
+    if invoice is None or invoice.account_id != account_id:
+        raise NotFound(
+            "No such invoice.", code="invoice_not_found", details={"invoice_id": invoice_id}
+        )
+    return invoice
+
+
+def lines_of(session: Session, invoice_id: str) -> list[InvoiceLine]:
+    return list(
+        session.scalars(
+            select(InvoiceLine)
+            .where(InvoiceLine.invoice_id == invoice_id)
+            .order_by(InvoiceLine.position)
+        )
+    )
+
+
+def list_for_account(
+    session: Session, *, account_id: str, limit: int, offset: int
+) -> tuple[list[Invoice], int]:
+    from sqlalchemy import func
+
+    where = Invoice.account_id == account_id
+    items = list(
+        session.scalars(
+            select(Invoice)
+            .where(where)
+            .order_by(Invoice.created_at.desc(), Invoice.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+    total = session.scalar(select(func.count()).select_from(Invoice).where(where)) or 0
+    return items, int(total)
+
+
+def summary_view(invoice: Invoice) -> dict[str, Any]:
+    return {
+        "id": invoice.id,
+        "object": invoice.kind,
+        "number": invoice.number,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "subtotal": from_micros(invoice.subtotal_micros),
+        "discount": from_micros(invoice.discount_micros),
+        "tax": from_micros(invoice.tax_micros),
+        "total": from_micros(invoice.total_micros),
+        "amount_paid": from_micros(invoice.amount_paid_micros),
+        "payment_intent_id": invoice.payment_intent_id,
+        "reverses_invoice_id": invoice.reverses_invoice_id,
+        "issued_at": invoice.issued_at,
+        "paid_at": invoice.paid_at,
+    }
+
+
+def detail_view(invoice: Invoice, lines: list[InvoiceLine]) -> dict[str, Any]:
+    view = summary_view(invoice)
+    view.update(
+        {
+            "tax_rate": tax_percent(invoice.tax_rate_basis_points),
+            "reverse_charge": invoice.reverse_charge,
+            "reverse_charge_note": REVERSE_CHARGE_NOTE if invoice.reverse_charge else None,
+            "seller": invoice.seller,
+            "buyer": invoice.buyer,
+            "lines": [
+                {
+                    "description": line.description,
+                    "kind": line.kind,
+                    "quantity": line.quantity,
+                    "unit_amount": from_micros(line.unit_amount_micros),
+                    "amount": from_micros(line.amount_micros),
+                    "period_start": line.period_start,
+                    "period_end": line.period_end,
+                }
+                for line in lines
+            ],
+        }
+    )
+    return view
