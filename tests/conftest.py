@@ -99,6 +99,7 @@ def live_server(database_url: str) -> Iterator[LiveServer]:
         admin_key=ADMIN_KEY,
         public_url=f"http://127.0.0.1:{port}",
         var_dir=Path("/nonexistent"),
+        webhook_allow_private=True,  # the test receivers listen on 127.0.0.1
     )
     upgrade(database_url)
     services = build_services(settings, ADMIN_KEY)

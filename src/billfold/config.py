@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     login_window_seconds: int = 900
 
     payment_link_ttl_minutes: int = 60
+    # Webhook URLs resolving to loopback/private/link-local addresses are refused unless
+    # this is set (for local development and tests).
+    webhook_allow_private: bool = False
     idempotency_ttl_hours: int = 24
     # A key still "in progress" after this long is presumed abandoned (crashed worker)
     # and may be taken over by a retry; every effect under it is itself idempotent.

@@ -12,6 +12,7 @@ from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.payments.models import Payment, PaymentMethod, Refund
 from billfold.processors.sandbox import SandboxObject
 from billfold.wallet.models import Wallet
+from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "Account",
@@ -35,4 +36,7 @@ __all__ = [
     "Refund",
     "SandboxObject",
     "Wallet",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

@@ -34,6 +34,7 @@ from billfold.processors.sandbox_router import router as sandbox_router
 from billfold.security import hash_secret
 from billfold.wallet.router import admin_router as usage_admin_router
 from billfold.wallet.router import router as wallet_router
+from billfold.webhooks.router import router as webhooks_admin_router
 
 log = logging.getLogger("billfold")
 
@@ -145,6 +146,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(usage_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(coupons_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(invoices_admin_router, prefix=ADMIN_PREFIX)
+    app.include_router(webhooks_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(sandbox_router)
     app.include_router(checkout_pages)
     app.include_router(invoice_files_router)

@@ -27,6 +27,7 @@ from billfold.payments import service as payments
 from billfold.processors.base import Processor
 from billfold.wallet import service as wallet_service
 from billfold.wallet.models import Wallet
+from billfold.webhooks import service as webhooks
 
 OPERATOR_PROMOTIONS = "operator:promotions"
 PURCHASE_KINDS = ("bonus_percent", "bonus_fixed")
@@ -229,6 +230,18 @@ def _reserve(
 
 
 def _grant(session: Session, redemption: CouponRedemption, coupon: Coupon) -> None:
+    webhooks.emit(
+        session,
+        type="coupon.redeemed",
+        account_id=redemption.account_id,
+        data={
+            "account_id": redemption.account_id,
+            "code": coupon.code,
+            "kind": coupon.kind,
+            "credit_amount": from_micros(redemption.credit_micros),
+            "redemption_id": redemption.id,
+        },
+    )
     if redemption.credit_micros:
         ledger.post(
             session,

@@ -206,6 +206,11 @@ def invoice_card_payment(
         )
     )
     session.flush()
+    from billfold.webhooks import service as webhooks  # webhooks render with the API's JSON
+
+    summary = summary_view(invoice)
+    webhooks.emit(session, type="invoice.finalized", account_id=account_id, data=summary)
+    webhooks.emit(session, type="invoice.paid", account_id=account_id, data=summary)
     return invoice
 
 

@@ -30,12 +30,14 @@ def handlers() -> dict[str, Handler]:
     from billfold.payments import recovery
     from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
     from billfold.wallet.auto_funding import run_top_up
+    from billfold.webhooks import service as webhooks
 
     return {
         TOP_UP_JOB: run_top_up,
         EXPIRE_JOB: run_expiry,
         maintenance.JOB_KIND: maintenance.run_purge,
         recovery.JOB_KIND: recovery.run_recovery,
+        webhooks.JOB_KIND: webhooks.run_delivery,
     }
 
 

@@ -17,6 +17,7 @@ from billfold.ledger.service import lock_wallet
 from billfold.money import from_micros
 from billfold.payments.models import Payment, PaymentMethod
 from billfold.processors.base import Card, CardError, ChargeResult, Processor, UnknownPaymentMethod
+from billfold.webhooks import service as webhooks
 
 
 class PaymentMethodRequired(BillfoldError):
@@ -223,7 +224,15 @@ def record_payment(
         ["id"],
     )
     payment = session.get(Payment, result.payment_intent_id, populate_existing=True)
-    assert payment is not None and payment.account_id == account_id
+    assert payment is not None
+    assert payment.account_id == account_id
+    if inserted:
+        webhooks.emit(
+            session,
+            type="payment.succeeded" if result.succeeded else "payment.failed",
+            account_id=account_id,
+            data=payment_view(payment),
+        )
     return payment, inserted
 
 
@@ -259,7 +268,7 @@ def credit_purchase(
     the ledger reference `payment:<id>` is unique per account), and invoice it."""
     from billfold.invoices.service import invoice_card_payment
 
-    invoice_card_payment(
+    invoice = invoice_card_payment(
         session,
         account_id=payment.account_id,
         payment_intent_id=payment.id,
@@ -268,7 +277,7 @@ def credit_purchase(
         line_kind="wallet_funding",
         description=INVOICE_DESCRIPTIONS.get(kind, "Prepaid wallet credit"),
     )
-    return ledger.post(
+    txn = ledger.post(
         session,
         account_id=payment.account_id,
         kind=kind,
@@ -282,3 +291,19 @@ def credit_purchase(
         ],
         meta=meta,
     )
+    webhooks.emit(
+        session,
+        type="wallet.funded",
+        account_id=payment.account_id,
+        data={
+            "account_id": payment.account_id,
+            "amount": from_micros(payment.amount_micros),
+            "currency": payment.currency,
+            "payment_intent_id": payment.id,
+            "invoice_id": invoice.id,
+            "transaction_id": txn.id,
+            "balance": from_micros(txn.balance_after_micros),
+            "source": kind,
+        },
+    )
+    return txn

@@ -20,6 +20,7 @@ from billfold.ledger import service as ledger
 from billfold.money import from_micros, micros_to_cents
 from billfold.payments import service as payments
 from billfold.wallet.models import Wallet
+from billfold.webhooks import service as webhooks
 
 if TYPE_CHECKING:
     from billfold.api.deps import Services
@@ -104,6 +105,17 @@ def after_debit(session: Session, *, locked_wallet: Wallet, balance_after_micros
         .values(auto_funding_armed=False)
     ).rowcount  # type: ignore[attr-defined]
     if disarmed:
+        webhooks.emit(
+            session,
+            type="wallet.low_balance",
+            account_id=locked_wallet.account_id,
+            data={
+                "account_id": locked_wallet.account_id,
+                "balance": from_micros(balance_after_micros),
+                "charge_threshold": from_micros(threshold),
+                "currency": locked_wallet.currency,
+            },
+        )
         jobs.enqueue(
             session,
             kind=JOB_KIND,
@@ -178,10 +190,25 @@ def run_top_up(services: Services, job: ClaimedJob) -> None:
         )
         failures = wallet.auto_funding_failures + 1
         values: dict[str, Any] = {"auto_funding_failures": failures, "auto_funding_armed": True}
+        event = {
+            "account_id": account_id,
+            "amount": from_micros(amount),
+            "currency": currency,
+            "payment_intent_id": payment.id,
+            "decline_code": result.decline_code,
+            "consecutive_failures": failures,
+        }
+        webhooks.emit(session, type="wallet.auto_funding_failed", account_id=account_id, data=event)
         if failures >= MAX_CONSECUTIVE_DECLINES:
             values["auto_funding_enabled"] = False
             values["auto_funding_disabled_reason"] = (
                 f"Disabled after {failures} declined top-ups in a row "
                 f"(last: {result.decline_code})."
+            )
+            webhooks.emit(
+                session,
+                type="wallet.auto_funding_disabled",
+                account_id=account_id,
+                data={**event, "reason": values["auto_funding_disabled_reason"]},
             )
         session.execute(update(Wallet).where(Wallet.account_id == account_id).values(**values))

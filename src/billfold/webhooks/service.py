@@ -1,0 +1,298 @@
+"""Outbound webhooks: events written with their cause, delivered by jobs, signed per the
+Standard Webhooks spec, retried on its schedule.
+
+An event row and one delivery job per matching endpoint are added to the transaction
+that caused the event, so an event exists exactly when its cause committed. Delivery
+is at least once: a worker that dies mid-delivery leaves a job that runs again. The
+receiver deduplicates on `webhook-id`, which is the same for every attempt.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+import random
+import secrets
+import socket
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from standardwebhooks import Webhook
+
+from billfold.api.responses import dumps
+from billfold.clock import now
+from billfold.errors import InvalidRequest, NotFound
+from billfold.ids import new_id
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
+from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+
+if TYPE_CHECKING:
+    from billfold.api.deps import Services
+
+log = logging.getLogger("billfold.webhooks")
+
+JOB_KIND = "webhooks.deliver"
+EVENT_TYPES = frozenset(
+    {
+        "wallet.funded",
+        "wallet.low_balance",
+        "wallet.auto_funding_failed",
+        "wallet.auto_funding_disabled",
+        "payment.succeeded",
+        "payment.failed",
+        "invoice.finalized",
+        "invoice.paid",
+        "coupon.redeemed",
+    }
+)
+# Standard Webhooks' retry schedule: the delay before attempt n+1 after attempt n fails.
+SCHEDULE = [
+    timedelta(0),
+    timedelta(seconds=5),
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=5),
+    timedelta(hours=10),
+    timedelta(hours=14),
+    timedelta(hours=20),
+    timedelta(hours=24),
+]
+TIMEOUT = httpx.Timeout(15.0)
+MAX_RETRY_AFTER = timedelta(hours=24)
+
+
+class UnsafeWebhookUrl(InvalidRequest):
+    code = "webhook_url_not_allowed"
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
+    """http(s) only; and unless allowed, no host resolving to a loopback, private,
+    link-local or otherwise internal address (server-side request forgery)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeWebhookUrl("A webhook URL must be http(s)://host/…", details={"field": "url"})
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise UnsafeWebhookUrl(
+            "The webhook host does not resolve.", details={"field": "url"}
+        ) from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global or address.is_multicast:
+            raise UnsafeWebhookUrl(
+                f"The webhook host resolves to a non-public address ({address}).",
+                details={"field": "url"},
+            )
+
+
+def endpoint_view(endpoint: WebhookEndpoint, *, reveal_secret: bool = False) -> dict[str, Any]:
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "event_types": endpoint.event_types,
+        "enabled": endpoint.enabled,
+        "disabled_reason": endpoint.disabled_reason,
+        "secret": endpoint.secret if reveal_secret else endpoint.secret[:10] + "…",
+        "created_at": endpoint.created_at,
+    }
+
+
+def create_endpoint(
+    session: Session, *, url: str, event_types: list[str], enabled: bool, allow_private: bool
+) -> WebhookEndpoint:
+    check_url(url, allow_private=allow_private)
+    endpoint = WebhookEndpoint(
+        id=new_id("we"),
+        url=url,
+        event_types=event_types,
+        secret=new_webhook_secret(),
+        enabled=enabled,
+        created_at=now(),
+    )
+    session.add(endpoint)
+    session.flush()
+    return endpoint
+
+
+def new_webhook_secret() -> str:
+    """Standard Webhooks' format: `whsec_` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def get_endpoint(session: Session, endpoint_id: str) -> WebhookEndpoint:
+    endpoint = session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None:
+        raise NotFound("No such webhook endpoint.", code="webhook_endpoint_not_found")
+    return endpoint
+
+
+def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> None:
+    """Write an event and queue its deliveries, in the caller's transaction."""
+    assert type in EVENT_TYPES, type
+    endpoints = [
+        e
+        for e in session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True)))
+        if "*" in e.event_types or type in e.event_types
+    ]
+    if not endpoints:
+        return
+    event_id = new_id("msg")
+    created = now()
+    payload = dumps({"id": event_id, "type": type, "timestamp": created, "data": data})
+    session.add(
+        WebhookEvent(
+            id=event_id, type=type, account_id=account_id, payload=payload, created_at=created
+        )
+    )
+    session.flush()
+    for endpoint in endpoints:
+        delivery = WebhookDelivery(
+            id=new_id("whd"),
+            event_id=event_id,
+            endpoint_id=endpoint.id,
+            account_id=account_id,
+            status="pending",
+            attempts=0,
+            next_attempt_at=created,
+            created_at=created,
+            log=[],
+        )
+        session.add(delivery)
+        session.flush()
+        _schedule(session, delivery.id, attempt=0, delay=timedelta(0))
+
+
+def _schedule(session: Session, delivery_id: str, *, attempt: int, delay: timedelta) -> None:
+    jobs.enqueue(
+        session,
+        kind=JOB_KIND,
+        payload={"delivery_id": delivery_id, "attempt": attempt},
+        run_at=now() + delay,
+        max_attempts=3,
+    )
+
+
+def _retry_delay(attempts_done: int, response: httpx.Response | None) -> timedelta | None:
+    if attempts_done >= len(SCHEDULE):
+        return None
+    delay = SCHEDULE[attempts_done]
+    if response is not None and response.status_code in (429, 503):
+        retry_after = response.headers.get("retry-after", "")
+        if retry_after.isdigit():
+            return min(timedelta(seconds=int(retry_after)), MAX_RETRY_AFTER)
+    jitter = delay.total_seconds() * random.uniform(-0.1, 0.1)  # noqa: S311 - not security
+    return delay + timedelta(seconds=jitter)
+
+
+def run_delivery(services: Services, job: ClaimedJob) -> None:
+    """One attempt at one delivery; the next attempt is queued if this one fails."""
+    delivery_id, attempt = str(job.payload["delivery_id"]), int(job.payload["attempt"])
+    with services.database.read() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery is None or delivery.status != "pending" or delivery.attempts != attempt:
+            return  # done already, or superseded by a redelivery
+        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+        event = session.get(WebhookEvent, delivery.event_id)
+        assert endpoint is not None
+        assert event is not None
+        url, secret, enabled = endpoint.url, endpoint.secret, endpoint.enabled
+        event_id, body = event.id, event.payload
+    response: httpx.Response | None = None
+    error: str | None = None
+    started = now()
+    if not enabled:
+        error = "endpoint disabled"
+    else:
+        try:
+            check_url(url, allow_private=services.settings.webhook_allow_private)
+            signature = Webhook(secret).sign(event_id, started, body)
+            response = httpx.post(
+                url,
+                content=body.encode(),
+                headers={
+                    "content-type": "application/json",
+                    "user-agent": "Billfold-Webhooks/1",
+                    "webhook-id": event_id,
+                    "webhook-timestamp": str(int(started.timestamp())),
+                    "webhook-signature": signature,
+                },
+                timeout=TIMEOUT,
+                follow_redirects=False,
+            )
+        except (httpx.HTTPError, InvalidRequest) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+    elapsed_ms = int((now() - started).total_seconds() * 1000)
+    succeeded = response is not None and 200 <= response.status_code < 300
+    gone = response is not None and response.status_code == 410
+    with services.database.transaction() as session:
+        row = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+        if row is None or row.status != "pending" or row.attempts != attempt:
+            return
+        row.attempts = attempt + 1
+        row.last_status_code = response.status_code if response is not None else None
+        row.last_error = error
+        row.log = [
+            *row.log,
+            {
+                "attempt": attempt + 1,
+                "at": started.isoformat(),
+                "status_code": row.last_status_code,
+                "error": error,
+                "duration_ms": elapsed_ms,
+            },
+        ]
+        if succeeded:
+            row.status, row.next_attempt_at = "succeeded", None
+            return
+        if gone:
+            row.status, row.next_attempt_at = "failed", None
+            session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == row.endpoint_id)
+                .values(enabled=False, disabled_reason="The endpoint answered 410 Gone.")
+            )
+            return
+        delay = None if not enabled else _retry_delay(attempt + 1, response)
+        if delay is None:
+            row.status, row.next_attempt_at = "failed", None
+            return
+        row.next_attempt_at = now() + delay
+        _schedule(session, row.id, attempt=attempt + 1, delay=delay)
+
+
+def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
+    """Send a delivery again now, whatever became of it (the webhook-id stays the same)."""
+    delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+    if delivery is None:
+        raise NotFound("No such webhook delivery.", code="webhook_delivery_not_found")
+    delivery.status = "pending"
+    delivery.next_attempt_at = now()
+    _schedule(session, delivery.id, attempt=delivery.attempts, delay=timedelta(0))
+    return delivery
+
+
+def delivery_view(delivery: WebhookDelivery, event_type: str) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "event_id": delivery.event_id,
+        "event_type": event_type,
+        "endpoint_id": delivery.endpoint_id,
+        "account_id": delivery.account_id,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "next_attempt_at": delivery.next_attempt_at,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "log": delivery.log,
+        "created_at": delivery.created_at,
+    }
