@@ -151,6 +151,78 @@ def _buyer_snapshot(session: Session, account_id: str) -> dict[str, Any]:
     return info
 
 
+def _finalize(
+    session: Session,
+    *,
+    kind: str,
+    account_id: str,
+    currency: str,
+    total_micros: int,
+    rate_bp: int,
+    reverse_charge: bool,
+    seller: dict[str, Any],
+    buyer: dict[str, Any],
+    source: str,
+    line_kind: str,
+    description: str,
+    payment_intent_id: str,
+    refund_id: str | None = None,
+    reverses_invoice_id: str | None = None,
+    period: tuple[datetime, datetime] | None = None,
+) -> Invoice:
+    """Number and issue a paid document with one line (negative amounts: a credit note)."""
+    settings = get_settings(session)
+    series, prefix_key, id_prefix = (
+        ("credit_note", "credit_note_prefix", "cn")
+        if kind == "credit_note"
+        else ("invoice", "invoice_prefix", "in")
+    )
+    sign = -1 if total_micros < 0 else 1
+    tax = sign * _split_inclusive(abs(total_micros), rate_bp)
+    issued = now()
+    invoice = Invoice(
+        id=new_id(id_prefix),
+        account_id=account_id,
+        kind=kind,
+        number=_next_number(session, series, settings[prefix_key], issued),
+        status="paid",
+        currency=currency,
+        subtotal_micros=total_micros - tax,
+        discount_micros=0,
+        tax_micros=tax,
+        total_micros=total_micros,
+        amount_paid_micros=total_micros,
+        tax_rate_basis_points=rate_bp,
+        reverse_charge=reverse_charge,
+        payment_intent_id=payment_intent_id,
+        refund_id=refund_id,
+        reverses_invoice_id=reverses_invoice_id,
+        source=source,
+        seller=seller,
+        buyer=buyer,
+        issued_at=issued,
+        paid_at=issued,
+        created_at=issued,
+    )
+    session.add(invoice)
+    session.add(
+        InvoiceLine(
+            invoice_id=invoice.id,
+            account_id=account_id,
+            position=1,
+            kind=line_kind,
+            description=description,
+            quantity=1,
+            unit_amount_micros=total_micros - tax,
+            amount_micros=total_micros - tax,
+            period_start=period[0] if period else None,
+            period_end=period[1] if period else None,
+        )
+    )
+    session.flush()
+    return invoice
+
+
 def invoice_card_payment(
     session: Session,
     *,
@@ -166,46 +238,22 @@ def invoice_card_payment(
     settings = get_settings(session)
     buyer = _buyer_snapshot(session, account_id)
     rate_bp, reverse = _tax_terms(settings, buyer)
-    tax = _split_inclusive(amount_micros, rate_bp)
-    issued = now()
-    invoice = Invoice(
-        id=new_id("in"),
-        account_id=account_id,
+    invoice = _finalize(
+        session,
         kind="invoice",
-        number=_next_number(session, "invoice", settings["invoice_prefix"], issued),
-        status="paid",
+        account_id=account_id,
         currency=currency,
-        subtotal_micros=amount_micros - tax,
-        discount_micros=0,
-        tax_micros=tax,
         total_micros=amount_micros,
-        amount_paid_micros=amount_micros,
-        tax_rate_basis_points=rate_bp,
+        rate_bp=rate_bp,
         reverse_charge=reverse,
-        payment_intent_id=payment_intent_id,
-        source=f"payment:{payment_intent_id}",
         seller=settings["seller"],
         buyer=buyer,
-        issued_at=issued,
-        paid_at=issued,
-        created_at=issued,
+        source=f"payment:{payment_intent_id}",
+        line_kind=line_kind,
+        description=description,
+        payment_intent_id=payment_intent_id,
+        period=period,
     )
-    session.add(invoice)
-    session.add(
-        InvoiceLine(
-            invoice_id=invoice.id,
-            account_id=account_id,
-            position=1,
-            kind=line_kind,
-            description=description,
-            quantity=1,
-            unit_amount_micros=amount_micros - tax,
-            amount_micros=amount_micros - tax,
-            period_start=period[0] if period else None,
-            period_end=period[1] if period else None,
-        )
-    )
-    session.flush()
     from billfold.webhooks import service as webhooks  # webhooks render with the API's JSON
 
     summary = summary_view(invoice)
@@ -223,48 +271,23 @@ def credit_note_for_refund(
     ).first()
     if original is None:
         return None
-    settings = get_settings(session)
-    tax = _split_inclusive(amount_micros, original.tax_rate_basis_points)
-    issued = now()
-    note = Invoice(
-        id=new_id("cn"),
-        account_id=original.account_id,
+    return _finalize(
+        session,
         kind="credit_note",
-        number=_next_number(session, "credit_note", settings["credit_note_prefix"], issued),
-        status="paid",
+        account_id=original.account_id,
         currency=original.currency,
-        subtotal_micros=-(amount_micros - tax),
-        discount_micros=0,
-        tax_micros=-tax,
         total_micros=-amount_micros,
-        amount_paid_micros=-amount_micros,
-        tax_rate_basis_points=original.tax_rate_basis_points,
+        rate_bp=original.tax_rate_basis_points,
         reverse_charge=original.reverse_charge,
+        seller=original.seller,
+        buyer=original.buyer,
+        source=f"refund:{refund_id}",
+        line_kind="refund",
+        description=f"Refund to card, reversing invoice {original.number}",
         payment_intent_id=payment_intent_id,
         refund_id=refund_id,
         reverses_invoice_id=original.id,
-        source=f"refund:{refund_id}",
-        seller=original.seller,
-        buyer=original.buyer,
-        issued_at=issued,
-        paid_at=issued,
-        created_at=issued,
     )
-    session.add(note)
-    session.add(
-        InvoiceLine(
-            invoice_id=note.id,
-            account_id=original.account_id,
-            position=1,
-            kind="refund",
-            description=f"Refund to card, reversing invoice {original.number}",
-            quantity=1,
-            unit_amount_micros=-(amount_micros - tax),
-            amount_micros=-(amount_micros - tax),
-        )
-    )
-    session.flush()
-    return note
 
 
 def get_for_account(session: Session, *, account_id: str, invoice_id: str) -> Invoice:
