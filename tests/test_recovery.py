@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 from billfold.api.deps import Services
 from billfold.checkout import service as checkout
 from billfold.clock import now
+from billfold.coupons import service as coupons
 from billfold.jobs.models import Job
 from billfold.jobs.worker import Worker
 from billfold.payments import recovery
@@ -151,3 +153,51 @@ def test_payment_link_paid_before_the_crash_completes_later(api: Api, services: 
     page = requests.get(link["payment_url"])
     assert link["session_id"] in page.text  # the human sees it paid
     assert agent.balance() == 30
+
+
+@pytest.mark.parametrize("charged", [True, False])
+def test_interrupted_coupon_purchase_is_finished_or_given_back(
+    api: Api, services: Services, charged: bool
+) -> None:
+    code = f"R{uuid.uuid4().hex[:8].upper()}"
+    created = api.admin_post(
+        "/coupons",
+        {
+            "code": code,
+            "kind": "bonus_fixed",
+            "amount": 5,
+            "min_purchase": 10,
+            "max_redemptions": 1,
+        },
+    )
+    assert created.status_code == 201, created.text
+    agent = api.new_agent()
+    dying = DyingProcessor(services.processor, charge_reaches_processor=charged)
+    with pytest.raises(ProcessDied):
+        coupons.redeem(
+            services.database,
+            dying,
+            account_id=agent.account_id,
+            code=code,
+            purchase_micros=20_000_000,
+            payment_method_id=agent.card(),
+            idempotency_key=None,
+        )
+    # Until the recovery job has looked, the reservation holds the last redemption.
+    info = agent.get("/wallet/coupons/validate", params={"coupon_code": code}).json()["data"]
+    assert info["error"]["code"] == "coupon_already_redeemed"
+    other = api.new_agent()
+    info = other.get("/wallet/coupons/validate", params={"coupon_code": code}).json()["data"]
+    assert info["error"]["code"] == "coupon_exhausted"
+    Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
+    if charged:
+        balance = agent.get("/wallet/balance").json()["data"]
+        assert (balance["balance"], balance["breakdown"]["promotional"]) == (25, 5)
+        info = agent.get("/wallet/coupons/validate", params={"coupon_code": code}).json()["data"]
+        assert info["error"]["code"] == "coupon_already_redeemed"
+    else:
+        assert agent.balance() == 0
+        info = agent.get(
+            "/wallet/coupons/validate", params={"coupon_code": code, "purchase_amount": 20}
+        ).json()["data"]
+        assert info["valid"] is True  # given back: redeemable again

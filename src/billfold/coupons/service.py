@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from billfold.clock import now
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.db import Database, insert_or_ignore
-from billfold.errors import BillfoldError, Conflict, InvalidRequest
+from billfold.errors import BillfoldError, Conflict, InvalidRequest, PaymentFailed
 from billfold.ids import new_id
 from billfold.ledger import service as ledger
 from billfold.money import from_micros
@@ -79,8 +79,6 @@ def check_usable(
             422,
             valid_from=coupon.valid_from.isoformat(),
         )
-    if coupon.max_redemptions is not None and coupon.redemptions >= coupon.max_redemptions:
-        raise _error("coupon_exhausted", "This coupon has been fully redeemed.", 409)
     redeemed = session.scalars(
         select(CouponRedemption.id).where(
             CouponRedemption.coupon_id == coupon.id, CouponRedemption.account_id == account_id
@@ -90,6 +88,8 @@ def check_usable(
         raise _error(
             "coupon_already_redeemed", "This account has already redeemed this coupon.", 409
         )
+    if coupon.max_redemptions is not None and coupon.redemptions >= coupon.max_redemptions:
+        raise _error("coupon_exhausted", "This coupon has been fully redeemed.", 409)
     if coupon.kind in PURCHASE_KINDS:
         if purchase_micros is None or purchase_micros < coupon.min_purchase_micros:
             raise _error(
@@ -301,34 +301,45 @@ def redeem(
             payment_method_id=payment_method_id,
             idempotency_key=f"coupon:{redemption.id}:{idempotency_key or ''}",
             purpose="coupon_purchase",
+            coupon_redemption_id=redemption.id,
         )
-    except BaseException:  # a decline (PaymentFailed) or anything else: nothing was granted
+    except PaymentFailed:  # declined: nothing was charged, the coupon is free again
         with database.transaction() as session:
-            _release(session, redemption)
+            release_redemption(session, redemption.id)
         raise
+    # Any other failure leaves the reservation to the charge's recovery job, which
+    # grants the bonus if the card was charged and releases it if not.
     with database.transaction() as session:
-        row = session.get(CouponRedemption, redemption.id, with_for_update=True)
+        finish_redemption(session, redemption.id, funded.payment.id)  # done with the credit
+        row = session.get(CouponRedemption, redemption.id)
         assert row is not None
-        if row.status == "pending":
-            row.status = "redeemed"
-            row.payment_id = funded.payment.id
-            _grant(session, row, coupon)
         wallet = session.get(Wallet, account_id, populate_existing=True)
         assert wallet is not None
         return Redeemed(row, coupon, wallet.balance_micros)
 
 
-def _release(session: Session, redemption: CouponRedemption) -> None:
-    removed = session.execute(
-        delete(CouponRedemption).where(
-            CouponRedemption.id == redemption.id, CouponRedemption.status == "pending"
-        )
-    ).rowcount  # type: ignore[attr-defined]
-    if removed:
+def finish_redemption(session: Session, redemption_id: str, payment_id: str) -> None:
+    """Grant a purchase coupon's bonus, in the transaction that credits its purchase."""
+    row = session.get(CouponRedemption, redemption_id, with_for_update=True)
+    if row is None or row.status != "pending":
+        return
+    coupon = session.get(Coupon, row.coupon_id)
+    assert coupon is not None
+    row.status = "redeemed"
+    row.payment_id = payment_id
+    _grant(session, row, coupon)
+
+
+def release_redemption(session: Session, redemption_id: str) -> None:
+    """Give back a reservation whose purchase was not charged."""
+    coupon_id = session.execute(
+        delete(CouponRedemption)
+        .where(CouponRedemption.id == redemption_id, CouponRedemption.status == "pending")
+        .returning(CouponRedemption.coupon_id)
+    ).scalar_one_or_none()
+    if coupon_id is not None:
         session.execute(
-            update(Coupon)
-            .where(Coupon.id == redemption.coupon_id)
-            .values(redemptions=Coupon.redemptions - 1)
+            update(Coupon).where(Coupon.id == coupon_id).values(redemptions=Coupon.redemptions - 1)
         )
 
 

@@ -23,7 +23,8 @@ from billfold.clock import now
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.payments import service as payments
-from billfold.processors.base import Card, UnknownPaymentMethod
+from billfold.payments.models import Payment
+from billfold.processors.base import Card, ChargeResult, UnknownPaymentMethod
 
 if TYPE_CHECKING:
     from billfold.api.deps import Services
@@ -46,6 +47,7 @@ class PendingCharge:
     processor_key: str
     save_card: bool = False
     checkout_session_id: str | None = None
+    coupon_redemption_id: str | None = None
 
     @property
     def dedupe_key(self) -> str:
@@ -68,12 +70,60 @@ def settle(session: Session, charge: PendingCharge) -> None:
     jobs.cancel(session, dedupe_key=charge.dedupe_key)
 
 
+def record_outcome(
+    session: Session,
+    charge: PendingCharge,
+    result: ChargeResult,
+    *,
+    card: Card | None,
+    recovered: bool = False,
+) -> tuple[Payment, str | None]:
+    """Record a charge's outcome once and, if it succeeded, everything it pays for: the
+    purchased credit, the card to keep, a coupon's bonus. (payment, ledger transaction id)
+    """
+    settle(session, charge)
+    payment, first_time = payments.record_payment(
+        session,
+        account_id=charge.account_id,
+        purpose=charge.purpose,
+        amount_micros=charge.amount_micros,
+        currency=charge.currency,
+        payment_method_id=charge.payment_method_id,
+        result=result,
+    )
+    if not (first_time and result.succeeded):
+        return payment, None
+    txn = payments.credit_purchase(
+        session,
+        payment,
+        kind=charge.purpose,
+        usecase="wallet_funding",
+        description=(
+            "Card payment recorded after an interruption" if recovered else "Wallet funded by card"
+        ),
+        meta={"recovered": True} if recovered else None,
+    )
+    if card is not None:
+        payments.save_card(session, account_id=charge.account_id, card=card, make_default=False)
+    if charge.coupon_redemption_id:
+        from billfold.coupons.service import finish_redemption  # coupons build on funding
+
+        finish_redemption(session, charge.coupon_redemption_id, payment.id)
+    return payment, txn.id
+
+
 def run_recovery(services: Services, job: ClaimedJob) -> None:
     charge = PendingCharge(**job.payload)
     processor = services.processor
     result = processor.find_charge(charge.processor_key)
     if result is None:
-        return  # the charge never reached the processor: nothing to recover
+        # The charge never reached the processor: nothing to record, nothing owed.
+        if charge.coupon_redemption_id:
+            from billfold.coupons.service import release_redemption
+
+            with services.database.transaction() as session:
+                release_redemption(session, charge.coupon_redemption_id)
+        return
     card: Card | None = None
     if charge.save_card and result.succeeded:
         try:
@@ -81,28 +131,10 @@ def run_recovery(services: Services, job: ClaimedJob) -> None:
         except UnknownPaymentMethod:
             card = None
     with services.database.transaction() as session:
-        payment, first_time = payments.record_payment(
-            session,
-            account_id=charge.account_id,
-            purpose=charge.purpose,
-            amount_micros=charge.amount_micros,
-            currency=charge.currency,
-            payment_method_id=charge.payment_method_id,
-            result=result,
-        )
-        if not (first_time and result.succeeded):
+        payment, transaction_id = record_outcome(session, charge, result, card=card, recovered=True)
+        if transaction_id is None:
             return
         log.warning("recovered interrupted card charge %s (%s)", payment.id, charge.purpose)
-        payments.credit_purchase(
-            session,
-            payment,
-            kind=charge.purpose,
-            usecase="wallet_funding",
-            description="Card payment recorded after an interruption",
-            meta={"recovered": True},
-        )
-        if card is not None:
-            payments.save_card(session, account_id=charge.account_id, card=card, make_default=False)
         if charge.checkout_session_id:
             from billfold.checkout.service import complete_session
 

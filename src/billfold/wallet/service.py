@@ -99,6 +99,7 @@ def fund_wallet(
     payment_method_id: str | None,
     idempotency_key: str | None,
     purpose: str = "wallet_funding",
+    coupon_redemption_id: str | None = None,
 ) -> Funded:
     """Charge a card and credit the wallet as purchased credit, exactly once per charge.
 
@@ -137,6 +138,7 @@ def fund_wallet(
         payment_method_id=payment_method_id,
         processor_key=f"fund:{account_id}:{idempotency_key or new_id('once')}",
         save_card=card is not None,
+        coupon_redemption_id=coupon_redemption_id,
     )
     with database.transaction() as session:
         recovery.watch(session, pending)
@@ -148,29 +150,8 @@ def fund_wallet(
         idempotency_key=pending.processor_key,
         description="Wallet funding",
     )
-    transaction_id = None
     with database.transaction() as session:
-        recovery.settle(session, pending)
-        payment, first_time = payments.record_payment(
-            session,
-            account_id=account_id,
-            purpose=purpose,
-            amount_micros=amount_micros,
-            currency=currency,
-            payment_method_id=payment_method_id,
-            result=result,
-        )
-        if result.succeeded and first_time:
-            txn = payments.credit_purchase(
-                session,
-                payment,
-                kind=purpose,
-                usecase="wallet_funding",
-                description="Wallet funded by card",
-            )
-            transaction_id = txn.id
-            if card is not None:
-                payments.save_card(session, account_id=account_id, card=card, make_default=False)
+        payment, transaction_id = recovery.record_outcome(session, pending, result, card=card)
         wallet = get_wallet(session, account_id)
         session.refresh(wallet)
     if not result.succeeded:
