@@ -206,16 +206,9 @@ def pay_with_card(
         _reopen(database, session_id)
         raise
     with database.transaction() as session:
-        recovery.settle(session, pending)
-        payment, first_time = payments.record_payment(
-            session,
-            account_id=account_id,
-            purpose="checkout",
-            amount_micros=amount,
-            currency=currency,
-            payment_method_id=card["id"],
-            result=result,
-        )
+        # Money the human paid is always credited, even if this session was completed
+        # meanwhile by another attempt (after a lapsed processing lease).
+        payment, _ = recovery.record_outcome(session, pending, result, card=None)
         if not result.succeeded:
             session.execute(
                 update(CheckoutSession)
@@ -225,17 +218,6 @@ def pay_with_card(
             return PayResult(
                 "declined",
                 _decline_message(result.failure_message, result.decline_code),
-            )
-        if first_time:
-            # Money the human paid is always credited, even if this session was
-            # completed meanwhile by another attempt (after a lapsed processing lease).
-            payments.credit_purchase(
-                session,
-                payment,
-                kind="checkout",
-                usecase="wallet_funding",
-                description="Wallet funded through a payment link",
-                meta={"session_id": session_id},
             )
         complete_session(session, session_id, payment.id)
     return PayResult("complete")

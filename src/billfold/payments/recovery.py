@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("billfold.payments")
 
 JOB_KIND = "payments.recover_charge"
+LEDGER_DESCRIPTIONS = {"checkout": "Wallet funded through a payment link"}
 DELAY = timedelta(minutes=5)
 
 
@@ -93,15 +94,19 @@ def record_outcome(
     )
     if not (first_time and result.succeeded):
         return payment, None
+    meta: dict[str, Any] = {}
+    if charge.checkout_session_id:
+        meta["session_id"] = charge.checkout_session_id
+    if recovered:
+        meta["recovered"] = True
     txn = payments.credit_purchase(
         session,
         payment,
         kind=charge.purpose,
         usecase="wallet_funding",
-        description=(
-            "Card payment recorded after an interruption" if recovered else "Wallet funded by card"
-        ),
-        meta={"recovered": True} if recovered else None,
+        description=LEDGER_DESCRIPTIONS.get(charge.purpose, "Wallet funded by card")
+        + (" (recorded after an interruption)" if recovered else ""),
+        meta=meta or None,
     )
     if card is not None:
         payments.save_card(session, account_id=charge.account_id, card=card, make_default=False)
