@@ -4,33 +4,11 @@ document runs while the test, playing the human, pays on the hosted page."""
 from __future__ import annotations
 
 import queue
-import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests import reference as ref
-from tests.conftest import require_service
 from tests.helpers import CARD_DECLINED, Api
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        require_service(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
 
 
 def test_human_pays_in_the_browser_while_the_agent_polls(

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -23,54 +19,8 @@ from billfold.jobs.models import Job
 from billfold.jobs.worker import Worker
 from billfold.webhooks import service as webhooks
 from billfold.webhooks.models import WebhookDelivery
+from tests.conftest import Receiver
 from tests.helpers import CARD_DECLINED, Api, assert_error
-
-
-@dataclass
-class Receiver:
-    """A local HTTP receiver: each path answers from its script, then 200."""
-
-    url: str
-    scripts: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
-    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def path(self, script: list[tuple[int, dict[str, str]]] | None = None) -> str:
-        name = f"/{uuid.uuid4().hex[:8]}"
-        self.scripts[name] = list(script or [])
-        return name
-
-    def at(self, path: str) -> list[tuple[dict[str, str], bytes]]:
-        with self.lock:
-            return [(h, b) for p, h, b in self.received if p == path]
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    state = Receiver(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            with state.lock:
-                state.received.append((self.path, dict(self.headers.items()), body))
-                script = state.scripts.get(self.path, [])
-                status, headers = script.pop(0) if script else (200, {})
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
 
 
 def _endpoint(api: Api, url: str, event_types: list[str] | None = None) -> dict:
