@@ -165,3 +165,81 @@ def fund_via_human(token, amount, poll_interval=5, max_wait=300, show_link=print
         except Exception:
             pass
     return None
+
+
+def confirm_subscription_checkout(token, session_id):
+    resp = requests.post(
+        f"{BASE}/subscriptions/confirm-checkout",
+        headers=headers(token),
+        json={"session_id": session_id},
+    )
+    return resp.json()["data"]
+
+
+def list_plans(token):
+    resp = requests.get(f"{BASE}/subscriptions/plans", headers=headers(token))
+    return resp.json()["data"]
+
+
+def list_subscriptions(token):
+    resp = requests.get(f"{BASE}/subscriptions", headers=headers(token))
+    return resp.json()["data"]
+
+
+def create_subscription(token, plan_id, success_url=None):
+    payload = {"plan_id": plan_id}
+    if success_url:
+        payload["success_url"] = success_url
+    resp = requests.post(f"{BASE}/subscriptions", headers=headers(token), json=payload)
+    return resp.json()["data"]
+
+
+def create_subscription_headless(token, plan_id, payment_method_id, idempotency_key=None):
+    h = headers(token)
+    if idempotency_key:
+        h["Idempotency-Key"] = idempotency_key
+    resp = requests.post(
+        f"{BASE}/subscriptions",
+        headers=h,
+        json={"plan_id": plan_id, "payment_method_id": payment_method_id},
+    )
+    return resp.json()["data"]
+
+
+def get_subscription_status(token, subscription_id):
+    resp = requests.get(f"{BASE}/subscriptions/{subscription_id}/status", headers=headers(token))
+    return resp.json()["data"]
+
+
+def update_subscription(token, subscription_id, new_plan_id):
+    resp = requests.put(
+        f"{BASE}/subscriptions/{subscription_id}",
+        headers=headers(token),
+        json={"new_plan_id": new_plan_id},
+    )
+    return resp.json()["data"]
+
+
+def pause_subscription(token, subscription_id):
+    resp = requests.post(f"{BASE}/subscriptions/{subscription_id}/pause", headers=headers(token))
+    return resp.json()["data"]
+
+
+def resume_subscription(token, subscription_id):
+    resp = requests.post(f"{BASE}/subscriptions/{subscription_id}/resume", headers=headers(token))
+    return resp.json()["data"]
+
+
+def reset_subscription_cycle(token, subscription_id):
+    requests.post(f"{BASE}/subscriptions/{subscription_id}/reset-cycle", headers=headers(token))
+
+
+def charge_subscription_amount(token, amount):
+    resp = requests.post(
+        f"{BASE}/subscriptions/charge-amount", headers=headers(token), json={"amount": amount}
+    )
+    return resp.json()["data"]
+
+
+def fix_payment(token, subscription_id):
+    requests.post(f"{BASE}/subscriptions/{subscription_id}/fix-payment", headers=headers(token))

@@ -81,6 +81,21 @@ def test_embedded_default_serves_with_demo_data(tmp_path: Path) -> None:
             headers={"Authorization": f"Bearer {token.group(1)}"},
         )
         assert balance.json()["data"]["balance"] == 25
+        demo = {"Authorization": f"Bearer {token.group(1)}"}
+        plans = requests.get(f"{base}/api/agents/v1/subscriptions/plans", headers=demo)
+        listed = plans.json()["data"]["subscription_plans"]
+        assert [(p["name"], p["kind"]) for p in listed] == [
+            ("Starter", "normal"),
+            ("Pro", "normal"),
+            ("Pro (yearly)", "normal"),
+            ("Extra credits", "addon"),
+        ]
+        assert all(isinstance(p["id"], int) and p["features"] for p in listed)
+        link = requests.post(
+            f"{base}/api/agents/v1/subscriptions", json={"plan_id": listed[0]["id"]}, headers=demo
+        )
+        assert link.status_code == 201, link.text
+        assert link.json()["data"]["checkout_url"].startswith(base)
         login = requests.post(
             f"{base}/api/agents/v1/auth/login",
             json={"email": "demo@example.com", "password": "demo-password"},

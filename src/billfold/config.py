@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # and may be taken over by a retry; every effect under it is itself idempotent.
     idempotency_lock_timeout_seconds: int = 60
 
+    # Dunning: after a renewal's payment fails, retry this many days after the renewal;
+    # after the last retry fails the subscription becomes `canceled` (or `unpaid`).
+    dunning_retry_days: list[int] = Field(default=[1, 3, 5])
+    dunning_final_status: Literal["canceled", "unpaid"] = "canceled"
+
     db_pool_size: int = 20
     db_max_overflow: int = 20
 

@@ -12,6 +12,8 @@ from billfold.accounts import service as accounts
 from billfold.accounts.models import Account
 from billfold.api.deps import Services
 from billfold.money import to_micros
+from billfold.subscriptions import plans
+from billfold.subscriptions.models import Plan
 from billfold.wallet import service as wallet
 
 DEMO_EMAIL = "demo@example.com"
@@ -26,8 +28,83 @@ class DemoAccess:
     token: str
 
 
+@dataclass(frozen=True)
+class DemoPlan:
+    name: str
+    price: Decimal
+    period: str
+    kind: str
+    included_credits: Decimal
+    features: tuple[str, ...]
+
+
+DEMO_PLANS = (
+    DemoPlan(
+        "Starter",
+        Decimal(9),
+        "month",
+        "normal",
+        Decimal(5),
+        ("1,000 image generations", "Community support"),
+    ),
+    DemoPlan(
+        "Pro",
+        Decimal(29),
+        "month",
+        "normal",
+        Decimal(25),
+        ("5,000 image generations", "Priority queue", "Email support"),
+    ),
+    DemoPlan(
+        "Pro (yearly)",
+        Decimal(290),
+        "year",
+        "normal",
+        Decimal(300),
+        ("Everything in Pro", "Two months free"),
+    ),
+    DemoPlan(
+        "Extra credits",
+        Decimal(10),
+        "month",
+        "addon",
+        Decimal(12),
+        ("$12 of usage credit every month",),
+    ),
+    DemoPlan(
+        "Enterprise",
+        Decimal(999),
+        "month",
+        "enterprise",
+        Decimal(1000),
+        ("Dedicated capacity", "SLA", "Set up by the operator"),
+    ),
+)
+
+
+def seed_plans(services: Services) -> None:
+    """The demo plans, once (an operator's own plans are left alone)."""
+    with services.database.transaction() as session:
+        if session.scalars(select(Plan.id).limit(1)).first() is not None:
+            return
+        for spec in DEMO_PLANS:
+            plans.create_plan(
+                session,
+                name=spec.name,
+                price_micros=to_micros(spec.price),
+                currency="USD",
+                period=spec.period,
+                features=list(spec.features),
+                kind=spec.kind,
+                included_credits_micros=to_micros(spec.included_credits),
+                trial_days=None,
+            )
+
+
 def seed(services: Services) -> DemoAccess:
-    """Create the demo account once (funded with $25 by a sandbox test card); mint a token."""
+    """Create the demo plans and account once (funded with $25 by a sandbox test card); mint
+    a token."""
+    seed_plans(services)
     database = services.database
     with database.transaction() as session:
         account = session.scalars(select(Account).where(Account.email == DEMO_EMAIL)).first()

@@ -11,6 +11,8 @@ from billfold.jobs.models import Job
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.payments.models import Payment, PaymentMethod, Refund
 from billfold.processors.sandbox import SandboxObject
+from billfold.subscriptions.models import CreditGrant, Plan, Subscription
+from billfold.testclock.models import TestClock
 from billfold.wallet.models import Wallet
 from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
@@ -22,6 +24,7 @@ __all__ = [
     "CheckoutSession",
     "Coupon",
     "CouponRedemption",
+    "CreditGrant",
     "IdempotencyKey",
     "Invoice",
     "InvoiceLine",
@@ -32,9 +35,12 @@ __all__ = [
     "OperatorSettings",
     "Payment",
     "PaymentMethod",
+    "Plan",
     "RateLimitCounter",
     "Refund",
     "SandboxObject",
+    "Subscription",
+    "TestClock",
     "Wallet",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -32,6 +32,11 @@ from billfold.payments.router import router as payments_router
 from billfold.processors.sandbox import SandboxProcessor
 from billfold.processors.sandbox_router import router as sandbox_router
 from billfold.security import hash_secret
+from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions.router import admin_router as subscriptions_admin_router
+from billfold.subscriptions.router import router as subscriptions_router
+from billfold.testclock import service as testclock
+from billfold.testclock.router import router as testclock_router
 from billfold.wallet.router import admin_router as usage_admin_router
 from billfold.wallet.router import router as wallet_router
 from billfold.webhooks.router import router as webhooks_admin_router
@@ -97,6 +102,14 @@ def build_services(settings: Settings, admin_key: str) -> Services:
         max_overflow=settings.db_max_overflow,
     )
     processor = SandboxProcessor(database, publishable_key=settings.sandbox_publishable_key)
+    if settings.processor == "sandbox":
+        testclock.load(database)
+    subscriptions.configure_dunning(
+        subscriptions.DunningPolicy(
+            retry_days=tuple(settings.dunning_retry_days),
+            final_status=settings.dunning_final_status,
+        )
+    )
     return Services(
         settings=settings,
         database=database,
@@ -142,11 +155,14 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(checkout_router, prefix=AGENT_PREFIX)
     app.include_router(coupons_router, prefix=AGENT_PREFIX)
     app.include_router(invoices_router, prefix=AGENT_PREFIX)
+    app.include_router(subscriptions_router, prefix=AGENT_PREFIX)
     app.include_router(accounts_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(usage_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(coupons_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(invoices_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(webhooks_admin_router, prefix=ADMIN_PREFIX)
+    app.include_router(subscriptions_admin_router, prefix=ADMIN_PREFIX)
+    app.include_router(testclock_router, prefix=ADMIN_PREFIX)
     app.include_router(sandbox_router)
     app.include_router(checkout_pages)
     app.include_router(invoice_files_router)

@@ -77,6 +77,8 @@ def payment_summary(payment: Payment) -> dict[str, Any]:
 
 
 def overview(session: Session, account_id: str) -> dict[str, Any]:
+    from billfold.subscriptions import service as subscriptions  # builds on billing
+
     wallet = wallet_service.get_wallet(session, account_id)
     balance = wallet_service.balance_view(wallet)
     default = payments.default_payment_method(session, account_id)
@@ -95,7 +97,11 @@ def overview(session: Session, account_id: str) -> dict[str, Any]:
         "balance_breakdown": balance["breakdown"],
         "auto_funding": balance["auto_funding"],
         "default_payment_method": payments.payment_method_view(default) if default else None,
-        "active_subscriptions": [],
+        "active_subscriptions": [
+            subscriptions.view(session, sub)
+            for sub in subscriptions.list_for_account(session, account_id, live_only=True)
+            if sub.status != "incomplete"
+        ],
         "recent_charges": [payment_summary(p) for p in recent],
         "recent_transactions": [wallet_service.transaction_view(t) for t in transactions],
     }

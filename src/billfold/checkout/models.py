@@ -20,6 +20,10 @@ class CheckoutSession(Base):
     amount_micros: Mapped[int] = mapped_column(Micros)
     currency: Mapped[str] = mapped_column(String(3))
     plan_id: Mapped[int | None] = mapped_column(Integer)
+    # A `subscribe` session: the subscription its payment started, and where the
+    # success page sends the human on (POST /subscriptions accepts success_url).
+    subscription_id: Mapped[str | None] = mapped_column(String(40))
+    success_url: Mapped[str | None] = mapped_column(String(2000))
     # open → processing (a payment is being attempted) → complete; open → expired.
     status: Mapped[str] = mapped_column(String(12), default="open")
     processing_until: Mapped[datetime | None]

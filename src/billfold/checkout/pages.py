@@ -17,6 +17,7 @@ from billfold.checkout import service
 from billfold.checkout.models import CheckoutSession
 from billfold.clock import now
 from billfold.money import from_micros
+from billfold.subscriptions.models import Plan
 
 router = APIRouter(include_in_schema=False)
 _templates = Environment(
@@ -47,8 +48,18 @@ def _expires_in(expires_at: datetime) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s"
 
 
+def _description(checkout: CheckoutSession, plan: Plan | None) -> str:
+    if plan is None:
+        return "Add funds to your agent's prepaid wallet"
+    amount = money_text(plan.price_micros, plan.currency)
+    return (
+        f"Subscribe to {plan.name}: {amount} now, then {amount} every {plan.period} until cancelled"
+    )
+
+
 def _pay_page(
     checkout: CheckoutSession,
+    plan: Plan | None,
     *,
     error: str | None = None,
     field: str | None = None,
@@ -58,7 +69,7 @@ def _pay_page(
         "pay.html",
         status_code,
         amount=money_text(checkout.amount_micros, checkout.currency),
-        description="Add funds to your agent's prepaid wallet",
+        description=_description(checkout, plan),
         action=f"/pay/{checkout.id}",
         error=error,
         error_field=field,
@@ -67,7 +78,7 @@ def _pay_page(
     )
 
 
-def _show(checkout: CheckoutSession | None) -> HTMLResponse:
+def _show(checkout: CheckoutSession | None, plan: Plan | None = None) -> HTMLResponse:
     if checkout is None:
         return _closed("Payment link not found", "Check the link you were given.", 404)
     status = service.effective_status(checkout)
@@ -76,6 +87,8 @@ def _show(checkout: CheckoutSession | None) -> HTMLResponse:
             "success.html",
             amount=money_text(checkout.amount_micros, checkout.currency),
             session_id=checkout.id,
+            subscribed=plan.name if plan is not None and checkout.subscription_id else None,
+            success_url=checkout.success_url,
         )
     if status == "expired":
         return _closed(
@@ -89,13 +102,19 @@ def _show(checkout: CheckoutSession | None) -> HTMLResponse:
             "A payment for this link is being processed. Reload shortly.",
             409,
         )
-    return _pay_page(checkout)
+    return _pay_page(checkout, plan)
+
+
+def _load(services: Services, session_id: str) -> tuple[CheckoutSession | None, Plan | None]:
+    with services.database.read() as session:
+        checkout = session.get(CheckoutSession, session_id)
+        plan = session.get(Plan, checkout.plan_id) if checkout and checkout.plan_id else None
+        return checkout, plan
 
 
 @router.get("/pay/{session_id}")
 def show_payment_page(session_id: str, services: ServicesDep) -> Response:
-    with services.database.read() as session:
-        return _show(session.get(CheckoutSession, session_id))
+    return _show(*_load(services, session_id))
 
 
 def _split_expiry(value: str) -> tuple[str, str]:
@@ -124,11 +143,16 @@ def _submit(services: Services, session_id: str, form: dict[str, str]) -> Respon
         exp_year=year,
         cvc=form.get("card_cvc", ""),
     )
-    with services.database.read() as session:
-        checkout = session.get(CheckoutSession, session_id)
-    if result.status in ("declined", "invalid_card") and checkout is not None:
-        return _pay_page(checkout, error=result.message, field=result.field, status_code=402)
+    checkout, plan = _load(services, session_id)
+    if result.status in ("declined", "invalid_card", "unavailable") and checkout is not None:
+        return _pay_page(
+            checkout,
+            plan,
+            error=result.message,
+            field=result.field,
+            status_code=409 if result.status == "unavailable" else 402,
+        )
     if result.status == "complete":
         # Post/Redirect/Get: reloading the success page does not resubmit the form.
         return RedirectResponse(f"/pay/{session_id}", status_code=303)
-    return _show(checkout)
+    return _show(checkout, plan)

@@ -20,7 +20,6 @@ from billfold.checkout.schemas import (
     PaymentLinkOut,
     PaymentLinkRequest,
 )
-from billfold.errors import InvalidRequest
 from billfold.ledger.models import LedgerTransaction
 from billfold.money import from_micros, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
@@ -41,15 +40,19 @@ def create_payment_link(
     idem: AgentIdempotent,
 ) -> Response:
     """A hosted payment page for a human: forward payment_url, then confirm with session_id."""
-    if body.purpose == "subscribe":
-        raise InvalidRequest(
-            "Subscription checkout is not available yet; use purpose 'fund'.",
-            code="purpose_not_supported",
-            details={"field": "purpose"},
-        )
-    assert body.amount is not None
     ttl = timedelta(minutes=services.settings.payment_link_ttl_minutes)
     base = public_base(services, request)
+    if body.purpose == "subscribe":
+        assert body.plan_id is not None
+        plan_id = body.plan_id
+
+        def subscribe_handler(session: Session) -> Outcome:
+            return 201, subscribe_link(
+                session, account_id=agent.account_id, plan_id=plan_id, ttl=ttl, base=base
+            )
+
+        return idem.atomic(subscribe_handler)
+    assert body.amount is not None
 
     def handler(session: Session) -> Outcome:
         checkout = service.create(
@@ -75,6 +78,49 @@ def create_payment_link(
         }
 
     return idem.atomic(handler)
+
+
+def subscribe_link(
+    session: Session,
+    *,
+    account_id: str,
+    plan_id: int,
+    ttl: timedelta,
+    base: str,
+    success_url: str | None = None,
+) -> dict[str, object]:
+    """A `subscribe` payment link: the plan's first period, paid by a human."""
+    from billfold.subscriptions.plans import SELF_SERVE_KINDS, subscribable_plan
+    from billfold.subscriptions.service import check_slot  # subscriptions build on this
+
+    plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS)
+    check_slot(session, account_id, plan, replace_stale=False)
+    checkout = service.create(
+        session,
+        account_id=account_id,
+        purpose="subscribe",
+        amount_micros=plan.price_micros,
+        ttl=ttl,
+        plan_id=plan.id,
+        success_url=success_url,
+    )
+    url = f"{base}/pay/{checkout.id}"
+    return {
+        "payment_url": url,
+        "checkout_url": url,
+        "session_id": checkout.id,
+        "purpose": checkout.purpose,
+        "plan_id": plan.id,
+        "amount": from_micros(checkout.amount_micros),
+        "currency": checkout.currency,
+        "expires_at": checkout.expires_at,
+        "instructions": (
+            "Send payment_url to the human who pays. After paying they see a success "
+            "page with the session_id; then call POST /subscriptions/confirm-checkout with "
+            '{"session_id": "' + checkout.id + '"}. Until they have paid it answers '
+            "409 checkout_not_completed; after expires_at, 410 checkout_expired."
+        ),
+    }
 
 
 def confirmed_view(checkout: CheckoutSession, balance_micros: int) -> dict[str, object]:

@@ -51,6 +51,8 @@ class PaymentLinkOut(BaseModel):
     currency: str
     expires_at: datetime
     instructions: str
+    plan_id: int | None = None
+    checkout_url: str | None = None
 
 
 class ConfirmCheckoutRequest(RequestModel):

@@ -46,7 +46,14 @@ class CheckoutExpired(Gone):
 
 
 def create(
-    session: Session, *, account_id: str, purpose: str, amount_micros: int, ttl: timedelta
+    session: Session,
+    *,
+    account_id: str,
+    purpose: str,
+    amount_micros: int,
+    ttl: timedelta,
+    plan_id: int | None = None,
+    success_url: str | None = None,
 ) -> CheckoutSession:
     wallet = session.get(Wallet, account_id)
     if wallet is None:
@@ -57,6 +64,8 @@ def create(
         purpose=purpose,
         amount_micros=amount_micros,
         currency=wallet.currency,
+        plan_id=plan_id,
+        success_url=success_url,
         status="open",
         expires_at=now() + ttl,
         created_at=now(),
@@ -128,7 +137,7 @@ def confirm(session: Session, *, account_id: str, session_id: str, purpose: str)
 class PayResult:
     """What the hosted page shows after a payment attempt."""
 
-    status: str  # complete, declined, invalid_card, busy, expired
+    status: str  # complete, declined, invalid_card, unavailable, busy, expired
     message: str | None = None
     field: str | None = None
 
@@ -150,6 +159,17 @@ def pay_with_card(
         )
     except InvalidCard as exc:
         return PayResult("invalid_card", exc.message, exc.param)
+    with database.read() as session:
+        checkout = session.get(CheckoutSession, session_id)
+        plan_id = checkout.plan_id if checkout is not None else None
+        account = checkout.account_id if checkout is not None else None
+    if plan_id is not None and account is not None:
+        from billfold.subscriptions.service import ensure_payable_plan
+
+        try:
+            ensure_payable_plan(database, account_id=account, plan_id=plan_id)
+        except BillfoldError as exc:
+            return PayResult("unavailable", f"{exc.message} Nothing was charged.")
     current = now()
     with database.transaction() as session:
         claimed = session.execute(
@@ -179,7 +199,9 @@ def pay_with_card(
             account_id, amount, currency, attempt = claimed
             pending = recovery.PendingCharge(
                 account_id=account_id,
-                purpose="checkout",
+                purpose="checkout" if plan_id is None else "subscription_checkout",
+                plan_id=plan_id,
+                save_card=plan_id is not None,
                 amount_micros=amount,
                 currency=currency,
                 payment_method_id=card["id"],
@@ -194,13 +216,19 @@ def pay_with_card(
         return PayResult("busy" if status == "processing" else status)
     try:
         customer_id = payments.ensure_customer(database, processor, account_id)
+        # A subscription keeps the card for its renewals.
+        saved = processor.retrieve_payment_method(card["id"]) if plan_id is not None else None
         result = processor.charge(
             customer_id=customer_id,
             payment_method_id=card["id"],
             amount_cents=micros_to_cents(amount),
             currency=currency,
             idempotency_key=pending.processor_key,
-            description="Wallet funding (payment link)",
+            description=(
+                "Wallet funding (payment link)"
+                if plan_id is None
+                else f"Subscription to plan {plan_id} (payment link)"
+            ),
         )
     except Exception:
         _reopen(database, session_id)
@@ -208,7 +236,7 @@ def pay_with_card(
     with database.transaction() as session:
         # Money the human paid is always credited, even if this session was completed
         # meanwhile by another attempt (after a lapsed processing lease).
-        payment, _ = recovery.record_outcome(session, pending, result, card=None)
+        payment, _ = recovery.record_outcome(session, pending, result, card=saved)
         if not result.succeeded:
             session.execute(
                 update(CheckoutSession)

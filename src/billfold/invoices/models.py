@@ -39,8 +39,23 @@ class Invoice(Base):
     issued_at: Mapped[datetime | None]
     paid_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=now)
+    # Subscription invoices (Stripe's billing_reason: subscription_create,
+    # subscription_cycle, subscription_update, subscription_reset).
+    subscription_id: Mapped[str | None] = mapped_column(String(40))
+    billing_reason: Mapped[str | None] = mapped_column(String(30))
+    # Payment attempts on an open invoice; `attempt_key` is the processor idempotency key
+    # of the attempt in flight (reused until its outcome is recorded, so never two charges).
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempt_key: Mapped[str | None] = mapped_column(String(80))
+    attempt_payment_method_id: Mapped[str | None] = mapped_column(String(64))
+    next_payment_attempt: Mapped[datetime | None]
+    last_payment_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_invoices_account_created", "account_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_invoices_account_created", "account_id", "created_at"),
+        Index("ix_invoices_subscription_id", "subscription_id"),
+    )
 
 
 class InvoiceLine(Base):

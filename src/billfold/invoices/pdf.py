@@ -165,15 +165,22 @@ def render(invoice: Invoice, lines: list[InvoiceLine]) -> bytes:
         pdf.drawRightString(right - 35 * mm, y, label)
         pdf.drawRightString(right, y, money(amount, invoice.currency))
 
-    if invoice.status == "paid":
+    stamp = {
+        "paid": ("REFUNDED" if invoice.kind == "credit_note" else "PAID", "#067647"),
+        "void": ("VOID", "#5b6470"),
+        "uncollectible": ("UNCOLLECTIBLE", "#b42318"),
+    }.get(invoice.status)
+    if stamp is not None:
+        text, color = stamp
         pdf.saveState()
-        pdf.setFillColor(colors.HexColor("#067647"))
-        pdf.setStrokeColor(colors.HexColor("#067647"))
+        pdf.setFillColor(colors.HexColor(color))
+        pdf.setStrokeColor(colors.HexColor(color))
         pdf.setFont("Vera-Bold", 16)
         pdf.translate(left + 30 * mm, y + 8 * mm)
         pdf.rotate(12)
-        pdf.roundRect(-4 * mm, -3 * mm, 34 * mm, 11 * mm, 2 * mm, stroke=1, fill=0)
-        pdf.drawString(0, 0, "REFUNDED" if invoice.kind == "credit_note" else "PAID")
+        width = pdf.stringWidth(text, "Vera-Bold", 16)
+        pdf.roundRect(-4 * mm, -3 * mm, width + 8 * mm, 11 * mm, 2 * mm, stroke=1, fill=0)
+        pdf.drawString(0, 0, text)
         pdf.restoreState()
 
     y -= 16 * mm

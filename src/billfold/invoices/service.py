@@ -13,6 +13,7 @@ reverse-charge note, for an EU business buyer in another EU country than the sel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -151,47 +152,67 @@ def _buyer_snapshot(session: Session, account_id: str) -> dict[str, Any]:
     return info
 
 
+@dataclass(frozen=True)
+class Line:
+    """One invoice line: a tax-inclusive amount (negative for a credit, e.g. unused time)."""
+
+    kind: str
+    description: str
+    amount_micros: int
+    period: tuple[datetime, datetime] | None = None
+
+
 def _finalize(
     session: Session,
     *,
     kind: str,
     account_id: str,
     currency: str,
-    total_micros: int,
     rate_bp: int,
     reverse_charge: bool,
     seller: dict[str, Any],
     buyer: dict[str, Any],
     source: str,
-    line_kind: str,
-    description: str,
-    payment_intent_id: str,
+    lines: list[Line],
+    status: str = "paid",
+    payment_intent_id: str | None = None,
     refund_id: str | None = None,
     reverses_invoice_id: str | None = None,
-    period: tuple[datetime, datetime] | None = None,
+    subscription_id: str | None = None,
+    billing_reason: str | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Invoice:
-    """Number and issue a paid document with one line (negative amounts: a credit note)."""
+    """Number and issue a document (negative amounts: a credit note), paid or still open.
+
+    Each line's tax is split out of its tax-inclusive amount, rounded to the cent; the
+    document's tax and subtotal are the sums of its lines'.
+    """
     settings = get_settings(session)
     series, prefix_key, id_prefix = (
         ("credit_note", "credit_note_prefix", "cn")
         if kind == "credit_note"
         else ("invoice", "invoice_prefix", "in")
     )
-    sign = -1 if total_micros < 0 else 1
-    tax = sign * _split_inclusive(abs(total_micros), rate_bp)
+    taxes = [
+        (-1 if line.amount_micros < 0 else 1) * _split_inclusive(abs(line.amount_micros), rate_bp)
+        for line in lines
+    ]
+    total = sum(line.amount_micros for line in lines)
+    tax = sum(taxes)
     issued = now()
+    paid = status == "paid"
     invoice = Invoice(
         id=new_id(id_prefix),
         account_id=account_id,
         kind=kind,
         number=_next_number(session, series, settings[prefix_key], issued),
-        status="paid",
+        status=status,
         currency=currency,
-        subtotal_micros=total_micros - tax,
+        subtotal_micros=total - tax,
         discount_micros=0,
         tax_micros=tax,
-        total_micros=total_micros,
-        amount_paid_micros=total_micros,
+        total_micros=total,
+        amount_paid_micros=total if paid else 0,
         tax_rate_basis_points=rate_bp,
         reverse_charge=reverse_charge,
         payment_intent_id=payment_intent_id,
@@ -201,26 +222,120 @@ def _finalize(
         seller=seller,
         buyer=buyer,
         issued_at=issued,
-        paid_at=issued,
+        paid_at=issued if paid else None,
         created_at=issued,
+        subscription_id=subscription_id,
+        billing_reason=billing_reason,
+        attempt_count=0,
+        meta=meta,
     )
     session.add(invoice)
-    session.add(
-        InvoiceLine(
-            invoice_id=invoice.id,
-            account_id=account_id,
-            position=1,
-            kind=line_kind,
-            description=description,
-            quantity=1,
-            unit_amount_micros=total_micros - tax,
-            amount_micros=total_micros - tax,
-            period_start=period[0] if period else None,
-            period_end=period[1] if period else None,
+    for position, (line, line_tax) in enumerate(zip(lines, taxes, strict=True), start=1):
+        session.add(
+            InvoiceLine(
+                invoice_id=invoice.id,
+                account_id=account_id,
+                position=position,
+                kind=line.kind,
+                description=line.description,
+                quantity=1,
+                unit_amount_micros=line.amount_micros - line_tax,
+                amount_micros=line.amount_micros - line_tax,
+                period_start=line.period[0] if line.period else None,
+                period_end=line.period[1] if line.period else None,
+            )
         )
-    )
     session.flush()
     return invoice
+
+
+def issue_invoice(
+    session: Session,
+    *,
+    account_id: str,
+    currency: str,
+    lines: list[Line],
+    source: str,
+    status: str,
+    payment_intent_id: str | None = None,
+    subscription_id: str | None = None,
+    billing_reason: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Invoice:
+    """Finalize an invoice in the caller's transaction: `paid` (a charge that succeeded) or
+    `open` (awaiting a payment attempt); emits invoice.finalized (and invoice.paid)."""
+    settings = get_settings(session)
+    buyer = _buyer_snapshot(session, account_id)
+    rate_bp, reverse = _tax_terms(settings, buyer)
+    invoice = _finalize(
+        session,
+        kind="invoice",
+        account_id=account_id,
+        currency=currency,
+        rate_bp=rate_bp,
+        reverse_charge=reverse,
+        seller=settings["seller"],
+        buyer=buyer,
+        source=source,
+        lines=lines,
+        status=status,
+        payment_intent_id=payment_intent_id,
+        subscription_id=subscription_id,
+        billing_reason=billing_reason,
+        meta=meta,
+    )
+    from billfold.webhooks import service as webhooks  # webhooks render with the API's JSON
+
+    summary = summary_view(invoice)
+    webhooks.emit(session, type="invoice.finalized", account_id=account_id, data=summary)
+    if invoice.status == "paid":
+        webhooks.emit(session, type="invoice.paid", account_id=account_id, data=summary)
+    return invoice
+
+
+def mark_paid(session: Session, invoice: Invoice, *, payment_intent_id: str | None) -> None:
+    invoice.status = "paid"
+    invoice.amount_paid_micros = invoice.total_micros
+    invoice.paid_at = now()
+    invoice.payment_intent_id = payment_intent_id
+    invoice.next_payment_attempt = None
+    session.flush()
+    from billfold.webhooks import service as webhooks
+
+    webhooks.emit(
+        session, type="invoice.paid", account_id=invoice.account_id, data=summary_view(invoice)
+    )
+
+
+def close_unpaid(session: Session, invoice: Invoice, *, status: str) -> None:
+    """An open invoice that will not be paid: `void` or `uncollectible` (never while a
+    payment attempt is in flight: its outcome must find the invoice open)."""
+    assert status in ("void", "uncollectible"), status
+    assert invoice.attempt_key is None, invoice.attempt_key
+    invoice.status = status
+    invoice.next_payment_attempt = None
+    session.flush()
+
+
+def issue_credit_note(
+    session: Session, *, original: Invoice, lines: list[Line], source: str
+) -> Invoice:
+    """A credit note (negative lines) against a paid invoice, with its tax terms."""
+    return _finalize(
+        session,
+        kind="credit_note",
+        account_id=original.account_id,
+        currency=original.currency,
+        rate_bp=original.tax_rate_basis_points,
+        reverse_charge=original.reverse_charge,
+        seller=original.seller,
+        buyer=original.buyer,
+        source=source,
+        lines=lines,
+        payment_intent_id=original.payment_intent_id,
+        reverses_invoice_id=original.id,
+        subscription_id=original.subscription_id,
+    )
 
 
 def invoice_card_payment(
@@ -235,31 +350,15 @@ def invoice_card_payment(
     period: tuple[datetime, datetime] | None = None,
 ) -> Invoice:
     """Issue the paid invoice of one card charge, in the caller's transaction."""
-    settings = get_settings(session)
-    buyer = _buyer_snapshot(session, account_id)
-    rate_bp, reverse = _tax_terms(settings, buyer)
-    invoice = _finalize(
+    return issue_invoice(
         session,
-        kind="invoice",
         account_id=account_id,
         currency=currency,
-        total_micros=amount_micros,
-        rate_bp=rate_bp,
-        reverse_charge=reverse,
-        seller=settings["seller"],
-        buyer=buyer,
+        lines=[Line(line_kind, description, amount_micros, period)],
         source=f"payment:{payment_intent_id}",
-        line_kind=line_kind,
-        description=description,
+        status="paid",
         payment_intent_id=payment_intent_id,
-        period=period,
     )
-    from billfold.webhooks import service as webhooks  # webhooks render with the API's JSON
-
-    summary = summary_view(invoice)
-    webhooks.emit(session, type="invoice.finalized", account_id=account_id, data=summary)
-    webhooks.emit(session, type="invoice.paid", account_id=account_id, data=summary)
-    return invoice
 
 
 def credit_note_for_refund(
@@ -276,14 +375,18 @@ def credit_note_for_refund(
         kind="credit_note",
         account_id=original.account_id,
         currency=original.currency,
-        total_micros=-amount_micros,
         rate_bp=original.tax_rate_basis_points,
         reverse_charge=original.reverse_charge,
         seller=original.seller,
         buyer=original.buyer,
         source=f"refund:{refund_id}",
-        line_kind="refund",
-        description=f"Refund to card, reversing invoice {original.number}",
+        lines=[
+            Line(
+                "refund",
+                f"Refund to card, reversing invoice {original.number}",
+                -amount_micros,
+            )
+        ],
         payment_intent_id=payment_intent_id,
         refund_id=refund_id,
         reverses_invoice_id=original.id,
@@ -344,6 +447,10 @@ def summary_view(invoice: Invoice) -> dict[str, Any]:
         "reverses_invoice_id": invoice.reverses_invoice_id,
         "issued_at": invoice.issued_at,
         "paid_at": invoice.paid_at,
+        "subscription_id": invoice.subscription_id,
+        "billing_reason": invoice.billing_reason,
+        "attempt_count": invoice.attempt_count,
+        "next_payment_attempt": invoice.next_payment_attempt,
     }
 
 

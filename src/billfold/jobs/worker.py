@@ -28,6 +28,8 @@ def handlers() -> dict[str, Handler]:
     from billfold.checkout.service import EXPIRE_JOB, run_expiry
     from billfold.jobs import maintenance
     from billfold.payments import recovery
+    from billfold.subscriptions import credits
+    from billfold.subscriptions import service as subscriptions
     from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
     from billfold.wallet.auto_funding import run_top_up
     from billfold.webhooks import service as webhooks
@@ -38,6 +40,11 @@ def handlers() -> dict[str, Handler]:
         maintenance.JOB_KIND: maintenance.run_purge,
         recovery.JOB_KIND: recovery.run_recovery,
         webhooks.JOB_KIND: webhooks.run_delivery,
+        subscriptions.RENEW_JOB: subscriptions.run_renewal,
+        subscriptions.RETRY_JOB: subscriptions.run_retry,
+        subscriptions.SETTLE_JOB: subscriptions.run_settle,
+        subscriptions.EXPIRE_INCOMPLETE_JOB: subscriptions.run_expire_incomplete,
+        credits.JOB_KIND: credits.run_expiry,
     }
 
 
@@ -82,6 +89,7 @@ class Worker:
 
     def run_forever(self, stop: threading.Event, *, poll_seconds: float = 0.5) -> None:
         from billfold.jobs import maintenance
+        from billfold.testclock import service as testclock
 
         log.info("worker %s started", self.worker_id)
         next_schedule = 0.0
@@ -91,6 +99,8 @@ class Worker:
                     with self.services.database.transaction() as session:
                         maintenance.schedule(session)
                     next_schedule = time.monotonic() + 60
+                if self.services.settings.processor == "sandbox":
+                    testclock.sync(self.services.database)  # another process may advance it
                 ran = self.run_once()
             except Exception:
                 log.exception("worker loop error")

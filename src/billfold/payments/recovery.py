@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("billfold.payments")
 
 JOB_KIND = "payments.recover_charge"
-LEDGER_DESCRIPTIONS = {"checkout": "Wallet funded through a payment link"}
+LEDGER_DESCRIPTIONS = {
+    "checkout": "Wallet funded through a payment link",
+    "subscription_charge": "One-off charge credited to the wallet",
+}
 DELAY = timedelta(minutes=5)
 
 
@@ -49,6 +52,7 @@ class PendingCharge:
     save_card: bool = False
     checkout_session_id: str | None = None
     coupon_redemption_id: str | None = None
+    plan_id: int | None = None  # a `subscribe` payment link's plan
 
     @property
     def dedupe_key(self) -> str:
@@ -80,7 +84,8 @@ def record_outcome(
     recovered: bool = False,
 ) -> tuple[Payment, str | None]:
     """Record a charge's outcome once and, if it succeeded, everything it pays for: the
-    purchased credit, the card to keep, a coupon's bonus. (payment, ledger transaction id)
+    purchased credit (or the subscription a payment link starts), the card to keep, a
+    coupon's bonus. (payment, id of the ledger transaction that booked it)
     """
     settle(session, charge)
     payment, first_time = payments.record_payment(
@@ -94,6 +99,23 @@ def record_outcome(
     )
     if not (first_time and result.succeeded):
         return payment, None
+    if charge.plan_id is not None and charge.checkout_session_id:
+        from billfold.subscriptions.service import start_from_checkout  # builds on payments
+
+        started = start_from_checkout(
+            session,
+            account_id=charge.account_id,
+            plan_id=charge.plan_id,
+            payment=payment,
+            session_id=charge.checkout_session_id,
+        )
+        if started is not None:
+            if card is not None:  # renewals charge the card the human subscribed with
+                payments.save_card(
+                    session, account_id=charge.account_id, card=card, make_default=True
+                )
+            return payment, started
+        # The account took this subscription's place meanwhile: the money is credited.
     meta: dict[str, Any] = {}
     if charge.checkout_session_id:
         meta["session_id"] = charge.checkout_session_id

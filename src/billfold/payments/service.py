@@ -252,6 +252,7 @@ INVOICE_DESCRIPTIONS = {
     "auto_funding": "Prepaid wallet credit (auto-funding)",
     "checkout": "Prepaid wallet credit (payment link)",
     "coupon_purchase": "Prepaid wallet credit (coupon purchase)",
+    "subscription_charge": "One-off charge, credited to the prepaid wallet",
 }
 
 

@@ -24,7 +24,16 @@ from billfold.wallet import auto_funding
 from billfold.wallet.models import Wallet
 
 # Card payments whose money is purchased credit, refundable to the card on withdrawal.
-REFUNDABLE_PURPOSES = ("wallet_funding", "auto_funding", "checkout", "coupon_purchase")
+REFUNDABLE_PURPOSES = (
+    "wallet_funding",
+    "auto_funding",
+    "checkout",
+    "coupon_purchase",
+    "subscription_charge",
+)
+# Ledger transactions that move no wallet money (a subscription's card payment goes
+# from clearing to revenue): kept in the ledger, left out of the wallet's history.
+OFF_WALLET_KINDS = ("subscription_payment",)
 
 
 def get_wallet(session: Session, account_id: str) -> Wallet:
@@ -67,7 +76,10 @@ def transaction_view(txn: LedgerTransaction) -> dict[str, Any]:
 def list_transactions(
     session: Session, *, account_id: str, type: str | None, limit: int, offset: int
 ) -> tuple[list[LedgerTransaction], int]:
-    where = [LedgerTransaction.account_id == account_id]
+    where = [
+        LedgerTransaction.account_id == account_id,
+        LedgerTransaction.kind.notin_(OFF_WALLET_KINDS),
+    ]
     if type is not None:
         where.append(LedgerTransaction.type == type)
     items = list(

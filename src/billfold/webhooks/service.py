@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
 from billfold.api.responses import dumps
-from billfold.clock import now
+from billfold.clock import now, wall_now
 from billfold.errors import InvalidRequest, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
@@ -49,6 +49,14 @@ EVENT_TYPES = frozenset(
         "invoice.finalized",
         "invoice.paid",
         "coupon.redeemed",
+        "subscription.created",
+        "subscription.renewed",
+        "subscription.past_due",
+        "subscription.paused",
+        "subscription.resumed",
+        "subscription.updated",
+        "subscription.canceled",
+        "subscription.payment_failed",
     }
 )
 # Standard Webhooks' retry schedule: the delay before attempt n+1 after attempt n fails.
@@ -210,12 +218,14 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
     response: httpx.Response | None = None
     error: str | None = None
     started = now()
+    # Signatures carry the machine's time: receivers check it against their own clocks.
+    signed_at = wall_now()
     if not enabled:
         error = "endpoint disabled"
     else:
         try:
             check_url(url, allow_private=services.settings.webhook_allow_private)
-            signature = Webhook(secret).sign(event_id, started, body)
+            signature = Webhook(secret).sign(event_id, signed_at, body)
             response = httpx.post(
                 url,
                 content=body.encode(),
@@ -223,7 +233,7 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
                     "content-type": "application/json",
                     "user-agent": "Billfold-Webhooks/1",
                     "webhook-id": event_id,
-                    "webhook-timestamp": str(int(started.timestamp())),
+                    "webhook-timestamp": str(int(signed_at.timestamp())),
                     "webhook-signature": signature,
                 },
                 timeout=TIMEOUT,

@@ -1,0 +1,164 @@
+"""Included credits: subscription credit granted per period, expiring at its period's end.
+
+A plan's included credits land in the wallet's subscription bucket (spent before any
+other credit) as a grant that expires at the end of the period it belongs to. Grants
+are spent earliest-expiring first, so when a grant expires, the part of it still unspent
+is what the bucket holds beyond the other live grants: min(grant, bucket - others),
+never below zero. Expiry is a job at each grant's expiry time; a paused subscription's
+grants do not expire (their expiry moves by the paused time on resume).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billfold.clock import now
+from billfold.ids import new_id
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
+from billfold.ledger import service as ledger
+from billfold.subscriptions.models import CreditGrant, Subscription
+
+if TYPE_CHECKING:
+    from billfold.api.deps import Services
+
+JOB_KIND = "subscriptions.expire_credits"
+GRANTS = "subscription:grants"
+
+
+def grant(
+    session: Session,
+    subscription: Subscription,
+    *,
+    amount_micros: int,
+    expires_at: datetime,
+    description: str,
+) -> CreditGrant | None:
+    """Credit the wallet's subscription bucket until `expires_at` (in the caller's txn)."""
+    if amount_micros <= 0:
+        return None
+    row = CreditGrant(
+        id=new_id("cg"),
+        account_id=subscription.account_id,
+        subscription_id=subscription.id,
+        amount_micros=amount_micros,
+        expired_micros=0,
+        status="active",
+        granted_at=now(),
+        expires_at=expires_at,
+        meta={"plan_id": subscription.plan_id},
+    )
+    session.add(row)
+    session.flush()
+    ledger.post(
+        session,
+        account_id=subscription.account_id,
+        kind="subscription_credit_grant",
+        usecase="subscription_credits",
+        description=description,
+        reference=f"grant:{row.id}",
+        postings=[
+            ledger.Posting(ledger.wallet_account("subscription"), amount_micros),
+            ledger.Posting(GRANTS, -amount_micros),
+        ],
+        meta={
+            "subscription_id": subscription.id,
+            "grant_id": row.id,
+            "expires_at": expires_at.isoformat(),
+        },
+    )
+    schedule_expiry(session, row)
+    return row
+
+
+def schedule_expiry(session: Session, row: CreditGrant) -> None:
+    jobs.enqueue(
+        session,
+        kind=JOB_KIND,
+        account_id=row.account_id,
+        payload={"account_id": row.account_id},
+        run_at=row.expires_at,
+        dedupe_key=f"expire-credits:{row.id}:{row.expires_at.isoformat()}",
+    )
+
+
+def active_grants(session: Session, account_id: str) -> list[CreditGrant]:
+    return list(
+        session.scalars(
+            select(CreditGrant)
+            .where(CreditGrant.account_id == account_id, CreditGrant.status == "active")
+            .order_by(CreditGrant.expires_at, CreditGrant.id)
+        )
+    )
+
+
+def expire_due(session: Session, account_id: str) -> int:
+    """Expire every due grant of the account (paused subscriptions' excepted), in expiry
+    order; the micros taken back."""
+    wallet = ledger.lock_wallet(session, account_id)
+    bucket = wallet.subscription_micros
+    live = active_grants(session, account_id)
+    paused = set(
+        session.scalars(
+            select(Subscription.id).where(
+                Subscription.account_id == account_id, Subscription.status == "paused"
+            )
+        )
+    )
+    current = now()
+    taken = 0
+    for row in list(live):
+        if row.expires_at > current or row.subscription_id in paused:
+            continue
+        live.remove(row)
+        others = sum(other.amount_micros for other in live)
+        unspent = max(0, min(row.amount_micros, bucket - others))
+        if unspent:
+            ledger.post(
+                session,
+                account_id=account_id,
+                kind="subscription_credit_expiry",
+                usecase="subscription_credits",
+                description="Included credits expired at the end of their period",
+                reference=f"expire:{row.id}",
+                postings=[
+                    ledger.Posting(ledger.wallet_account("subscription"), -unspent),
+                    ledger.Posting(GRANTS, unspent),
+                ],
+                meta={"subscription_id": row.subscription_id, "grant_id": row.id},
+            )
+            bucket -= unspent
+            taken += unspent
+        row.status = "expired"
+        row.expired_micros = unspent
+        row.expired_at = current
+    session.flush()
+    return taken
+
+
+def expire_subscription_grants_now(session: Session, subscription: Subscription) -> int:
+    """End a subscription's grants now (cancellation, a new cycle)."""
+    current = now()
+    for row in active_grants(session, subscription.account_id):
+        if row.subscription_id == subscription.id and row.expires_at > current:
+            row.expires_at = current
+    session.flush()
+    return expire_due(session, subscription.account_id)
+
+
+def shift_grants(session: Session, subscription: Subscription, by: timedelta) -> None:
+    """Move a resumed subscription's live grants' expiry by the paused time."""
+    for row in active_grants(session, subscription.account_id):
+        if row.subscription_id == subscription.id:
+            row.expires_at = row.expires_at + by
+            schedule_expiry(session, row)
+    session.flush()
+
+
+def run_expiry(services: Services, job: ClaimedJob) -> None:
+    with services.database.transaction() as session:
+        expire_due(session, str(job.payload["account_id"]))

@@ -1,0 +1,129 @@
+"""Plans: what an account can subscribe to, managed by the operator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billfold.clock import now
+from billfold.errors import InvalidRequest, NotFound
+from billfold.money import from_micros
+from billfold.subscriptions.models import Plan
+
+PLAN_KINDS = ("normal", "addon", "enterprise")
+PERIODS = ("month", "year")
+# Kinds an agent may subscribe to itself; enterprise subscriptions are the operator's.
+SELF_SERVE_KINDS = ("normal", "addon")
+
+
+def plan_not_found(plan_id: int) -> NotFound:
+    return NotFound("No such plan.", code="plan_not_found", details={"plan_id": plan_id})
+
+
+def get_plan(session: Session, plan_id: int) -> Plan:
+    plan = session.get(Plan, plan_id)
+    if plan is None:
+        raise plan_not_found(plan_id)
+    return plan
+
+
+def subscribable_plan(session: Session, plan_id: int, *, kinds: tuple[str, ...]) -> Plan:
+    """An active plan of one of `kinds`; archived or other plans are refused clearly."""
+    plan = get_plan(session, plan_id)
+    if plan.status != "active":
+        raise InvalidRequest(
+            "This plan is archived and takes no new subscriptions.",
+            code="plan_not_available",
+            details={"plan_id": plan_id},
+        )
+    if plan.kind not in kinds:
+        raise InvalidRequest(
+            f"Plans of kind '{plan.kind}' are set up by the operator.",
+            code="plan_not_available",
+            details={"plan_id": plan_id, "kind": plan.kind},
+        )
+    return plan
+
+
+def plan_view(plan: Plan) -> dict[str, Any]:
+    return {
+        "id": plan.id,
+        "name": plan.name,
+        "price": from_micros(plan.price_micros),
+        "currency": plan.currency,
+        "period": plan.period,
+        "features": list(plan.features),
+        "kind": plan.kind,
+        "included_credits": (
+            from_micros(plan.included_credits_micros)
+            if plan.included_credits_micros is not None
+            else None
+        ),
+        "trial_days": plan.trial_days,
+        "status": plan.status,
+    }
+
+
+def list_plans(session: Session, *, public: bool) -> list[Plan]:
+    """Public: the active plans an agent can pick (normal, then addons, cheapest first)."""
+    query = select(Plan)
+    if public:
+        query = query.where(Plan.status == "active", Plan.kind.in_(SELF_SERVE_KINDS))
+    plans = list(session.scalars(query))
+    order = {kind: position for position, kind in enumerate(PLAN_KINDS)}
+    return sorted(plans, key=lambda p: (order[p.kind], p.price_micros, p.id))
+
+
+def create_plan(
+    session: Session,
+    *,
+    name: str,
+    price_micros: int,
+    currency: str,
+    period: str,
+    features: list[str],
+    kind: str,
+    included_credits_micros: int | None,
+    trial_days: int | None,
+) -> Plan:
+    plan = Plan(
+        name=name,
+        price_micros=price_micros,
+        currency=currency,
+        period=period,
+        features=features,
+        kind=kind,
+        included_credits_micros=included_credits_micros,
+        trial_days=trial_days,
+        status="active",
+        created_at=now(),
+        updated_at=now(),
+    )
+    session.add(plan)
+    session.flush()
+    return plan
+
+
+def update_plan(
+    session: Session, plan_id: int, *, name: str | None, features: list[str] | None
+) -> Plan:
+    """Rename or change features; price and period stay (subscribers agreed to them)."""
+    plan = get_plan(session, plan_id)
+    if name is not None:
+        plan.name = name
+    if features is not None:
+        plan.features = features
+    plan.updated_at = now()
+    session.flush()
+    return plan
+
+
+def archive_plan(session: Session, plan_id: int) -> Plan:
+    """No new subscriptions; existing ones keep renewing on it."""
+    plan = get_plan(session, plan_id)
+    plan.status = "archived"
+    plan.updated_at = now()
+    session.flush()
+    return plan

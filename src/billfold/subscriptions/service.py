@@ -1,0 +1,1258 @@
+"""The subscription engine: start, renew, dun, change, pause, reset and cancel.
+
+Billfold owns this engine; the processor only moves card money. Every subscription
+charge pays an invoice that was finalized first (`open`), in the transaction that made
+the change it bills for (a new period, an upgrade, a reset). Paying it is three steps:
+
+1. reserve an attempt on the invoice (under its row lock): a processor idempotency key
+   `<invoice>:<n>`, kept on the invoice until the outcome is recorded; whoever comes
+   next while it is set (a second worker, fix-payment, a retried request) reuses it,
+   so the processor sees one charge however often the step runs;
+2. charge the card with that key, outside any transaction;
+3. record the outcome once (the attempt key must still be the invoice's) together with
+   everything it decides: the invoice paid, the ledger postings, the period's included
+   credits, the status change, the next job, the webhook events.
+
+A settle job queued with each reservation records an outcome the process died before
+recording (it asks the processor by key, and never starts a charge).
+
+Time comes from `billfold.clock`; renewals, dunning retries and expiries are jobs at
+their due time, so the sandbox test clock can drive a subscription through a year.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from billfold.clock import as_utc, now
+from billfold.db import Database
+from billfold.errors import Conflict, NotFound, PaymentFailed
+from billfold.ids import new_id
+from billfold.invoices import service as invoices
+from billfold.invoices.models import Invoice
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
+from billfold.ledger import service as ledger
+from billfold.money import from_micros, micros_to_cents
+from billfold.payments import service as payments
+from billfold.payments.models import Payment
+from billfold.processors.base import Card, ChargeResult, Processor, UnknownPaymentMethod
+from billfold.subscriptions import credits
+from billfold.subscriptions.models import LIVE_STATUSES, Plan, Subscription
+from billfold.subscriptions.periods import add_periods, prorate, round_to_cent
+from billfold.subscriptions.plans import SELF_SERVE_KINDS, plan_view, subscribable_plan
+from billfold.wallet.models import Wallet
+from billfold.webhooks import service as webhooks
+
+if TYPE_CHECKING:
+    from billfold.api.deps import Services
+
+log = logging.getLogger("billfold.subscriptions")
+
+RENEW_JOB = "subscriptions.renew"
+RETRY_JOB = "subscriptions.retry_payment"
+SETTLE_JOB = "subscriptions.settle_attempt"
+EXPIRE_INCOMPLETE_JOB = "subscriptions.expire_incomplete"
+
+REVENUE = "revenue:subscriptions"
+INCOMPLETE_TTL = timedelta(hours=23)
+SETTLE_DELAY = timedelta(minutes=5)
+# Card payments for subscriptions, by Stripe's billing_reason.
+PAYMENT_PURPOSES = (
+    "subscription_create",
+    "subscription_cycle",
+    "subscription_update",
+    "subscription_reset",
+)
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+def subscription_not_found(subscription_id: str) -> NotFound:
+    return NotFound(
+        "No such subscription.",
+        code="subscription_not_found",
+        details={"subscription_id": subscription_id},
+    )
+
+
+def _state_conflict(sub: Subscription, action: str, code: str) -> Conflict:
+    return Conflict(
+        f"Cannot {action} a subscription that is {sub.status}.",
+        code=code,
+        details={"subscription_id": sub.id, "status": sub.status},
+    )
+
+
+def _payment_pending(sub: Subscription) -> Conflict:
+    return Conflict(
+        "A payment for this subscription is in progress; try again shortly.",
+        code="subscription_payment_pending",
+        details={"subscription_id": sub.id, "invoice_id": sub.open_invoice_id},
+    )
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def get_for_account(session: Session, *, account_id: str, subscription_id: str) -> Subscription:
+    sub = session.get(Subscription, subscription_id)
+    if sub is None or sub.account_id != account_id:
+        raise subscription_not_found(subscription_id)
+    return sub
+
+
+def _lock(session: Session, subscription_id: str, account_id: str | None = None) -> Subscription:
+    sub = session.scalars(
+        select(Subscription)
+        .where(Subscription.id == subscription_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if sub is None or (account_id is not None and sub.account_id != account_id):
+        raise subscription_not_found(subscription_id)
+    return sub
+
+
+def _lock_invoice(session: Session, invoice_id: str) -> Invoice:
+    invoice = session.scalars(
+        select(Invoice)
+        .where(Invoice.id == invoice_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    return invoice
+
+
+def list_for_account(session: Session, account_id: str, *, live_only: bool) -> list[Subscription]:
+    query = select(Subscription).where(Subscription.account_id == account_id)
+    if live_only:
+        query = query.where(Subscription.status.in_(LIVE_STATUSES))
+    return list(session.scalars(query.order_by(Subscription.created_at.desc(), Subscription.id)))
+
+
+def _payment_status(invoice: Invoice | None) -> str | None:
+    if invoice is None:
+        return None
+    if invoice.status == "paid":
+        return "paid"
+    if invoice.status == "open":
+        if invoice.attempt_key:
+            return "processing"
+        return "failed" if invoice.last_payment_error else "pending"
+    return invoice.status  # void, uncollectible
+
+
+def view(session: Session, sub: Subscription) -> dict[str, Any]:
+    """Everything an agent asks about a subscription."""
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    scheduled = session.get(Plan, sub.scheduled_plan_id) if sub.scheduled_plan_id else None
+    invoice = session.get(Invoice, sub.latest_invoice_id) if sub.latest_invoice_id else None
+    latest = None
+    if invoice is not None:
+        latest = {
+            "id": invoice.id,
+            "number": invoice.number,
+            "status": invoice.status,
+            "billing_reason": invoice.billing_reason,
+            "total": from_micros(invoice.total_micros),
+            "amount_paid": from_micros(invoice.amount_paid_micros),
+            "attempt_count": invoice.attempt_count,
+            "next_payment_attempt": invoice.next_payment_attempt,
+            "last_payment_error": invoice.last_payment_error,
+            "payment_intent_id": invoice.payment_intent_id,
+        }
+    return {
+        "id": sub.id,
+        "object": "subscription",
+        "status": sub.status,
+        "kind": sub.kind,
+        "plan_id": sub.plan_id,
+        "plan": plan_view(plan),
+        "current_period_start": sub.current_period_start,
+        "current_period_end": sub.current_period_end,
+        "cancel_at_period_end": sub.cancel_at_period_end,
+        "canceled_at": sub.canceled_at,
+        "ended_at": sub.ended_at,
+        "paused_at": sub.paused_at,
+        "trial_end": sub.trial_end,
+        "scheduled_change": (
+            {
+                "plan_id": scheduled.id,
+                "plan_name": scheduled.name,
+                "effective_at": sub.current_period_end,
+            }
+            if scheduled is not None
+            else None
+        ),
+        "latest_invoice": latest,
+        "payment_status": _payment_status(invoice),
+        "next_retry_at": invoice.next_payment_attempt if invoice is not None else None,
+        "incomplete_expires_at": sub.incomplete_expires_at if sub.status == "incomplete" else None,
+        "created_at": sub.created_at,
+    }
+
+
+def _emit(session: Session, type: str, sub: Subscription, **extra: Any) -> None:
+    session.flush()
+    webhooks.emit(
+        session,
+        type=f"subscription.{type}",
+        account_id=sub.account_id,
+        data={**view(session, sub), **extra},
+    )
+
+
+# --- periods, invoices and credits --------------------------------------------------
+
+
+def _period_line(plan: Plan, start: datetime, end: datetime) -> invoices.Line:
+    return invoices.Line(
+        "subscription",
+        f"{plan.name} ({start:%Y-%m-%d} to {end:%Y-%m-%d})",
+        plan.price_micros,
+        (start, end),
+    )
+
+
+def _open_invoice(
+    session: Session,
+    sub: Subscription,
+    *,
+    reason: str,
+    lines: list[invoices.Line],
+    source: str,
+    meta: dict[str, Any] | None = None,
+) -> Invoice:
+    wallet = session.get(Wallet, sub.account_id)
+    assert wallet is not None
+    invoice = invoices.issue_invoice(
+        session,
+        account_id=sub.account_id,
+        currency=wallet.currency,
+        lines=lines,
+        source=source,
+        status="open",
+        subscription_id=sub.id,
+        billing_reason=reason,
+        meta=meta,
+    )
+    sub.open_invoice_id = invoice.id
+    sub.latest_invoice_id = invoice.id
+    return invoice
+
+
+def _grant_period_credits(session: Session, sub: Subscription, plan: Plan) -> None:
+    if plan.included_credits_micros:
+        credits.grant(
+            session,
+            sub,
+            amount_micros=plan.included_credits_micros,
+            expires_at=sub.current_period_end,
+            description=f"Included credits: {plan.name}, until {sub.current_period_end:%Y-%m-%d}",
+        )
+
+
+def _schedule_renewal(session: Session, sub: Subscription) -> None:
+    jobs.enqueue(
+        session,
+        kind=RENEW_JOB,
+        account_id=sub.account_id,
+        payload={"subscription_id": sub.id, "period_end": sub.current_period_end.isoformat()},
+        run_at=sub.current_period_end,
+        dedupe_key=f"renew:{sub.id}:{sub.current_period_end.isoformat()}",
+    )
+
+
+def _post_payment(session: Session, invoice: Invoice, payment: Payment) -> str:
+    """The card money of a subscription payment: clearing → subscription revenue."""
+    txn = ledger.post(
+        session,
+        account_id=invoice.account_id,
+        kind="subscription_payment",
+        usecase="subscription",
+        description=f"Subscription payment, invoice {invoice.number}",
+        payment_id=payment.id,
+        reference=f"payment:{payment.id}",
+        postings=[
+            ledger.Posting(ledger.PROCESSOR_CLEARING, -payment.amount_micros),
+            ledger.Posting(REVENUE, payment.amount_micros),
+        ],
+        meta={"invoice_id": invoice.id, "subscription_id": invoice.subscription_id},
+    )
+    return txn.id
+
+
+# --- paying an invoice --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    invoice_id: str
+    subscription_id: str
+    account_id: str
+    key: str
+    payment_method_id: str
+    amount_micros: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class Paid:
+    """The outcome of paying an invoice: succeeded, and the recorded payment if any."""
+
+    succeeded: bool
+    payment: Payment | None
+    error: dict[str, Any] | None = None
+
+
+def _reserve(
+    session: Session, invoice: Invoice, *, payment_method_id: str, trigger: str
+) -> Attempt:
+    if invoice.attempt_key is None:
+        invoice.attempt_count += 1
+        invoice.attempt_key = f"{invoice.id}:{invoice.attempt_count}"
+        invoice.attempt_payment_method_id = payment_method_id
+        invoice.meta = {**(invoice.meta or {}), "attempt_trigger": trigger}
+        jobs.enqueue(
+            session,
+            kind=SETTLE_JOB,
+            account_id=invoice.account_id,
+            payload={"invoice_id": invoice.id, "key": invoice.attempt_key},
+            run_at=now() + SETTLE_DELAY,
+            dedupe_key=f"settle:{invoice.attempt_key}",
+        )
+        session.flush()
+    assert invoice.subscription_id is not None
+    assert invoice.attempt_payment_method_id is not None
+    return Attempt(
+        invoice_id=invoice.id,
+        subscription_id=invoice.subscription_id,
+        account_id=invoice.account_id,
+        key=invoice.attempt_key,
+        payment_method_id=invoice.attempt_payment_method_id,
+        amount_micros=invoice.total_micros,
+        currency=invoice.currency,
+    )
+
+
+def pay_invoice(
+    services: Services,
+    invoice_id: str,
+    *,
+    trigger: str,
+    payment_method_id: str | None = None,
+    card: Card | None = None,
+) -> Paid:
+    """Attempt to pay an open subscription invoice (at most one charge in flight)."""
+    database = services.database
+    with database.transaction() as session:
+        invoice = session.get(Invoice, invoice_id)
+        assert invoice is not None and invoice.subscription_id is not None
+        sub = _lock(session, invoice.subscription_id)
+        invoice = _lock_invoice(session, invoice_id)
+        if invoice.status != "open":
+            return Paid(invoice.status == "paid", None)
+        if invoice.total_micros <= 0:
+            invoices.mark_paid(session, invoice, payment_intent_id=None)
+            _on_paid(session, sub, invoice)
+            return Paid(True, None)
+        if invoice.attempt_key is None and payment_method_id is None:
+            default = payments.default_payment_method(session, invoice.account_id)
+            if default is None:
+                error = {
+                    "code": "payment_method_required",
+                    "decline_code": "no_payment_method",
+                    "message": "The account has no default card to charge.",
+                }
+                _on_failed(session, sub, invoice, error=error, trigger=trigger)
+                return Paid(False, None, error)
+            payment_method_id = default.id
+        attempt = _reserve(
+            session, invoice, payment_method_id=payment_method_id or "", trigger=trigger
+        )
+    try:
+        result = _charge(services, attempt)
+    except UnknownPaymentMethod:
+        with database.transaction() as session:
+            sub = _lock(session, attempt.subscription_id)
+            invoice = _lock_invoice(session, invoice_id)
+            if invoice.attempt_key != attempt.key:
+                return Paid(invoice.status == "paid", None)
+            jobs.cancel(session, dedupe_key=f"settle:{attempt.key}")
+            invoice.attempt_key = None
+            error = {
+                "code": "payment_method_unavailable",
+                "decline_code": "payment_method_unavailable",
+                "message": "The card to charge is no longer available.",
+            }
+            _on_failed(session, sub, invoice, error=error, trigger=trigger)
+        return Paid(False, None, error)
+    with database.transaction() as session:
+        return record_attempt(session, attempt, result, card=card)
+
+
+def _charge(services: Services, attempt: Attempt) -> ChargeResult:
+    processor: Processor = services.processor
+    customer_id = payments.ensure_customer(services.database, processor, attempt.account_id)
+    return processor.charge(
+        customer_id=customer_id,
+        payment_method_id=attempt.payment_method_id,
+        amount_cents=micros_to_cents(attempt.amount_micros),
+        currency=attempt.currency,
+        idempotency_key=attempt.key,
+        description=f"Subscription {attempt.subscription_id}, invoice {attempt.invoice_id}",
+    )
+
+
+def record_attempt(
+    session: Session, attempt: Attempt, result: ChargeResult, *, card: Card | None
+) -> Paid:
+    """Record one attempt's outcome and its consequences, once."""
+    sub = _lock(session, attempt.subscription_id)
+    invoice = _lock_invoice(session, attempt.invoice_id)
+    payment, first_time = payments.record_payment(
+        session,
+        account_id=attempt.account_id,
+        purpose=invoice.billing_reason or "subscription",
+        amount_micros=attempt.amount_micros,
+        currency=attempt.currency,
+        payment_method_id=attempt.payment_method_id,
+        result=result,
+    )
+    if invoice.attempt_key != attempt.key:
+        if first_time and result.succeeded and invoice.payment_intent_id != payment.id:
+            # Charged for an invoice that was closed meanwhile: the money is the account's.
+            payments.credit_purchase(
+                session,
+                payment,
+                kind="wallet_funding",
+                usecase="wallet_funding",
+                description="Subscription payment credited to the wallet (invoice closed)",
+            )
+        return Paid(invoice.status == "paid", payment)  # recorded by someone else
+    jobs.cancel(session, dedupe_key=f"settle:{attempt.key}")
+    trigger = str((invoice.meta or {}).get("attempt_trigger", "unknown"))
+    invoice.attempt_key = None
+    if not result.succeeded:
+        error = {
+            "code": "payment_declined",
+            "decline_code": result.decline_code or "generic_decline",
+            "message": result.failure_message or "The card was declined.",
+            "payment_intent_id": payment.id,
+        }
+        _on_failed(session, sub, invoice, error=error, trigger=trigger)
+        return Paid(False, payment, error)
+    if card is not None:
+        payments.save_card(session, account_id=sub.account_id, card=card, make_default=True)
+    _post_payment(session, invoice, payment)
+    invoices.mark_paid(session, invoice, payment_intent_id=payment.id)
+    invoice.last_payment_error = None
+    _on_paid(session, sub, invoice)
+    return Paid(True, payment)
+
+
+def _on_paid(session: Session, sub: Subscription, invoice: Invoice) -> None:
+    """What a paid invoice completes, by its billing reason."""
+    if sub.open_invoice_id == invoice.id:
+        sub.open_invoice_id = None
+    sub.updated_at = now()
+    meta = invoice.meta or {}
+    reason = invoice.billing_reason
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    if reason == "subscription_create":
+        if sub.status in ("incomplete", "incomplete_expired"):
+            sub.status = "active"
+            sub.incomplete_expires_at = None
+            _grant_period_credits(session, sub, plan)
+            _schedule_renewal(session, sub)
+            _emit(session, "created", sub)
+    elif reason == "subscription_cycle":
+        was = sub.status
+        if was in ("active", "trialing", "past_due", "unpaid"):
+            sub.status = "active"
+            _grant_period_credits(session, sub, plan)
+            _schedule_renewal(session, sub)
+            _emit(session, "renewed", sub, recovered_from=was if was != "active" else None)
+    elif reason == "subscription_update":
+        new_plan = session.get(Plan, int(meta["new_plan_id"]))
+        assert new_plan is not None
+        old_plan_id = sub.plan_id
+        sub.plan_id = new_plan.id
+        sub.scheduled_plan_id = None
+        credits.grant(
+            session,
+            sub,
+            amount_micros=int(meta.get("credit_delta_micros", 0)),
+            expires_at=sub.current_period_end,
+            description=f"Included credits: upgrade to {new_plan.name}, prorated",
+        )
+        _emit(session, "updated", sub, previous_plan_id=old_plan_id, change="upgrade")
+    elif reason == "subscription_reset":
+        credits.expire_subscription_grants_now(session, sub)
+        start = datetime.fromisoformat(meta["period_start"])
+        end = datetime.fromisoformat(meta["period_end"])
+        sub.cycle_anchor = start
+        sub.cycle_number = 0
+        sub.current_period_start = start
+        sub.current_period_end = end
+        _grant_period_credits(session, sub, plan)
+        _schedule_renewal(session, sub)
+        _emit(session, "updated", sub, change="reset_cycle")
+
+
+def _on_failed(
+    session: Session,
+    sub: Subscription,
+    invoice: Invoice,
+    *,
+    error: dict[str, Any],
+    trigger: str,
+) -> None:
+    """What a failed attempt means, by billing reason and by what triggered it."""
+    invoice.last_payment_error = error
+    sub.updated_at = now()
+    reason = invoice.billing_reason
+    if reason in ("subscription_update", "subscription_reset"):
+        invoices.close_unpaid(session, invoice, status="void")
+        if sub.open_invoice_id == invoice.id:
+            sub.open_invoice_id = None
+    elif reason == "subscription_cycle" and sub.status in ("active", "trialing"):
+        sub.status = "past_due"
+        _emit(session, "past_due", sub)
+    _emit(session, "payment_failed", sub, error=error)
+    if reason == "subscription_cycle":
+        if trigger == "renewal":
+            _schedule_retry(session, sub, invoice, step=0)
+        elif trigger.startswith("retry:"):
+            _schedule_retry(session, sub, invoice, step=int(trigger.split(":")[1]) + 1)
+
+
+# --- dunning ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DunningPolicy:
+    retry_days: tuple[int, ...] = (1, 3, 5)
+    final_status: str = "canceled"  # or "unpaid"
+
+
+_dunning = DunningPolicy()
+
+
+def configure_dunning(policy: DunningPolicy) -> None:
+    """Set from the operator's settings when the app's services are built."""
+    global _dunning
+    _dunning = policy
+
+
+def _schedule_retry(session: Session, sub: Subscription, invoice: Invoice, *, step: int) -> None:
+    """Dunning: retry at the configured days after the renewal; after the last, give up."""
+    days = _dunning.retry_days
+    if step < len(days):
+        at = as_utc(invoice.created_at) + timedelta(days=days[step])
+        invoice.next_payment_attempt = at
+        jobs.enqueue(
+            session,
+            kind=RETRY_JOB,
+            account_id=sub.account_id,
+            payload={"invoice_id": invoice.id, "step": step},
+            run_at=at,
+            dedupe_key=f"dunning:{invoice.id}:{step}",
+        )
+        return
+    invoice.next_payment_attempt = None
+    if _dunning.final_status == "unpaid":
+        sub.status = "unpaid"
+        _emit(session, "updated", sub, change="unpaid")
+        return
+    invoices.close_unpaid(session, invoice, status="void")
+    sub.open_invoice_id = None
+    _end(session, sub, reason="payment_failed")
+
+
+def run_retry(services: Services, job: ClaimedJob) -> None:
+    invoice_id = str(job.payload["invoice_id"])
+    step = int(job.payload["step"])
+    with services.database.read() as session:
+        invoice = session.get(Invoice, invoice_id)
+        if invoice is None or invoice.status != "open" or invoice.subscription_id is None:
+            return
+        sub = session.get(Subscription, invoice.subscription_id)
+        if sub is None or sub.status != "past_due":
+            return
+    pay_invoice(services, invoice_id, trigger=f"retry:{step}")
+
+
+# --- ending -------------------------------------------------------------------------
+
+
+def _end(session: Session, sub: Subscription, *, reason: str) -> None:
+    current = now()
+    sub.status = "canceled"
+    sub.ended_at = current
+    sub.canceled_at = sub.canceled_at or current
+    sub.scheduled_plan_id = None
+    credits.expire_subscription_grants_now(session, sub)
+    _emit(session, "canceled", sub, reason=reason)
+
+
+def cancel(
+    session: Session, *, account_id: str, subscription_id: str, at_period_end: bool
+) -> Subscription:
+    """At period end: renewals stop then. Now: ends it, credits the unused part of a paid
+    period to the wallet (purchased credit) and ends the period's included credits."""
+    sub = _lock(session, subscription_id, account_id)
+    if sub.status in ("canceled", "incomplete_expired"):
+        raise _state_conflict(sub, "cancel", "subscription_not_active")
+    if at_period_end:
+        if sub.status not in ("active", "trialing", "paused"):
+            raise _state_conflict(sub, "schedule the cancellation of", "subscription_not_active")
+        sub.cancel_at_period_end = True
+        sub.canceled_at = now()
+        sub.updated_at = now()
+        _emit(session, "updated", sub, change="cancel_at_period_end")
+        return sub
+    if sub.open_invoice_id is not None:
+        invoice = _lock_invoice(session, sub.open_invoice_id)
+        if invoice.attempt_key is not None:
+            raise _payment_pending(sub)
+        invoices.close_unpaid(session, invoice, status="void")
+        sub.open_invoice_id = None
+    unused = _unused_time_micros(session, sub)
+    if unused > 0:
+        _credit_unused_time(session, sub, unused)
+    _end(session, sub, reason="canceled_by_customer")
+    return sub
+
+
+def _unused_time_micros(session: Session, sub: Subscription) -> int:
+    """The paid, unused part of the current period, to the second and the cent."""
+    if sub.status not in ("active", "paused"):
+        return 0
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    at = as_utc(sub.paused_at) if sub.paused_at else now()
+    return round_to_cent(
+        prorate(
+            plan.price_micros,
+            start=as_utc(sub.current_period_start),
+            end=as_utc(sub.current_period_end),
+            at=at,
+        )
+    )
+
+
+def _credit_unused_time(session: Session, sub: Subscription, amount: int) -> None:
+    latest = session.get(Invoice, sub.latest_invoice_id) if sub.latest_invoice_id else None
+    ledger.post(
+        session,
+        account_id=sub.account_id,
+        kind="subscription_unused_time",
+        usecase="subscription",
+        description="Unused subscription time credited on cancellation",
+        reference=f"unused:{sub.id}",
+        postings=[
+            ledger.Posting(ledger.wallet_account("purchased"), amount),
+            ledger.Posting(REVENUE, -amount),
+        ],
+        meta={"subscription_id": sub.id},
+    )
+    if latest is not None and latest.status == "paid":
+        invoices.issue_credit_note(
+            session,
+            original=latest,
+            lines=[
+                invoices.Line(
+                    "proration",
+                    f"Unused time after {now():%Y-%m-%d %H:%M:%S} UTC, credited to the wallet",
+                    -amount,
+                )
+            ],
+            source=f"unused:{sub.id}",
+        )
+
+
+# --- starting -----------------------------------------------------------------------
+
+
+def _expire_incomplete(session: Session, sub: Subscription) -> None:
+    sub.status = "incomplete_expired"
+    sub.ended_at = now()
+    sub.incomplete_expires_at = None
+    if sub.open_invoice_id is not None:
+        invoice = _lock_invoice(session, sub.open_invoice_id)
+        invoices.close_unpaid(session, invoice, status="void")
+        sub.open_invoice_id = None
+    _emit(session, "updated", sub, change="incomplete_expired")
+
+
+def check_slot(session: Session, account_id: str, plan: Plan, *, replace_stale: bool) -> None:
+    """One live normal subscription per account; addons need an active normal one; the
+    same plan once. An incomplete start whose payment failed gives its place up (when
+    `replace_stale`; otherwise it does not count)."""
+    live = list_for_account(session, account_id, live_only=True)
+    for other in live:
+        if not (other.plan_id == plan.id or other.kind == plan.kind == "normal"):
+            continue
+        if other.status == "incomplete":
+            if not replace_stale:
+                continue
+            invoice = (
+                _lock_invoice(session, other.open_invoice_id) if other.open_invoice_id else None
+            )
+            if invoice is None or invoice.attempt_key is None:
+                _expire_incomplete(session, _lock(session, other.id))
+                continue
+        raise Conflict(
+            "This account already has a subscription in this place: change its plan "
+            "(PUT /subscriptions/{id}) or cancel it first.",
+            code="subscription_exists",
+            details={"subscription_id": other.id, "status": other.status},
+        )
+    if plan.kind == "addon" and not any(
+        s.kind == "normal" and s.status in ("active", "trialing") for s in live
+    ):
+        raise Conflict(
+            "Add-on plans need an active subscription to a normal plan first.",
+            code="addon_requires_subscription",
+            details={"plan_id": plan.id},
+        )
+
+
+def _new_subscription(
+    session: Session, *, account_id: str, plan: Plan, created_by: str, trial: bool
+) -> Subscription:
+    current = now()
+    if trial:
+        assert plan.trial_days
+        end = current + timedelta(days=plan.trial_days)
+        anchor, cycle, status = end, -1, "trialing"
+    else:
+        end = add_periods(current, plan.period, 1)
+        anchor, cycle, status = current, 0, "incomplete"
+    sub = Subscription(
+        id=new_id("sub"),
+        account_id=account_id,
+        plan_id=plan.id,
+        kind=plan.kind,
+        status=status,
+        cycle_anchor=anchor,
+        cycle_number=cycle,
+        current_period_start=current,
+        current_period_end=end,
+        trial_end=end if trial else None,
+        cancel_at_period_end=False,
+        created_by=created_by,
+        created_at=current,
+        updated_at=current,
+    )
+    session.add(sub)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict(
+            "This account already has a subscription in this place.",
+            code="subscription_exists",
+            details={"plan_id": plan.id},
+        ) from None
+    return sub
+
+
+@dataclass(frozen=True)
+class CardChoice:
+    payment_method_id: str
+    card: Card | None  # a card to save once it is charged (not yet on file)
+
+
+def choose_card(
+    services: Services, *, account_id: str, payment_method_id: str | None
+) -> CardChoice:
+    """The card to charge: the one given (saved or fresh from tokenization) or the default."""
+    with services.database.read() as session:
+        if payment_method_id is None:
+            default = payments.default_payment_method(session, account_id)
+            if default is None:
+                raise payments.PaymentMethodRequired(
+                    "Give a payment_method_id: this account has no default card on file."
+                )
+            return CardChoice(default.id, None)
+        saved = session.get(payments.PaymentMethod, payment_method_id)
+        if saved is not None:
+            if saved.account_id != account_id:
+                raise payments.payment_method_not_found(payment_method_id)
+            return CardChoice(saved.id, None)
+    customer_id = payments.ensure_customer(services.database, services.processor, account_id)
+    card = payments.processor_card(
+        services.processor, payment_method_id=payment_method_id, customer_id=customer_id
+    )
+    return CardChoice(payment_method_id, card)
+
+
+def start(
+    services: Services,
+    *,
+    account_id: str,
+    plan_id: int,
+    payment_method_id: str | None,
+    created_by: str = "agent",
+    kinds: tuple[str, ...] = SELF_SERVE_KINDS,
+) -> dict[str, Any]:
+    """Start a subscription charged to a card now (or a trial, with the card saved).
+
+    Declined: 402 whose data is the subscription, `incomplete` (it expires after 23 h;
+    fix-payment or a new start with another card completes or replaces it).
+    """
+    database = services.database
+    with database.read() as session:
+        plan = subscribable_plan(session, plan_id, kinds=kinds)
+        trial = bool(plan.trial_days)
+    choice = choose_card(services, account_id=account_id, payment_method_id=payment_method_id)
+    card = choice.card
+    if trial and card is not None:
+        customer_id = payments.ensure_customer(database, services.processor, account_id)
+        card = payments.attach_card(
+            services.processor, payment_method_id=card.id, customer_id=customer_id
+        )
+    with database.transaction() as session:
+        ledger.lock_wallet(session, account_id)  # one start at a time per account
+        plan = subscribable_plan(session, plan_id, kinds=kinds)
+        check_slot(session, account_id, plan, replace_stale=True)
+        sub = _new_subscription(
+            session, account_id=account_id, plan=plan, created_by=created_by, trial=trial
+        )
+        if trial:
+            if card is not None:
+                payments.save_card(session, account_id=account_id, card=card, make_default=True)
+            _schedule_renewal(session, sub)
+            _emit(session, "created", sub)
+            return view(session, sub)
+        invoice = _open_invoice(
+            session,
+            sub,
+            reason="subscription_create",
+            lines=[_period_line(plan, sub.current_period_start, sub.current_period_end)],
+            source=f"subscription:{sub.id}:create",
+        )
+        sub.incomplete_expires_at = now() + INCOMPLETE_TTL
+        jobs.enqueue(
+            session,
+            kind=EXPIRE_INCOMPLETE_JOB,
+            account_id=account_id,
+            payload={"subscription_id": sub.id},
+            run_at=sub.incomplete_expires_at,
+        )
+        invoice_id, sub_id = invoice.id, sub.id
+    paid = pay_invoice(
+        services,
+        invoice_id,
+        trigger="create",
+        payment_method_id=choice.payment_method_id,
+        card=card,
+    )
+    with database.read() as session:
+        sub = get_for_account(session, account_id=account_id, subscription_id=sub_id)
+        data = view(session, sub)
+    if not paid.succeeded:
+        raise _declined(data, paid)
+    return data
+
+
+def _declined(data: dict[str, Any], paid: Paid) -> PaymentFailed:
+    error = paid.error or {}
+    return PaymentFailed(
+        str(error.get("message") or "The card was declined."),
+        decline_code=str(error.get("decline_code") or "generic_decline"),
+        payment={
+            **data,
+            "payment": payments.payment_view(paid.payment) if paid.payment else None,
+        },
+    )
+
+
+def run_expire_incomplete(services: Services, job: ClaimedJob) -> None:
+    """23 h after a start that was never paid: settle any charge in flight, else expire."""
+    sub_id = str(job.payload["subscription_id"])
+    with services.database.read() as session:
+        sub = session.get(Subscription, sub_id)
+        if sub is None or sub.status != "incomplete" or sub.open_invoice_id is None:
+            return
+        invoice_id = sub.open_invoice_id
+    settle_in_flight(services, invoice_id)
+    with services.database.transaction() as session:
+        sub = _lock(session, sub_id)
+        if sub.status != "incomplete" or sub.open_invoice_id is None:
+            return
+        if _lock_invoice(session, sub.open_invoice_id).attempt_key is not None:
+            # A payment started since: look again once it has had time to finish.
+            jobs.enqueue(
+                session,
+                kind=EXPIRE_INCOMPLETE_JOB,
+                account_id=sub.account_id,
+                payload={"subscription_id": sub.id},
+                run_at=now() + SETTLE_DELAY,
+            )
+            return
+        _expire_incomplete(session, sub)
+
+
+def start_from_checkout(
+    session: Session, *, account_id: str, plan_id: int, payment: Payment, session_id: str
+) -> str | None:
+    """A `subscribe` payment link was paid: the subscription starts, already paid, in the
+    transaction that records the payment (the id of its ledger transaction). None if the
+    account took this place meanwhile (the caller then credits the money to the wallet)."""
+    from billfold.checkout.models import CheckoutSession  # checkout builds on this
+
+    plan = session.get(Plan, plan_id)
+    assert plan is not None
+    ledger.lock_wallet(session, account_id)
+    try:
+        with session.begin_nested():
+            check_slot(session, account_id, plan, replace_stale=True)
+            sub = _new_subscription(
+                session, account_id=account_id, plan=plan, created_by="checkout", trial=False
+            )
+    except Conflict:
+        return None
+    sub.status = "active"
+    invoice = invoices.issue_invoice(
+        session,
+        account_id=account_id,
+        currency=payment.currency,
+        lines=[_period_line(plan, sub.current_period_start, sub.current_period_end)],
+        source=f"payment:{payment.id}",
+        status="paid",
+        payment_intent_id=payment.id,
+        subscription_id=sub.id,
+        billing_reason="subscription_create",
+        meta={"checkout_session_id": session_id},
+    )
+    sub.latest_invoice_id = invoice.id
+    txn_id = _post_payment(session, invoice, payment)
+    _grant_period_credits(session, sub, plan)
+    _schedule_renewal(session, sub)
+    checkout = session.get(CheckoutSession, session_id)
+    assert checkout is not None
+    checkout.subscription_id = sub.id
+    _emit(session, "created", sub)
+    return txn_id
+
+
+# --- renewal ------------------------------------------------------------------------
+
+
+def run_renewal(services: Services, job: ClaimedJob) -> None:
+    """At a period's end: end it (cancel_at_period_end), or open the next period's invoice
+    and charge it. Safe to run twice: the second run finds the period already rolled and
+    joins the same payment attempt."""
+    sub_id = str(job.payload["subscription_id"])
+    period_end = datetime.fromisoformat(str(job.payload["period_end"]))
+    with services.database.transaction() as session:
+        sub = _lock(session, sub_id)
+        invoice_id = _roll_period(session, sub, period_end)
+    if invoice_id is not None:
+        pay_invoice(services, invoice_id, trigger="renewal")
+
+
+def _roll_period(session: Session, sub: Subscription, period_end: datetime) -> str | None:
+    """The invoice to pay for the period after `period_end`, rolling into it if due."""
+    if sub.open_invoice_id is not None:
+        invoice = _lock_invoice(session, sub.open_invoice_id)
+        if (
+            invoice.billing_reason == "subscription_cycle"
+            and (invoice.meta or {}).get("period_start") == period_end.isoformat()
+            and (invoice.attempt_count == 0 or invoice.attempt_key is not None)
+        ):
+            return invoice.id  # rolled already; its first charge never finished
+        return None
+    if sub.status not in ("active", "trialing"):
+        return None  # paused (resume reschedules), past_due, canceled …
+    if as_utc(sub.current_period_end) != period_end or now() < period_end:
+        return None
+    if sub.cancel_at_period_end:
+        _end(session, sub, reason="canceled_at_period_end")
+        return None
+    if sub.scheduled_plan_id is not None:
+        new_plan = session.get(Plan, sub.scheduled_plan_id)
+        assert new_plan is not None
+        previous = session.get(Plan, sub.plan_id)
+        assert previous is not None
+        sub.plan_id = new_plan.id
+        sub.scheduled_plan_id = None
+        if new_plan.period != previous.period:
+            sub.cycle_anchor = period_end
+            sub.cycle_number = -1
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    sub.cycle_number += 1
+    sub.current_period_start = period_end
+    sub.current_period_end = add_periods(
+        as_utc(sub.cycle_anchor), plan.period, sub.cycle_number + 1
+    )
+    invoice = _open_invoice(
+        session,
+        sub,
+        reason="subscription_cycle",
+        lines=[_period_line(plan, sub.current_period_start, sub.current_period_end)],
+        source=f"subscription:{sub.id}:cycle:{period_end.isoformat()}",
+        meta={"period_start": period_end.isoformat()},
+    )
+    return invoice.id
+
+
+# --- settling interrupted attempts --------------------------------------------------
+
+
+def settle_in_flight(services: Services, invoice_id: str) -> None:
+    """Record the outcome of an attempt whose recording was interrupted; an attempt that
+    never reached the processor is dropped (nothing was charged)."""
+    with services.database.read() as session:
+        invoice = session.get(Invoice, invoice_id)
+        if invoice is None or invoice.attempt_key is None:
+            return
+        attempt = Attempt(
+            invoice_id=invoice.id,
+            subscription_id=invoice.subscription_id or "",
+            account_id=invoice.account_id,
+            key=invoice.attempt_key,
+            payment_method_id=invoice.attempt_payment_method_id or "",
+            amount_micros=invoice.total_micros,
+            currency=invoice.currency,
+        )
+    result = services.processor.find_charge(attempt.key)
+    with services.database.transaction() as session:
+        if result is not None:
+            record_attempt(session, attempt, result, card=None)
+            return
+        sub = _lock(session, attempt.subscription_id)
+        invoice = _lock_invoice(session, invoice_id)
+        if invoice.attempt_key != attempt.key:
+            return
+        invoice.attempt_key = None
+        if invoice.billing_reason in ("subscription_update", "subscription_reset"):
+            invoices.close_unpaid(session, invoice, status="void")
+            if sub.open_invoice_id == invoice.id:
+                sub.open_invoice_id = None
+        log.warning("dropped subscription payment attempt %s: never charged", attempt.key)
+
+
+def run_settle(services: Services, job: ClaimedJob) -> None:
+    with services.database.read() as session:
+        invoice = session.get(Invoice, str(job.payload["invoice_id"]))
+        if invoice is None or invoice.attempt_key != job.payload["key"]:
+            return
+    settle_in_flight(services, str(job.payload["invoice_id"]))
+
+
+# --- changes by the account ---------------------------------------------------------
+
+
+def fix_payment(services: Services, *, account_id: str, subscription_id: str) -> dict[str, Any]:
+    """Retry the open invoice now with the current default card."""
+    with services.database.read() as session:
+        sub = get_for_account(session, account_id=account_id, subscription_id=subscription_id)
+        if sub.status not in ("past_due", "incomplete", "unpaid") or sub.open_invoice_id is None:
+            raise Conflict(
+                "This subscription has no failed payment to fix.",
+                code="nothing_to_fix",
+                details={"subscription_id": sub.id, "status": sub.status},
+            )
+        invoice_id = sub.open_invoice_id
+        default = payments.default_payment_method(session, account_id)
+        if default is None:
+            raise payments.PaymentMethodRequired(
+                "Add a card first (POST /billing/payment-methods): there is no default card."
+            )
+    paid = pay_invoice(services, invoice_id, trigger="fix", payment_method_id=default.id)
+    with services.database.read() as session:
+        sub = get_for_account(session, account_id=account_id, subscription_id=subscription_id)
+        data = view(session, sub)
+    if not paid.succeeded:
+        raise _declined(data, paid)
+    return data
+
+
+def pause(session: Session, *, account_id: str, subscription_id: str) -> Subscription:
+    """No renewals and no credit expiry while paused; the remaining time is frozen."""
+    sub = _lock(session, subscription_id, account_id)
+    if sub.status == "paused":
+        raise _state_conflict(sub, "pause", "subscription_already_paused")
+    if sub.status != "active":
+        raise _state_conflict(sub, "pause", "subscription_not_active")
+    if sub.open_invoice_id is not None:
+        raise _payment_pending(sub)
+    sub.status = "paused"
+    sub.paused_at = now()
+    sub.updated_at = now()
+    _emit(session, "paused", sub)
+    return sub
+
+
+def resume(session: Session, *, account_id: str, subscription_id: str) -> Subscription:
+    """Restore the frozen remaining time: the period end moves by the paused duration."""
+    sub = _lock(session, subscription_id, account_id)
+    if sub.status != "paused" or sub.paused_at is None:
+        raise _state_conflict(sub, "resume", "subscription_not_paused")
+    paused_for = now() - as_utc(sub.paused_at)
+    sub.status = "active"
+    sub.paused_at = None
+    sub.cycle_anchor = as_utc(sub.cycle_anchor) + paused_for
+    sub.current_period_end = as_utc(sub.current_period_end) + paused_for
+    sub.updated_at = now()
+    credits.shift_grants(session, sub, paused_for)
+    _schedule_renewal(session, sub)
+    _emit(session, "resumed", sub, paused_seconds=int(paused_for.total_seconds()))
+    # Grants of other paused time that fell due meanwhile are not this one's; run the
+    # account's due expiries (e.g. an addon's) now.
+    credits.expire_due(session, sub.account_id)
+    return sub
+
+
+def change_plan(
+    services: Services, *, account_id: str, subscription_id: str, new_plan_id: int
+) -> dict[str, Any]:
+    """Upgrade (a dearer plan of the same period) now, prorated to the second; anything
+    else (cheaper, equal, or another period) at the end of the current period."""
+    database = services.database
+    with database.transaction() as session:
+        sub = _lock(session, subscription_id, account_id)
+        kinds = (sub.kind,) if sub.kind != "enterprise" else ("enterprise",)
+        new_plan = subscribable_plan(session, new_plan_id, kinds=kinds)
+        plan = session.get(Plan, sub.plan_id)
+        assert plan is not None
+        if sub.status not in ("active", "trialing"):
+            raise _state_conflict(sub, "change the plan of", "subscription_not_active")
+        if sub.open_invoice_id is not None:
+            raise _payment_pending(sub)
+        if new_plan.id == sub.plan_id:
+            if sub.scheduled_plan_id is None:
+                raise Conflict(
+                    "The subscription is already on this plan.",
+                    code="plan_unchanged",
+                    details={"plan_id": new_plan_id},
+                )
+            sub.scheduled_plan_id = None  # staying: drop the scheduled change
+            _emit(session, "updated", sub, change="scheduled_change_canceled")
+            return view(session, sub)
+        upgrade = new_plan.period == plan.period and new_plan.price_micros > plan.price_micros
+        if sub.status == "trialing" or not upgrade:
+            if sub.status == "trialing":
+                sub.plan_id, sub.scheduled_plan_id = new_plan.id, None
+                change = "trial_plan_changed"
+            else:
+                sub.scheduled_plan_id = new_plan.id
+                change = "downgrade_scheduled"
+            sub.updated_at = now()
+            _emit(session, "updated", sub, change=change)
+            return view(session, sub)
+        at = now()
+        start, end = as_utc(sub.current_period_start), as_utc(sub.current_period_end)
+        unused = round_to_cent(prorate(plan.price_micros, start=start, end=end, at=at))
+        remaining = round_to_cent(prorate(new_plan.price_micros, start=start, end=end, at=at))
+        credit_delta = prorate(
+            (new_plan.included_credits_micros or 0) - (plan.included_credits_micros or 0),
+            start=start,
+            end=end,
+            at=at,
+        )
+        invoice = _open_invoice(
+            session,
+            sub,
+            reason="subscription_update",
+            lines=[
+                invoices.Line(
+                    "proration",
+                    f"Unused time on {plan.name} after {at:%Y-%m-%d %H:%M:%S} UTC",
+                    -unused,
+                    (at, end),
+                ),
+                invoices.Line(
+                    "proration",
+                    f"Remaining time on {new_plan.name} after {at:%Y-%m-%d %H:%M:%S} UTC",
+                    remaining,
+                    (at, end),
+                ),
+            ],
+            source=f"subscription:{sub.id}:update:{new_id('chg')}",
+            meta={
+                "new_plan_id": new_plan.id,
+                "previous_plan_id": plan.id,
+                "credit_delta_micros": max(0, credit_delta),
+                "prorated_at": at.isoformat(),
+            },
+        )
+        invoice_id = invoice.id
+    paid = pay_invoice(services, invoice_id, trigger="update")
+    with database.read() as session:
+        sub = get_for_account(session, account_id=account_id, subscription_id=subscription_id)
+        data = view(session, sub)
+    if not paid.succeeded:
+        raise _declined(data, paid)
+    return data
+
+
+def reset_cycle(services: Services, *, account_id: str, subscription_id: str) -> dict[str, Any]:
+    """Start a new period now; the unused part of the current one is credited on the new
+    period's invoice, and the current period's included credits end."""
+    database = services.database
+    with database.transaction() as session:
+        sub = _lock(session, subscription_id, account_id)
+        if sub.status != "active":
+            raise _state_conflict(sub, "reset the cycle of", "subscription_not_active")
+        if sub.open_invoice_id is not None:
+            raise _payment_pending(sub)
+        plan = session.get(Plan, sub.plan_id)
+        assert plan is not None
+        at = now()
+        start, end = as_utc(sub.current_period_start), as_utc(sub.current_period_end)
+        unused = round_to_cent(prorate(plan.price_micros, start=start, end=end, at=at))
+        new_end = add_periods(at, plan.period, 1)
+        lines = [_period_line(plan, at, new_end)]
+        if unused:
+            lines.insert(
+                0,
+                invoices.Line(
+                    "proration",
+                    f"Unused time on {plan.name} after {at:%Y-%m-%d %H:%M:%S} UTC",
+                    -unused,
+                    (at, end),
+                ),
+            )
+        invoice = _open_invoice(
+            session,
+            sub,
+            reason="subscription_reset",
+            lines=lines,
+            source=f"subscription:{sub.id}:reset:{at.isoformat()}",
+            meta={"period_start": at.isoformat(), "period_end": new_end.isoformat()},
+        )
+        invoice_id = invoice.id
+    paid = pay_invoice(services, invoice_id, trigger="reset")
+    with database.read() as session:
+        sub = get_for_account(session, account_id=account_id, subscription_id=subscription_id)
+        data = view(session, sub)
+    if not paid.succeeded:
+        raise _declined(data, paid)
+    return data
+
+
+def ensure_payable_plan(database: Database, *, account_id: str, plan_id: int) -> Plan:
+    """Checks before handing out a subscribe payment link (they run again when the human
+    pays)."""
+    with database.read() as session:
+        plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS)
+        check_slot(session, account_id, plan, replace_stale=False)
+        session.expunge(plan)
+        return plan

@@ -1,0 +1,92 @@
+"""The sandbox test clock: move the service's time forward and run what fell due.
+
+The offset is stored in the database (one row) so every process on it agrees; each
+process applies it to `billfold.clock` at start-up and its worker re-reads it on every
+poll. Advancing walks through the due jobs in time order, stopping the clock at each
+one's due time, so a renewal runs at its period's end and the dunning retry it
+schedules a day later runs a day later, even when one call moves a whole year.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from billfold import clock
+from billfold.db import Database
+from billfold.errors import Forbidden
+from billfold.jobs.models import Job
+from billfold.testclock.models import TestClock
+
+if TYPE_CHECKING:
+    from billfold.api.deps import Services
+
+MAX_JOBS_PER_ADVANCE = 20_000
+
+
+def _micros(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def sync(database: Database) -> None:
+    """Apply the stored offset to this process's clock (never moving it back)."""
+    with database.read() as session:
+        row = session.get(TestClock, 1)
+        stored = timedelta(microseconds=row.offset_micros) if row else timedelta(0)
+    if stored > clock.offset():
+        clock.set_offset(stored)
+
+
+def load(database: Database) -> None:
+    """At start-up: this database's clock, whatever this process ran before."""
+    with database.read() as session:
+        row = session.get(TestClock, 1)
+        clock.set_offset(timedelta(microseconds=row.offset_micros) if row else timedelta(0))
+
+
+def state() -> dict[str, Any]:
+    return {
+        "now": clock.now(),
+        "offset_seconds": int(clock.offset().total_seconds()),
+    }
+
+
+def advance(services: Services, by: timedelta) -> dict[str, Any]:
+    """Move the clock forward by `by`, running each job as its due time is reached."""
+    if services.settings.processor != "sandbox":
+        raise Forbidden("The test clock only runs in sandbox mode.", code="test_clock_unavailable")
+    from billfold.jobs.worker import Worker
+
+    database = services.database
+    with database.transaction() as session:
+        row = session.get(TestClock, 1, with_for_update=True)
+        if row is None:
+            row = TestClock(id=1, offset_micros=_micros(clock.offset()))
+            session.add(row)
+        current = max(timedelta(microseconds=row.offset_micros), clock.offset())
+        final = current + by
+        row.offset_micros = _micros(final)
+        row.updated_at = clock.wall_now()
+    target = clock.wall_now() + final
+    worker = Worker(services, worker_id="test-clock")
+    ran = 0
+    while ran < MAX_JOBS_PER_ADVANCE:
+        with database.read() as session:
+            due = session.scalar(
+                select(func.min(Job.run_at)).where(Job.status == "queued", Job.run_at <= target)
+            )
+        if due is None:
+            break
+        step = clock.as_utc(due) - clock.wall_now()
+        if step > clock.offset():
+            clock.set_offset(step)
+        batch = worker.drain()
+        ran += batch
+        if batch == 0:
+            break  # the due job is held by another worker right now
+    if final > clock.offset():
+        clock.set_offset(final)
+    ran += worker.drain()
+    return {**state(), "advanced_seconds": int(by.total_seconds()), "jobs_run": ran}

@@ -1,0 +1,215 @@
+"""Driving subscriptions through time in tests: the test clock, plans, and what the
+database recorded (invoices with lines, ledger transactions, credit grants, events)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from billfold.api.deps import Services
+from billfold.clock import as_utc, now
+from billfold.invoices.models import Invoice, InvoiceLine
+from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.money import from_micros
+from billfold.payments.models import Payment
+from billfold.subscriptions.models import CreditGrant
+from billfold.webhooks.models import WebhookEvent
+from tests.helpers import CARD_OK, Agent, Api, decimal_json
+
+FAR_EXPIRY = 2045  # cards must outlive the years the test clock moves through
+
+
+def advance(api: Api, **amount: int) -> dict[str, Any]:
+    response = api.admin_post("/test-clock/advance", amount)
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+def advance_to(api: Api, moment: datetime) -> None:
+    """Move the clock to `moment` (it must be ahead), running what falls due on the way."""
+    seconds = math.ceil((moment - now()).total_seconds())
+    assert seconds > 0, f"{moment} is not ahead of the clock ({now()})"
+    advance(api, seconds=seconds)
+
+
+def next_occurrence(month: int, day: int, hour: int = 9) -> datetime:
+    """The next `month`-`day` `hour`:00 UTC ahead of the clock, at least a day ahead."""
+    year = now().year
+    while True:
+        candidate = datetime(year, month, day, hour, tzinfo=UTC)
+        if candidate > now() + timedelta(days=1):
+            return candidate
+        year += 1
+
+
+def create_plan(api: Api, **fields: Any) -> dict[str, Any]:
+    body = {
+        "name": f"Plan {uuid.uuid4().hex[:6]}",
+        "price": 20,
+        "period": "month",
+        "features": ["Feature A", "Feature B"],
+        "kind": "normal",
+        **fields,
+    }
+    response = api.admin_post("/plans", body)
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = decimal_json(response)["data"]
+    return data
+
+
+def subscriber(api: Api, card: str = CARD_OK) -> tuple[Agent, str]:
+    """An agent whose token outlives the test clock, with `card` saved as its default."""
+    agent = api.new_agent(expires_in="never")
+    pm = api.tokenize(card, exp_year=FAR_EXPIRY)
+    added = agent.post("/billing/payment-methods", {"payment_method_id": pm})
+    assert added.status_code == 201, added.text
+    return agent, pm
+
+
+def set_default_card(api: Api, agent: Agent, card: str) -> str:
+    pm = api.tokenize(card, exp_year=FAR_EXPIRY)
+    added = agent.post("/billing/payment-methods", {"payment_method_id": pm, "make_default": True})
+    assert added.status_code == 201, added.text
+    return pm
+
+
+def subscribe(agent: Agent, plan_id: int, pm: str, **kwargs: Any) -> dict[str, Any]:
+    response = agent.post("/subscriptions", {"plan_id": plan_id, "payment_method_id": pm}, **kwargs)
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = decimal_json(response)["data"]
+    return data
+
+
+def status(agent: Agent, subscription_id: str) -> dict[str, Any]:
+    response = agent.get(f"/subscriptions/{subscription_id}/status")
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = decimal_json(response)["data"]
+    return data
+
+
+def instant(value: str | datetime) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class RecordedLine:
+    kind: str
+    description: str
+    amount: Decimal
+    period_start: datetime | None
+    period_end: datetime | None
+
+
+@dataclass(frozen=True)
+class RecordedInvoice:
+    id: str
+    number: str
+    status: str
+    billing_reason: str | None
+    total: Decimal
+    amount_paid: Decimal
+    attempt_count: int
+    lines: list[RecordedLine]
+
+
+def invoices_of(services: Services, account_id: str) -> list[RecordedInvoice]:
+    """The account's invoices (not credit notes), oldest first, with their lines."""
+    with services.database.read() as session:
+        rows = session.scalars(
+            select(Invoice)
+            .where(Invoice.account_id == account_id, Invoice.kind == "invoice")
+            .order_by(Invoice.created_at, Invoice.number)
+        ).all()
+        out = []
+        for row in rows:
+            lines = session.scalars(
+                select(InvoiceLine)
+                .where(InvoiceLine.invoice_id == row.id)
+                .order_by(InvoiceLine.position)
+            ).all()
+            out.append(
+                RecordedInvoice(
+                    id=row.id,
+                    number=row.number or "",
+                    status=row.status,
+                    billing_reason=row.billing_reason,
+                    total=from_micros(row.total_micros),
+                    amount_paid=from_micros(row.amount_paid_micros),
+                    attempt_count=row.attempt_count,
+                    lines=[
+                        RecordedLine(
+                            kind=line.kind,
+                            description=line.description,
+                            amount=from_micros(line.amount_micros),
+                            period_start=as_utc(line.period_start) if line.period_start else None,
+                            period_end=as_utc(line.period_end) if line.period_end else None,
+                        )
+                        for line in lines
+                    ],
+                )
+            )
+        return out
+
+
+def ledger_of(services: Services, account_id: str) -> list[tuple[str, dict[str, Decimal]]]:
+    """(kind, {ledger account: amount}) of every posted transaction, oldest first."""
+    with services.database.read() as session:
+        txns = session.scalars(
+            select(LedgerTransaction)
+            .where(
+                LedgerTransaction.account_id == account_id,
+                LedgerTransaction.status == "succeeded",
+            )
+            .order_by(LedgerTransaction.created_at, LedgerTransaction.id)
+        ).all()
+        out = []
+        for txn in txns:
+            postings = session.scalars(
+                select(LedgerPosting).where(LedgerPosting.transaction_id == txn.id)
+            ).all()
+            out.append(
+                (txn.kind, {p.ledger_account: from_micros(p.amount_micros) for p in postings})
+            )
+        return out
+
+
+def grants_of(services: Services, account_id: str) -> list[CreditGrant]:
+    with services.database.read() as session:
+        rows = session.scalars(
+            select(CreditGrant)
+            .where(CreditGrant.account_id == account_id)
+            .order_by(CreditGrant.granted_at, CreditGrant.id)
+        ).all()
+        for row in rows:
+            session.expunge(row)
+        return list(rows)
+
+
+def payments_of(services: Services, account_id: str) -> list[Payment]:
+    with services.database.read() as session:
+        rows = session.scalars(
+            select(Payment)
+            .where(Payment.account_id == account_id)
+            .order_by(Payment.created_at, Payment.id)
+        ).all()
+        for row in rows:
+            session.expunge(row)
+        return list(rows)
+
+
+def events_of(services: Services, account_id: str, prefix: str = "subscription.") -> list[str]:
+    """Event types written for the account (an endpoint must be listening), oldest first."""
+    with services.database.read() as session:
+        rows = session.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.account_id == account_id)
+            .order_by(WebhookEvent.created_at, WebhookEvent.id)
+        ).all()
+        return [row.type for row in rows if row.type.startswith(prefix)]
