@@ -1,0 +1,163 @@
+"""Benchmark of subscription renewals: the job queue renewing many subscriptions at once.
+
+Creates N accounts with a saved sandbox card and a monthly subscription (with included
+credits) in a fresh PostgreSQL database, moves the clock past the period end without
+running anything, then times W worker threads draining the renewal jobs (each renewal:
+roll the period and finalize its invoice, charge the card through the sandbox processor,
+record payment + ledger + credit grant + next job). The expiry of the old credits runs
+in the same drain. As a baseline it runs pgbench's tpcb-like script on the same server
+with W clients for the same time, and prints renewals/s, pgbench tps and their ratio as
+a Markdown table row. It then checks that every subscription was charged exactly once.
+
+    .venv/bin/python bench/renewals.py [--subscriptions 400] [--workers 1,4]
+
+The databases it creates (billfold_bench_renewals, billfold_pgbench) are dropped at the
+end. This is a benchmark, not a test: it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from billfold import clock
+from billfold.accounts import service as accounts
+from billfold.api.app import build_services
+from billfold.api.deps import Services
+from billfold.config import Settings
+from billfold.jobs.worker import Worker
+from billfold.migrate import upgrade
+from billfold.payments.models import Payment
+from billfold.subscriptions import plans
+from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions.models import Subscription
+from usage_charges import (
+    PG_ADMIN_DSN,
+    PGBENCH_DB,
+    drop_database,
+    log,
+    pgbench_init,
+    pgbench_run,
+    recreate_database,
+)
+
+BENCH_DB = "billfold_bench_renewals"
+
+
+def provision(services: Services, count: int) -> None:
+    with services.database.transaction() as session:
+        plan = plans.create_plan(
+            session,
+            name="Bench monthly",
+            price_micros=20_000_000,
+            currency="USD",
+            period="month",
+            features=[],
+            kind="normal",
+            included_credits_micros=5_000_000,
+            trial_days=None,
+        )
+        plan_id = plan.id
+    for n in range(count):
+        with services.database.transaction() as session:
+            account = accounts.create_account(
+                session, email=f"bench-{n}@example.com", password="bench-password"
+            )
+            account_id = account.id
+        card = services.processor.tokenize_card(
+            number="4242424242424242", exp_month="12", exp_year="2045", cvc="123"
+        )
+        subscriptions.start(
+            services, account_id=account_id, plan_id=plan_id, payment_method_id=card["id"]
+        )
+
+
+def drain(services: Services, workers: int) -> float:
+    barrier = threading.Barrier(workers + 1)
+
+    def run(n: int) -> None:
+        barrier.wait()
+        worker = Worker(services, worker_id=f"bench-{n}")
+        while worker.run_once(limit=10):
+            pass
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def check(services: Services, count: int) -> None:
+    with services.database.read() as session:
+        cycle = session.scalar(
+            select(func.count())
+            .select_from(Payment)
+            .where(Payment.purpose == "subscription_cycle", Payment.status == "succeeded")
+        )
+        renewed = session.scalar(
+            select(func.count())
+            .select_from(Subscription)
+            .where(Subscription.cycle_number == 1, Subscription.status == "active")
+        )
+    if cycle != count or renewed != count:
+        raise SystemExit(f"expected {count} renewals charged once, got {cycle} / {renewed}")
+
+
+def bench(count: int, workers: int) -> tuple[float, float]:
+    recreate_database(BENCH_DB)
+    url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    url = f"{url}/{BENCH_DB}"
+    upgrade(url)
+    clock.set_offset(timedelta(0))
+    services = build_services(Settings(database_url=url, admin_key="bench"), "bench")
+    try:
+        log(f"provisioning {count} subscriptions")
+        provision(services, count)
+        clock.set_offset(clock.offset() + timedelta(days=32))
+        log(f"draining with {workers} worker thread(s)")
+        seconds = drain(services, workers)
+        check(services, count)
+    finally:
+        services.database.dispose()
+        clock.set_offset(timedelta(0))
+    rate = count / seconds
+    log(f"{count} renewals in {seconds:.2f} s: {rate:.1f}/s")
+    baseline = pgbench_run(workers, max(5, round(seconds))).tps
+    return rate, baseline
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscriptions", type=int, default=400)
+    parser.add_argument("--workers", default="1,4")
+    args = parser.parse_args()
+    pgbench_init()
+    rows = []
+    try:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            rate, tps = bench(args.subscriptions, workers)
+            rows.append((workers, rate, tps))
+    finally:
+        drop_database(BENCH_DB)
+        drop_database(PGBENCH_DB)
+    print("| Worker threads | Renewals/s | pgbench tpcb-like tps | Ratio |")
+    print("|---|---|---|---|")
+    for workers, rate, tps in rows:
+        print(f"| {workers} | {rate:.1f} | {tps:.0f} | {rate / tps:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
