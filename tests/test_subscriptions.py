@@ -15,6 +15,7 @@ import pytest
 from billfold.api.deps import Services
 from billfold.subscriptions.periods import add_periods
 from tests.conftest import Receiver
+from tests.test_invoices import _pdf_text
 from tests.helpers import (
     CARD_ATTACH_THEN_FAIL,
     CARD_DECLINED,
@@ -144,9 +145,29 @@ def test_a_year_of_a_monthly_subscription_from_jan_31(api: Api, services: Servic
         events_of(services, agent.account_id)
         == ["subscription.created"] + ["subscription.renewed"] * 12
     )
-    kinds = [kind for kind, _ in ledger_of(services, agent.account_id)]
-    assert kinds.count("subscription_payment") == 13
-    assert kinds.count("subscription_credit_expiry") == 12
+    # Every ledger entry of the year, in order: at each period end the old credits
+    # expire (6 of the first period's were left, then all 10), the card pays, new
+    # credits land.
+    payment = (
+        "subscription_payment",
+        {"processor:clearing": D(-20), "revenue:subscriptions": D(20)},
+    )
+    grant = (
+        "subscription_credit_grant",
+        {"wallet:subscription": D(10), "subscription:grants": D(-10)},
+    )
+
+    def expiry(amount: int) -> tuple[str, dict[str, Decimal]]:
+        return (
+            "subscription_credit_expiry",
+            {"wallet:subscription": D(-amount), "subscription:grants": D(amount)},
+        )
+
+    usage = ("usage_charge", {"wallet:subscription": D(-4), "revenue:usage": D(4)})
+    expected = [payment, grant, usage]
+    for month in range(1, 13):
+        expected += [expiry(6 if month == 1 else 10), payment, grant]
+    assert ledger_of(services, agent.account_id) == expected
     assert api.ledger_check(agent.account_id)["consistent"] is True
 
 
@@ -222,6 +243,10 @@ def test_upgrade_now_prorated_to_the_second_and_downgrade_at_period_end(
     assert charge.amount == _unused(D(60), start, end, at)
     assert change.total == charge.amount + credit.amount
     assert (change.status, change.amount_paid) == ("paid", change.total)
+    text, _ = _pdf_text(agent, change.id)
+    assert "Unused time on Basic" in text and "Remaining time on Pro" in text
+    assert f"-${-credit.amount:.2f}" in text.replace(",", "")
+    assert "PAID" in text
     # Included credits: the difference, prorated to the second, as subscription credit.
     [_, upgrade_grant] = grants_of(services, agent.account_id)
     total_s = int((end - start).total_seconds())

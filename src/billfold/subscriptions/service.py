@@ -861,8 +861,15 @@ def start(
         payment_method_id=choice.payment_method_id,
         card=card,
     )
-    with database.read() as session:
-        sub = get_for_account(session, account_id=account_id, subscription_id=sub_id)
+    return _answer(services, paid, account_id=account_id, subscription_id=sub_id)
+
+
+def _answer(
+    services: Services, paid: Paid, *, account_id: str, subscription_id: str
+) -> dict[str, Any]:
+    """The subscription after a payment attempt, or the 402 that carries it."""
+    with services.database.read() as session:
+        sub = get_for_account(session, account_id=account_id, subscription_id=subscription_id)
         data = view(session, sub)
     if not paid.succeeded:
         raise _declined(data, paid)
@@ -1076,12 +1083,7 @@ def fix_payment(services: Services, *, account_id: str, subscription_id: str) ->
                 "Add a card first (POST /billing/payment-methods): there is no default card."
             )
     paid = pay_invoice(services, invoice_id, trigger="fix", payment_method_id=default.id)
-    with services.database.read() as session:
-        sub = get_for_account(session, account_id=account_id, subscription_id=subscription_id)
-        data = view(session, sub)
-    if not paid.succeeded:
-        raise _declined(data, paid)
-    return data
+    return _answer(services, paid, account_id=account_id, subscription_id=subscription_id)
 
 
 def pause(session: Session, *, account_id: str, subscription_id: str) -> Subscription:
@@ -1195,12 +1197,7 @@ def change_plan(
         )
         invoice_id = invoice.id
     paid = pay_invoice(services, invoice_id, trigger="update")
-    with database.read() as session:
-        sub = get_for_account(session, account_id=account_id, subscription_id=subscription_id)
-        data = view(session, sub)
-    if not paid.succeeded:
-        raise _declined(data, paid)
-    return data
+    return _answer(services, paid, account_id=account_id, subscription_id=subscription_id)
 
 
 def reset_cycle(services: Services, *, account_id: str, subscription_id: str) -> dict[str, Any]:
@@ -1240,12 +1237,7 @@ def reset_cycle(services: Services, *, account_id: str, subscription_id: str) ->
         )
         invoice_id = invoice.id
     paid = pay_invoice(services, invoice_id, trigger="reset")
-    with database.read() as session:
-        sub = get_for_account(session, account_id=account_id, subscription_id=subscription_id)
-        data = view(session, sub)
-    if not paid.succeeded:
-        raise _declined(data, paid)
-    return data
+    return _answer(services, paid, account_id=account_id, subscription_id=subscription_id)
 
 
 def ensure_payable_plan(database: Database, *, account_id: str, plan_id: int) -> Plan:
