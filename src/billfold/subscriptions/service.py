@@ -203,13 +203,11 @@ def view(session: Session, sub: Subscription) -> dict[str, Any]:
 
 
 def _emit(session: Session, type: str, sub: Subscription, **extra: Any) -> None:
-    session.flush()
-    webhooks.emit(
-        session,
-        type=f"subscription.{type}",
-        account_id=sub.account_id,
-        data={**view(session, sub), **extra},
-    )
+    def data() -> dict[str, Any]:
+        session.flush()
+        return {**view(session, sub), **extra}
+
+    webhooks.emit(session, type=f"subscription.{type}", account_id=sub.account_id, data=data)
 
 
 # --- periods, invoices and credits --------------------------------------------------

@@ -145,7 +145,8 @@ def get_endpoint(session: Session, endpoint_id: str) -> WebhookEndpoint:
 
 
 def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> None:
-    """Write an event and queue its deliveries, in the caller's transaction."""
+    """Write an event and queue its deliveries, in the caller's transaction. `data` may be
+    a callable: it is rendered only when some endpoint listens."""
     assert type in EVENT_TYPES, type
     endpoints = [
         e
@@ -154,6 +155,8 @@ def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> N
     ]
     if not endpoints:
         return
+    if callable(data):
+        data = data()
     event_id = new_id("msg")
     created = now()
     payload = dumps({"id": event_id, "type": type, "timestamp": created, "data": data})
