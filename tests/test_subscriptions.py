@@ -15,7 +15,6 @@ import pytest
 from billfold.api.deps import Services
 from billfold.subscriptions.periods import add_periods
 from tests.conftest import Receiver
-from tests.test_invoices import _pdf_text
 from tests.helpers import (
     CARD_ATTACH_THEN_FAIL,
     CARD_DECLINED,
@@ -41,6 +40,7 @@ from tests.subscription_helpers import (
     subscribe,
     subscriber,
 )
+from tests.test_invoices import _pdf_text
 
 D = Decimal
 
