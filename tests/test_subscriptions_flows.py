@@ -363,3 +363,70 @@ def test_dunning_can_end_unpaid(api: Api, services: Services, final: str) -> Non
         assert fixed.json()["data"]["status"] == "active"
     finally:
         subscriptions.configure_dunning(subscriptions.DunningPolicy())
+
+
+def _start_without_recording(services: Services, agent_id: str, plan_id: int, pm: str) -> str:
+    """What start() does up to the charge, as a process that dies right after it would."""
+    from billfold.subscriptions.plans import SELF_SERVE_KINDS, subscribable_plan
+
+    with services.database.transaction() as session:
+        plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS)
+        sub = subscriptions._new_subscription(
+            session, account_id=agent_id, plan=plan, created_by="agent", trial=False
+        )
+        invoice = subscriptions._open_invoice(
+            session,
+            sub,
+            reason="subscription_create",
+            lines=[
+                subscriptions._period_line(plan, sub.current_period_start, sub.current_period_end)
+            ],
+            source=f"subscription:{sub.id}:create",
+        )
+        attempt = subscriptions._reserve(session, invoice, payment_method_id=pm, trigger="create")
+        sub_id = sub.id
+    subscriptions._charge(services, attempt)
+    return sub_id
+
+
+def test_a_start_interrupted_after_the_charge_is_completed_by_the_settle_job(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=14, included_credits=6)
+    agent, pm = subscriber(api)
+    sub_id = _start_without_recording(services, agent.account_id, plan["id"], pm)
+    current = status(agent, sub_id)
+    assert (current["status"], current["payment_status"]) == ("incomplete", "processing")
+    # While the charge is in flight the place is held: a second start is refused.
+    refused = agent.post("/subscriptions", {"plan_id": plan["id"], "payment_method_id": pm})
+    assert_error(refused, 409, "subscription_exists")
+
+    advance(api, seconds=600)
+    current = status(agent, sub_id)
+    assert (current["status"], current["payment_status"]) == ("active", "paid")
+    assert agent.balance() == D(6)
+    assert len(payments_of(services, agent.account_id)) == 1
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_subscribe_link_refuses_to_charge_an_account_that_subscribed_meanwhile(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=11)
+    agent, pm = subscriber(api)
+    link = agent.post("/subscriptions", {"plan_id": plan["id"]})
+    assert link.status_code == 201, link.text
+    url = link.json()["data"]["checkout_url"]
+    subscribe(agent, plan["id"], pm)  # the agent subscribed headless before the human paid
+
+    page = api.session.post(
+        url,
+        data={"card_number": CARD_OK, "card_expiry": "12/45", "card_cvc": "123"},
+        allow_redirects=False,
+    )
+    assert page.status_code == 409
+    assert "already has a subscription" in page.text and "Nothing was charged" in page.text
+    assert len(payments_of(services, agent.account_id)) == 1
+    session_id = link.json()["data"]["session_id"]
+    pending = agent.post("/subscriptions/confirm-checkout", {"session_id": session_id})
+    assert_error(pending, 409, "checkout_not_completed")
