@@ -17,6 +17,7 @@ from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.jobs.worker import Worker
 from billfold.processors.sandbox import SandboxObject
+from billfold.subscriptions import attempts, dunning
 from billfold.subscriptions import service as subscriptions
 from billfold.subscriptions.models import Subscription
 from tests import reference as ref
@@ -284,9 +285,9 @@ def test_a_renewal_interrupted_after_the_charge_is_recorded_once(
             session, subscriptions._lock(session, sub["id"]), end
         )
         assert invoice_id is not None
-        invoice = subscriptions._lock_invoice(session, invoice_id)
-        attempt = subscriptions._reserve(session, invoice, payment_method_id=pm, trigger="renewal")
-    subscriptions._charge(services, attempt)
+        invoice = attempts.lock_invoice(session, invoice_id)
+        attempt = attempts.reserve(session, invoice, payment_method_id=pm, trigger="renewal")
+    attempts.charge(services, attempt)
     assert status(agent, sub["id"])["payment_status"] == "processing"
 
     advance(api, seconds=600)  # the settle job runs 5 minutes after the attempt
@@ -346,7 +347,7 @@ def test_dunning_can_end_unpaid(api: Api, services: Services, final: str) -> Non
     from tests.helpers import CARD_ATTACH_THEN_FAIL
     from tests.subscription_helpers import set_default_card
 
-    subscriptions.configure_dunning(subscriptions.DunningPolicy((1,), final))
+    dunning.configure(dunning.DunningPolicy((1,), final))
     try:
         plan = create_plan(api, price=8)
         agent, pm = subscriber(api)
@@ -362,7 +363,7 @@ def test_dunning_can_end_unpaid(api: Api, services: Services, final: str) -> Non
         assert fixed.status_code == 200, fixed.text
         assert fixed.json()["data"]["status"] == "active"
     finally:
-        subscriptions.configure_dunning(subscriptions.DunningPolicy())
+        dunning.configure(dunning.DunningPolicy())
 
 
 def _start_without_recording(services: Services, agent_id: str, plan_id: int, pm: str) -> str:
@@ -383,9 +384,9 @@ def _start_without_recording(services: Services, agent_id: str, plan_id: int, pm
             ],
             source=f"subscription:{sub.id}:create",
         )
-        attempt = subscriptions._reserve(session, invoice, payment_method_id=pm, trigger="create")
+        attempt = attempts.reserve(session, invoice, payment_method_id=pm, trigger="create")
         sub_id = sub.id
-    subscriptions._charge(services, attempt)
+    attempts.charge(services, attempt)
     return sub_id
 
 

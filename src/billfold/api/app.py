@@ -32,7 +32,7 @@ from billfold.payments.router import router as payments_router
 from billfold.processors.sandbox import SandboxProcessor
 from billfold.processors.sandbox_router import router as sandbox_router
 from billfold.security import hash_secret
-from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions import dunning
 from billfold.subscriptions.router import admin_router as subscriptions_admin_router
 from billfold.subscriptions.router import router as subscriptions_router
 from billfold.testclock import service as testclock
@@ -104,8 +104,8 @@ def build_services(settings: Settings, admin_key: str) -> Services:
     processor = SandboxProcessor(database, publishable_key=settings.sandbox_publishable_key)
     if settings.processor == "sandbox":
         testclock.load(database)
-    subscriptions.configure_dunning(
-        subscriptions.DunningPolicy(
+    dunning.configure(
+        dunning.DunningPolicy(
             retry_days=tuple(settings.dunning_retry_days),
             final_status=settings.dunning_final_status,
         )

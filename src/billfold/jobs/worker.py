@@ -28,7 +28,7 @@ def handlers() -> dict[str, Handler]:
     from billfold.checkout.service import EXPIRE_JOB, run_expiry
     from billfold.jobs import maintenance
     from billfold.payments import recovery
-    from billfold.subscriptions import credits
+    from billfold.subscriptions import attempts, credits, dunning
     from billfold.subscriptions import service as subscriptions
     from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
     from billfold.wallet.auto_funding import run_top_up
@@ -41,8 +41,8 @@ def handlers() -> dict[str, Handler]:
         recovery.JOB_KIND: recovery.run_recovery,
         webhooks.JOB_KIND: webhooks.run_delivery,
         subscriptions.RENEW_JOB: subscriptions.run_renewal,
-        subscriptions.RETRY_JOB: subscriptions.run_retry,
-        subscriptions.SETTLE_JOB: subscriptions.run_settle,
+        dunning.RETRY_JOB: subscriptions.run_retry,
+        attempts.SETTLE_JOB: subscriptions.run_settle,
         subscriptions.EXPIRE_INCOMPLETE_JOB: subscriptions.run_expire_incomplete,
         credits.JOB_KIND: credits.run_expiry,
     }

@@ -1,20 +1,11 @@
-"""The subscription engine: start, renew, dun, change, pause, reset and cancel.
+"""Subscription state: start, renew, change, pause, resume, reset and cancel.
 
-Billfold owns this engine; the processor only moves card money. Every subscription
-charge pays an invoice that was finalized first (`open`), in the transaction that made
-the change it bills for (a new period, an upgrade, a reset). Paying it is three steps:
-
-1. reserve an attempt on the invoice (under its row lock): a processor idempotency key
-   `<invoice>:<n>`, kept on the invoice until the outcome is recorded; whoever comes
-   next while it is set (a second worker, fix-payment, a retried request) reuses it,
-   so the processor sees one charge however often the step runs;
-2. charge the card with that key, outside any transaction;
-3. record the outcome once (the attempt key must still be the invoice's) together with
-   everything it decides: the invoice paid, the ledger postings, the period's included
-   credits, the status change, the next job, the webhook events.
-
-A settle job queued with each reservation records an outcome the process died before
-recording (it asks the processor by key, and never starts a charge).
+Billfold owns this engine; the processor only moves card money. Each change that bills
+(a start, a new period, an upgrade, a reset) finalizes its invoice in the transaction
+that makes the change, then pays it through `attempts` (one processor charge per
+attempt, whatever runs twice); what the payment means for the subscription is decided
+here, in `_on_paid` / `_on_failed`, within the transaction that records it. Failed
+renewals go to `dunning`. Included credits are `credits`' business.
 
 Time comes from `billfold.clock`; renewals, dunning retries and expiries are jobs at
 their due time, so the sandbox test clock can drive a subscription through a year.
@@ -40,11 +31,12 @@ from billfold.invoices.models import Invoice
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
-from billfold.money import from_micros, micros_to_cents
+from billfold.money import from_micros
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
-from billfold.processors.base import Card, ChargeResult, Processor, UnknownPaymentMethod
-from billfold.subscriptions import credits
+from billfold.processors.base import Card
+from billfold.subscriptions import attempts, credits, dunning
+from billfold.subscriptions.attempts import Paid
 from billfold.subscriptions.models import LIVE_STATUSES, Plan, Subscription
 from billfold.subscriptions.periods import add_periods, prorate, round_to_cent
 from billfold.subscriptions.plans import SELF_SERVE_KINDS, plan_view, subscribable_plan
@@ -57,13 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("billfold.subscriptions")
 
 RENEW_JOB = "subscriptions.renew"
-RETRY_JOB = "subscriptions.retry_payment"
-SETTLE_JOB = "subscriptions.settle_attempt"
 EXPIRE_INCOMPLETE_JOB = "subscriptions.expire_incomplete"
 
-REVENUE = "revenue:subscriptions"
 INCOMPLETE_TTL = timedelta(hours=23)
-SETTLE_DELAY = timedelta(minutes=5)
 # Card payments for subscriptions, by Stripe's billing_reason.
 PAYMENT_PURPOSES = (
     "subscription_create",
@@ -111,25 +99,13 @@ def get_for_account(session: Session, *, account_id: str, subscription_id: str) 
 
 
 def _lock(session: Session, subscription_id: str, account_id: str | None = None) -> Subscription:
-    sub = session.scalars(
-        select(Subscription)
-        .where(Subscription.id == subscription_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    sub = attempts.lock_subscription(session, subscription_id)
     if sub is None or (account_id is not None and sub.account_id != account_id):
         raise subscription_not_found(subscription_id)
     return sub
 
 
-def _lock_invoice(session: Session, invoice_id: str) -> Invoice:
-    invoice = session.scalars(
-        select(Invoice)
-        .where(Invoice.id == invoice_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-    return invoice
+_lock_invoice = attempts.lock_invoice
 
 
 def list_for_account(session: Session, account_id: str, *, live_only: bool) -> list[Subscription]:
@@ -271,194 +247,6 @@ def _schedule_renewal(session: Session, sub: Subscription) -> None:
     )
 
 
-def _post_payment(session: Session, invoice: Invoice, payment: Payment) -> str:
-    """The card money of a subscription payment: clearing → subscription revenue."""
-    txn = ledger.post(
-        session,
-        account_id=invoice.account_id,
-        kind="subscription_payment",
-        usecase="subscription",
-        description=f"Subscription payment, invoice {invoice.number}",
-        payment_id=payment.id,
-        reference=f"payment:{payment.id}",
-        postings=[
-            ledger.Posting(ledger.PROCESSOR_CLEARING, -payment.amount_micros),
-            ledger.Posting(REVENUE, payment.amount_micros),
-        ],
-        meta={"invoice_id": invoice.id, "subscription_id": invoice.subscription_id},
-    )
-    return txn.id
-
-
-# --- paying an invoice --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Attempt:
-    invoice_id: str
-    subscription_id: str
-    account_id: str
-    key: str
-    payment_method_id: str
-    amount_micros: int
-    currency: str
-
-
-@dataclass(frozen=True)
-class Paid:
-    """The outcome of paying an invoice: succeeded, and the recorded payment if any."""
-
-    succeeded: bool
-    payment: Payment | None
-    error: dict[str, Any] | None = None
-
-
-def _reserve(
-    session: Session, invoice: Invoice, *, payment_method_id: str, trigger: str
-) -> Attempt:
-    if invoice.attempt_key is None:
-        invoice.attempt_count += 1
-        invoice.attempt_key = f"{invoice.id}:{invoice.attempt_count}"
-        invoice.attempt_payment_method_id = payment_method_id
-        invoice.meta = {**(invoice.meta or {}), "attempt_trigger": trigger}
-        jobs.enqueue(
-            session,
-            kind=SETTLE_JOB,
-            account_id=invoice.account_id,
-            payload={"invoice_id": invoice.id, "key": invoice.attempt_key},
-            run_at=now() + SETTLE_DELAY,
-            dedupe_key=f"settle:{invoice.attempt_key}",
-        )
-        session.flush()
-    assert invoice.subscription_id is not None
-    assert invoice.attempt_payment_method_id is not None
-    return Attempt(
-        invoice_id=invoice.id,
-        subscription_id=invoice.subscription_id,
-        account_id=invoice.account_id,
-        key=invoice.attempt_key,
-        payment_method_id=invoice.attempt_payment_method_id,
-        amount_micros=invoice.total_micros,
-        currency=invoice.currency,
-    )
-
-
-def pay_invoice(
-    services: Services,
-    invoice_id: str,
-    *,
-    trigger: str,
-    payment_method_id: str | None = None,
-    card: Card | None = None,
-) -> Paid:
-    """Attempt to pay an open subscription invoice (at most one charge in flight)."""
-    database = services.database
-    with database.transaction() as session:
-        invoice = session.get(Invoice, invoice_id)
-        assert invoice is not None and invoice.subscription_id is not None
-        sub = _lock(session, invoice.subscription_id)
-        invoice = _lock_invoice(session, invoice_id)
-        if invoice.status != "open":
-            return Paid(invoice.status == "paid", None)
-        if invoice.total_micros <= 0:
-            invoices.mark_paid(session, invoice, payment_intent_id=None)
-            _on_paid(session, sub, invoice)
-            return Paid(True, None)
-        if invoice.attempt_key is None and payment_method_id is None:
-            default = payments.default_payment_method(session, invoice.account_id)
-            if default is None:
-                error = {
-                    "code": "payment_method_required",
-                    "decline_code": "no_payment_method",
-                    "message": "The account has no default card to charge.",
-                }
-                _on_failed(session, sub, invoice, error=error, trigger=trigger)
-                return Paid(False, None, error)
-            payment_method_id = default.id
-        attempt = _reserve(
-            session, invoice, payment_method_id=payment_method_id or "", trigger=trigger
-        )
-    try:
-        result = _charge(services, attempt)
-    except UnknownPaymentMethod:
-        with database.transaction() as session:
-            sub = _lock(session, attempt.subscription_id)
-            invoice = _lock_invoice(session, invoice_id)
-            if invoice.attempt_key != attempt.key:
-                return Paid(invoice.status == "paid", None)
-            jobs.cancel(session, dedupe_key=f"settle:{attempt.key}")
-            invoice.attempt_key = None
-            error = {
-                "code": "payment_method_unavailable",
-                "decline_code": "payment_method_unavailable",
-                "message": "The card to charge is no longer available.",
-            }
-            _on_failed(session, sub, invoice, error=error, trigger=trigger)
-        return Paid(False, None, error)
-    with database.transaction() as session:
-        return record_attempt(session, attempt, result, card=card)
-
-
-def _charge(services: Services, attempt: Attempt) -> ChargeResult:
-    processor: Processor = services.processor
-    customer_id = payments.ensure_customer(services.database, processor, attempt.account_id)
-    return processor.charge(
-        customer_id=customer_id,
-        payment_method_id=attempt.payment_method_id,
-        amount_cents=micros_to_cents(attempt.amount_micros),
-        currency=attempt.currency,
-        idempotency_key=attempt.key,
-        description=f"Subscription {attempt.subscription_id}, invoice {attempt.invoice_id}",
-    )
-
-
-def record_attempt(
-    session: Session, attempt: Attempt, result: ChargeResult, *, card: Card | None
-) -> Paid:
-    """Record one attempt's outcome and its consequences, once."""
-    sub = _lock(session, attempt.subscription_id)
-    invoice = _lock_invoice(session, attempt.invoice_id)
-    payment, first_time = payments.record_payment(
-        session,
-        account_id=attempt.account_id,
-        purpose=invoice.billing_reason or "subscription",
-        amount_micros=attempt.amount_micros,
-        currency=attempt.currency,
-        payment_method_id=attempt.payment_method_id,
-        result=result,
-    )
-    if invoice.attempt_key != attempt.key:
-        if first_time and result.succeeded and invoice.payment_intent_id != payment.id:
-            # Charged for an invoice that was closed meanwhile: the money is the account's.
-            payments.credit_purchase(
-                session,
-                payment,
-                kind="wallet_funding",
-                usecase="wallet_funding",
-                description="Subscription payment credited to the wallet (invoice closed)",
-            )
-        return Paid(invoice.status == "paid", payment)  # recorded by someone else
-    jobs.cancel(session, dedupe_key=f"settle:{attempt.key}")
-    trigger = str((invoice.meta or {}).get("attempt_trigger", "unknown"))
-    invoice.attempt_key = None
-    if not result.succeeded:
-        error = {
-            "code": "payment_declined",
-            "decline_code": result.decline_code or "generic_decline",
-            "message": result.failure_message or "The card was declined.",
-            "payment_intent_id": payment.id,
-        }
-        _on_failed(session, sub, invoice, error=error, trigger=trigger)
-        return Paid(False, payment, error)
-    if card is not None:
-        payments.save_card(session, account_id=sub.account_id, card=card, make_default=True)
-    _post_payment(session, invoice, payment)
-    invoices.mark_paid(session, invoice, payment_intent_id=payment.id)
-    invoice.last_payment_error = None
-    _on_paid(session, sub, invoice)
-    return Paid(True, payment)
-
-
 def _on_paid(session: Session, sub: Subscription, invoice: Invoice) -> None:
     """What a paid invoice completes, by its billing reason."""
     if sub.open_invoice_id == invoice.id:
@@ -510,15 +298,9 @@ def _on_paid(session: Session, sub: Subscription, invoice: Invoice) -> None:
 
 
 def _on_failed(
-    session: Session,
-    sub: Subscription,
-    invoice: Invoice,
-    *,
-    error: dict[str, Any],
-    trigger: str,
+    session: Session, sub: Subscription, invoice: Invoice, error: dict[str, Any], trigger: str
 ) -> None:
     """What a failed attempt means, by billing reason and by what triggered it."""
-    invoice.last_payment_error = error
     sub.updated_at = now()
     reason = invoice.billing_reason
     if reason in ("subscription_update", "subscription_reset"):
@@ -529,48 +311,10 @@ def _on_failed(
         sub.status = "past_due"
         _emit(session, "past_due", sub)
     _emit(session, "payment_failed", sub, error=error)
-    if reason == "subscription_cycle":
-        if trigger == "renewal":
-            _schedule_retry(session, sub, invoice, step=0)
-        elif trigger.startswith("retry:"):
-            _schedule_retry(session, sub, invoice, step=int(trigger.split(":")[1]) + 1)
-
-
-# --- dunning ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DunningPolicy:
-    retry_days: tuple[int, ...] = (1, 3, 5)
-    final_status: str = "canceled"  # or "unpaid"
-
-
-_dunning = DunningPolicy()
-
-
-def configure_dunning(policy: DunningPolicy) -> None:
-    """Set from the operator's settings when the app's services are built."""
-    global _dunning
-    _dunning = policy
-
-
-def _schedule_retry(session: Session, sub: Subscription, invoice: Invoice, *, step: int) -> None:
-    """Dunning: retry at the configured days after the renewal; after the last, give up."""
-    days = _dunning.retry_days
-    if step < len(days):
-        at = as_utc(invoice.created_at) + timedelta(days=days[step])
-        invoice.next_payment_attempt = at
-        jobs.enqueue(
-            session,
-            kind=RETRY_JOB,
-            account_id=sub.account_id,
-            payload={"invoice_id": invoice.id, "step": step},
-            run_at=at,
-            dedupe_key=f"dunning:{invoice.id}:{step}",
-        )
+    step = dunning.step_after(trigger) if reason == "subscription_cycle" else None
+    if step is None or dunning.schedule_retry(session, invoice, step=step):
         return
-    invoice.next_payment_attempt = None
-    if _dunning.final_status == "unpaid":
+    if dunning.policy().final_status == "unpaid":
         sub.status = "unpaid"
         _emit(session, "updated", sub, change="unpaid")
         return
@@ -579,9 +323,39 @@ def _schedule_retry(session: Session, sub: Subscription, invoice: Invoice, *, st
     _end(session, sub, reason="payment_failed")
 
 
+def _on_dropped(session: Session, sub: Subscription, invoice: Invoice) -> None:
+    """An attempt that never reached the processor: a change it would have paid for is
+    given up; a start or a renewal stays open for its next attempt."""
+    if invoice.billing_reason in ("subscription_update", "subscription_reset"):
+        invoices.close_unpaid(session, invoice, status="void")
+        if sub.open_invoice_id == invoice.id:
+            sub.open_invoice_id = None
+
+
+OUTCOMES = attempts.Outcomes(paid=_on_paid, failed=_on_failed, dropped=_on_dropped)
+
+
+def pay_invoice(
+    services: Services,
+    invoice_id: str,
+    *,
+    trigger: str,
+    payment_method_id: str | None = None,
+    card: Card | None = None,
+) -> Paid:
+    return attempts.pay_invoice(
+        services,
+        invoice_id,
+        outcomes=OUTCOMES,
+        trigger=trigger,
+        payment_method_id=payment_method_id,
+        card=card,
+    )
+
+
 def run_retry(services: Services, job: ClaimedJob) -> None:
+    """A dunning retry fell due: pay the renewal invoice if it is still owed."""
     invoice_id = str(job.payload["invoice_id"])
-    step = int(job.payload["step"])
     with services.database.read() as session:
         invoice = session.get(Invoice, invoice_id)
         if invoice is None or invoice.status != "open" or invoice.subscription_id is None:
@@ -589,7 +363,17 @@ def run_retry(services: Services, job: ClaimedJob) -> None:
         sub = session.get(Subscription, invoice.subscription_id)
         if sub is None or sub.status != "past_due":
             return
-    pay_invoice(services, invoice_id, trigger=f"retry:{step}")
+    pay_invoice(services, invoice_id, trigger=f"retry:{int(job.payload['step'])}")
+
+
+def run_settle(services: Services, job: ClaimedJob) -> None:
+    """An attempt's settle job: record what the processor did, if nobody has."""
+    invoice_id = str(job.payload["invoice_id"])
+    with services.database.read() as session:
+        invoice = session.get(Invoice, invoice_id)
+        if invoice is None or invoice.attempt_key != job.payload["key"]:
+            return
+    attempts.settle_in_flight(services, invoice_id, outcomes=OUTCOMES)
 
 
 # --- ending -------------------------------------------------------------------------
@@ -662,7 +446,7 @@ def _credit_unused_time(session: Session, sub: Subscription, amount: int) -> Non
         reference=f"unused:{sub.id}",
         postings=[
             ledger.Posting(ledger.wallet_account("purchased"), amount),
-            ledger.Posting(REVENUE, -amount),
+            ledger.Posting(attempts.REVENUE, -amount),
         ],
         meta={"subscription_id": sub.id},
     )
@@ -894,7 +678,7 @@ def run_expire_incomplete(services: Services, job: ClaimedJob) -> None:
         if sub is None or sub.status != "incomplete" or sub.open_invoice_id is None:
             return
         invoice_id = sub.open_invoice_id
-    settle_in_flight(services, invoice_id)
+    attempts.settle_in_flight(services, invoice_id, outcomes=OUTCOMES)
     with services.database.transaction() as session:
         sub = _lock(session, sub_id)
         if sub.status != "incomplete" or sub.open_invoice_id is None:
@@ -906,7 +690,7 @@ def run_expire_incomplete(services: Services, job: ClaimedJob) -> None:
                 kind=EXPIRE_INCOMPLETE_JOB,
                 account_id=sub.account_id,
                 payload={"subscription_id": sub.id},
-                run_at=now() + SETTLE_DELAY,
+                run_at=now() + attempts.SETTLE_DELAY,
             )
             return
         _expire_incomplete(session, sub)
@@ -945,7 +729,7 @@ def start_from_checkout(
         meta={"checkout_session_id": session_id},
     )
     sub.latest_invoice_id = invoice.id
-    txn_id = _post_payment(session, invoice, payment)
+    txn_id = attempts.post_payment(session, invoice, payment)
     _grant_period_credits(session, sub, plan)
     _schedule_renewal(session, sub)
     checkout = session.get(CheckoutSession, session_id)
@@ -1015,50 +799,6 @@ def _roll_period(session: Session, sub: Subscription, period_end: datetime) -> s
         meta={"period_start": period_end.isoformat()},
     )
     return invoice.id
-
-
-# --- settling interrupted attempts --------------------------------------------------
-
-
-def settle_in_flight(services: Services, invoice_id: str) -> None:
-    """Record the outcome of an attempt whose recording was interrupted; an attempt that
-    never reached the processor is dropped (nothing was charged)."""
-    with services.database.read() as session:
-        invoice = session.get(Invoice, invoice_id)
-        if invoice is None or invoice.attempt_key is None:
-            return
-        attempt = Attempt(
-            invoice_id=invoice.id,
-            subscription_id=invoice.subscription_id or "",
-            account_id=invoice.account_id,
-            key=invoice.attempt_key,
-            payment_method_id=invoice.attempt_payment_method_id or "",
-            amount_micros=invoice.total_micros,
-            currency=invoice.currency,
-        )
-    result = services.processor.find_charge(attempt.key)
-    with services.database.transaction() as session:
-        if result is not None:
-            record_attempt(session, attempt, result, card=None)
-            return
-        sub = _lock(session, attempt.subscription_id)
-        invoice = _lock_invoice(session, invoice_id)
-        if invoice.attempt_key != attempt.key:
-            return
-        invoice.attempt_key = None
-        if invoice.billing_reason in ("subscription_update", "subscription_reset"):
-            invoices.close_unpaid(session, invoice, status="void")
-            if sub.open_invoice_id == invoice.id:
-                sub.open_invoice_id = None
-        log.warning("dropped subscription payment attempt %s: never charged", attempt.key)
-
-
-def run_settle(services: Services, job: ClaimedJob) -> None:
-    with services.database.read() as session:
-        invoice = session.get(Invoice, str(job.payload["invoice_id"]))
-        if invoice is None or invoice.attempt_key != job.payload["key"]:
-            return
-    settle_in_flight(services, str(job.payload["invoice_id"]))
 
 
 # --- changes by the account ---------------------------------------------------------
