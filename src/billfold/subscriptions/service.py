@@ -257,7 +257,7 @@ def _on_paid(session: Session, sub: Subscription, invoice: Invoice) -> None:
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     if reason == "subscription_create":
-        if sub.status in ("incomplete", "incomplete_expired"):
+        if sub.status == "incomplete":
             sub.status = "active"
             sub.incomplete_expires_at = None
             _grant_period_credits(session, sub, plan)
@@ -304,9 +304,7 @@ def _on_failed(
     sub.updated_at = now()
     reason = invoice.billing_reason
     if reason in ("subscription_update", "subscription_reset"):
-        invoices.close_unpaid(session, invoice, status="void")
-        if sub.open_invoice_id == invoice.id:
-            sub.open_invoice_id = None
+        _void(session, sub, invoice)
     elif reason == "subscription_cycle" and sub.status in ("active", "trialing"):
         sub.status = "past_due"
         _emit(session, "past_due", sub)
@@ -318,8 +316,7 @@ def _on_failed(
         sub.status = "unpaid"
         _emit(session, "updated", sub, change="unpaid")
         return
-    invoices.close_unpaid(session, invoice, status="void")
-    sub.open_invoice_id = None
+    _void(session, sub, invoice)
     _end(session, sub, reason="payment_failed")
 
 
@@ -327,9 +324,14 @@ def _on_dropped(session: Session, sub: Subscription, invoice: Invoice) -> None:
     """An attempt that never reached the processor: a change it would have paid for is
     given up; a start or a renewal stays open for its next attempt."""
     if invoice.billing_reason in ("subscription_update", "subscription_reset"):
-        invoices.close_unpaid(session, invoice, status="void")
-        if sub.open_invoice_id == invoice.id:
-            sub.open_invoice_id = None
+        _void(session, sub, invoice)
+
+
+def _void(session: Session, sub: Subscription, invoice: Invoice) -> None:
+    """An open invoice of the subscription that will not be paid."""
+    invoices.close_unpaid(session, invoice, status="void")
+    if sub.open_invoice_id == invoice.id:
+        sub.open_invoice_id = None
 
 
 OUTCOMES = attempts.Outcomes(paid=_on_paid, failed=_on_failed, dropped=_on_dropped)
@@ -409,8 +411,7 @@ def cancel(
         invoice = _lock_invoice(session, sub.open_invoice_id)
         if invoice.attempt_key is not None:
             raise _payment_pending(sub)
-        invoices.close_unpaid(session, invoice, status="void")
-        sub.open_invoice_id = None
+        _void(session, sub, invoice)
     unused = _unused_time_micros(session, sub)
     if unused > 0:
         _credit_unused_time(session, sub, unused)
@@ -473,9 +474,7 @@ def _expire_incomplete(session: Session, sub: Subscription) -> None:
     sub.ended_at = now()
     sub.incomplete_expires_at = None
     if sub.open_invoice_id is not None:
-        invoice = _lock_invoice(session, sub.open_invoice_id)
-        invoices.close_unpaid(session, invoice, status="void")
-        sub.open_invoice_id = None
+        _void(session, sub, _lock_invoice(session, sub.open_invoice_id))
     _emit(session, "updated", sub, change="incomplete_expired")
 
 
