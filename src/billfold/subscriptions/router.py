@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from billfold.errors import Conflict
 from billfold.money import from_micros, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
 from billfold.subscriptions import plans, service
+from billfold.subscriptions.models import Subscription
 from billfold.subscriptions.schemas import (
     CancelRequest,
     ChangePlanRequest,
@@ -239,7 +241,11 @@ def change_plan(
     return idem.phased(handler)
 
 
-def _atomic(idem: AgentIdempotent, services: ServicesDep, action: Any, **kwargs: Any) -> Response:
+def _state_change(
+    idem: AgentIdempotent, action: Callable[..., Subscription], **kwargs: Any
+) -> Response:
+    """A change made in one transaction (no card involved), answered with the result."""
+
     def handler(session: Session) -> Outcome:
         sub = action(session, **kwargs)
         return 200, service.view(session, sub)
@@ -249,22 +255,21 @@ def _atomic(idem: AgentIdempotent, services: ServicesDep, action: Any, **kwargs:
 
 @router.post("/subscriptions/{subscription_id}/pause", response_model=Envelope[dict[str, Any]])
 def pause_subscription(
-    agent: Agent, services: ServicesDep, idem: AgentIdempotent, subscription_id: SubscriptionId
+    agent: Agent, idem: AgentIdempotent, subscription_id: SubscriptionId
 ) -> Response:
     """No renewals and no credit expiry while paused; the remaining time is kept."""
-    return _atomic(
-        idem, services, service.pause, account_id=agent.account_id, subscription_id=subscription_id
+    return _state_change(
+        idem, service.pause, account_id=agent.account_id, subscription_id=subscription_id
     )
 
 
 @router.post("/subscriptions/{subscription_id}/resume", response_model=Envelope[dict[str, Any]])
 def resume_subscription(
-    agent: Agent, services: ServicesDep, idem: AgentIdempotent, subscription_id: SubscriptionId
+    agent: Agent, idem: AgentIdempotent, subscription_id: SubscriptionId
 ) -> Response:
     """The kept time resumes: the period end moves by how long it was paused."""
-    return _atomic(
+    return _state_change(
         idem,
-        services,
         service.resume,
         account_id=agent.account_id,
         subscription_id=subscription_id,
@@ -274,16 +279,14 @@ def resume_subscription(
 @router.post("/subscriptions/{subscription_id}/cancel", response_model=Envelope[dict[str, Any]])
 def cancel_subscription(
     agent: Agent,
-    services: ServicesDep,
     idem: AgentIdempotent,
     subscription_id: SubscriptionId,
     body: CancelRequest | None = None,
 ) -> Response:
     """at_period_end (default true): renewals stop then. false: ends now and credits the
     unused time to the wallet."""
-    return _atomic(
+    return _state_change(
         idem,
-        services,
         service.cancel,
         account_id=agent.account_id,
         subscription_id=subscription_id,
