@@ -44,3 +44,32 @@ def test_unknown_ids_are_404_too(api: Api) -> None:
     assert_error(agent.post("/billing/payment-methods", {"payment_method_id": "pm_nope"}), 404)
     assert_error(api.charge_usage("acct_doesnotexist", 1), 404, "account_not_found")
     assert_error(api.admin_get("/accounts/acct_doesnotexist"), 404)
+
+
+def test_another_accounts_subscriptions_are_404_everywhere(api: Api) -> None:
+    from tests.subscription_helpers import create_plan, status, subscribe, subscriber
+
+    plan = create_plan(api, price=7)
+    owner, pm = subscriber(api)
+    sub = subscribe(owner, plan["id"], pm)
+    link = owner.post("/subscriptions", {"plan_id": create_plan(api, price=8)["id"]})
+    assert link.status_code == 409  # the owner already has a normal subscription
+    intruder, _ = subscriber(api)
+    path = f"/subscriptions/{sub['id']}"
+    attempts = [
+        intruder.get(path),
+        intruder.get(f"{path}/status"),
+        intruder.put(path, {"new_plan_id": plan["id"]}),
+        *(
+            intruder.post(f"{path}/{action}")
+            for action in ("pause", "resume", "reset-cycle", "fix-payment", "cancel")
+        ),
+        intruder.post("/subscriptions", {"plan_id": plan["id"], "payment_method_id": pm}),
+    ]
+    for response in attempts:
+        error = assert_error(response, 404)
+        assert owner.account_id not in response.text
+        assert error["code"] in {"subscription_not_found", "payment_method_not_found"}
+    assert intruder.get("/subscriptions").json()["data"]["items"] == []
+    unchanged = status(owner, sub["id"])
+    assert (unchanged["status"], unchanged["cancel_at_period_end"]) == ("active", False)
