@@ -600,3 +600,29 @@ def test_test_clock_is_validated(api: Api) -> None:
     assert instant(moved["now"]) >= instant(before["now"]) + timedelta(hours=2)
     assert instant(moved["now"]).tzinfo is not None
     assert datetime.now(UTC) < instant(moved["now"])
+    once = api.admin_post("/test-clock/advance", {"hours": 1}, key="advance-once")
+    again = api.admin_post("/test-clock/advance", {"hours": 1}, key="advance-once")
+    assert once.status_code == again.status_code == 200
+    assert again.json() == once.json()
+    offset = api.admin_get("/test-clock").json()["data"]["offset_seconds"]
+    assert moved["offset_seconds"] + 3600 <= offset < moved["offset_seconds"] + 7200
+
+
+def test_an_advance_made_by_another_process_is_seen_within_a_second(
+    api: Api, services: Services
+) -> None:
+    import time
+
+    from billfold import clock
+    from billfold.testclock.models import TestClock
+
+    before = clock.offset()
+    with services.database.transaction() as session:  # as another process's advance would
+        row = session.get(TestClock, 1, with_for_update=True)
+        if row is None:
+            row = TestClock(id=1, offset_micros=int(before.total_seconds() * 1_000_000))
+            session.add(row)
+        row.offset_micros += 3_600_000_000
+    time.sleep(1.1)
+    assert api.new_agent().get("/wallet/balance").status_code == 200
+    assert clock.offset() >= before + timedelta(hours=1)

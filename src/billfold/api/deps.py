@@ -45,6 +45,10 @@ class Services:
 
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
+    if services.settings.processor == "sandbox":
+        from billfold.testclock.service import sync_if_stale  # the test clock builds on this
+
+        sync_if_stale(services.database)
     return services
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, model_validator
 
-from billfold.api.deps import Operator, ServicesDep
+from billfold.api.deps import Operator, OperatorIdempotent, Outcome, ServicesDep
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
 from billfold.schemas import ERROR_RESPONSES, Envelope, RequestModel
@@ -59,7 +59,14 @@ def get_clock(services: ServicesDep) -> Response:
 
 
 @router.post("/test-clock/advance", response_model=Envelope[ClockOut])
-def advance_clock(body: AdvanceRequest, services: ServicesDep) -> Response:
+def advance_clock(
+    body: AdvanceRequest, services: ServicesDep, idem: OperatorIdempotent
+) -> Response:
     """Sandbox only: move time forward and run every job that falls due on the way
-    (renewals, dunning retries, credit and link expiry, webhook deliveries)."""
-    return ok(service.advance(services, body.delta()))
+    (renewals, dunning retries, credit and link expiry, webhook deliveries). With an
+    Idempotency-Key, a retried call does not move the clock twice."""
+
+    def handler() -> Outcome:
+        return 200, service.advance(services, body.delta())
+
+    return idem.phased(handler)
