@@ -620,7 +620,7 @@ def test_an_advance_made_by_another_process_is_seen_within_a_second(
     with services.database.transaction() as session:  # as another process's advance would
         row = session.get(TestClock, 1, with_for_update=True)
         if row is None:
-            row = TestClock(id=1, offset_micros=int(before.total_seconds() * 1_000_000))
+            row = TestClock(id=1, offset_micros=before // timedelta(microseconds=1))
             session.add(row)
         row.offset_micros += 3_600_000_000
     time.sleep(1.1)
