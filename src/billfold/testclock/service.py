@@ -28,7 +28,7 @@ MAX_JOBS_PER_ADVANCE = 20_000
 
 
 def _micros(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return delta // timedelta(microseconds=1)
 
 
 _last_sync = 0.0
