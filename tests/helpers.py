@@ -50,10 +50,13 @@ class Agent:
             headers["Idempotency-Key"] = key
         return self.api.session.post(self.api.agent_url(path), json=json, headers=headers, **kwargs)
 
-    def put(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
-        return self.api.session.put(
-            self.api.agent_url(path), json=json, headers=self.headers, **kwargs
-        )
+    def put(
+        self, path: str, json: Any = None, *, key: str | None = None, **kwargs: Any
+    ) -> requests.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        if key:
+            headers["Idempotency-Key"] = key
+        return self.api.session.put(self.api.agent_url(path), json=json, headers=headers, **kwargs)
 
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
         return self.api.session.delete(self.api.agent_url(path), headers=self.headers, **kwargs)

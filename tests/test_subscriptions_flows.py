@@ -4,11 +4,13 @@ in real Chromium, the operator's plans, and the engine under concurrency and cra
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import requests
 from sqlalchemy import func, select
 
 from billfold import clock
@@ -431,3 +433,56 @@ def test_subscribe_link_refuses_to_charge_an_account_that_subscribed_meanwhile(
     session_id = link.json()["data"]["session_id"]
     pending = agent.post("/subscriptions/confirm-checkout", {"session_id": session_id})
     assert_error(pending, 409, "checkout_not_completed")
+
+
+def _at_once(count: int, call: Callable[[int], requests.Response]) -> list[requests.Response]:
+    barrier = threading.Barrier(count)
+    answers: list[requests.Response] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        barrier.wait()
+        response = call(n)
+        with lock:
+            answers.append(response)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_concurrent_starts_and_upgrades_charge_once(api: Api, services: Services) -> None:
+    basic = create_plan(api, price=10)
+    pro = create_plan(api, price=30)
+    agent, pm = subscriber(api)
+    body = {"plan_id": basic["id"], "payment_method_id": pm}
+    starts = _at_once(6, lambda n: agent.post("/subscriptions", body, key=f"start-{n}"))
+    assert sorted(r.status_code for r in starts) == [201] + [409] * 5, [r.text for r in starts]
+    for refused in (r for r in starts if r.status_code == 409):
+        assert refused.json()["error"]["code"] in {
+            "subscription_exists",
+            "subscription_payment_pending",
+        }
+    [started] = [r.json()["data"] for r in starts if r.status_code == 201]
+    assert len(payments_of(services, agent.account_id)) == 1
+
+    path = f"/subscriptions/{started['id']}"
+    upgrades = _at_once(
+        6,
+        lambda n: agent.put(
+            path, {"new_plan_id": pro["id"]}, headers={"Idempotency-Key": f"up-{n}"}
+        ),
+    )
+    codes = sorted(r.status_code for r in upgrades)
+    assert codes == [200] + [409] * 5, [r.text for r in upgrades]
+    invoices = invoices_of(services, agent.account_id)
+    assert [(i.billing_reason, i.status) for i in invoices] == [
+        ("subscription_create", "paid"),
+        ("subscription_update", "paid"),
+    ]
+    assert len(payments_of(services, agent.account_id)) == 2
+    assert status(agent, started["id"])["plan_id"] == pro["id"]
+    assert api.ledger_check(agent.account_id)["consistent"] is True

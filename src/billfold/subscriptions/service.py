@@ -481,7 +481,8 @@ def _expire_incomplete(session: Session, sub: Subscription) -> None:
 def check_slot(session: Session, account_id: str, plan: Plan, *, replace_stale: bool) -> None:
     """One live normal subscription per account; addons need an active normal one; the
     same plan once. An incomplete start whose payment failed gives its place up (when
-    `replace_stale`; otherwise it does not count)."""
+    `replace_stale`; otherwise it does not count). Locks in the engine's order: the
+    subscription, then its invoice (the wallet, if at all, last)."""
     live = list_for_account(session, account_id, live_only=True)
     for other in live:
         if not (other.plan_id == plan.id or other.kind == plan.kind == "normal"):
@@ -489,11 +490,15 @@ def check_slot(session: Session, account_id: str, plan: Plan, *, replace_stale: 
         if other.status == "incomplete":
             if not replace_stale:
                 continue
-            invoice = (
-                _lock_invoice(session, other.open_invoice_id) if other.open_invoice_id else None
-            )
-            if invoice is None or invoice.attempt_key is None:
-                _expire_incomplete(session, _lock(session, other.id))
+            other = _lock(session, other.id)
+            if other.status != "incomplete":
+                if other.status not in LIVE_STATUSES:
+                    continue  # expired by a concurrent start
+            elif (
+                other.open_invoice_id is None
+                or _lock_invoice(session, other.open_invoice_id).attempt_key is None
+            ):
+                _expire_incomplete(session, other)
                 continue
         raise Conflict(
             "This account already has a subscription in this place: change its plan "
@@ -538,16 +543,20 @@ def _new_subscription(
         created_at=current,
         updated_at=current,
     )
+    # A concurrent start for the same place waits at the partial unique index, then
+    # fails here once the first commits. (The savepoint comes first: it flushes.)
+    savepoint = session.begin_nested()
     session.add(sub)
     try:
-        with session.begin_nested():
-            session.flush()
+        session.flush()
     except IntegrityError:
+        savepoint.rollback()
         raise Conflict(
             "This account already has a subscription in this place.",
             code="subscription_exists",
             details={"plan_id": plan.id},
         ) from None
+    savepoint.commit()
     return sub
 
 
@@ -607,7 +616,8 @@ def start(
             services.processor, payment_method_id=card.id, customer_id=customer_id
         )
     with database.transaction() as session:
-        ledger.lock_wallet(session, account_id)  # one start at a time per account
+        # Concurrent starts meet at the partial unique index (one live normal plan, a
+        # plan once): the second waits for the first and answers 409.
         plan = subscribable_plan(session, plan_id, kinds=kinds)
         check_slot(session, account_id, plan, replace_stale=True)
         sub = _new_subscription(
@@ -705,15 +715,16 @@ def start_from_checkout(
 
     plan = session.get(Plan, plan_id)
     assert plan is not None
-    ledger.lock_wallet(session, account_id)
+    savepoint = session.begin_nested()
     try:
-        with session.begin_nested():
-            check_slot(session, account_id, plan, replace_stale=True)
-            sub = _new_subscription(
-                session, account_id=account_id, plan=plan, created_by="checkout", trial=False
-            )
+        check_slot(session, account_id, plan, replace_stale=True)
+        sub = _new_subscription(
+            session, account_id=account_id, plan=plan, created_by="checkout", trial=False
+        )
     except Conflict:
+        savepoint.rollback()
         return None
+    savepoint.commit()
     sub.status = "active"
     invoice = invoices.issue_invoice(
         session,
