@@ -5,7 +5,8 @@ other credit) as a grant that expires at the end of the period it belongs to. Gr
 are spent earliest-expiring first, so when a grant expires, the part of it still unspent
 is what the bucket holds beyond the other live grants: min(grant, bucket - others),
 never below zero. Expiry is a job at each grant's expiry time; a paused subscription's
-grants do not expire (their expiry moves by the paused time on resume).
+grants do not expire (their expiry moves by the paused time on resume). Whatever
+changes grants locks the account's wallet first, as expiry does.
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def expire_due(session: Session, account_id: str) -> int:
 
 def expire_subscription_grants_now(session: Session, subscription: Subscription) -> int:
     """End a subscription's grants now (cancellation, a new cycle)."""
+    ledger.lock_wallet(session, subscription.account_id)  # the wallet before its grants
     current = now()
     for row in active_grants(session, subscription.account_id):
         if row.subscription_id == subscription.id and row.expires_at > current:
@@ -152,6 +154,7 @@ def expire_subscription_grants_now(session: Session, subscription: Subscription)
 
 def shift_grants(session: Session, subscription: Subscription, by: timedelta) -> None:
     """Move a resumed subscription's live grants' expiry by the paused time."""
+    ledger.lock_wallet(session, subscription.account_id)  # the wallet before its grants
     for row in active_grants(session, subscription.account_id):
         if row.subscription_id == subscription.id:
             row.expires_at = row.expires_at + by
