@@ -555,6 +555,14 @@ def test_cancel_at_period_end_and_immediately(api: Api, services: Services) -> N
         409,
         "subscription_not_active",
     )
+    notes = [
+        i
+        for i in decimal_json(agent.get("/billing/invoices"))["data"]["items"]
+        if i["object"] == "credit_note"
+    ]
+    [note] = notes
+    assert note["total"] == -credited
+    assert note["reverses_invoice_id"] == invoices_of(services, agent.account_id)[-1].id
     assert api.ledger_check(agent.account_id)["consistent"] is True
 
 

@@ -437,20 +437,10 @@ def _unused_time_micros(session: Session, sub: Subscription) -> int:
 
 
 def _credit_unused_time(session: Session, sub: Subscription, amount: int) -> None:
+    """The paid, unused time as purchased credit, with a credit note against the invoice
+    that paid it (numbered first: the series row is locked before the wallet, as when
+    a payment is invoiced)."""
     latest = session.get(Invoice, sub.latest_invoice_id) if sub.latest_invoice_id else None
-    ledger.post(
-        session,
-        account_id=sub.account_id,
-        kind="subscription_unused_time",
-        usecase="subscription",
-        description="Unused subscription time credited on cancellation",
-        reference=f"unused:{sub.id}",
-        postings=[
-            ledger.Posting(ledger.wallet_account("purchased"), amount),
-            ledger.Posting(attempts.REVENUE, -amount),
-        ],
-        meta={"subscription_id": sub.id},
-    )
     if latest is not None and latest.status == "paid":
         invoices.issue_credit_note(
             session,
@@ -464,6 +454,19 @@ def _credit_unused_time(session: Session, sub: Subscription, amount: int) -> Non
             ],
             source=f"unused:{sub.id}",
         )
+    ledger.post(
+        session,
+        account_id=sub.account_id,
+        kind="subscription_unused_time",
+        usecase="subscription",
+        description="Unused subscription time credited on cancellation",
+        reference=f"unused:{sub.id}",
+        postings=[
+            ledger.Posting(ledger.wallet_account("purchased"), amount),
+            ledger.Posting(attempts.REVENUE, -amount),
+        ],
+        meta={"subscription_id": sub.id},
+    )
 
 
 # --- starting -----------------------------------------------------------------------
