@@ -213,3 +213,25 @@ def events_of(services: Services, account_id: str, prefix: str = "subscription."
             .order_by(WebhookEvent.created_at, WebhookEvent.id)
         ).all()
         return [row.type for row in rows if row.type.startswith(prefix)]
+
+
+def retire_subscriptions(services: Services) -> None:
+    """After a test: end every live subscription and drop their queued renewals, so the
+    next test's clock advances do not keep renewing earlier tests' subscriptions."""
+    from sqlalchemy import update
+
+    from billfold.jobs.models import Job
+    from billfold.subscriptions.models import LIVE_STATUSES, Subscription
+    from billfold.subscriptions.service import RENEW_JOB
+
+    with services.database.transaction() as session:
+        session.execute(
+            update(Subscription)
+            .where(Subscription.status.in_(LIVE_STATUSES))
+            .values(status="canceled", ended_at=now())
+        )
+        session.execute(
+            update(Job)
+            .where(Job.kind == RENEW_JOB, Job.status == "queued")
+            .values(status="succeeded", finished_at=now(), last_error="retired by the tests")
+        )

@@ -35,6 +35,7 @@ from tests.subscription_helpers import (
     ledger_of,
     next_occurrence,
     payments_of,
+    retire_subscriptions,
     set_default_card,
     status,
     subscribe,
@@ -43,6 +44,12 @@ from tests.subscription_helpers import (
 from tests.test_invoices import _pdf_text
 
 D = Decimal
+
+
+@pytest.fixture(autouse=True)
+def retired(services: Services) -> Iterator[None]:
+    yield
+    retire_subscriptions(services)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,7 +4,7 @@ in real Chromium, the operator's plans, and the engine under concurrency and cra
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -32,12 +32,19 @@ from tests.subscription_helpers import (
     instant,
     invoices_of,
     payments_of,
+    retire_subscriptions,
     status,
     subscribe,
     subscriber,
 )
 
 D = Decimal
+
+
+@pytest.fixture(autouse=True)
+def retired(services: Services) -> Iterator[None]:
+    yield
+    retire_subscriptions(services)
 
 
 def test_plans_as_the_reference_reads_them(api: Api) -> None:
