@@ -641,3 +641,20 @@ def test_an_advance_made_by_another_process_is_seen_within_a_second(
     time.sleep(1.1)
     assert api.new_agent().get("/wallet/balance").status_code == 200
     assert clock.offset() >= before + timedelta(hours=1)
+
+
+def test_a_renewal_without_a_card_goes_past_due(api: Api, services: Services) -> None:
+    plan = create_plan(api, price=6)
+    agent, pm = subscriber(api)
+    sub = subscribe(agent, plan["id"], pm)
+    assert agent.delete(f"/billing/payment-methods/{pm}").status_code == 200
+    advance_to(api, instant(sub["current_period_end"]) + timedelta(minutes=5))
+    current = status(agent, sub["id"])
+    assert current["status"] == "past_due"
+    assert current["latest_invoice"]["last_payment_error"]["decline_code"] == "no_payment_method"
+    assert current["latest_invoice"]["attempt_count"] == 0  # nothing was sent to the processor
+    assert_error(agent.post(f"/subscriptions/{sub['id']}/fix-payment"), 422)
+    set_default_card(api, agent, CARD_OK)
+    fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
+    assert fixed.status_code == 200, fixed.text
+    assert fixed.json()["data"]["status"] == "active"

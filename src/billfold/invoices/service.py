@@ -318,7 +318,12 @@ def close_unpaid(session: Session, invoice: Invoice, *, status: str) -> None:
 
 
 def issue_credit_note(
-    session: Session, *, original: Invoice, lines: list[Line], source: str
+    session: Session,
+    *,
+    original: Invoice,
+    lines: list[Line],
+    source: str,
+    refund_id: str | None = None,
 ) -> Invoice:
     """A credit note (negative lines) against a paid invoice, with its tax terms."""
     return _finalize(
@@ -333,6 +338,7 @@ def issue_credit_note(
         source=source,
         lines=lines,
         payment_intent_id=original.payment_intent_id,
+        refund_id=refund_id,
         reverses_invoice_id=original.id,
         subscription_id=original.subscription_id,
     )
@@ -370,16 +376,9 @@ def credit_note_for_refund(
     ).first()
     if original is None:
         return None
-    return _finalize(
+    return issue_credit_note(
         session,
-        kind="credit_note",
-        account_id=original.account_id,
-        currency=original.currency,
-        rate_bp=original.tax_rate_basis_points,
-        reverse_charge=original.reverse_charge,
-        seller=original.seller,
-        buyer=original.buyer,
-        source=f"refund:{refund_id}",
+        original=original,
         lines=[
             Line(
                 "refund",
@@ -387,9 +386,8 @@ def credit_note_for_refund(
                 -amount_micros,
             )
         ],
-        payment_intent_id=payment_intent_id,
+        source=f"refund:{refund_id}",
         refund_id=refund_id,
-        reverses_invoice_id=original.id,
     )
 
 

@@ -157,14 +157,16 @@ def pay_invoice(
         if invoice.attempt_key is None and payment_method_id is None:
             default = payments.default_payment_method(session, invoice.account_id)
             if default is None:
-                error = {
-                    "code": "payment_method_required",
-                    "decline_code": "no_payment_method",
-                    "message": "The account has no default card to charge.",
-                }
-                invoice.last_payment_error = error
-                outcomes.failed(session, sub, invoice, error, trigger)
-                return Paid(False, None, error)
+                return _failed_uncharged(
+                    session,
+                    sub,
+                    invoice,
+                    outcomes,
+                    trigger,
+                    code="payment_method_required",
+                    decline_code="no_payment_method",
+                    message="The account has no default card to charge.",
+                )
             payment_method_id = default.id
         attempt = reserve(
             session, invoice, payment_method_id=payment_method_id or "", trigger=trigger
@@ -178,16 +180,36 @@ def pay_invoice(
                 return Paid(invoice.status == "paid", None)
             jobs.cancel(session, dedupe_key=f"settle:{attempt.key}")
             invoice.attempt_key = None
-            error = {
-                "code": "payment_method_unavailable",
-                "decline_code": "payment_method_unavailable",
-                "message": "The card to charge is no longer available.",
-            }
-            invoice.last_payment_error = error
-            outcomes.failed(session, sub, invoice, error, trigger)
-        return Paid(False, None, error)
+            return _failed_uncharged(
+                session,
+                sub,
+                invoice,
+                outcomes,
+                trigger,
+                code="payment_method_unavailable",
+                decline_code="payment_method_unavailable",
+                message="The card to charge is no longer available.",
+            )
     with database.transaction() as session:
         return record_attempt(session, attempt, result, card=card, outcomes=outcomes)
+
+
+def _failed_uncharged(
+    session: Session,
+    sub: Subscription,
+    invoice: Invoice,
+    outcomes: Outcomes,
+    trigger: str,
+    *,
+    code: str,
+    decline_code: str,
+    message: str,
+) -> Paid:
+    """An attempt that failed before any card was charged (no card to charge)."""
+    error = {"code": code, "decline_code": decline_code, "message": message}
+    invoice.last_payment_error = error
+    outcomes.failed(session, sub, invoice, error, trigger)
+    return Paid(False, None, error)
 
 
 def charge(services: Services, attempt: Attempt) -> ChargeResult:
