@@ -180,28 +180,31 @@ def ledger_of(services: Services, account_id: str) -> list[tuple[str, dict[str, 
         return out
 
 
-def grants_of(services: Services, account_id: str) -> list[CreditGrant]:
+def _detached(services: Services, query: Any) -> list[Any]:
+    """The rows of `query`, usable after their session is gone."""
     with services.database.read() as session:
-        rows = session.scalars(
-            select(CreditGrant)
-            .where(CreditGrant.account_id == account_id)
-            .order_by(CreditGrant.granted_at, CreditGrant.id)
-        ).all()
+        rows = session.scalars(query).all()
         for row in rows:
             session.expunge(row)
         return list(rows)
+
+
+def grants_of(services: Services, account_id: str) -> list[CreditGrant]:
+    return _detached(
+        services,
+        select(CreditGrant)
+        .where(CreditGrant.account_id == account_id)
+        .order_by(CreditGrant.granted_at, CreditGrant.id),
+    )
 
 
 def payments_of(services: Services, account_id: str) -> list[Payment]:
-    with services.database.read() as session:
-        rows = session.scalars(
-            select(Payment)
-            .where(Payment.account_id == account_id)
-            .order_by(Payment.created_at, Payment.id)
-        ).all()
-        for row in rows:
-            session.expunge(row)
-        return list(rows)
+    return _detached(
+        services,
+        select(Payment)
+        .where(Payment.account_id == account_id)
+        .order_by(Payment.created_at, Payment.id),
+    )
 
 
 def events_of(services: Services, account_id: str, prefix: str = "subscription.") -> list[str]:

@@ -90,11 +90,9 @@ def subscribe_link(
     success_url: str | None = None,
 ) -> dict[str, object]:
     """A `subscribe` payment link: the plan's first period, paid by a human."""
-    from billfold.subscriptions.plans import SELF_SERVE_KINDS, subscribable_plan
-    from billfold.subscriptions.service import check_slot  # subscriptions build on this
+    from billfold.subscriptions.service import payable_plan  # subscriptions build on this
 
-    plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS)
-    check_slot(session, account_id, plan, replace_stale=False)
+    plan = payable_plan(session, account_id=account_id, plan_id=plan_id)
     checkout = service.create(
         session,
         account_id=account_id,

@@ -164,10 +164,11 @@ def pay_with_card(
         plan_id = checkout.plan_id if checkout is not None else None
         account = checkout.account_id if checkout is not None else None
     if plan_id is not None and account is not None:
-        from billfold.subscriptions.service import ensure_payable_plan
+        from billfold.subscriptions.service import payable_plan
 
         try:
-            ensure_payable_plan(database, account_id=account, plan_id=plan_id)
+            with database.read() as session:
+                payable_plan(session, account_id=account, plan_id=plan_id)
         except BillfoldError as exc:
             return PayResult("unavailable", f"{exc.message} Nothing was charged.")
     current = now()

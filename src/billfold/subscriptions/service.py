@@ -23,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billfold.clock import as_utc, now
-from billfold.db import Database
 from billfold.errors import Conflict, NotFound, PaymentFailed
 from billfold.ids import new_id
 from billfold.invoices import service as invoices
@@ -991,11 +990,9 @@ def reset_cycle(services: Services, *, account_id: str, subscription_id: str) ->
     return _answer(services, paid, account_id=account_id, subscription_id=subscription_id)
 
 
-def ensure_payable_plan(database: Database, *, account_id: str, plan_id: int) -> Plan:
-    """Checks before handing out a subscribe payment link (they run again when the human
-    pays)."""
-    with database.read() as session:
-        plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS)
-        check_slot(session, account_id, plan, replace_stale=False)
-        session.expunge(plan)
-        return plan
+def payable_plan(session: Session, *, account_id: str, plan_id: int) -> Plan:
+    """The checks a subscribe payment link passes when it is handed out and again before
+    the human's card is charged (the place is taken for good only when they pay)."""
+    plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS)
+    check_slot(session, account_id, plan, replace_stale=False)
+    return plan

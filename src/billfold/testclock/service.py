@@ -35,12 +35,16 @@ _last_sync = 0.0
 SYNC_INTERVAL = 1.0  # seconds: how stale another process's advance may be seen here
 
 
+def _stored(database: Database) -> timedelta:
+    with database.read() as session:
+        row = session.get(TestClock, 1)
+        return timedelta(microseconds=row.offset_micros) if row else timedelta(0)
+
+
 def sync(database: Database) -> None:
     """Apply the stored offset to this process's clock (never moving it back)."""
     global _last_sync
-    with database.read() as session:
-        row = session.get(TestClock, 1)
-        stored = timedelta(microseconds=row.offset_micros) if row else timedelta(0)
+    stored = _stored(database)
     if stored > clock.offset():
         clock.set_offset(stored)
     _last_sync = time.monotonic()
@@ -55,9 +59,7 @@ def sync_if_stale(database: Database) -> None:
 
 def load(database: Database) -> None:
     """At start-up: this database's clock, whatever this process ran before."""
-    with database.read() as session:
-        row = session.get(TestClock, 1)
-        clock.set_offset(timedelta(microseconds=row.offset_micros) if row else timedelta(0))
+    clock.set_offset(_stored(database))
 
 
 def state() -> dict[str, Any]:
