@@ -646,6 +646,11 @@ def start(
             payload={"subscription_id": sub.id},
             run_at=sub.incomplete_expires_at,
         )
+        # Reserved with the subscription: until its outcome is recorded, a concurrent
+        # start sees a payment in flight and leaves this one alone.
+        attempts.reserve(
+            session, invoice, payment_method_id=choice.payment_method_id, trigger="create"
+        )
         invoice_id, sub_id = invoice.id, sub.id
     paid = pay_invoice(
         services,
