@@ -128,8 +128,13 @@ def test_purchase_coupon_charges_and_adds_the_bonus(api: Api) -> None:
     api.charge_usage(agent.account_id, 6)
     breakdown = decimal_json(agent.get("/wallet/balance"))["data"]["breakdown"]
     assert breakdown == {"subscription": 0, "promotional": 0, "purchased": 39}
-    assert_error(agent.post("/wallet/withdraw", {"amount": "39.01"}), 402, "insufficient_funds")
-    assert agent.post("/wallet/withdraw", {"amount": 39}).status_code == 200
+    # Withdrawing the purchase takes its bonus back: the $5 bonus was spent, so $5 of
+    # the purchased credit stays behind for it.
+    assert decimal_json(agent.get("/wallet/balance"))["data"]["withdrawable"] == 34
+    assert_error(agent.post("/wallet/withdraw", {"amount": "34.01"}), 402, "insufficient_funds")
+    withdrawn = agent.post("/wallet/withdraw", {"amount": 34})
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert decimal_json(withdrawn)["data"]["balance"] == 0
     assert api.ledger_check(agent.account_id)["consistent"] is True
 
 

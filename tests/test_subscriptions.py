@@ -208,12 +208,16 @@ def api_module(live_server: Any) -> Api:
     return Api(live_server.url, ADMIN_KEY)
 
 
-def _unused(price: Decimal, start: datetime, end: datetime, at: datetime) -> Decimal:
-    """Independent arithmetic: price x remaining seconds / period seconds, to the cent."""
+def _unused(
+    price: Decimal, start: datetime, end: datetime, at: datetime, rounding: str = "ROUND_HALF_UP"
+) -> Decimal:
+    """Independent arithmetic: price x remaining seconds / period seconds, to the cent
+    (an upgrade's proration lines round half up; unused time returned when a period's
+    credits end — reset, cancel now — rounds down)."""
     total = int((end - start).total_seconds())
     remaining = int((end - at).total_seconds())
     micros = int(price * 1_000_000) * remaining // total
-    return (Decimal(micros) / 1_000_000).quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
+    return (Decimal(micros) / 1_000_000).quantize(Decimal("0.01"), rounding=rounding)
 
 
 def test_upgrade_now_prorated_to_the_second_and_downgrade_at_period_end(
@@ -347,7 +351,7 @@ def test_reset_cycle_credits_the_unused_time(api: Api, services: Services) -> No
     invoice = invoices_of(services, agent.account_id)[-1]
     assert invoice.billing_reason == "subscription_reset"
     credit, period = invoice.lines
-    assert credit.amount == -_unused(D(30), start, end, new_start)
+    assert credit.amount == -_unused(D(30), start, end, new_start, rounding="ROUND_DOWN")
     assert (period.amount, period.period_start) == (D(30), new_start)
     assert invoice.total == D(30) + credit.amount
     assert invoice.status == "paid"
@@ -547,16 +551,18 @@ def test_cancel_at_period_end_and_immediately(api: Api, services: Services) -> N
     assert now_cancel.json()["data"]["status"] == "canceled"
     ledger = ledger_of(services, agent.account_id)
     [(_, postings)] = [t for t in ledger if t[0] == "subscription_unused_time"]
-    credited = postings["wallet:purchased"]
+    credited = postings["wallet:promotional"]
     canceled_at = instant(now_cancel.json()["data"]["ended_at"])
-    assert abs(credited - _unused(D(30), start, end, canceled_at)) <= D("0.01")
-    # Unused time is money: purchased credit (withdrawable); the included credits ended.
+    assert credited == _unused(D(30), start, end, canceled_at, rounding="ROUND_DOWN")
+    # Unused time is account credit, not cash: spendable, never withdrawable (no card
+    # payment stands behind it); the included credits ended.
     balance = decimal_json(agent.get("/wallet/balance"))["data"]
     assert balance["breakdown"] == {
         "subscription": D(0),
-        "promotional": D(0),
-        "purchased": credited,
+        "promotional": credited,
+        "purchased": D(0),
     }
+    assert balance["withdrawable"] == D(0)
     assert_error(
         agent.post(f"/subscriptions/{second['id']}/cancel", {"at_period_end": False}),
         409,

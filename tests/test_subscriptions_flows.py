@@ -380,7 +380,7 @@ def _start_without_recording(services: Services, agent_id: str, plan_id: int, pm
     from billfold.subscriptions.plans import SELF_SERVE_KINDS, subscribable_plan
 
     with services.database.transaction() as session:
-        plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS)
+        plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS, account_id=agent_id)
         sub = subscriptions._new_subscription(
             session, account_id=agent_id, plan=plan, created_by="agent", trial=False
         )

@@ -34,14 +34,27 @@ def from_micros(micros: int) -> Decimal:
     return value.normalize()
 
 
+MICROS_PER_CENT = 10_000
+
+
 def cents_to_micros(cents: int) -> int:
-    return cents * 10_000
+    return cents * MICROS_PER_CENT
 
 
 def micros_to_cents(micros: int) -> int:
-    if micros % 10_000:
+    if micros % MICROS_PER_CENT:
         raise ValueError("card amounts are whole cents")
-    return micros // 10_000
+    return micros // MICROS_PER_CENT
+
+
+def floor_to_cent(micros: int) -> int:
+    """Down to a whole cent (toward minus infinity): what is returned to a customer."""
+    return micros - micros % MICROS_PER_CENT
+
+
+def ceil_to_cent(micros: int) -> int:
+    """Up to a whole cent: what a customer is charged or gives back."""
+    return -floor_to_cent(-micros)
 
 
 def parse_amount(value: Any, *, decimals: int, minimum: Decimal, maximum: Decimal) -> Decimal:

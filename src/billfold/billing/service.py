@@ -80,7 +80,7 @@ def overview(session: Session, account_id: str) -> dict[str, Any]:
     from billfold.subscriptions import service as subscriptions  # builds on billing
 
     wallet = wallet_service.get_wallet(session, account_id)
-    balance = wallet_service.balance_view(wallet)
+    balance = wallet_service.balance_view(session, wallet)
     default = payments.default_payment_method(session, account_id)
     recent = session.scalars(
         select(Payment)

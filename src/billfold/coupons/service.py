@@ -29,7 +29,6 @@ from billfold.wallet import service as wallet_service
 from billfold.wallet.models import Wallet
 from billfold.webhooks import service as webhooks
 
-OPERATOR_PROMOTIONS = "operator:promotions"
 PURCHASE_KINDS = ("bonus_percent", "bonus_fixed")
 
 
@@ -69,6 +68,15 @@ def check_usable(
     session: Session, coupon: Coupon, *, account_id: str, purchase_micros: int | None
 ) -> int:
     """Raise the reason a coupon cannot be used now; else the credit it would grant."""
+    currency = session.scalar(select(Wallet.currency).where(Wallet.account_id == account_id))
+    if currency is not None and coupon.currency != currency:
+        raise _error(
+            "currency_mismatch",
+            f"This coupon is in {coupon.currency}; this account pays in {currency}.",
+            422,
+            coupon_currency=coupon.currency,
+            currency=currency,
+        )
     current = now()
     if coupon.status != "active" or (coupon.valid_until and coupon.valid_until <= current):
         raise _error("coupon_expired", "This coupon has expired.", 410)
@@ -250,9 +258,11 @@ def _grant(session: Session, redemption: CouponRedemption, coupon: Coupon) -> No
             usecase="coupon",
             description=f"Coupon {coupon.code}",
             reference=f"coupon:{redemption.id}",
+            # A purchase bonus names its purchase: refunding the purchase takes it back.
+            payment_id=redemption.payment_id,
             postings=[
                 ledger.Posting(ledger.wallet_account("promotional"), redemption.credit_micros),
-                ledger.Posting(OPERATOR_PROMOTIONS, -redemption.credit_micros),
+                ledger.Posting(ledger.OPERATOR_PROMOTIONS, -redemption.credit_micros),
             ],
             meta={"coupon": coupon.code},
         )

@@ -101,6 +101,17 @@ def update_settings(session: Session, changes: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def lock_series(session: Session, kind: str) -> None:
+    """Lock the number series a document of `kind` will be numbered from, ahead of the
+    wallet (the lock order everywhere: number series, then wallet), for a transaction
+    that must read the locked wallet before it knows the document it will issue."""
+    series = "credit_note" if kind == "credit_note" else "invoice"
+    insert_or_ignore(session, NumberSeries, {"series": series, "last_number": 0}, ["series"])
+    session.execute(
+        select(NumberSeries.series).where(NumberSeries.series == series).with_for_update()
+    )
+
+
 def _next_number(session: Session, series: str, prefix: str, issued_at: datetime) -> str:
     insert_or_ignore(session, NumberSeries, {"series": series, "last_number": 0}, ["series"])
     value = session.execute(

@@ -27,6 +27,8 @@ WALLET_PREFIX = "wallet:"
 PROCESSOR_CLEARING = "processor:clearing"
 REVENUE_USAGE = "revenue:usage"
 OPERATOR_ADJUSTMENTS = "operator:adjustments"
+# Promotional credit the operator gives through coupons (credits and purchase bonuses).
+OPERATOR_PROMOTIONS = "operator:promotions"
 
 # Hot-path statements go to the Tables: the ORM's bulk-statement machinery adds much
 # Python overhead per statement and nothing these need.

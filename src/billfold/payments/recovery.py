@@ -115,7 +115,9 @@ def record_outcome(
                     session, account_id=charge.account_id, card=card, make_default=True
                 )
             return payment, started
-        # The account took this subscription's place meanwhile: the money is credited.
+        # The account took this subscription's place meanwhile: the money is credited,
+        # as a payment-link funding (purchased credit, refundable to the card).
+        payment.purpose = "checkout"
     meta: dict[str, Any] = {}
     if charge.checkout_session_id:
         meta["session_id"] = charge.checkout_session_id
@@ -124,9 +126,9 @@ def record_outcome(
     txn = payments.credit_purchase(
         session,
         payment,
-        kind=charge.purpose,
+        kind=payment.purpose,
         usecase="wallet_funding",
-        description=LEDGER_DESCRIPTIONS.get(charge.purpose, "Wallet funded by card")
+        description=LEDGER_DESCRIPTIONS.get(payment.purpose, "Wallet funded by card")
         + (" (recorded after an interruption)" if recovered else ""),
         meta=meta or None,
     )

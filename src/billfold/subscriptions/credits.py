@@ -97,6 +97,21 @@ def active_grants(session: Session, account_id: str) -> list[CreditGrant]:
     )
 
 
+def spent_of_live_grants(session: Session, subscription: Subscription) -> tuple[int, int]:
+    """(granted, spent) of the subscription's live grants, by the spending model above:
+    the bucket's credit belongs to the latest-expiring grants, what is missing was spent
+    from the earliest. Locks the wallet."""
+    bucket = ledger.lock_wallet(session, subscription.account_id).subscription_micros
+    granted = spent = 0
+    for row in reversed(active_grants(session, subscription.account_id)):  # latest first
+        unspent = max(0, min(row.amount_micros, bucket))
+        bucket -= unspent
+        if row.subscription_id == subscription.id:
+            granted += row.amount_micros
+            spent += row.amount_micros - unspent
+    return granted, spent
+
+
 def expire_due(session: Session, account_id: str) -> int:
     """Expire every due grant of the account (paused subscriptions' excepted), in expiry
     order; the micros taken back."""

@@ -11,6 +11,7 @@ from billfold.clock import now
 from billfold.errors import InvalidRequest, NotFound
 from billfold.money import from_micros
 from billfold.subscriptions.models import Plan
+from billfold.wallet.models import Wallet
 
 PLAN_KINDS = ("normal", "addon", "enterprise")
 PERIODS = ("month", "year")
@@ -29,9 +30,19 @@ def get_plan(session: Session, plan_id: int) -> Plan:
     return plan
 
 
-def subscribable_plan(session: Session, plan_id: int, *, kinds: tuple[str, ...]) -> Plan:
-    """An active plan of one of `kinds`; archived or other plans are refused clearly."""
+def subscribable_plan(
+    session: Session, plan_id: int, *, kinds: tuple[str, ...], account_id: str
+) -> Plan:
+    """An active plan of one of `kinds` in the account's currency; archived plans, other
+    kinds and other currencies are refused clearly (Billfold does no currency exchange)."""
     plan = get_plan(session, plan_id)
+    currency = session.scalar(select(Wallet.currency).where(Wallet.account_id == account_id))
+    if currency is not None and plan.currency != currency:
+        raise InvalidRequest(
+            f"This plan is priced in {plan.currency}; this account pays in {currency}.",
+            code="currency_mismatch",
+            details={"plan_id": plan_id, "plan_currency": plan.currency, "currency": currency},
+        )
     if plan.status != "active":
         raise InvalidRequest(
             "This plan is archived and takes no new subscriptions.",

@@ -30,7 +30,7 @@ from billfold.invoices.models import Invoice
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
-from billfold.money import from_micros
+from billfold.money import ceil_to_cent, floor_to_cent, from_micros
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
 from billfold.processors.base import Card
@@ -224,14 +224,15 @@ def _open_invoice(
     return invoice
 
 
-def _grant_period_credits(session: Session, sub: Subscription, plan: Plan) -> None:
+def _grant_period_credits(session: Session, sub: Subscription, plan: Plan, less: int = 0) -> None:
     if plan.included_credits_micros:
         credits.grant(
             session,
             sub,
-            amount_micros=plan.included_credits_micros,
+            amount_micros=plan.included_credits_micros - less,
             expires_at=sub.current_period_end,
-            description=f"Included credits: {plan.name}, until {sub.current_period_end:%Y-%m-%d}",
+            description=f"Included credits: {plan.name}, until {sub.current_period_end:%Y-%m-%d}"
+            + (f" (less {from_micros(less)} used ahead in the previous period)" if less else ""),
         )
 
 
@@ -284,6 +285,12 @@ def _on_paid(session: Session, sub: Subscription, invoice: Invoice) -> None:
         )
         _emit(session, "updated", sub, previous_plan_id=old_plan_id, change="upgrade")
     elif reason == "subscription_reset":
+        # Credits spent ahead of time since the invoice was made, which its deduction
+        # could still have covered, come off the new period's grant.
+        _, spent = credits.spent_of_live_grants(session, sub)
+        deductible = int(meta.get("unused_time_micros", 0))
+        ahead = min(deductible, max(0, spent - int(meta.get("credits_allowance_micros", 0))))
+        owed = max(0, ceil_to_cent(ahead) - int(meta.get("credits_deducted_micros", 0)))
         credits.expire_subscription_grants_now(session, sub)
         start = datetime.fromisoformat(meta["period_start"])
         end = datetime.fromisoformat(meta["period_end"])
@@ -291,7 +298,7 @@ def _on_paid(session: Session, sub: Subscription, invoice: Invoice) -> None:
         sub.cycle_number = 0
         sub.current_period_start = start
         sub.current_period_end = end
-        _grant_period_credits(session, sub, plan)
+        _grant_period_credits(session, sub, plan, less=owed)
         _schedule_renewal(session, sub)
         _emit(session, "updated", sub, change="reset_cycle")
 
@@ -411,46 +418,96 @@ def cancel(
         if invoice.attempt_key is not None:
             raise _payment_pending(sub)
         _void(session, sub, invoice)
-    unused = _unused_time_micros(session, sub)
-    if unused > 0:
-        _credit_unused_time(session, sub, unused)
+    if sub.status in ("active", "paused"):
+        invoices.lock_series(session, "credit_note")  # the series before the wallet
+        plan = session.get(Plan, sub.plan_id)
+        assert plan is not None
+        unused = unused_time(session, sub, plan, at=as_utc(sub.paused_at or now()))
+        if unused.value_micros > 0:
+            _credit_unused_time(session, sub, unused)
     _end(session, sub, reason="canceled_by_customer")
     return sub
 
 
-def _unused_time_micros(session: Session, sub: Subscription) -> int:
-    """The paid, unused part of the current period, to the second and the cent."""
-    if sub.status not in ("active", "paused"):
-        return 0
-    plan = session.get(Plan, sub.plan_id)
-    assert plan is not None
-    at = as_utc(sub.paused_at) if sub.paused_at else now()
-    return round_to_cent(
-        prorate(
-            plan.price_micros,
-            start=as_utc(sub.current_period_start),
-            end=as_utc(sub.current_period_end),
-            at=at,
-        )
+@dataclass(frozen=True)
+class UnusedTime:
+    """What the rest of a paid period is worth when its included credits end early.
+
+    The time's price share, less the included credits spent ahead of time: a period's
+    credits are earned evenly over it, so credits spent beyond the elapsed share were
+    paid for by the rest of the period and are not returned twice. value = time -
+    credits_ahead, floored at zero; amounts returned round down to the cent.
+    """
+
+    time_micros: int  # price x remaining share, rounded down to the cent
+    credits_ahead_micros: int  # included credits spent beyond the elapsed share
+    allowance_micros: int  # included credits the elapsed share earned
+
+    @property
+    def deduction_micros(self) -> int:
+        """The credits-ahead line of an invoice: whole cents, never beyond the time."""
+        return min(self.time_micros, ceil_to_cent(self.credits_ahead_micros))
+
+    @property
+    def value_micros(self) -> int:
+        return self.time_micros - self.deduction_micros
+
+    def lines(self, plan: Plan, at: datetime, end: datetime) -> list[invoices.Line]:
+        lines = []
+        if self.time_micros:
+            lines.append(
+                invoices.Line(
+                    "proration",
+                    f"Unused time on {plan.name} after {at:%Y-%m-%d %H:%M:%S} UTC",
+                    -self.time_micros,
+                    (at, end),
+                )
+            )
+        if self.deduction_micros:
+            lines.append(
+                invoices.Line(
+                    "proration",
+                    "Included credits already used beyond the elapsed time",
+                    self.deduction_micros,
+                    (at, end),
+                )
+            )
+        return lines
+
+
+def unused_time(session: Session, sub: Subscription, plan: Plan, *, at: datetime) -> UnusedTime:
+    """The unused part of the current period at `at` (locks the wallet: take the number
+    series first)."""
+    start, end = as_utc(sub.current_period_start), as_utc(sub.current_period_end)
+    granted, spent = credits.spent_of_live_grants(session, sub)
+    current = plan.included_credits_micros or 0
+    total = max(1, int((end - start).total_seconds()))
+    elapsed = max(0, min(total, int((at - start).total_seconds())))
+    # Credits of the remaining time, rounded up: the allowance rounds in the house's favour.
+    remaining_share = current - current * elapsed // total
+    allowance = max(0, granted - remaining_share)
+    return UnusedTime(
+        time_micros=floor_to_cent(prorate(plan.price_micros, start=start, end=end, at=at)),
+        credits_ahead_micros=max(0, spent - allowance),
+        allowance_micros=allowance,
     )
 
 
-def _credit_unused_time(session: Session, sub: Subscription, amount: int) -> None:
-    """The paid, unused time as purchased credit, with a credit note against the invoice
-    that paid it (numbered first: the series row is locked before the wallet, as when
-    a payment is invoiced)."""
+def _credit_unused_time(session: Session, sub: Subscription, unused: UnusedTime) -> None:
+    """The unused time's value, credited to the wallet with a credit note against the
+    invoice that paid the period. It is account credit, not cash: it lands as
+    promotional credit (spendable, never withdrawable), as Stripe keeps it as customer
+    balance; no card payment stands behind it to refund."""
+    amount = unused.value_micros
     latest = session.get(Invoice, sub.latest_invoice_id) if sub.latest_invoice_id else None
     if latest is not None and latest.status == "paid":
+        at = now()
+        plan = session.get(Plan, sub.plan_id)
+        assert plan is not None
         invoices.issue_credit_note(
             session,
             original=latest,
-            lines=[
-                invoices.Line(
-                    "proration",
-                    f"Unused time after {now():%Y-%m-%d %H:%M:%S} UTC, credited to the wallet",
-                    -amount,
-                )
-            ],
+            lines=unused.lines(plan, at, as_utc(sub.current_period_end)),
             source=f"unused:{sub.id}",
         )
     ledger.post(
@@ -461,10 +518,14 @@ def _credit_unused_time(session: Session, sub: Subscription, amount: int) -> Non
         description="Unused subscription time credited on cancellation",
         reference=f"unused:{sub.id}",
         postings=[
-            ledger.Posting(ledger.wallet_account("purchased"), amount),
+            ledger.Posting(ledger.wallet_account("promotional"), amount),
             ledger.Posting(attempts.REVENUE, -amount),
         ],
-        meta={"subscription_id": sub.id},
+        meta={
+            "subscription_id": sub.id,
+            "unused_time": str(from_micros(unused.time_micros)),
+            "credits_used_ahead": str(from_micros(unused.deduction_micros)),
+        },
     )
 
 
@@ -608,7 +669,7 @@ def start(
     """
     database = services.database
     with database.read() as session:
-        plan = subscribable_plan(session, plan_id, kinds=kinds)
+        plan = subscribable_plan(session, plan_id, kinds=kinds, account_id=account_id)
         trial = bool(plan.trial_days)
     choice = choose_card(services, account_id=account_id, payment_method_id=payment_method_id)
     card = choice.card
@@ -620,7 +681,7 @@ def start(
     with database.transaction() as session:
         # Concurrent starts meet at the partial unique index (one live normal plan, a
         # plan once): the second waits for the first and answers 409.
-        plan = subscribable_plan(session, plan_id, kinds=kinds)
+        plan = subscribable_plan(session, plan_id, kinds=kinds, account_id=account_id)
         check_slot(session, account_id, plan, replace_stale=True)
         sub = _new_subscription(
             session, account_id=account_id, plan=plan, created_by=created_by, trial=trial
@@ -886,7 +947,7 @@ def change_plan(
     with database.transaction() as session:
         sub = _lock(session, subscription_id, account_id)
         kinds = (sub.kind,) if sub.kind != "enterprise" else ("enterprise",)
-        new_plan = subscribable_plan(session, new_plan_id, kinds=kinds)
+        new_plan = subscribable_plan(session, new_plan_id, kinds=kinds, account_id=account_id)
         plan = session.get(Plan, sub.plan_id)
         assert plan is not None
         if sub.status not in ("active", "trialing"):
@@ -968,27 +1029,26 @@ def reset_cycle(services: Services, *, account_id: str, subscription_id: str) ->
         plan = session.get(Plan, sub.plan_id)
         assert plan is not None
         at = now()
-        start, end = as_utc(sub.current_period_start), as_utc(sub.current_period_end)
-        unused = round_to_cent(prorate(plan.price_micros, start=start, end=end, at=at))
+        invoices.lock_series(session, "invoice")  # the series before the wallet
+        unused = unused_time(session, sub, plan, at=at)
         new_end = add_periods(at, plan.period, 1)
-        lines = [_period_line(plan, at, new_end)]
-        if unused:
-            lines.insert(
-                0,
-                invoices.Line(
-                    "proration",
-                    f"Unused time on {plan.name} after {at:%Y-%m-%d %H:%M:%S} UTC",
-                    -unused,
-                    (at, end),
-                ),
-            )
+        lines = [
+            *unused.lines(plan, at, as_utc(sub.current_period_end)),
+            _period_line(plan, at, new_end),
+        ]
         invoice = _open_invoice(
             session,
             sub,
             reason="subscription_reset",
             lines=lines,
             source=f"subscription:{sub.id}:reset:{at.isoformat()}",
-            meta={"period_start": at.isoformat(), "period_end": new_end.isoformat()},
+            meta={
+                "period_start": at.isoformat(),
+                "period_end": new_end.isoformat(),
+                "unused_time_micros": unused.time_micros,
+                "credits_allowance_micros": unused.allowance_micros,
+                "credits_deducted_micros": unused.deduction_micros,
+            },
         )
         invoice_id = invoice.id
     paid = pay_invoice(services, invoice_id, trigger="reset")
@@ -998,6 +1058,6 @@ def reset_cycle(services: Services, *, account_id: str, subscription_id: str) ->
 def payable_plan(session: Session, *, account_id: str, plan_id: int) -> Plan:
     """The checks a subscribe payment link passes when it is handed out and again before
     the human's card is charged (the place is taken for good only when they pay)."""
-    plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS)
+    plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS, account_id=account_id)
     check_slot(session, account_id, plan, replace_stale=False)
     return plan

@@ -57,7 +57,7 @@ PAYMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("/wallet/balance", response_model=Envelope[BalanceOut])
 def wallet_balance(agent: Agent, services: ServicesDep) -> Response:
     with services.database.read() as session:
-        return ok(service.balance_view(service.get_wallet(session, agent.account_id)))
+        return ok(service.balance_view(session, service.get_wallet(session, agent.account_id)))
 
 
 @router.put("/wallet/auto-funding", response_model=Envelope[AutoFundingOut])

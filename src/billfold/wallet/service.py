@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from billfold.db import Database
@@ -14,8 +13,8 @@ from billfold.errors import Conflict, InsufficientFunds, NotFound, PaymentFailed
 from billfold.ids import new_id
 from billfold.invoices.service import credit_note_for_refund
 from billfold.ledger import service as ledger
-from billfold.ledger.models import LedgerTransaction
-from billfold.money import from_micros, micros_to_cents
+from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.money import floor_to_cent, from_micros, micros_to_cents
 from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.payments.models import Payment, Refund
@@ -43,7 +42,7 @@ def get_wallet(session: Session, account_id: str) -> Wallet:
     return wallet
 
 
-def balance_view(wallet: Wallet) -> dict[str, Any]:
+def balance_view(session: Session, wallet: Wallet) -> dict[str, Any]:
     return {
         "auto_funding": auto_funding.state_view(wallet),
         "balance": from_micros(wallet.balance_micros),
@@ -53,7 +52,7 @@ def balance_view(wallet: Wallet) -> dict[str, Any]:
             "promotional": from_micros(wallet.promotional_micros),
             "purchased": from_micros(wallet.purchased_micros),
         },
-        "withdrawable": from_micros(wallet.purchased_micros),
+        "withdrawable": from_micros(withdrawable_micros(session, wallet)),
     }
 
 
@@ -194,23 +193,18 @@ def withdraw(
     """Return purchased credit to the cards it came from, newest payment first."""
     batch_id = new_id("wd")
     with database.transaction() as session:
-        candidates = session.scalars(
-            select(Payment)
-            .where(
-                Payment.account_id == account_id,
-                Payment.status == "succeeded",
-                Payment.purpose.in_(REFUNDABLE_PURPOSES),
-                Payment.refunded_micros < Payment.amount_micros,
-            )
-            .order_by(Payment.created_at.desc(), Payment.id.desc())
+        wallet = ledger.lock_wallet(session, account_id)
+        plan = _plan_refunds(
+            session, wallet, _refundable_payments(session, account_id), amount_micros
         )
+        if plan is None:
+            raise InsufficientFunds(
+                "Only purchased credit paid by card can be refunded to a card, less any "
+                "bonus its purchase came with, and there is not enough of it.",
+                details={"withdrawable": from_micros(withdrawable_micros(session, wallet))},
+            )
         refunds = _debit_and_plan_refunds(
-            session,
-            account_id=account_id,
-            amount_micros=amount_micros,
-            payments=candidates,
-            batch_id=batch_id,
-            reason="withdrawal",
+            session, account_id=account_id, plan=plan, batch_id=batch_id, reason="withdrawal"
         )
     return _send_refunds(database, processor, batch_id, account_id, amount_micros, refunds)
 
@@ -245,61 +239,152 @@ def refund_payment(
                 code="refund_exceeds_payment",
                 details={"refundable": from_micros(left)},
             )
-        refunds = _debit_and_plan_refunds(
-            session,
-            account_id=payment.account_id,
-            amount_micros=amount,
-            payments=[payment],
-            batch_id=batch_id,
-            reason=reason,
-        )
         account_id = payment.account_id
+        wallet = ledger.lock_wallet(session, account_id)
+        plan = _plan_refunds(session, wallet, [payment], amount)
+        if plan is None:
+            raise InsufficientFunds(
+                "Only purchased credit can be refunded to a card (less any bonus the "
+                "purchase came with), and there is not enough of it.",
+                details={"purchased": from_micros(wallet.purchased_micros)},
+            )
+        refunds = _debit_and_plan_refunds(
+            session, account_id=account_id, plan=plan, batch_id=batch_id, reason=reason
+        )
     return _send_refunds(database, processor, batch_id, account_id, amount, refunds)
+
+
+# Ledger transactions that give or take back a purchase's coupon bonus; they carry the
+# purchase's payment id, so what is still outstanding of a bonus is their signed sum.
+BONUS_KINDS = ("coupon_credit", "coupon_bonus_clawback", "coupon_bonus_clawback_reversal")
+
+
+@dataclass(frozen=True)
+class PlannedRefund:
+    """Part of a card payment to refund, with the bonus its purchase came with (all of
+    what is outstanding, taken back by the first refund that touches the purchase)."""
+
+    payment: Payment
+    amount_micros: int
+    bonus_micros: int
+    bonus_from_promotional_micros: int
+
+    @property
+    def bonus_from_purchased_micros(self) -> int:
+        return self.bonus_micros - self.bonus_from_promotional_micros
+
+
+def _refundable_payments(session: Session, account_id: str) -> list[Payment]:
+    """Card payments whose money is purchased credit, newest first."""
+    return list(
+        session.scalars(
+            select(Payment)
+            .where(
+                Payment.account_id == account_id,
+                Payment.status == "succeeded",
+                Payment.purpose.in_(REFUNDABLE_PURPOSES),
+                Payment.refunded_micros < Payment.amount_micros,
+            )
+            .order_by(Payment.created_at.desc(), Payment.id.desc())
+        )
+    )
+
+
+def _outstanding_bonuses(
+    session: Session, account_id: str, payment_ids: list[str]
+) -> dict[str, int]:
+    if not payment_ids:
+        return {}
+    signed = case(
+        (LedgerTransaction.type == "credit", LedgerTransaction.amount_micros),
+        else_=-LedgerTransaction.amount_micros,
+    )
+    rows = session.execute(
+        select(LedgerTransaction.payment_id, func.sum(signed))
+        .where(
+            LedgerTransaction.account_id == account_id,
+            LedgerTransaction.payment_id.in_(payment_ids),
+            LedgerTransaction.kind.in_(BONUS_KINDS),
+            LedgerTransaction.status == "succeeded",
+        )
+        .group_by(LedgerTransaction.payment_id)
+    ).all()
+    return {str(payment_id): int(total) for payment_id, total in rows if total}
+
+
+def _plan_refunds(
+    session: Session, wallet: Wallet, candidates: list[Payment], amount_micros: int | None
+) -> list[PlannedRefund] | None:
+    """Which payments a refund of `amount_micros` takes, in the given order (None: as much
+    as can be refunded), or None if the wallet cannot cover `amount_micros`.
+
+    Refunding a purchase that came with a coupon bonus takes the bonus back: from
+    promotional credit while there is some, the rest from purchased credit, which so
+    becomes non-withdrawable. Card refunds are in whole cents.
+    """
+    bonuses = _outstanding_bonuses(session, wallet.account_id, [p.id for p in candidates])
+    purchased, promotional = wallet.purchased_micros, wallet.promotional_micros
+    plan: list[PlannedRefund] = []
+    total = 0
+    for payment in candidates:
+        left = payment.amount_micros - payment.refunded_micros
+        bonus = bonuses.get(payment.id, 0)
+        from_promotional = min(bonus, promotional)
+        room = purchased - (bonus - from_promotional)
+        wanted = left if amount_micros is None else min(left, amount_micros - total)
+        take = min(wanted, floor_to_cent(room)) if room > 0 else 0
+        if take <= 0:
+            break
+        plan.append(PlannedRefund(payment, take, bonus, from_promotional))
+        total += take
+        purchased -= take + bonus - from_promotional
+        promotional -= from_promotional
+        if take < left or total == amount_micros:
+            break
+    if amount_micros is not None and total < amount_micros:
+        return None
+    return plan
+
+
+def withdrawable_micros(session: Session, wallet: Wallet) -> int:
+    """Exactly what a withdrawal can return to cards now (see _plan_refunds)."""
+    plan = _plan_refunds(session, wallet, _refundable_payments(session, wallet.account_id), None)
+    assert plan is not None
+    return sum(item.amount_micros for item in plan)
 
 
 def _debit_and_plan_refunds(
     session: Session,
     *,
     account_id: str,
-    amount_micros: int,
-    payments: Iterable[Payment],
+    plan: list[PlannedRefund],
     batch_id: str,
     reason: str,
 ) -> list[Refund]:
-    """Take purchased credit off the wallet and reserve it against the given payments in order.
+    """Take purchased credit off the (locked) wallet and reserve it against the planned
+    payments, taking back their bonuses.
 
     The debit and the refund plan commit together; each refund then goes to the
     processor under its own id as idempotency key, and one the processor refuses is
-    put back on the wallet (see _send_refund), so money is never lost between the two.
+    put back on the wallet with its bonus (see _send_refund), so money is never lost
+    between the two.
     """
-    wallet = ledger.lock_wallet(session, account_id)
-    if wallet.purchased_micros < amount_micros:
-        raise InsufficientFunds(
-            "Only purchased credit can be refunded to a card, and there is not enough of it.",
-            details={"withdrawable": from_micros(wallet.purchased_micros)},
-        )
     refunds: list[Refund] = []
-    remaining = amount_micros
-    for payment in payments:
-        take = min(payment.amount_micros - payment.refunded_micros, remaining)
-        _reserve_refund(session, payment.id, take)
+    for item in plan:
+        _reserve_refund(session, item.payment.id, item.amount_micros)
         refunds.append(
             Refund(
                 id=new_id("re"),
                 account_id=account_id,
-                payment_id=payment.id,
-                amount_micros=take,
+                payment_id=item.payment.id,
+                amount_micros=item.amount_micros,
                 status="pending",
                 reason=reason,
                 withdrawal_id=batch_id,
             )
         )
-        remaining -= take
-        if remaining == 0:
-            break
-    if remaining:
-        raise AssertionError("purchased credit exceeds refundable card payments")
     session.add_all(refunds)
+    amount_micros = sum(item.amount_micros for item in plan)
     ledger.post(
         session,
         account_id=account_id,
@@ -313,7 +398,63 @@ def _debit_and_plan_refunds(
         ],
         meta={"batch_id": batch_id},
     )
+    for item, refund in zip(plan, refunds, strict=True):
+        if item.bonus_micros:
+            _take_back_bonus(session, item, refund)
     return refunds
+
+
+def _take_back_bonus(session: Session, item: PlannedRefund, refund: Refund) -> None:
+    postings = [ledger.Posting(ledger.OPERATOR_PROMOTIONS, item.bonus_micros)]
+    if item.bonus_from_promotional_micros:
+        postings.append(
+            ledger.Posting(
+                ledger.wallet_account("promotional"), -item.bonus_from_promotional_micros
+            )
+        )
+    if item.bonus_from_purchased_micros:
+        postings.append(
+            ledger.Posting(ledger.wallet_account("purchased"), -item.bonus_from_purchased_micros)
+        )
+    ledger.post(
+        session,
+        account_id=refund.account_id,
+        kind="coupon_bonus_clawback",
+        usecase="coupon",
+        description="Coupon bonus taken back with the refund of its purchase",
+        payment_id=item.payment.id,
+        reference=f"clawback:{refund.id}",
+        postings=postings,
+        meta={"refund_id": refund.id},
+    )
+
+
+def _restore_bonus(session: Session, refund: Refund) -> None:
+    """A refund the processor refused gives back the bonus its planning took."""
+    taken = session.scalars(
+        select(LedgerTransaction).where(
+            LedgerTransaction.account_id == refund.account_id,
+            LedgerTransaction.reference == f"clawback:{refund.id}",
+        )
+    ).one_or_none()
+    if taken is None:
+        return
+    postings = session.execute(
+        select(LedgerPosting.ledger_account, LedgerPosting.amount_micros).where(
+            LedgerPosting.transaction_id == taken.id
+        )
+    ).all()
+    ledger.post(
+        session,
+        account_id=refund.account_id,
+        kind="coupon_bonus_clawback_reversal",
+        usecase="coupon",
+        description="Refund refused by the processor; coupon bonus restored",
+        payment_id=refund.payment_id,
+        reference=f"clawback_reversal:{refund.id}",
+        postings=[ledger.Posting(name, -amount) for name, amount in postings],
+        meta={"refund_id": refund.id},
+    )
 
 
 def _send_refunds(
@@ -377,6 +518,7 @@ def _send_refund(database: Database, processor: Processor, refund: Refund) -> No
                     ledger.Posting(ledger.PROCESSOR_CLEARING, -refund.amount_micros),
                 ],
             )
+            _restore_bonus(session, refund)
     refund.status = result.status
     refund.processor_refund_id = result.refund_id
 
