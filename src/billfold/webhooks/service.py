@@ -26,6 +26,7 @@ from billfold.clock import now, wall_now
 from billfold.errors import InvalidRequest, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
+from billfold.jobs.models import Lane
 from billfold.jobs.service import ClaimedJob
 from billfold.webhooks import egress
 from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -156,16 +157,21 @@ def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> N
         )
         session.add(delivery)
         session.flush()
-        _schedule(session, delivery.id, attempt=0, delay=timedelta(0))
+        _schedule(session, delivery, attempt=0, delay=timedelta(0))
 
 
-def _schedule(session: Session, delivery_id: str, *, attempt: int, delay: timedelta) -> None:
+def _schedule(
+    session: Session, delivery: WebhookDelivery, *, attempt: int, delay: timedelta
+) -> None:
+    """Queue an attempt in the webhooks lane, at most MAX_RUNNING_PER_KEY per endpoint."""
     jobs.enqueue(
         session,
         kind=JOB_KIND,
-        payload={"delivery_id": delivery_id, "attempt": attempt},
+        payload={"delivery_id": delivery.id, "attempt": attempt},
         run_at=now() + delay,
         max_attempts=3,
+        lane=Lane.WEBHOOKS,
+        concurrency_key=f"webhook_endpoint:{delivery.endpoint_id}",
     )
 
 
@@ -256,7 +262,7 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
             row.status, row.next_attempt_at = "failed", None
             return
         row.next_attempt_at = now() + delay
-        _schedule(session, row.id, attempt=attempt + 1, delay=delay)
+        _schedule(session, row, attempt=attempt + 1, delay=delay)
 
 
 def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
@@ -266,7 +272,7 @@ def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
         raise NotFound("No such webhook delivery.", code="webhook_delivery_not_found")
     delivery.status = "pending"
     delivery.next_attempt_at = now()
-    _schedule(session, delivery.id, attempt=delivery.attempts, delay=timedelta(0))
+    _schedule(session, delivery, attempt=delivery.attempts, delay=timedelta(0))
     return delivery
 
 
