@@ -183,21 +183,26 @@ def test_claims_respect_the_limit_per_key(services: Services, kind: str) -> None
     _enqueue(services, kind, 6, lane=Lane.WEBHOOKS, concurrency_key=busy)
     _enqueue(services, kind, 2, lane=Lane.WEBHOOKS, concurrency_key=other)
     _enqueue(services, kind, 2, lane=Lane.DEFAULT)
-    with services.database.transaction() as session:
-        claimed = jobs.claim(session, worker_id="w1", limit=50, lane=Lane.WEBHOOKS)
-    assert len(claimed) == 4
+    claimed = []
+    for worker_id in ("w1", "w2"):  # one job per key per claim
+        with services.database.transaction() as session:
+            got = jobs.claim(session, worker_id=worker_id, limit=50, lane=Lane.WEBHOOKS)
+        assert len(got) == 2
+        claimed += got
     assert _running(services, kind) == {busy: 2, other: 2}
-    with services.database.transaction() as session:  # the key is full: nothing more
-        assert jobs.claim(session, worker_id="w2", limit=50, lane=Lane.WEBHOOKS) == []
+    with services.database.transaction() as session:  # the keys are full: nothing more
+        assert jobs.claim(session, worker_id="w3", limit=50, lane=Lane.WEBHOOKS) == []
     with services.database.transaction() as session:  # the other lane is not held up
-        money = jobs.claim(session, worker_id="w2", limit=50, lane=Lane.DEFAULT)
+        money = jobs.claim(session, worker_id="w3", limit=50, lane=Lane.DEFAULT)
     assert len(money) == 2
     # One finishes: exactly one more of its key may start.
     finished = next(j for j in claimed if j.id == min(c.id for c in claimed))
     with services.database.transaction() as session:
         assert jobs.succeed(session, finished, worker_id="w1")
     with services.database.transaction() as session:
-        assert len(jobs.claim(session, worker_id="w2", limit=50, lane=Lane.WEBHOOKS)) == 1
+        assert len(jobs.claim(session, worker_id="w3", limit=50, lane=Lane.WEBHOOKS)) == 1
+    with services.database.transaction() as session:
+        assert jobs.claim(session, worker_id="w3", limit=50, lane=Lane.WEBHOOKS) == []
     assert _running(services, kind)[busy] == 2
     # The database itself refuses a third running job in a taken slot of the key.
     with services.database.read() as session:
@@ -214,37 +219,55 @@ def test_claims_respect_the_limit_per_key(services: Services, kind: str) -> None
 def test_an_expired_lease_is_taken_over_in_its_own_slot(services: Services, kind: str) -> None:
     key = f"k:{uuid.uuid4().hex[:6]}"
     _enqueue(services, kind, 3, lane=Lane.WEBHOOKS, concurrency_key=key)
-    with services.database.transaction() as session:
-        dead = jobs.claim(session, worker_id="dead", limit=50, lane=Lane.WEBHOOKS)
+    dead = []
+    for _ in range(3):
+        with services.database.transaction() as session:
+            dead += jobs.claim(session, worker_id="dead", limit=50, lane=Lane.WEBHOOKS)
     assert len(dead) == 2
     later = now() + jobs.LEASE + jobs.LEASE
-    with services.database.transaction() as session:
-        again = jobs.claim(session, worker_id="alive", limit=50, lane=Lane.WEBHOOKS, at=later)
+    again = []
+    for _ in range(3):
+        with services.database.transaction() as session:
+            again += jobs.claim(session, worker_id="alive", limit=50, lane=Lane.WEBHOOKS, at=later)
     # The two abandoned jobs are taken over; the third still waits for a free slot.
     assert sorted(j.id for j in again) == sorted(j.id for j in dead)
     assert _running(services, kind) == {key: 2}
+    with services.database.read() as session:
+        slots = session.execute(
+            select(Job.locked_by, Job.slot).where(Job.kind == kind, Job.status == "running")
+        ).all()
+    assert sorted(slots) == [("alive", 0), ("alive", 1)]
 
 
 def test_concurrent_claimers_never_exceed_the_limit(services: Services, kind: str) -> None:
-    keys = [f"k:{uuid.uuid4().hex[:6]}" for _ in range(3)]
-    for key in keys:
-        _enqueue(services, kind, 8, lane=Lane.WEBHOOKS, concurrency_key=key)
+    keys = [f"k:{uuid.uuid4().hex[:6]}" for _ in range(4)]
+    with services.database.transaction() as session:
+        for round_ in range(6):  # interleaved, so each claimer's batch spans several keys
+            for key in keys if round_ % 2 else reversed(keys):
+                jobs.enqueue(session, kind=kind, lane=Lane.WEBHOOKS, concurrency_key=key)
     claims: list[int] = []
+    errors: list[BaseException] = []
     lock = threading.Lock()
     start = threading.Barrier(8)
 
     def claimer(number: int) -> None:
         start.wait()
-        for _ in range(5):
-            with services.database.transaction() as session:
-                got = jobs.claim(session, worker_id=f"w{number}", limit=1, lane=Lane.WEBHOOKS)
-            with lock:
-                claims.extend(j.id for j in got)
+        try:
+            for _ in range(6):
+                with services.database.transaction() as session:
+                    got = jobs.claim(
+                        session, worker_id=f"w{number}", limit=1 + number % 4, lane=Lane.WEBHOOKS
+                    )
+                with lock:
+                    claims.extend(j.id for j in got)
+        except BaseException as exc:
+            errors.append(exc)
 
     threads = [threading.Thread(target=claimer, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    assert errors == []
     assert len(claims) == len(set(claims))
     assert _running(services, kind) == dict.fromkeys(keys, jobs.MAX_RUNNING_PER_KEY)

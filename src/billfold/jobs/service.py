@@ -9,9 +9,10 @@ every handler must be idempotent (processor calls carry `job:<id>` as their key)
 Each job belongs to a lane (`Lane`), and each lane is claimed by its own pool of worker
 threads, so a slow webhook receiver holds up other deliveries at most, never money work.
 Jobs may share a concurrency key: at most MAX_RUNNING_PER_KEY of them run at once. A
-claim gives such a job the lowest free slot number of its key, and a unique index on
-(key, slot) over running jobs makes two workers that picked the same slot at the same
-moment collide in the database: the second one skips that job.
+claim gives such a job the lowest free slot number of its key (one job per key per
+claim), and a unique index on (key, slot) over running jobs makes two workers that
+picked the same slot at the same moment collide in the database: the second one skips
+that job.
 """
 
 from __future__ import annotations
@@ -142,11 +143,16 @@ def claim(
         rows += session.execute(
             update(Job).where(Job.id.in_(free)).values(**lease).returning(*_CLAIMED)
         ).all()
+    # One job per key per claim, keys in one order for every claimer: then no two claims
+    # can wait on each other's new slots (a deadlock), only one on the other.
+    keyed: dict[str, tuple[int, int | None]] = {}
     for job_id, key, held in candidates:
-        if key is not None:
-            row = _claim_slot(session, job_id, key, held, lease)
-            if row is not None:
-                rows.append(row)
+        if key is not None and key not in keyed:
+            keyed[key] = (job_id, held)
+    for key, (job_id, held) in sorted(keyed.items()):
+        row = _claim_slot(session, job_id, key, held, lease)
+        if row is not None:
+            rows.append(row)
     return [ClaimedJob(*row) for row in sorted(rows, key=lambda r: r[0])]
 
 
