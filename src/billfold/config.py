@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # Webhook URLs resolving to loopback/private/link-local addresses are refused unless
     # this is set (for local development and tests).
     webhook_allow_private: bool = False
+    # Worker threads per process: money jobs (top-ups, renewals, dunning, expiries) and,
+    # apart from them, webhook deliveries (at most 2 at a time to any one endpoint).
+    job_threads: int = Field(default=2, ge=1, le=64)
+    webhook_delivery_threads: int = Field(default=4, ge=1, le=64)
     idempotency_ttl_hours: int = 24
     # A key still "in progress" after this long is presumed abandoned (crashed worker)
     # and may be taken over by a retry; every effect under it is itself idempotent.

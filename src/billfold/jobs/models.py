@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, text
@@ -10,6 +11,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.clock import now
 from billfold.db import Base
+
+
+class Lane(StrEnum):
+    """Which pool of worker threads runs a job. Money work (top-ups, renewals, dunning,
+    recovery, expiries, housekeeping) never waits behind calls to other people's servers."""
+
+    DEFAULT = "default"
+    WEBHOOKS = "webhooks"
 
 
 class Job(Base):
@@ -20,6 +29,9 @@ class Job(Base):
     )
     account_id: Mapped[str | None] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(60))
+    lane: Mapped[str] = mapped_column(
+        String(20), default=Lane.DEFAULT, server_default=Lane.DEFAULT.value
+    )
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # queued → running → succeeded | dead (retries exhausted); running past its lease
     # (a crashed worker) is claimable again.
@@ -32,11 +44,25 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # At most one queued or running job per dedupe key (e.g. one top-up per wallet).
     dedupe_key: Mapped[str | None] = mapped_column(String(200))
+    # Jobs sharing a concurrency key (one webhook endpoint's deliveries) run at most
+    # MAX_RUNNING_PER_KEY at a time: a running one holds a numbered slot, and the unique
+    # index below lets no two running jobs hold the same slot of a key.
+    concurrency_key: Mapped[str | None] = mapped_column(String(100))
+    slot: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=now)
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index("ix_jobs_due", "status", "run_at"),
+        Index("ix_jobs_lane_due", "lane", "status", "run_at"),
+        Index(
+            "uq_jobs_running_slot",
+            "concurrency_key",
+            "slot",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
         Index(
             "uq_jobs_active_dedupe_key",
             "dedupe_key",

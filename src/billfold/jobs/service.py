@@ -5,6 +5,14 @@ is never lost to a crash between a change and its follow-up. Workers claim due j
 with `FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite serializes writers anyway) and
 hold a lease: a job whose worker died is claimed again when its lease runs out, so
 every handler must be idempotent (processor calls carry `job:<id>` as their key).
+
+Each job belongs to a lane (`Lane`), and each lane is claimed by its own pool of worker
+threads, so a slow webhook receiver holds up other deliveries at most, never money work.
+Jobs may share a concurrency key: at most MAX_RUNNING_PER_KEY of them run at once. A
+claim gives such a job the lowest free slot number of its key (one job per key per
+claim), and a unique index on (key, slot) over running jobs makes two workers that
+picked the same slot at the same moment collide in the database: the second one skips
+that job.
 """
 
 from __future__ import annotations
@@ -13,14 +21,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
 
 from billfold.clock import now
 from billfold.db import insert_or_ignore
-from billfold.jobs.models import Job
+from billfold.jobs.models import Job, Lane
 
 LEASE = timedelta(minutes=5)
+MAX_RUNNING_PER_KEY = 2
 # Retry schedule after a failed attempt: 10 s, 1 min, 5 min, 30 min, 2 h, then 6 h.
 BACKOFF = [
     timedelta(seconds=10),
@@ -51,10 +61,14 @@ def enqueue(
     run_at: datetime | None = None,
     dedupe_key: str | None = None,
     max_attempts: int = 8,
+    lane: Lane = Lane.DEFAULT,
+    concurrency_key: str | None = None,
 ) -> bool:
     """Add a job to the caller's transaction. False if an active job has the same dedupe key."""
     values = {
         "kind": kind,
+        "lane": lane,
+        "concurrency_key": concurrency_key,
         "account_id": account_id,
         "payload": payload or {},
         "status": "queued",
@@ -76,38 +90,95 @@ def enqueue(
     )
 
 
+_CLAIMED = (Job.id, Job.kind, Job.account_id, Job.payload, Job.attempts, Job.max_attempts)
+
+
 def claim(
-    session: Session, *, worker_id: str, limit: int, at: datetime | None = None
+    session: Session,
+    *,
+    worker_id: str,
+    limit: int,
+    lane: Lane | None = None,
+    at: datetime | None = None,
 ) -> list[ClaimedJob]:
-    """Take up to `limit` due jobs for this worker (the caller commits the claim)."""
+    """Take up to `limit` due jobs of `lane` (every lane: None) for this worker, skipping
+    those whose concurrency key has no free slot (the caller commits the claim)."""
     current = at or now()
+    other = aliased(Job)
+    running_with_same_key = (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.concurrency_key == Job.concurrency_key,
+            other.status == "running",
+            other.id != Job.id,
+        )
+        .scalar_subquery()
+    )
     due = (
-        select(Job.id)
+        select(Job.id, Job.concurrency_key, Job.slot)
         .where(
             or_(
                 (Job.status == "queued") & (Job.run_at <= current),
                 (Job.status == "running") & (Job.locked_until < current),
-            )
+            ),
+            or_(Job.concurrency_key.is_(None), running_with_same_key < MAX_RUNNING_PER_KEY),
         )
         .order_by(Job.run_at, Job.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=Job)
     )
-    ids = list(session.scalars(due))
-    if not ids:
-        return []
-    rows = session.execute(
-        update(Job)
-        .where(Job.id.in_(ids))
-        .values(
-            status="running",
-            attempts=Job.attempts + 1,
-            locked_by=worker_id,
-            locked_until=current + LEASE,
-        )
-        .returning(Job.id, Job.kind, Job.account_id, Job.payload, Job.attempts, Job.max_attempts)
-    ).all()
+    if lane is not None:
+        due = due.where(Job.lane == lane)
+    candidates = session.execute(due).all()
+    lease = {
+        "status": "running",
+        "attempts": Job.attempts + 1,
+        "locked_by": worker_id,
+        "locked_until": current + LEASE,
+    }
+    rows: list[Any] = []
+    free = [job_id for job_id, key, _ in candidates if key is None]
+    if free:
+        rows += session.execute(
+            update(Job).where(Job.id.in_(free)).values(**lease).returning(*_CLAIMED)
+        ).all()
+    # One job per key per claim, keys in one order for every claimer: then no two claims
+    # can wait on each other's new slots (a deadlock), only one on the other.
+    keyed: dict[str, tuple[int, int | None]] = {}
+    for job_id, key, held in candidates:
+        if key is not None and key not in keyed:
+            keyed[key] = (job_id, held)
+    for key, (job_id, held) in sorted(keyed.items()):
+        row = _claim_slot(session, job_id, key, held, lease)
+        if row is not None:
+            rows.append(row)
     return [ClaimedJob(*row) for row in sorted(rows, key=lambda r: r[0])]
+
+
+def _claim_slot(
+    session: Session, job_id: int, key: str, held: int | None, lease: dict[str, Any]
+) -> Any:
+    """Lease one keyed job in the lowest free slot of its key (a job whose lease ran out
+    keeps its own); None if every slot is taken, or another worker just took ours."""
+    taken = set(
+        session.scalars(
+            select(Job.slot).where(
+                Job.concurrency_key == key, Job.status == "running", Job.id != job_id
+            )
+        )
+    )
+    free = [slot for slot in range(MAX_RUNNING_PER_KEY) if slot not in taken]
+    if not free:
+        return None
+    slot = held if held in free else free[0]
+    try:
+        with session.begin_nested():
+            return session.execute(
+                update(Job).where(Job.id == job_id).values(**lease, slot=slot).returning(*_CLAIMED)
+            ).one()
+    except IntegrityError:
+        return None
 
 
 def succeed(session: Session, job: ClaimedJob, *, worker_id: str) -> bool:
@@ -115,7 +186,9 @@ def succeed(session: Session, job: ClaimedJob, *, worker_id: str) -> bool:
     done = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status == "running", Job.locked_by == worker_id)
-        .values(status="succeeded", finished_at=now(), locked_until=None, last_error=None)
+        .values(
+            status="succeeded", finished_at=now(), locked_until=None, slot=None, last_error=None
+        )
     ).rowcount  # type: ignore[attr-defined]
     return bool(done)
 
@@ -131,7 +204,7 @@ def fail(session: Session, job: ClaimedJob, *, worker_id: str, error: str) -> No
     session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status == "running", Job.locked_by == worker_id)
-        .values(**values, locked_until=None, last_error=error[:4000])
+        .values(**values, locked_until=None, slot=None, last_error=error[:4000])
     )
 
 

@@ -1,4 +1,9 @@
-"""The worker: claims due jobs and runs their handlers, as many processes as you like."""
+"""The worker: claims due jobs and runs their handlers, as many processes as you like.
+
+Each lane has its own pool of threads (`BILLFOLD_JOB_THREADS` for money work,
+`BILLFOLD_WEBHOOK_DELIVERY_THREADS` for deliveries) and its own claim loop, so a slow
+webhook receiver cannot delay a top-up, a renewal or a dunning retry.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
+from billfold.jobs.models import Lane
 from billfold.jobs.service import ClaimedJob
 
 if TYPE_CHECKING:
@@ -53,14 +60,23 @@ class Worker:
         self.services = services
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id('w', 8)}"
         self.handlers = handlers()
+        self._next_schedule = 0.0
 
-    def run_once(self, *, limit: int = 20, at: datetime | None = None) -> int:
-        """Claim and run one batch of due jobs; the number of jobs run."""
-        with self.services.database.transaction() as session:
-            claimed = jobs.claim(session, worker_id=self.worker_id, limit=limit, at=at)
+    def run_once(
+        self, *, limit: int = 20, at: datetime | None = None, lane: Lane | None = None
+    ) -> int:
+        """Claim and run one batch of due jobs (of one lane, or all), one after another;
+        the number of jobs run."""
+        claimed = self._claim(limit=limit, at=at, lane=lane)
         for job in claimed:
             self._run(job)
         return len(claimed)
+
+    def _claim(
+        self, *, limit: int, at: datetime | None = None, lane: Lane | None = None
+    ) -> list[ClaimedJob]:
+        with self.services.database.transaction() as session:
+            return jobs.claim(session, worker_id=self.worker_id, limit=limit, lane=lane, at=at)
 
     def drain(self, *, at: datetime | None = None, max_batches: int = 100) -> int:
         """Run due jobs until none is left (tests and the CLI's one-shot mode)."""
@@ -88,26 +104,72 @@ class Worker:
                 log.warning("job %s finished after its lease was taken over", job.id)
 
     def run_forever(self, stop: threading.Event, *, poll_seconds: float = 0.5) -> None:
+        """Serve every lane until `stop` is set, then finish the jobs in hand."""
+        settings = self.services.settings
+        log.info("worker %s started", self.worker_id)
+        deliveries = threading.Thread(
+            target=self.serve_lane,
+            args=(Lane.WEBHOOKS, settings.webhook_delivery_threads, stop),
+            kwargs={"poll_seconds": poll_seconds},
+            daemon=True,
+            name="worker-webhooks",
+        )
+        deliveries.start()
+        self.serve_lane(
+            Lane.DEFAULT,
+            settings.job_threads,
+            stop,
+            poll_seconds=poll_seconds,
+            before_claim=self._housekeeping,
+        )
+        deliveries.join()
+        log.info("worker %s stopped", self.worker_id)
+
+    def serve_lane(
+        self,
+        lane: Lane,
+        threads: int,
+        stop: threading.Event,
+        *,
+        poll_seconds: float = 0.5,
+        before_claim: Callable[[], None] | None = None,
+    ) -> None:
+        """Keep up to `threads` jobs of `lane` running, claiming more as threads free up."""
+        with ThreadPoolExecutor(threads, thread_name_prefix=f"worker-{lane}") as pool:
+            running: set[Future[None]] = set()
+            while not stop.is_set():
+                claimed: list[ClaimedJob] = []
+                try:
+                    if before_claim is not None:
+                        before_claim()
+                    if len(running) < threads:
+                        claimed = self._claim(limit=threads - len(running), lane=lane)
+                except Exception:
+                    log.exception("worker loop error (%s lane)", lane)
+                running.update(pool.submit(self._run_logged, job) for job in claimed)
+                if claimed and len(running) < threads:
+                    continue  # more may be due already
+                if running:
+                    _, running = wait(running, timeout=poll_seconds, return_when=FIRST_COMPLETED)
+                else:
+                    stop.wait(poll_seconds)
+
+    def _run_logged(self, job: ClaimedJob) -> None:
+        try:
+            self._run(job)
+        except Exception:  # recording the outcome failed: the lease will run out
+            log.exception("job %s (%s): its outcome could not be recorded", job.id, job.kind)
+
+    def _housekeeping(self) -> None:
         from billfold.jobs import maintenance
         from billfold.testclock import service as testclock
 
-        log.info("worker %s started", self.worker_id)
-        next_schedule = 0.0
-        while not stop.is_set():
-            try:
-                if time.monotonic() >= next_schedule:
-                    with self.services.database.transaction() as session:
-                        maintenance.schedule(session)
-                    next_schedule = time.monotonic() + 60
-                if self.services.settings.processor == "sandbox":
-                    testclock.sync(self.services.database)  # another process may advance it
-                ran = self.run_once()
-            except Exception:
-                log.exception("worker loop error")
-                ran = 0
-            if not ran:
-                stop.wait(poll_seconds)
-        log.info("worker %s stopped", self.worker_id)
+        if time.monotonic() >= self._next_schedule:
+            with self.services.database.transaction() as session:
+                maintenance.schedule(session)
+            self._next_schedule = time.monotonic() + 60
+        if self.services.settings.processor == "sandbox":
+            testclock.sync(self.services.database)  # another process may advance it
 
 
 def start_in_thread(services: Services) -> tuple[threading.Thread, threading.Event]:

@@ -13,7 +13,7 @@ from billfold.api.deps import Operator, ServicesDep
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
 from billfold.schemas import ERROR_RESPONSES, Envelope, RequestModel
-from billfold.webhooks import service
+from billfold.webhooks import egress, service
 from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 router = APIRouter(
@@ -82,7 +82,7 @@ def update_endpoint(endpoint_id: str, body: UpdateEndpoint, services: ServicesDe
     with services.database.transaction() as session:
         endpoint = service.get_endpoint(session, endpoint_id)
         if body.url is not None:
-            service.check_url(body.url, allow_private=services.settings.webhook_allow_private)
+            egress.check_url(body.url, allow_private=services.settings.webhook_allow_private)
             endpoint.url = body.url
         if body.event_types is not None:
             endpoint.event_types = body.event_types

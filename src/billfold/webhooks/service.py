@@ -10,14 +10,11 @@ receiver deduplicates on `webhook-id`, which is the same for every attempt.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
 import random
 import secrets
-import socket
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
@@ -29,7 +26,9 @@ from billfold.clock import now, wall_now
 from billfold.errors import InvalidRequest, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
+from billfold.jobs.models import Lane
 from billfold.jobs.service import ClaimedJob
+from billfold.webhooks import egress
 from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 if TYPE_CHECKING:
@@ -72,53 +71,31 @@ SCHEDULE = [
     timedelta(hours=20),
     timedelta(hours=24),
 ]
-TIMEOUT = httpx.Timeout(15.0)
+# A whole attempt, from name lookup to the response's headers; slower counts as failed.
+DELIVERY_TIMEOUT_SECONDS = 10.0
 MAX_RETRY_AFTER = timedelta(hours=24)
 
 
-class UnsafeWebhookUrl(InvalidRequest):
-    code = "webhook_url_not_allowed"
-
-
-def check_url(url: str, *, allow_private: bool) -> None:
-    """http(s) only; and unless allowed, no host resolving to a loopback, private,
-    link-local or otherwise internal address (server-side request forgery)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeWebhookUrl("A webhook URL must be http(s)://host/…", details={"field": "url"})
-    if allow_private:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise UnsafeWebhookUrl(
-            "The webhook host does not resolve.", details={"field": "url"}
-        ) from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global or address.is_multicast:
-            raise UnsafeWebhookUrl(
-                f"The webhook host resolves to a non-public address ({address}).",
-                details={"field": "url"},
-            )
-
-
 def endpoint_view(endpoint: WebhookEndpoint, *, reveal_secret: bool = False) -> dict[str, Any]:
-    return {
+    """An endpoint; its secret only in the answer that created or rotated it (no part of it
+    anywhere else: a prefix helps no one but a guesser)."""
+    view: dict[str, Any] = {
         "id": endpoint.id,
         "url": endpoint.url,
         "event_types": endpoint.event_types,
         "enabled": endpoint.enabled,
         "disabled_reason": endpoint.disabled_reason,
-        "secret": endpoint.secret if reveal_secret else endpoint.secret[:10] + "…",
         "created_at": endpoint.created_at,
     }
+    if reveal_secret:
+        view["secret"] = endpoint.secret
+    return view
 
 
 def create_endpoint(
     session: Session, *, url: str, event_types: list[str], enabled: bool, allow_private: bool
 ) -> WebhookEndpoint:
-    check_url(url, allow_private=allow_private)
+    egress.check_url(url, allow_private=allow_private)
     endpoint = WebhookEndpoint(
         id=new_id("we"),
         url=url,
@@ -180,16 +157,21 @@ def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> N
         )
         session.add(delivery)
         session.flush()
-        _schedule(session, delivery.id, attempt=0, delay=timedelta(0))
+        _schedule(session, delivery, attempt=0, delay=timedelta(0))
 
 
-def _schedule(session: Session, delivery_id: str, *, attempt: int, delay: timedelta) -> None:
+def _schedule(
+    session: Session, delivery: WebhookDelivery, *, attempt: int, delay: timedelta
+) -> None:
+    """Queue an attempt in the webhooks lane, at most MAX_RUNNING_PER_KEY per endpoint."""
     jobs.enqueue(
         session,
         kind=JOB_KIND,
-        payload={"delivery_id": delivery_id, "attempt": attempt},
+        payload={"delivery_id": delivery.id, "attempt": attempt},
         run_at=now() + delay,
         max_attempts=3,
+        lane=Lane.WEBHOOKS,
+        concurrency_key=f"webhook_endpoint:{delivery.endpoint_id}",
     )
 
 
@@ -227,9 +209,9 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
         error = "endpoint disabled"
     else:
         try:
-            check_url(url, allow_private=services.settings.webhook_allow_private)
+            egress.validate_url(url)
             signature = Webhook(secret).sign(event_id, signed_at, body)
-            response = httpx.post(
+            response = egress.post(
                 url,
                 content=body.encode(),
                 headers={
@@ -239,10 +221,10 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
                     "webhook-timestamp": str(int(signed_at.timestamp())),
                     "webhook-signature": signature,
                 },
-                timeout=TIMEOUT,
-                follow_redirects=False,
+                allow_private=services.settings.webhook_allow_private,
+                timeout_seconds=DELIVERY_TIMEOUT_SECONDS,
             )
-        except (httpx.HTTPError, InvalidRequest) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, InvalidRequest) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
     elapsed_ms = int((now() - started).total_seconds() * 1000)
     succeeded = response is not None and 200 <= response.status_code < 300
@@ -280,7 +262,7 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
             row.status, row.next_attempt_at = "failed", None
             return
         row.next_attempt_at = now() + delay
-        _schedule(session, row.id, attempt=attempt + 1, delay=delay)
+        _schedule(session, row, attempt=attempt + 1, delay=delay)
 
 
 def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
@@ -290,7 +272,7 @@ def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
         raise NotFound("No such webhook delivery.", code="webhook_delivery_not_found")
     delivery.status = "pending"
     delivery.next_attempt_at = now()
-    _schedule(session, delivery.id, attempt=delivery.attempts, delay=timedelta(0))
+    _schedule(session, delivery, attempt=delivery.attempts, delay=timedelta(0))
     return delivery
 
 
