@@ -542,12 +542,13 @@ def test_every_response_carries_the_security_headers(api: Api) -> None:
     assert requests.get(f"{api.base_url}/checkout/static/pay.js", timeout=30).status_code == 200
 
 
-def _wait_until(condition: Any, timeout: float = 5) -> None:
+def _wait_until(page: Any, condition: Any, timeout: float = 5) -> None:
     # Polled from here: the page's policy forbids eval, which wait_for_function relies on.
+    # The page's own wait lets Playwright take in events (new frames) meanwhile.
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+        page.wait_for_timeout(100)
 
 
 def test_the_hosted_page_works_under_its_policy_and_cannot_be_framed(
@@ -563,14 +564,14 @@ def test_the_hosted_page_works_under_its_policy_and_cannot_be_framed(
     color = page.evaluate("getComputedStyle(document.getElementById('pay-button')).backgroundColor")
     assert color == "rgb(36, 87, 214)"
     first = page.locator("#countdown").inner_text()
-    _wait_until(lambda: page.locator("#countdown").inner_text() != first)
+    _wait_until(page, lambda: page.locator("#countdown").inner_text() != first)
     page.get_by_label("Card number").fill("4242 4242 4242 4242")
     page.get_by_label("Expiry (MM/YY)").fill("12/34")
     page.get_by_label("CVC").fill("123")
     page.get_by_role("button", name="Pay $25.00").click()
     assert page.get_by_test_id("session-id").inner_text() == link["session_id"]
     page.get_by_role("button", name="Copy").click()
-    _wait_until(lambda: page.locator("#copy-status").inner_text() != "")
+    _wait_until(page, lambda: page.locator("#copy-status").inner_text() != "")
     assert not [m for m in console if "Content Security Policy" in m], console
 
     # Another site framing the page is refused by the browser.
@@ -583,8 +584,15 @@ def test_the_hosted_page_works_under_its_policy_and_cannot_be_framed(
     shown = frame.evaluate("document.body ? document.body.innerText : ''") if frame else ""
     assert "Give this code" not in shown and "Payment received" not in shown
     assert any("frame-ancestors 'none'" in m and "blocked" in m for m in framed), framed
-    page.close()
     framer.close()
+
+    # The invoice PDF, sent with the same headers, still opens in the browser's viewer.
+    invoice = agent.get("/billing/invoices").json()["data"]["items"][0]["id"]
+    pdf_url = agent.get(f"/billing/invoices/{invoice}/pdf").json()["data"]["url"]
+    opened = page.goto(pdf_url)
+    assert opened is not None and opened.status == 200
+    _wait_until(page, lambda: any(f.url.startswith("chrome-extension://") for f in page.frames))
+    page.close()
     assert agent.balance() == 25
 
 

@@ -156,7 +156,7 @@ class RequestContext:
                 started = True
                 if over_cap:
                     # The rest of the body is still on the wire: do not keep reading it.
-                    message.setdefault("headers", []).append((b"connection", b"close"))
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
             await inner_send(message)
 
         try:
@@ -172,7 +172,8 @@ class RequestContext:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = message.setdefault("headers", [])
+                headers = list(message.get("headers", []))
+                message["headers"] = headers
                 present = {bytes(name).lower() for name, _ in headers}
                 headers.append((b"x-request-id", request_id.encode()))
                 for name, value in SECURITY_HEADERS.items():
