@@ -6,8 +6,9 @@ Nothing here touches float: request bodies are parsed with `parse_float=Decimal`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import WithJsonSchema
@@ -17,6 +18,10 @@ MICROS_PER_UNIT = 1_000_000
 MAX_AMOUNT = Decimal(1_000_000)
 CARD_DECIMALS = 2
 USAGE_DECIMALS = 6
+# A string amount is plain ASCII decimal notation only: Decimal() would also take "1_0" (10),
+# Arabic-Indic digits, surrounding spaces and exponents, none of which a client means.
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_AMOUNT_FORMAT = "must be a decimal number of currency units, such as 25 or 49.99"
 
 
 def to_micros(amount: Decimal) -> int:
@@ -58,19 +63,16 @@ def ceil_to_cent(micros: int) -> int:
 
 
 def parse_amount(value: Any, *, decimals: int, minimum: Decimal, maximum: Decimal) -> Decimal:
-    """Validate a money amount from a request: a finite decimal in range with few decimals."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError("must be a decimal number of currency units, such as 25 or 49.99")
-    if isinstance(value, float):
-        # Only reachable through non-JSON inputs (query strings are str); repr is exact
-        # for the shortest round-trip form of the number the client sent.
-        value = repr(value)
-    try:
-        amount = Decimal(value.strip() if isinstance(value, str) else value)
-    except (InvalidOperation, ValueError):
-        raise ValueError(
-            "must be a decimal number of currency units, such as 25 or 49.99"
-        ) from None
+    """Validate a money amount from a request: a finite decimal in range with few decimals.
+
+    JSON numbers arrive as int or Decimal (`parse_float=Decimal`), exponent forms included
+    (`1e1` is a JSON number, exactly 10); strings must be plain ASCII decimals.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
+        raise ValueError(_AMOUNT_FORMAT)
+    if isinstance(value, str) and _PLAIN_DECIMAL.fullmatch(value) is None:
+        raise ValueError(_AMOUNT_FORMAT)
+    amount = Decimal(value)
     if not amount.is_finite():
         raise ValueError("must be a finite number")
     if amount < minimum:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billfold import __version__
@@ -18,6 +20,7 @@ from billfold.api.deps import Services
 from billfold.api.errors import error_body, install_error_handlers
 from billfold.api.responses import ApiResponse
 from billfold.billing.router import router as billing_router
+from billfold.checkout.pages import STATIC_DIR as CHECKOUT_STATIC
 from billfold.checkout.pages import router as checkout_pages
 from billfold.checkout.router import router as checkout_router
 from billfold.config import Settings
@@ -47,9 +50,59 @@ AGENT_PREFIX = "/api/agents/v1"
 ADMIN_PREFIX = "/api/admin/v1"
 MAX_BODY_BYTES = 1_000_000
 
+# On every response unless it sets its own: no sniffing, no framing, no referrer. JSON and
+# files need no content policy beyond refusing everything; the hosted pages send a stricter
+# one of their own (checkout/pages.py). FastAPI's API docs load Swagger UI / ReDoc from a
+# CDN with inline bootstrap code, so they keep only the restrictions they can live with.
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+DOCS_CSP = "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'"
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+# Query parameters that make a URL work without a token (the signed invoice PDF link).
+SIGNED_LINK_PARAMS = frozenset({"signature"})
+
+
+class RedactSignedLinks(logging.Filter):
+    """Access log lines keep the path of a signed link but not its query string: anyone who
+    reads the log could open the link for as long as it is valid."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access line: (client, method, path?query, http version, status)
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path, _, query = args[2].partition("?")
+            names = {name for name, _ in parse_qsl(query, keep_blank_values=True)}
+            if names & SIGNED_LINK_PARAMS:
+                record.args = (*args[:2], f"{path}?[redacted]", *args[3:])
+        return True
+
+
+def redact_signed_links_in_access_log() -> None:
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSignedLinks) for f in access_log.filters):
+        access_log.addFilter(RedactSignedLinks())
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """The body streamed past MAX_BODY_BYTES; raised from `receive`, so nothing parses it.
+
+    An HTTPException, so FastAPI's body reader lets it through to the envelope handler
+    instead of calling it a parse error.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(status_code=413, detail="The request body is too large.")
+
 
 class RequestContext:
-    """Pure ASGI middleware: a request id on every request and response; a body size cap."""
+    """Pure ASGI middleware: a request id and the security headers on every response; the
+    body size cap, enforced on the bytes as they arrive (chunked bodies have no length)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -71,28 +124,76 @@ class RequestContext:
                     request_id,
                 ),
                 status_code=422,
-                headers={"X-Request-Id": request_id},
             )
-            await response(scope, receive, send)
+            await response(scope, receive, self._sender(scope, send, request_id, False))
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                response = ApiResponse(
-                    error_body(
-                        "payload_too_large", "The request body is too large.", {}, request_id
-                    ),
-                    status_code=413,
-                    headers={"X-Request-Id": request_id},
-                )
-                await response(scope, receive, send)
+                await self._too_large(scope, receive, send, request_id)
                 return
 
-        async def send_with_id(message: Message) -> None:
+        received = 0
+        over_cap = False
+        started = False
+
+        async def receive_capped() -> Message:
+            nonlocal received, over_cap
+            if over_cap:
+                raise BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    over_cap = True
+                    raise BodyTooLarge
+            return message
+
+        inner_send = self._sender(scope, send, request_id, False)
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                started = True
+                if over_cap:
+                    # The rest of the body is still on the wire: do not keep reading it.
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await inner_send(message)
+
+        try:
+            await self.app(scope, receive_capped, send_tracked)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._too_large(scope, receive, send, request_id)
+
+    @staticmethod
+    def _sender(scope: Scope, send: Send, request_id: str, close: bool) -> Send:
+        path = scope.get("path", "")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                message["headers"] = headers
+                present = {bytes(name).lower() for name, _ in headers}
+                headers.append((b"x-request-id", request_id.encode()))
+                for name, value in SECURITY_HEADERS.items():
+                    if name.encode() not in present:
+                        headers.append((name.encode(), value.encode()))
+                if b"content-security-policy" not in present:
+                    policy = DOCS_CSP if path in DOCS_PATHS else DEFAULT_CSP
+                    headers.append((b"content-security-policy", policy.encode()))
+                if close:
+                    headers.append((b"connection", b"close"))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        return send_with_headers
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        response = ApiResponse(
+            error_body("payload_too_large", "The request body is too large.", {}, request_id),
+            status_code=413,
+        )
+        await response(scope, receive, self._sender(scope, send, request_id, True))
 
 
 def build_services(settings: Settings, admin_key: str) -> Services:
@@ -127,6 +228,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
+    redact_signed_links_in_access_log()
     app.add_middleware(RequestContext)
 
     health = APIRouter(tags=["health"])
@@ -165,5 +267,6 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(testclock_router, prefix=ADMIN_PREFIX)
     app.include_router(sandbox_router)
     app.include_router(checkout_pages)
+    app.mount("/checkout/static", StaticFiles(directory=CHECKOUT_STATIC), name="checkout-static")
     app.include_router(invoice_files_router)
     return app

@@ -11,6 +11,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
+import simplejson
 from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -215,19 +216,45 @@ class Idempotent:
         return self._respond(stored, headers=error_headers)
 
 
+def _canonical(value: Any) -> Any:
+    """Numbers as the exact decimal they denote (1, 1.0, 1.00 and 1e0 are one number)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | Decimal):
+        number = Decimal(value)
+        if not number.is_finite() or number == 0:
+            return Decimal(0) if number == 0 else str(number)
+        # Strip trailing zeros from the coefficient by hand: normalize() would round to the
+        # context's 28 digits, and expanding the exponent could make 1e999999999 a 1 GB string.
+        sign, digits, exponent = number.as_tuple()
+        assert isinstance(exponent, int)
+        kept = len(digits)
+        while digits[kept - 1] == 0:
+            kept -= 1
+        return Decimal((sign, digits[:kept], exponent + len(digits) - kept))
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
+
+
 def _canonical_body(body: bytes) -> bytes:
     if not body:
         return b""
     try:
         parsed = json.loads(body, parse_float=Decimal)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
-    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return simplejson.dumps(
+        _canonical(parsed), sort_keys=True, separators=(",", ":"), use_decimal=True
+    ).encode()
 
 
 def request_fingerprint(method: str, path: str, query: str, body: bytes) -> str:
     """What "the same request" means for an Idempotency-Key: method, path, query and the
-    JSON body up to key order and whitespace."""
+    parsed JSON body, canonical: key order, whitespace and how a number is written (1, 1.0,
+    1.00, 1e0) do not matter; any other difference in the payload does."""
     digest = hashlib.sha256()
     digest.update(f"{method} {path}?{query}\n".encode())
     digest.update(_canonical_body(body))

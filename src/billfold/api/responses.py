@@ -27,7 +27,15 @@ class ApiResponse(JSONResponse):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return dumps(content).encode()
+        text = dumps(content)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate stored before requests refused them: answer it as the JSON
+            # escape the client sent (\udfff) rather than fail every read of that row.
+            return simplejson.dumps(
+                content, use_decimal=True, default=_default, ensure_ascii=True
+            ).encode()
 
 
 def envelope(data: Any) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Starlette's `Request.json()` turns `49.99` into a float; Billfold parses numbers as
 `Decimal` and refuses NaN/Infinity literals, so money never passes through binary
-floating point.
+floating point. Strings that could not be stored and read back (NUL, lone surrogates) are
+refused here, for every body field, before any model sees them.
 """
 
 from __future__ import annotations
@@ -15,23 +16,26 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from billfold.text import unstorable_reason
+
 
 def _reject_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not a valid JSON number", name, 0)
 
 
-def _refuse_nul(value: Any) -> None:
-    """NUL cannot be stored in PostgreSQL text and has no business in Billfold's strings."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise json.JSONDecodeError("strings must not contain NUL characters", value, 0)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_nul(key)
-            _refuse_nul(item)
-    elif isinstance(value, list):
-        for item in value:
-            _refuse_nul(item)
+def _refuse_unstorable(value: Any) -> None:
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            reason = unstorable_reason(item)
+            if reason is not None:
+                raise json.JSONDecodeError(reason, "", 0)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 class DecimalJSONRequest(Request):
@@ -39,7 +43,7 @@ class DecimalJSONRequest(Request):
         if not hasattr(self, "_json"):
             body = await self.body()
             parsed = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
-            _refuse_nul(parsed)
+            _refuse_unstorable(parsed)
             self._json = parsed
         return self._json
 

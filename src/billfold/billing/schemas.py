@@ -8,6 +8,7 @@ import pycountry
 from pydantic import AfterValidator, BaseModel, EmailStr, Field
 
 from billfold.schemas import RequestModel
+from billfold.text import CleanText
 
 
 def _country(value: str | None) -> str | None:
@@ -19,7 +20,7 @@ def _country(value: str | None) -> str | None:
     return code
 
 
-Text = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[CleanText, Field(min_length=1, max_length=200)]
 Country = Annotated[str, AfterValidator(_country)]
 
 
@@ -28,13 +29,13 @@ class BillingInfoUpdate(RequestModel):
 
     name: Text | None = None
     email: EmailStr | None = None
-    tax_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    tax_id_type: Annotated[str, Field(min_length=2, max_length=16)] | None = None
+    tax_id: Annotated[CleanText, Field(min_length=1, max_length=64)] | None = None
+    tax_id_type: Annotated[CleanText, Field(min_length=2, max_length=16)] | None = None
     address_line1: Text | None = None
     address_line2: Text | None = None
-    address_city: Annotated[str, Field(min_length=1, max_length=120)] | None = None
-    address_state: Annotated[str, Field(min_length=1, max_length=120)] | None = None
-    address_postal_code: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    address_city: Annotated[CleanText, Field(min_length=1, max_length=120)] | None = None
+    address_state: Annotated[CleanText, Field(min_length=1, max_length=120)] | None = None
+    address_postal_code: Annotated[CleanText, Field(min_length=1, max_length=32)] | None = None
     address_country: Country | None = None
 
 

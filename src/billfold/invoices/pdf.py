@@ -200,4 +200,7 @@ def link_signature(secret: bytes, invoice_id: str, expires: int) -> str:
 
 
 def signature_valid(secret: bytes, invoice_id: str, expires: int, signature: str) -> bool:
-    return hmac.compare_digest(link_signature(secret, invoice_id, expires), signature)
+    # compare_digest refuses non-ASCII str (TypeError): compare bytes, so any text the
+    # query string carries is simply a wrong signature.
+    expected = link_signature(secret, invoice_id, expires).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))

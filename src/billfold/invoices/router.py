@@ -22,6 +22,7 @@ from billfold.invoices import pdf, service
 from billfold.invoices.models import Invoice
 from billfold.money import AmountRules
 from billfold.schemas import ERROR_RESPONSES, Envelope, RequestModel
+from billfold.text import CleanText
 
 router = APIRouter(route_class=DecimalJSONRoute, tags=["invoices"], responses=ERROR_RESPONSES)
 admin_router = APIRouter(
@@ -124,11 +125,13 @@ TaxRate = Annotated[Decimal, AmountRules(decimals=2, minimum=Decimal(0), maximum
 
 
 class SellerIn(RequestModel):
-    name: str | None = Field(default=None, max_length=200)
-    address: list[Annotated[str, Field(max_length=200)]] | None = Field(default=None, max_length=6)
+    name: CleanText | None = Field(default=None, max_length=200)
+    address: list[Annotated[CleanText, Field(max_length=200)]] | None = Field(
+        default=None, max_length=6
+    )
     country: Country | None = None
-    tax_id: str | None = Field(default=None, max_length=64)
-    email: str | None = Field(default=None, max_length=320)
+    tax_id: CleanText | None = Field(default=None, max_length=64)
+    email: CleanText | None = Field(default=None, max_length=320)
 
 
 class InvoiceSettingsIn(RequestModel):

@@ -10,13 +10,14 @@ from pydantic import BaseModel, Field, HttpUrl
 from billfold.money import CARD_DECIMALS, AmountRules, MoneyOut
 from billfold.payments.schemas import PaymentMethodId
 from billfold.schemas import RequestModel
+from billfold.text import CleanText
 
 PlanPrice = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(0))]
 IncludedCredits = Annotated[Decimal, AmountRules(decimals=6, minimum=Decimal(0))]
 ChargeAmount = Annotated[
     Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(5), maximum=Decimal(10_000))
 ]
-Feature = Annotated[str, Field(min_length=1, max_length=200)]
+Feature = Annotated[CleanText, Field(min_length=1, max_length=200)]
 PlanId = Annotated[int, Field(ge=1, le=2_147_483_647)]
 
 
@@ -49,7 +50,7 @@ class PlansOut(BaseModel):
 
 
 class CreatePlanRequest(RequestModel):
-    name: str = Field(min_length=1, max_length=120)
+    name: CleanText = Field(min_length=1, max_length=120)
     price: PlanPrice
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     period: Literal["month", "year"]
@@ -60,7 +61,7 @@ class CreatePlanRequest(RequestModel):
 
 
 class UpdatePlanRequest(RequestModel):
-    name: str | None = Field(default=None, min_length=1, max_length=120)
+    name: CleanText | None = Field(default=None, min_length=1, max_length=120)
     features: list[Feature] | None = Field(default=None, max_length=50)
 
 

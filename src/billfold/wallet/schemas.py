@@ -11,6 +11,7 @@ from pydantic import AliasChoices, BaseModel, Field
 from billfold.money import CARD_DECIMALS, MAX_AMOUNT, USAGE_DECIMALS, AmountRules, MoneyOut
 from billfold.payments.schemas import PaymentMethodId
 from billfold.schemas import RequestModel
+from billfold.text import CleanText
 
 MIN_FUNDING = Decimal(10)
 MIN_USAGE_CHARGE = Decimal("0.000001")
@@ -57,21 +58,21 @@ class WithdrawRequest(RequestModel):
 class UsageChargeRequest(RequestModel):
     account_id: str = Field(min_length=1, max_length=40)
     amount: UsageAmount
-    usecase: str = Field(min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=500)
+    usecase: CleanText = Field(min_length=1, max_length=200)
+    description: CleanText | None = Field(default=None, max_length=500)
     metadata: dict[str, Any] | None = None
 
 
 class OperatorRefundRequest(RequestModel):
     payment_intent_id: str = Field(min_length=1, max_length=64)
     amount: WithdrawalAmount | None = None
-    reason: str = Field(min_length=1, max_length=500)
+    reason: CleanText = Field(min_length=1, max_length=500)
 
 
 class AdjustmentRequest(RequestModel):
     account_id: str = Field(min_length=1, max_length=40)
     amount: AdjustmentAmount
-    reason: str = Field(min_length=1, max_length=500)
+    reason: CleanText = Field(min_length=1, max_length=500)
 
 
 class Breakdown(BaseModel):
