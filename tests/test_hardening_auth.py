@@ -515,7 +515,7 @@ def test_pay_attempts_are_limited_per_payment_link(api: Api, services: Services)
         10,
         600,
     )
-    fresh_window(600, 60)
+    fresh_window(600, 20)
     agent = api.new_agent()
     link = _payment_link(agent)
     client = client_at(new_address())

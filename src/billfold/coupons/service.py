@@ -324,7 +324,7 @@ def redeem(
             purpose="coupon_purchase",
             coupon_redemption_id=redemption.id,
         )
-    except BaseException as exc:
+    except Exception as exc:
         # A redemption that did not complete gives its reservation back now when no
         # unrecorded charge can exist: a refusal (a decline, an unknown card: every 4xx),
         # or any failure while no recovery watch is pending (before it was written, or
