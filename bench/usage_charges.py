@@ -466,6 +466,8 @@ class Server:
             "BILLFOLD_DATABASE_URL": self.database_url,
             "BILLFOLD_ADMIN_KEY": self.admin_key,
             "BILLFOLD_VAR_DIR": str(self.workdir / "var"),
+            # Every bench client is 127.0.0.1: lift the per-address tokenization limit.
+            "BILLFOLD_TOKENIZE_MAX_PER_CLIENT": "1000000",
         }
         if self.code.pythonpath is not None:
             # Ahead of the editable install's /work/main/src on sys.path.

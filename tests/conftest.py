@@ -103,11 +103,19 @@ def live_server(database_url: str) -> Iterator[LiveServer]:
         public_url=f"http://127.0.0.1:{port}",
         var_dir=Path("/nonexistent"),
         webhook_allow_private=True,  # the test receivers listen on 127.0.0.1
+        # The whole suite is one client (127.0.0.1): per-address abuse limits would trip
+        # on it. tests/test_hardening_auth.py lowers them to test them.
+        tokenize_max_per_client=1_000_000,
+        pay_max_attempts_per_client=1_000_000,
     )
     upgrade(database_url)
     services = build_services(settings, ADMIN_KEY)
     config = uvicorn.Config(
-        create_app(services), log_level="warning", access_log=False, lifespan="off"
+        create_app(services),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,  # as `billfold serve` runs without BILLFOLD_FORWARDED_ALLOW_IPS
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -123,8 +123,9 @@ def test_duplicate_account_email_is_409(api: Api) -> None:
 
 
 def test_failed_logins_are_throttled_per_email(api: Api, services: Services) -> None:
+    """Per email from one client (other clients: tests/test_hardening_auth.py)."""
     agent = api.new_agent()
-    limit = services.settings.login_max_failures_per_email
+    limit = services.settings.login_max_failures_per_email_client
     for _ in range(limit):
         assert_error(_login(api, agent.email, "wrong password"), 401)
     throttled = _login(api, agent.email, agent.password)  # even the right password waits
@@ -135,13 +136,15 @@ def test_failed_logins_are_throttled_per_email(api: Api, services: Services) -> 
 
 
 def test_failed_logins_are_throttled_per_client_address(services: Services) -> None:
-    """The per-address limit, driven at the service level with an address no test uses."""
-    window = services.settings.login_window_seconds
-    keys = {"login:client:198.51.100.7": 3, "login:email:someone@example.com": 100}
-    for _ in range(3):
-        with services.database.read() as session:
-            accounts.check_login_allowed(session, keys=keys, window_seconds=window)
+    """The per-address limit over all emails, driven at the service level with an address
+    no test uses and a limit of 3."""
+    settings = services.settings.model_copy(update={"login_max_failures_per_client": 3})
+    for n in range(3):
         with services.database.transaction() as session:
-            accounts.record_login_failure(session, keys=list(keys), window_seconds=window)
-    with services.database.read() as session, pytest.raises(RateLimited):
-        accounts.check_login_allowed(session, keys=keys, window_seconds=window)
+            accounts.reserve_login_attempt(
+                session, email=f"someone{n}@example.com", client="198.51.100.7", settings=settings
+            )
+    with pytest.raises(RateLimited), services.database.transaction() as session:
+        accounts.reserve_login_attempt(
+            session, email="someone-else@example.com", client="198.51.100.7", settings=settings
+        )

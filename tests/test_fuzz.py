@@ -48,7 +48,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.core.result import Ok
 from sqlalchemy import delete, update
 
-from billfold.accounts.models import RateLimitCounter
+from billfold.ratelimit import RateLimitCounter
 from billfold.subscriptions.models import Plan
 from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint
 from tests.conftest import ADMIN_KEY, LiveServer

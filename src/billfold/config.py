@@ -32,10 +32,22 @@ class Settings(BaseSettings):
     sandbox_publishable_key: str = "pk_test_billfold_sandbox"
     var_dir: Path = Path("var")
 
-    # Login throttling: failed attempts allowed per window, per email and per client address.
-    login_max_failures_per_email: int = 10
+    # Login throttling (see the README): failed attempts allowed per window for one email
+    # from one client address, for one email from all addresses, and for one address.
+    login_max_failures_per_email_client: int = 10
+    login_max_failures_per_email: int = 100
     login_max_failures_per_client: int = 50
     login_window_seconds: int = 900
+    # Abuse limits of the hosted payment page and the sandbox's card tokenization.
+    pay_max_attempts_per_session: int = 10
+    pay_session_window_seconds: int = 600
+    pay_max_attempts_per_client: int = 60
+    tokenize_max_per_client: int = 60
+    client_window_seconds: int = 60
+    # Client addresses come from the connection. Behind a reverse proxy, set this to the
+    # proxy's address(es) ("10.0.0.5", "*") to take the client from X-Forwarded-For;
+    # unset, that header is ignored (anyone could write it).
+    forwarded_allow_ips: str | None = None
 
     payment_link_ttl_minutes: int = 60
     # Webhook URLs resolving to loopback/private/link-local addresses are refused unless

@@ -1,6 +1,6 @@
 """Every table, imported in one place so Alembic and tests see the whole schema."""
 
-from billfold.accounts.models import Account, AgentToken, RateLimitCounter
+from billfold.accounts.models import Account, AgentToken
 from billfold.billing.models import BillingInfo
 from billfold.checkout.models import CheckoutSession
 from billfold.coupons.models import Coupon, CouponRedemption
@@ -11,6 +11,7 @@ from billfold.jobs.models import Job
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.payments.models import Payment, PaymentMethod, Refund
 from billfold.processors.sandbox import SandboxObject
+from billfold.ratelimit import RateLimitCounter
 from billfold.subscriptions.models import CreditGrant, Plan, Subscription
 from billfold.testclock.models import TestClock
 from billfold.wallet.models import Wallet

@@ -1,10 +1,10 @@
-"""Accounts, their agent access tokens, and login throttling counters."""
+"""Accounts and their agent access tokens."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.clock import now
@@ -35,15 +35,3 @@ class AgentToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
-
-
-class RateLimitCounter(Base):
-    """Failures counted per key (``login:email:…``, ``login:client:…``) in fixed windows."""
-
-    __tablename__ = "rate_limit_counters"
-
-    key: Mapped[str] = mapped_column(String(400), primary_key=True)
-    window_start: Mapped[datetime] = mapped_column(primary_key=True)
-    count: Mapped[int] = mapped_column(Integer, default=0)
-
-    __table_args__ = (Index("ix_rate_limit_counters_window_start", "window_start"),)

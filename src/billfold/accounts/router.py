@@ -15,7 +15,14 @@ from billfold.accounts.schemas import (
     LoginRequest,
     TokenOut,
 )
-from billfold.api.deps import Agent, Operator, OperatorIdempotent, Outcome, ServicesDep
+from billfold.api.deps import (
+    Agent,
+    Operator,
+    OperatorIdempotent,
+    Outcome,
+    ServicesDep,
+    client_address,
+)
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
 from billfold.errors import Unauthenticated
@@ -49,27 +56,23 @@ def _token_out(issued: service.IssuedToken) -> TokenOut:
 )
 def login(body: LoginRequest, request: Request, services: ServicesDep) -> Response:
     """Exchange email and password for an agent access token."""
-    settings = services.settings
-    client = request.client.host if request.client else "unknown"
-    limits = {
-        f"login:email:{service.normalize_email(body.email)}": settings.login_max_failures_per_email,
-        f"login:client:{client}": settings.login_max_failures_per_client,
-    }
-    with services.database.read() as session:
-        service.check_login_allowed(
-            session, keys=limits, window_seconds=settings.login_window_seconds
+    with services.database.transaction() as session:
+        attempt = service.reserve_login_attempt(
+            session, email=body.email, client=client_address(request), settings=services.settings
         )
+    with services.database.read() as session:
         account = service.find_login_account(session, email=body.email, password=body.password)
     if account is None:
-        with services.database.transaction() as session:
-            service.record_login_failure(
-                session, keys=list(limits), window_seconds=settings.login_window_seconds
-            )
         raise Unauthenticated("Wrong email or password.", code="invalid_credentials")
-    if account.status != "active":
-        raise Unauthenticated("This account is suspended.", code="account_suspended")
     with services.database.transaction() as session:
-        issued = service.issue_token(session, account_id=account.id, expires_in=body.expires_in)
+        service.login_succeeded(session, attempt)  # the right password is no failure
+        issued = (
+            service.issue_token(session, account_id=account.id, expires_in=body.expires_in)
+            if account.status == "active"
+            else None
+        )
+    if issued is None:
+        raise Unauthenticated("This account is suspended.", code="account_suspended")
     return ok(_token_out(issued))
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from billfold.accounts.models import Account, AgentToken, RateLimitCounter
+from billfold import ratelimit
+from billfold.accounts.models import Account, AgentToken
 from billfold.clock import now
+from billfold.config import Settings
 from billfold.db import insert_or_ignore
-from billfold.errors import Conflict, NotFound, RateLimited, Unauthenticated
+from billfold.errors import Conflict, NotFound, Unauthenticated
 from billfold.ids import new_id
 from billfold.security import hash_password, hash_secret, new_secret, verify_password
 from billfold.wallet.models import Wallet
@@ -123,45 +125,58 @@ def revoke_token(session: Session, *, token_id: str) -> None:
     )
 
 
-def _window_start(at: datetime, window_seconds: int) -> datetime:
-    epoch = int(at.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % window_seconds, tz=at.tzinfo)
+def _pair_key(email: str, client: str) -> str:
+    return f"login:email_client:{normalize_email(email)}|{client}"
 
 
-def check_login_allowed(session: Session, *, keys: dict[str, int], window_seconds: int) -> None:
-    """Raise RateLimited if any key already has its allowed failures in this window."""
-    current = now()
-    start = _window_start(current, window_seconds)
-    counts = dict(
-        session.execute(
-            select(RateLimitCounter.key, RateLimitCounter.count).where(
-                RateLimitCounter.key.in_(list(keys)), RateLimitCounter.window_start == start
-            )
-        ).all()
+def login_limits(*, email: str, client: str, settings: Settings) -> list[ratelimit.Limit]:
+    """The failure budgets a login attempt draws on (the README's login throttling).
+
+    One email from one client address gets few tries; one email from all addresses gets
+    more (distributed guessing), and one address over all emails too (password spraying).
+    """
+    window = settings.login_window_seconds
+    email = normalize_email(email)
+    return [
+        ratelimit.Limit(
+            _pair_key(email, client), settings.login_max_failures_per_email_client, window
+        ),
+        ratelimit.Limit(f"login:email:{email}", settings.login_max_failures_per_email, window),
+        ratelimit.Limit(f"login:client:{client}", settings.login_max_failures_per_client, window),
+    ]
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """A login attempt counted against its budgets before its password is checked."""
+
+    pair_key: str
+    taken: list[ratelimit.Taken]
+
+
+def reserve_login_attempt(
+    session: Session, *, email: str, client: str, settings: Settings
+) -> LoginAttempt:
+    """Count the attempt as a failure before the password is checked (429 if over budget).
+
+    Counting first, in its own committed transaction, is what bounds the slow password
+    checks: concurrent wrong guesses cannot all pass a check made before any is counted.
+    """
+    taken = ratelimit.take(
+        session,
+        login_limits(email=email, client=client, settings=settings),
+        message="Too many failed login attempts; try again later.",
     )
-    if any(counts.get(key, 0) >= limit for key, limit in keys.items()):
-        retry_after = int((start + timedelta(seconds=window_seconds) - current).total_seconds()) + 1
-        raise RateLimited(
-            "Too many failed login attempts; try again later.",
-            details={"retry_after_seconds": retry_after},
-            headers={"Retry-After": str(retry_after)},
-        )
+    return LoginAttempt(pair_key=ratelimit.stored_key(_pair_key(email, client)), taken=taken)
 
 
-def record_login_failure(session: Session, *, keys: list[str], window_seconds: int) -> None:
-    start = _window_start(now(), window_seconds)
-    for key in keys:
-        insert_or_ignore(
-            session,
-            RateLimitCounter,
-            {"key": key, "window_start": start, "count": 0},
-            ["key", "window_start"],
-        )
-        session.execute(
-            update(RateLimitCounter)
-            .where(RateLimitCounter.key == key, RateLimitCounter.window_start == start)
-            .values(count=RateLimitCounter.count + 1)
-        )
+def login_succeeded(session: Session, attempt: LoginAttempt) -> None:
+    """The right password: the attempt was no failure, and this client's failures for this
+    email are forgiven (a real user's typos do not add up across successful logins)."""
+    ratelimit.give_back(session, [t for t in attempt.taken if t.key != attempt.pair_key])
+    for item in attempt.taken:
+        if item.key == attempt.pair_key:
+            ratelimit.clear(session, item)
 
 
 def find_login_account(session: Session, *, email: str, password: str) -> Account | None:

@@ -55,6 +55,13 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
+
+def client_address(request: Request) -> str:
+    """The client's address as the server saw the connection (X-Forwarded-For counts only
+    when `BILLFOLD_FORWARDED_ALLOW_IPS` names the proxy: the server applies it)."""
+    return request.client.host if request.client else "unknown"
+
+
 _agent_bearer = HTTPBearer(auto_error=False, description="Agent access token from /auth/login")
 _admin_bearer = HTTPBearer(auto_error=False, description="Operator admin key")
 

@@ -10,7 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billfold.api.responses import ApiResponse
-from billfold.errors import BillfoldError, PaymentFailed
+from billfold.errors import BillfoldError, InvalidRequest, NotFound, PaymentFailed
+from billfold.payments.service import CardDeclined
+from billfold.processors.base import CardError, UnknownPaymentMethod
+from billfold.processors.cards import InvalidCard
 
 log = logging.getLogger("billfold.api")
 
@@ -46,6 +49,17 @@ def billfold_error_response(exc: BillfoldError, request_id: str) -> ApiResponse:
     return ApiResponse(
         billfold_error_payload(exc, request_id), status_code=exc.status_code, headers=exc.headers
     )
+
+
+def processor_refusal(exc: Exception) -> BillfoldError:
+    """The envelope error for a processor exception (an unknown card, a refused card)."""
+    if isinstance(exc, CardError):
+        return CardDeclined(
+            exc.message, details={"decline_code": exc.decline_code, "reason": exc.code}
+        )
+    if isinstance(exc, InvalidCard):
+        return InvalidRequest(exc.message, code="invalid_card", details={"field": exc.param})
+    return NotFound("No such payment method.", code="payment_method_not_found")
 
 
 def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
@@ -116,6 +130,15 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(UnknownPaymentMethod)
+    @app.exception_handler(CardError)
+    @app.exception_handler(InvalidCard)
+    async def _processor(request: Request, exc: Exception) -> ApiResponse:
+        # Use cases map the processor's refusals where they call it; one that slips
+        # through is still the client's card problem, never a 500.
+        log.warning("processor refusal reached the API unmapped: %r", exc)
+        return billfold_error_response(processor_refusal(exc), request_id_of(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> ApiResponse:

@@ -12,10 +12,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from billfold.api.deps import Services, ServicesDep
+from billfold import ratelimit
+from billfold.api.deps import Services, ServicesDep, client_address
 from billfold.checkout import service
 from billfold.checkout.models import CheckoutSession
 from billfold.clock import now
+from billfold.errors import RateLimited
 from billfold.money import from_micros
 from billfold.subscriptions.models import Plan
 
@@ -140,10 +142,51 @@ async def submit_payment(session_id: str, request: Request, services: ServicesDe
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
     except UnicodeDecodeError:
         form = {}
-    return await run_in_threadpool(_submit, services, session_id, form)
+    return await run_in_threadpool(_submit, services, session_id, form, client_address(request))
 
 
-def _submit(services: Services, session_id: str, form: dict[str, str]) -> Response:
+def _too_many_attempts(services: Services, session_id: str, client: str) -> Response | None:
+    """Count this payment attempt per client address and per payment link (each one
+    tokenizes a card and may charge it); the page to answer when over a limit."""
+    settings = services.settings
+    checkout, plan = _load(services, session_id)
+    limits = [
+        ratelimit.Limit(
+            f"pay:client:{client}",
+            settings.pay_max_attempts_per_client,
+            settings.client_window_seconds,
+        )
+    ]
+    if checkout is not None:  # unknown links cost no counter of their own
+        limits.append(
+            ratelimit.Limit(
+                f"pay:session:{checkout.id}",
+                settings.pay_max_attempts_per_session,
+                settings.pay_session_window_seconds,
+            )
+        )
+    try:
+        with services.database.transaction() as session:
+            ratelimit.take(session, limits, message="Too many payment attempts.")
+    except RateLimited as exc:
+        minutes = -(-int(exc.headers["Retry-After"]) // 60)
+        message = (
+            f"Too many payment attempts. Nothing was charged; try again in {minutes} "
+            f"minute{'s' if minutes != 1 else ''}."
+        )
+        if checkout is not None and service.effective_status(checkout) == "open":
+            page = _pay_page(checkout, plan, error=message, status_code=429)
+        else:
+            page = _closed("Too many attempts", message, 429)
+        page.headers["Retry-After"] = exc.headers["Retry-After"]
+        return page
+    return None if checkout is not None else _show(None)
+
+
+def _submit(services: Services, session_id: str, form: dict[str, str], client: str) -> Response:
+    refused = _too_many_attempts(services, session_id, client)
+    if refused is not None:
+        return refused
     month, year = _split_expiry(form.get("card_expiry", ""))
     result = service.pay_with_card(
         services.database,

@@ -25,6 +25,7 @@ from billfold.jobs.service import ClaimedJob
 from billfold.money import micros_to_cents
 from billfold.payments import recovery
 from billfold.payments import service as payments
+from billfold.processors.base import UnknownPaymentMethod
 from billfold.processors.cards import InvalidCard
 from billfold.processors.sandbox import SandboxProcessor
 from billfold.wallet.models import Wallet
@@ -231,6 +232,12 @@ def pay_with_card(
                 else f"Subscription to plan {plan_id} (payment link)"
             ),
         )
+    except UnknownPaymentMethod:
+        # The processor refused the card it just tokenized: nothing was charged.
+        with database.transaction() as session:
+            recovery.settle(session, pending)
+        _reopen(database, session_id)
+        return PayResult("invalid_card", "This card cannot be used. Try another card.")
     except Exception:
         _reopen(database, session_id)
         raise

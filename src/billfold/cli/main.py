@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -16,19 +18,38 @@ app = typer.Typer(help="Billfold: billing, wallet and subscriptions for AI-agent
 console = Console()
 
 
-def resolve_admin_key(settings: Settings) -> tuple[str, str]:
+@dataclass(frozen=True)
+class AdminKey:
+    key: str
+    source: str
+    generated: bool = False
+
+    def display(self) -> str:
+        """What `serve` prints: the key itself only the once it was generated; after that a
+        fingerprint, so logs of later starts do not carry the operator's credential."""
+        if self.generated:
+            return f"{self.key}   (generated now into {self.source}; shown only this once)"
+        return f"{admin_key_fingerprint(self.key)}   (from {self.source})"
+
+
+def admin_key_fingerprint(key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{key[:6]}… sha256:{digest}"
+
+
+def resolve_admin_key(settings: Settings) -> AdminKey:
     """The operator key and where it came from: the environment, or var/admin_key."""
     if settings.admin_key:
-        return settings.admin_key, "BILLFOLD_ADMIN_KEY"
+        return AdminKey(settings.admin_key, "BILLFOLD_ADMIN_KEY")
     path = settings.var_dir / "admin_key"
     if path.exists():
-        return path.read_text().strip(), str(path)
+        return AdminKey(path.read_text().strip(), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     key = f"bf_admin_{secrets.token_urlsafe(32)}"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
-    return key, f"{path} (generated now)"
+    return AdminKey(key, str(path), generated=True)
 
 
 @app.command()
@@ -72,15 +93,15 @@ def serve(
         settings = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
     if run_migrations:
         upgrade(settings.database_url)
-    admin_key, key_source = resolve_admin_key(settings)
-    services = build_services(settings, admin_key)
+    admin_key = resolve_admin_key(settings)
+    services = build_services(settings, admin_key.key)
     if demo is None:
         demo = services.database.is_sqlite
     lines = [
         ("URL", settings.public_url),
         ("Database", _safe_url(settings.database_url)),
         ("Processor", settings.processor),
-        ("Admin key", f"{admin_key}   (from {key_source})"),
+        ("Admin key", admin_key.display()),
     ]
     if demo:
         from billfold.demo import seed
@@ -99,7 +120,16 @@ def serve(
         from billfold.jobs.worker import start_in_thread
 
         start_in_thread(services)
-    uvicorn.run(create_app(services), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(services),
+        host=host,
+        port=port,
+        log_level="info",
+        # Client addresses (login throttling, abuse limits) come from the connection
+        # unless the operator names the proxy whose X-Forwarded-For is to be believed.
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
 
 
 @app.command("worker")
@@ -115,8 +145,7 @@ def run_worker(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
-    admin_key, _ = resolve_admin_key(settings)
-    job_runner = Worker(build_services(settings, admin_key))
+    job_runner = Worker(build_services(settings, resolve_admin_key(settings).key))
     if once:
         console.print(f"Ran {job_runner.drain()} job(s).")
         return

@@ -3,14 +3,19 @@
 A redemption is reserved first, in one transaction: a conditional UPDATE takes one of
 the remaining redemptions (so two accounts racing for the last one cannot both win)
 and the (coupon, account) unique constraint refuses a second one by the same account.
-A purchase coupon then charges the card; a decline gives the reservation back.
+A purchase coupon then charges the card. A redemption that does not complete gives its
+reservation back: at once when no card can have been charged, through the charge's
+recovery job when one may have been, and through a janitor queued with the reservation
+when the process died before either could.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -19,16 +24,28 @@ from sqlalchemy.orm import Session
 from billfold.clock import now
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.db import Database, insert_or_ignore
-from billfold.errors import BillfoldError, Conflict, InvalidRequest, PaymentFailed
+from billfold.errors import BillfoldError, Conflict, InvalidRequest
 from billfold.ids import new_id
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
 from billfold.money import from_micros
+from billfold.payments import recovery
 from billfold.payments import service as payments
+from billfold.payments.models import Payment
 from billfold.processors.base import Processor
 from billfold.wallet import service as wallet_service
 from billfold.wallet.models import Wallet
 from billfold.webhooks import service as webhooks
 
+if TYPE_CHECKING:
+    from billfold.api.deps import Services
+
+log = logging.getLogger("billfold.coupons")
+
+RELEASE_JOB = "coupons.release_reservation"
+# Past the charge's recovery (payments.recovery.DELAY) with room to spare.
+RESERVATION_TIMEOUT = timedelta(minutes=15)
 PURCHASE_KINDS = ("bonus_percent", "bonus_fixed")
 
 
@@ -298,10 +315,14 @@ def redeem(
             raise payments.PaymentMethodRequired(
                 "Give a payment_method_id: this account has no default card on file."
             )
-        redemption = _reserve(
-            session, coupon, account_id=account_id, purchase_micros=purchase_micros
+        reserved = reserve_purchase(
+            session,
+            coupon,
+            account_id=account_id,
+            purchase_micros=purchase_micros,
+            idempotency_key=idempotency_key,
         )
-    # Charge the purchase; a decline gives the reserved redemption back.
+        redemption = reserved.redemption
     try:
         funded = wallet_service.fund_wallet(
             database,
@@ -309,16 +330,21 @@ def redeem(
             account_id=account_id,
             amount_micros=purchase_micros,
             payment_method_id=payment_method_id,
-            idempotency_key=f"coupon:{redemption.id}:{idempotency_key or ''}",
+            idempotency_key=reserved.funding_key,
             purpose="coupon_purchase",
             coupon_redemption_id=redemption.id,
         )
-    except PaymentFailed:  # declined: nothing was charged, the coupon is free again
+    except Exception as exc:
+        # A redemption that did not complete gives its reservation back now when no
+        # unrecorded charge can exist: a refusal (a decline, an unknown card: every 4xx),
+        # or any failure while no recovery watch is pending (before it was written, or
+        # after the outcome was recorded). Otherwise the recovery job grants the bonus if
+        # the card was charged and releases it if not; the janitor catches the rest.
         with database.transaction() as session:
-            release_redemption(session, redemption.id)
+            refused = isinstance(exc, BillfoldError) and exc.status_code < 500
+            if refused or not recovery.watch_pending(session, reserved.processor_key):
+                release_redemption(session, redemption.id)
         raise
-    # Any other failure leaves the reservation to the charge's recovery job, which
-    # grants the bonus if the card was charged and releases it if not.
     with database.transaction() as session:
         finish_redemption(session, redemption.id, funded.payment.id)  # done with the credit
         row = session.get(CouponRedemption, redemption.id)
@@ -326,6 +352,70 @@ def redeem(
         wallet = session.get(Wallet, account_id, populate_existing=True)
         assert wallet is not None
         return Redeemed(row, coupon, wallet.balance_micros)
+
+
+@dataclass(frozen=True)
+class PurchaseReservation:
+    redemption: CouponRedemption
+    funding_key: str  # the purchase's funding idempotency key
+    processor_key: str  # its charge's key at the processor
+
+
+def reserve_purchase(
+    session: Session,
+    coupon: Coupon,
+    *,
+    account_id: str,
+    purchase_micros: int,
+    idempotency_key: str | None,
+) -> PurchaseReservation:
+    """Reserve a purchase coupon's redemption (pending until its charge is recorded), with
+    the janitor that releases it if it is ever left behind."""
+    redemption = _reserve(session, coupon, account_id=account_id, purchase_micros=purchase_micros)
+    funding_key = f"coupon:{redemption.id}:{idempotency_key or ''}"
+    processor_key = wallet_service.funding_key(account_id, funding_key)
+    _watch_reservation(session, redemption.id, processor_key)
+    return PurchaseReservation(redemption, funding_key, processor_key)
+
+
+def _watch_reservation(session: Session, redemption_id: str, processor_key: str) -> None:
+    """Queue, with the reservation, the janitor that releases it if it is ever left pending
+    (a process that died between reserving and charging leaves no recovery watch)."""
+    jobs.enqueue(
+        session,
+        kind=RELEASE_JOB,
+        payload={"redemption_id": redemption_id, "processor_key": processor_key},
+        run_at=now() + RESERVATION_TIMEOUT,
+    )
+
+
+def run_release(services: Services, job: ClaimedJob) -> None:
+    """The janitor: a reservation still pending after its timeout is released unless a
+    charge for it is still being recovered or was made."""
+    redemption_id = str(job.payload["redemption_id"])
+    processor_key = str(job.payload["processor_key"])
+    database = services.database
+    with database.read() as session:
+        row = session.get(CouponRedemption, redemption_id)
+        if row is None or row.status != "pending":
+            return
+        recovering = recovery.watch_pending(session, processor_key)
+    if recovering:
+        with database.transaction() as session:  # the recovery job decides; look again later
+            _watch_reservation(session, redemption_id, processor_key)
+        return
+    result = services.processor.find_charge(processor_key)
+    with database.transaction() as session:
+        if result is None or not result.succeeded:
+            release_redemption(session, redemption_id)
+        elif session.get(Payment, result.payment_intent_id) is not None:
+            finish_redemption(session, redemption_id, result.payment_intent_id)
+        else:
+            log.error(
+                "coupon redemption %s: charge %s succeeded but is not recorded",
+                redemption_id,
+                result.payment_intent_id,
+            )
 
 
 def finish_redemption(session: Session, redemption_id: str, payment_id: str) -> None:

@@ -1,4 +1,4 @@
-"""Housekeeping on the job queue: forget expired idempotency keys and old login counters."""
+"""Housekeeping on the job queue: forget expired idempotency keys and old rate-limit counters."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from billfold.accounts.models import RateLimitCounter
 from billfold.clock import now
 from billfold.idempotency import service as idempotency
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
+from billfold.ratelimit import RateLimitCounter
 
 if TYPE_CHECKING:
     from billfold.api.deps import Services
@@ -38,4 +38,4 @@ def run_purge(services: Services, job: ClaimedJob) -> None:
                 RateLimitCounter.window_start < now() - COUNTER_RETENTION
             )
         ).rowcount  # type: ignore[attr-defined]
-    log.info("purged %s expired idempotency keys and %s login counters", keys, counters)
+    log.info("purged %s expired idempotency keys and %s rate-limit counters", keys, counters)

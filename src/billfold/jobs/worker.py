@@ -33,6 +33,7 @@ Handler = Callable[["Services", ClaimedJob], None]
 def handlers() -> dict[str, Handler]:
     """Every job kind and the domain function that runs it."""
     from billfold.checkout.service import EXPIRE_JOB, run_expiry
+    from billfold.coupons import service as coupons
     from billfold.jobs import maintenance
     from billfold.payments import recovery
     from billfold.subscriptions import attempts, credits, dunning
@@ -46,6 +47,7 @@ def handlers() -> dict[str, Handler]:
         EXPIRE_JOB: run_expiry,
         maintenance.JOB_KIND: maintenance.run_purge,
         recovery.JOB_KIND: recovery.run_recovery,
+        coupons.RELEASE_JOB: coupons.run_release,
         webhooks.JOB_KIND: webhooks.run_delivery,
         subscriptions.RENEW_JOB: subscriptions.run_renewal,
         dunning.RETRY_JOB: subscriptions.run_retry,

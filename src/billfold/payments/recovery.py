@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
 from billfold.jobs import service as jobs
+from billfold.jobs.models import Job
 from billfold.jobs.service import ClaimedJob
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
@@ -56,7 +58,7 @@ class PendingCharge:
 
     @property
     def dedupe_key(self) -> str:
-        return f"recover:{self.processor_key}"
+        return _dedupe_key(self.processor_key)
 
 
 def watch(session: Session, charge: PendingCharge) -> None:
@@ -67,6 +69,27 @@ def watch(session: Session, charge: PendingCharge) -> None:
         payload=asdict(charge),
         run_at=now() + DELAY,
         dedupe_key=charge.dedupe_key,
+    )
+
+
+def _dedupe_key(processor_key: str) -> str:
+    return f"recover:{processor_key}"
+
+
+def watch_pending(session: Session, processor_key: str) -> bool:
+    """Whether this charge's recovery job is still to run (queued, or running now): the
+    charge may have been made and its outcome is not recorded. (Recording the outcome
+    settles the watch in the same transaction.)"""
+    return (
+        session.scalar(
+            select(Job.id)
+            .where(
+                Job.dedupe_key == _dedupe_key(processor_key),
+                Job.status.in_(("queued", "running")),
+            )
+            .limit(1)
+        )
+        is not None
     )
 
 

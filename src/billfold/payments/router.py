@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 from fastapi import APIRouter, Path, Request
@@ -20,6 +21,7 @@ from billfold.payments.schemas import (
     SetupIntentOut,
     StripeConfigOut,
 )
+from billfold.processors.base import UnknownPaymentMethod
 from billfold.schemas import ERROR_RESPONSES, Envelope
 
 router = APIRouter(route_class=DecimalJSONRoute, tags=["billing"], responses=ERROR_RESPONSES)
@@ -139,7 +141,8 @@ def remove_payment_method(
                 session, account_id=agent.account_id, pm_id=payment_method_id
             )
             view = {**service.payment_method_view(pm), "deleted": True}
-        services.processor.detach_payment_method(payment_method_id)
+        with suppress(UnknownPaymentMethod):  # already gone at the processor: nothing to do
+            services.processor.detach_payment_method(payment_method_id)
         return 200, view
 
     return idem.phased(handler)
@@ -175,9 +178,10 @@ def create_setup_intent(
             "status": intent.status,
             "instructions": (
                 f"Confirm with POST {base}/v1/setup_intents/{intent.id}/confirm (basic auth: the "
-                "publishable key) and payment_method_data[type]=card plus "
-                "payment_method_data[card][number|exp_month|exp_year|cvc]; then attach the "
-                "returned payment_method with POST /billing/payment-methods."
+                "publishable key) with client_secret, and payment_method_data[type]=card plus "
+                "payment_method_data[card][number|exp_month|exp_year|cvc] (or payment_method="
+                "pm_… of a card tokenized for this account); then attach the returned "
+                "payment_method with POST /billing/payment-methods."
             ),
         }
 

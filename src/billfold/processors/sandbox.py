@@ -9,6 +9,7 @@ are kept.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import asdict
 from datetime import date, datetime
 from typing import Any
@@ -30,6 +31,26 @@ from billfold.processors.base import (
 from billfold.processors.cards import TEST_CARD_DECLINES, Decline, check_card, fingerprint
 
 _FINGERPRINT_SECRET = "billfold-sandbox"  # noqa: S105 - keys fingerprints, not a credential
+
+
+class SandboxRequestError(Exception):
+    """A request the sandbox refuses as Stripe would: an `invalid_request_error`."""
+
+    def __init__(self, status: int, code: str, message: str, *, param: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+def _no_such_payment_method(payment_method_id: str) -> SandboxRequestError:
+    return SandboxRequestError(
+        400,
+        "resource_missing",
+        f"No such PaymentMethod: '{payment_method_id}'",
+        param="payment_method",
+    )
 
 
 class SandboxObject(Base):
@@ -145,14 +166,20 @@ class SandboxProcessor:
         self,
         setup_intent_id: str,
         *,
+        client_secret: str | None,
         card: dict[str, str | None] | None,
         payment_method: str | None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Confirm with new card details or an existing pm; (setup intent JSON, card error).
 
-        Raises cards.InvalidCard for malformed card data and UnknownPaymentMethod for an
-        unknown intent or payment method, as Stripe answers those before confirming.
+        As Stripe does with a publishable key: the intent's client_secret must match
+        (required to confirm with an existing payment method, checked whenever given),
+        and an existing payment method must be unattached or the intent's customer's own.
+        Raises cards.InvalidCard for malformed card data and SandboxRequestError for what
+        Stripe refuses before confirming.
         """
+        with self.database.read() as session:
+            self._setup_intent(session, setup_intent_id, client_secret=client_secret)
         if card is not None:
             pm_id = self.tokenize_card(
                 number=card.get("number") or "",
@@ -161,16 +188,36 @@ class SandboxProcessor:
                 cvc=card.get("cvc"),
             )["id"]
         elif payment_method:
+            if client_secret is None:
+                raise SandboxRequestError(
+                    400,
+                    "parameter_missing",
+                    "Missing required param: client_secret (needed with a publishable key).",
+                    param="client_secret",
+                )
             pm_id = payment_method
         else:
-            raise UnknownPaymentMethod("no payment method")
+            raise SandboxRequestError(
+                400,
+                "parameter_missing",
+                "Give payment_method_data[card][…] fields or a payment_method.",
+                param="payment_method_data",
+            )
         with self.database.transaction() as session:
-            intent = session.get(SandboxObject, setup_intent_id, with_for_update=True)
-            if intent is None or intent.object != "setup_intent":
-                raise UnknownPaymentMethod(setup_intent_id)
+            intent = self._setup_intent(
+                session, setup_intent_id, client_secret=client_secret, lock=True
+            )
             if intent.data["status"] == "succeeded":
                 return self.setup_intent_json(intent), None
-            pm = self._payment_method(session, pm_id, lock=True)
+            try:
+                pm = self._payment_method(session, pm_id, lock=True)
+            except UnknownPaymentMethod:
+                raise _no_such_payment_method(pm_id) from None
+            owner = pm.data.get("customer")
+            if owner is not None and owner != intent.data["customer"]:
+                # Another customer's card: answered as Stripe answers an id it will not
+                # show this key, without saying whether it exists.
+                raise _no_such_payment_method(pm_id)
             decline = pm.data.get("decline")
             data = {**intent.data, "payment_method": pm_id, "last_setup_error": None}
             error = None
@@ -191,6 +238,30 @@ class SandboxProcessor:
                 pm.data = {**pm.data, "customer": data["customer"]}
             intent.data = data
             return self.setup_intent_json(intent), error
+
+    @staticmethod
+    def _setup_intent(
+        session: Session, setup_intent_id: str, *, client_secret: str | None, lock: bool = False
+    ) -> SandboxObject:
+        intent = session.get(SandboxObject, setup_intent_id, with_for_update=lock)
+        if (
+            intent is None
+            or intent.object != "setup_intent"
+            or (
+                client_secret is not None
+                and not hmac.compare_digest(
+                    client_secret.encode(), str(intent.data["client_secret"]).encode()
+                )
+            )
+        ):
+            # A wrong secret is answered like an unknown intent: it tells nothing.
+            raise SandboxRequestError(
+                404,
+                "resource_missing",
+                f"No such setup_intent: '{setup_intent_id}'",
+                param="intent",
+            )
+        return intent
 
     @staticmethod
     def setup_intent_json(obj: SandboxObject) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from billfold.api.deps import ServicesDep
-from billfold.processors.base import UnknownPaymentMethod
+from billfold import ratelimit
+from billfold.api.deps import ServicesDep, client_address
+from billfold.errors import RateLimited
 from billfold.processors.cards import InvalidCard
+from billfold.processors.sandbox import SandboxRequestError
 
 router = APIRouter(prefix="/sandbox/v1", tags=["sandbox processor"], include_in_schema=True)
 
@@ -60,6 +62,31 @@ async def _authorized_form(
         return _stripe_error(400, "invalid_request_error", "The body must be form-encoded.")
 
 
+def _tokenization_refused(request: Request, services: ServicesDep) -> JSONResponse | None:
+    """Count a card tokenization (it stores a payment method) per client address; Stripe's
+    429 `rate_limit` error when over the limit."""
+    settings = services.settings
+    limit = ratelimit.Limit(
+        f"tokenize:client:{client_address(request)}",
+        settings.tokenize_max_per_client,
+        settings.client_window_seconds,
+    )
+    try:
+        with services.database.transaction() as session:
+            ratelimit.take(session, [limit], message="Too many card tokenizations.")
+    except RateLimited as exc:
+        response = _stripe_error(
+            429,
+            "invalid_request_error",
+            "Too many card tokenizations from this address; retry after "
+            f"{exc.headers['Retry-After']} seconds.",
+            code="rate_limit",
+        )
+        response.headers["Retry-After"] = exc.headers["Retry-After"]
+        return response
+    return None
+
+
 @router.post("/payment_methods", summary="Create a card PaymentMethod (Stripe-compatible)")
 async def create_payment_method(request: Request, services: ServicesDep) -> JSONResponse:
     form = await _authorized_form(request, services)
@@ -74,6 +101,9 @@ async def create_payment_method(request: Request, services: ServicesDep) -> JSON
             return _stripe_error(
                 400, "invalid_request_error", f"Missing required param: {field}.", param=field
             )
+    refused = _tokenization_refused(request, services)
+    if refused is not None:
+        return refused
     try:
         payment_method = services.processor.tokenize_card(
             number=form["card[number]"],
@@ -116,18 +146,22 @@ async def confirm_setup_intent(
             "Give payment_method_data[card][…] fields or a payment_method.",
             param="payment_method_data",
         )
+    if card is not None:
+        refused = _tokenization_refused(request, services)
+        if refused is not None:
+            return refused
     try:
         intent, error = services.processor.confirm_setup_intent(
-            setup_intent_id, card=card, payment_method=form.get("payment_method")
+            setup_intent_id,
+            client_secret=form.get("client_secret"),
+            card=card,
+            payment_method=form.get("payment_method"),
         )
     except InvalidCard as exc:
         return _stripe_error(402, "card_error", exc.message, code=exc.code, param=exc.param)
-    except UnknownPaymentMethod:
+    except SandboxRequestError as exc:
         return _stripe_error(
-            404,
-            "invalid_request_error",
-            "No such setup_intent or payment_method.",
-            code="resource_missing",
+            exc.status, "invalid_request_error", exc.message, code=exc.code, param=exc.param
         )
     if error is not None:
         return JSONResponse({"error": {**error, "setup_intent": intent}}, status_code=402)

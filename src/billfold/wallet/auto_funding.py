@@ -19,6 +19,7 @@ from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
 from billfold.money import from_micros, micros_to_cents
 from billfold.payments import service as payments
+from billfold.processors.base import UnknownPaymentMethod
 from billfold.wallet.models import Wallet
 from billfold.webhooks import service as webhooks
 
@@ -143,14 +144,23 @@ def run_top_up(services: Services, job: ClaimedJob) -> None:
             disable(session, account_id=account_id, reason="No default card on file.")
         return
     customer_id = payments.ensure_customer(database, processor, account_id)
-    result = processor.charge(
-        customer_id=customer_id,
-        payment_method_id=card_id,
-        amount_cents=micros_to_cents(amount),
-        currency=currency,
-        idempotency_key=f"job:{job.id}",
-        description="Wallet auto-funding",
-    )
+    try:
+        result = processor.charge(
+            customer_id=customer_id,
+            payment_method_id=card_id,
+            amount_cents=micros_to_cents(amount),
+            currency=currency,
+            idempotency_key=f"job:{job.id}",
+            description="Wallet auto-funding",
+        )
+    except UnknownPaymentMethod:  # nothing was charged; retrying would not help
+        with database.transaction() as session:
+            disable(
+                session,
+                account_id=account_id,
+                reason="The default card is no longer available at the processor.",
+            )
+        return
     with database.transaction() as session:
         payment, first_time = payments.record_payment(
             session,

@@ -18,7 +18,7 @@ from billfold.money import floor_to_cent, from_micros, micros_to_cents
 from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.payments.models import Payment, Refund
-from billfold.processors.base import Processor
+from billfold.processors.base import Processor, UnknownPaymentMethod
 from billfold.wallet import auto_funding
 from billfold.wallet.models import Wallet
 
@@ -94,6 +94,11 @@ def list_transactions(
     return items, int(total or 0)
 
 
+def funding_key(account_id: str, idempotency_key: str | None) -> str:
+    """The processor idempotency key of a funding charge (one per request key)."""
+    return f"fund:{account_id}:{idempotency_key or new_id('once')}"
+
+
 @dataclass(frozen=True)
 class Funded:
     payment: Payment
@@ -147,20 +152,26 @@ def fund_wallet(
         amount_micros=amount_micros,
         currency=currency,
         payment_method_id=payment_method_id,
-        processor_key=f"fund:{account_id}:{idempotency_key or new_id('once')}",
+        processor_key=funding_key(account_id, idempotency_key),
         save_card=card is not None,
         coupon_redemption_id=coupon_redemption_id,
     )
     with database.transaction() as session:
         recovery.watch(session, pending)
-    result = processor.charge(
-        customer_id=customer_id,
-        payment_method_id=payment_method_id,
-        amount_cents=micros_to_cents(amount_micros),
-        currency=currency,
-        idempotency_key=pending.processor_key,
-        description="Wallet funding",
-    )
+    try:
+        result = processor.charge(
+            customer_id=customer_id,
+            payment_method_id=payment_method_id,
+            amount_cents=micros_to_cents(amount_micros),
+            currency=currency,
+            idempotency_key=pending.processor_key,
+            description="Wallet funding",
+        )
+    except UnknownPaymentMethod:
+        # The processor no longer has this card for this customer: nothing was charged.
+        with database.transaction() as session:
+            recovery.settle(session, pending)
+        raise payments.payment_method_not_found(payment_method_id) from None
     with database.transaction() as session:
         payment, transaction_id = recovery.record_outcome(session, pending, result, card=card)
         wallet = get_wallet(session, account_id)
