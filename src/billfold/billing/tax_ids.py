@@ -1,12 +1,75 @@
-"""Stripe's tax ID types, with format checks for the common ones.
+"""Stripe's tax ID types, checked with python-stdnum (check digits included) where it knows
+the number, and with a short pattern for the few it does not.
 
-Types without a pattern here are accepted as given (trimmed, upper-cased): Stripe's
-own validation of those is looser than a checksum anyway.
+A checked number is stored in stdnum's compact form: upper-case, without the spaces, dots
+and dashes a person types (`de 136 695 976` → `DE136695976`), keeping the country prefix
+that Stripe's examples show (`GB…`, `T…` for jp_trn, `MK…`). Types with neither a stdnum
+module nor a pattern here are accepted as given (trimmed, upper-cased, without spaces).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from stdnum.ad import nrt as ad_nrt
+from stdnum.al import nipt as al_nipt
+from stdnum.ar import cuit as ar_cuit
+from stdnum.au import abn as au_abn
+from stdnum.az import voen as az_voen
+from stdnum.br import cnpj as br_cnpj
+from stdnum.br import cpf as br_cpf
+from stdnum.by import unp as by_unp
+from stdnum.ca import bn as ca_bn
+from stdnum.ch import uid as ch_uid
+from stdnum.ch import vat as ch_vat
+from stdnum.cl import rut as cl_rut
+from stdnum.cn import uscc as cn_uscc
+from stdnum.co import nit as co_nit
+from stdnum.cr import cpf as cr_cpf
+from stdnum.cr import cpj as cr_cpj
+from stdnum.cr import cr as cr_cr
+from stdnum.de import stnr as de_stnr
+from stdnum.do import cedula as do_cedula
+from stdnum.do import rnc as do_rnc
+from stdnum.ec import ruc as ec_ruc
+from stdnum.eg import tn as eg_tn
+from stdnum.es import nif as es_nif
+from stdnum.eu import oss as eu_oss
+from stdnum.eu import vat as eu_vat
+from stdnum.exceptions import InvalidChecksum, InvalidComponent, InvalidFormat, ValidationError
+from stdnum.gb import vat as gb_vat
+from stdnum.gn import nifp as gn_nifp
+from stdnum.hr import oib as hr_oib
+from stdnum.id import npwp as id_npwp
+from stdnum.in_ import gstin as in_gstin
+from stdnum.is_ import vsk as is_vsk
+from stdnum.jp import cn as jp_cn
+from stdnum.ke import pin as ke_pin
+from stdnum.kr import brn as kr_brn
+from stdnum.me import pib as me_pib
+from stdnum.mk import edb as mk_edb
+from stdnum.mx import rfc as mx_rfc
+from stdnum.no import mva as no_mva
+from stdnum.nz import ird as nz_ird
+from stdnum.pe import ruc as pe_ruc
+from stdnum.ro import cf as ro_cf
+from stdnum.rs import pib as rs_pib
+from stdnum.ru import inn as ru_inn
+from stdnum.sg import uen as sg_uen
+from stdnum.si import ddv as si_ddv
+from stdnum.sn import ninea as sn_ninea
+from stdnum.sv import nit as sv_nit
+from stdnum.th import tin as th_tin
+from stdnum.tr import tckimlik as tr_tckimlik
+from stdnum.tr import vkn as tr_vkn
+from stdnum.tw import ubn as tw_ubn
+from stdnum.us import ein as us_ein
+from stdnum.uy import rut as uy_rut
+from stdnum.ve import rif as ve_rif
+from stdnum.vn import mst as vn_mst
 
 TAX_ID_TYPES = frozenset(
     [
@@ -123,52 +186,150 @@ TAX_ID_TYPES = frozenset(
     ]
 )
 
-_EU_VAT = (
-    r"ATU\d{8}|BE[01]\d{9}|BG\d{9,10}|CY\d{8}[A-Z]|CZ\d{8,10}|DE\d{9}|DK\d{8}|EE\d{9}"
-    r"|EL\d{9}|ES[A-Z0-9]\d{7}[A-Z0-9]|FI\d{8}|FR[A-HJ-NP-Z0-9]{2}\d{9}|HR\d{11}|HU\d{8}"
-    r"|IE\d{7}[A-W][A-IW]?|IE\d[A-Z+*]\d{5}[A-W]|IT\d{11}|LT(\d{9}|\d{12})|LU\d{8}|LV\d{11}"
-    r"|MT\d{8}|NL\d{9}B\d{2}|PL\d{10}|PT\d{9}|RO\d{2,10}|SE\d{12}|SI\d{8}|SK\d{10}|XI\d{9}"
-    r"|EU\d{9}"
-)
 
-PATTERNS: dict[str, tuple[str, str]] = {
-    # type: (regex on the normalized value, example shown in the error)
-    "eu_vat": (_EU_VAT, "DE123456789"),
-    "eu_oss_vat": (r"EU\d{9}", "EU123456789"),
-    "gb_vat": (r"GB(\d{9}|\d{12}|GD\d{3}|HA\d{3})", "GB123456789"),
-    "us_ein": (r"\d{2}-?\d{7}", "12-3456789"),
-    "au_abn": (r"\d{11}", "12345678912"),
-    "au_arn": (r"\d{12}", "123456789123"),
-    "ca_bn": (r"\d{9}", "123456789"),
-    "in_gst": (r"\d{2}[A-Z]{5}\d{4}[A-Z][1-9A-Z]Z[0-9A-Z]", "12ABCDE3456FGZH"),
-    "ch_vat": (r"CHE-?\d{3}\.?\d{3}\.?\d{3}(MWST|TVA|IVA)", "CHE-123.456.789 MWST"),
-    "no_vat": (r"\d{9}MVA", "123456789MVA"),
-    "nz_gst": (r"\d{8,9}", "123456789"),
-    "jp_cn": (r"\d{13}", "1234567891234"),
-    "br_cnpj": (r"\d{2}\.?\d{3}\.?\d{3}/?\d{4}-?\d{2}", "01.234.456/5432-10"),
-    "br_cpf": (r"\d{3}\.?\d{3}\.?\d{3}-?\d{2}", "123.456.789-87"),
-    "mx_rfc": (r"[A-Z&Ñ]{3,4}\d{6}[A-Z0-9]{3}", "ABC010203AB9"),
-    "za_vat": (r"4\d{9}", "4123456789"),
-    "sg_gst": (r"[A-Z]\d{8}[A-Z]|\d{8,9}[A-Z]|M\d{8}[A-Z]", "M12345678X"),
+class NumberModule(Protocol):
+    """What Billfold uses of a stdnum module."""
+
+    def validate(self, number: str) -> str: ...
+
+
+class _Refusing:
+    """A stdnum module, less the numbers that start with `prefixes`."""
+
+    def __init__(self, module: NumberModule, *prefixes: str) -> None:
+        self.module = module
+        self.prefixes = prefixes
+
+    def validate(self, number: str) -> str:
+        if number.startswith(self.prefixes):
+            raise InvalidComponent()
+        return self.module.validate(number)
+
+
+# stdnum.eu.vat also takes One Stop Shop numbers, as Stripe's eu_vat does: the non-union
+# scheme's `EU…` (a VAT registration), not the import scheme's `IM…` (an importer's).
+_EU_VAT = _Refusing(eu_vat, "IM")
+_EU_OSS_VAT = _Refusing(eu_oss, "IM")
+
+Check = Callable[[str], str]  # the cleaned value → the stored form; ValidationError if not
+
+
+def _stdnum(*modules: NumberModule, prefix: str = "", prefix_optional: bool = False) -> Check:
+    """Valid if one of `modules` validates the number; stored as `prefix` + stdnum's compact
+    form. A required `prefix` must be typed; an optional one is added when missing."""
+
+    def check(value: str) -> str:
+        if prefix and value.startswith(prefix):
+            value = value[len(prefix) :]
+        elif prefix and not prefix_optional:
+            raise InvalidFormat()
+        failures: list[ValidationError] = []
+        for module in modules:
+            try:
+                return prefix + module.validate(value)
+            except ValidationError as exc:
+                failures.append(exc)
+        # The most telling reason: a number of the right shape with a wrong check digit.
+        raise next((f for f in failures if isinstance(f, InvalidChecksum)), failures[0])
+
+    return check
+
+
+def _pattern(regex: str) -> Check:
+    """For the types stdnum has no module for: a format, without a check digit."""
+
+    def check(value: str) -> str:
+        if re.fullmatch(regex, value) is None:
+            raise InvalidFormat()
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class Rule:
+    check: Check
+    example: str  # a valid number, shown in the error
+
+
+RULES: dict[str, Rule] = {
+    "ad_nrt": Rule(_stdnum(ad_nrt), "A-723456-Y"),
+    "al_tin": Rule(_stdnum(al_nipt), "J12345678N"),
+    "ar_cuit": Rule(_stdnum(ar_cuit), "20-3456789-06"),
+    "au_abn": Rule(_stdnum(au_abn), "12345678012"),
+    "au_arn": Rule(_pattern(r"\d{12}"), "123456789123"),
+    "az_tin": Rule(_stdnum(az_voen), "1234567801"),
+    "br_cnpj": Rule(_stdnum(br_cnpj), "01.234.486/5432-10"),
+    "br_cpf": Rule(_stdnum(br_cpf), "123.456.289-87"),
+    "by_tin": Rule(_stdnum(by_unp), "123456783"),
+    "ca_bn": Rule(_stdnum(ca_bn), "123456782"),
+    "ca_gst_hst": Rule(_stdnum(ca_bn), "123456782RT0002"),
+    "ch_uid": Rule(_stdnum(ch_uid), "CHE-123.456.788"),
+    "ch_vat": Rule(_stdnum(ch_vat), "CHE-123.456.788 MWST"),
+    "cl_tin": Rule(_stdnum(cl_rut), "12.345.678-5"),
+    "cn_tin": Rule(_stdnum(cn_uscc), "911234567890123453"),
+    "co_nit": Rule(_stdnum(co_nit), "123.456.789-6"),
+    "cr_tin": Rule(_stdnum(cr_cpj, cr_cpf, cr_cr), "3-101-567890"),
+    "de_stn": Rule(_stdnum(de_stnr), "1234567890"),
+    "do_rcn": Rule(_stdnum(do_rnc, do_cedula), "1-23-45678-6"),
+    "ec_ruc": Rule(_stdnum(ec_ruc), "1234567897001"),
+    "eg_tin": Rule(_stdnum(eg_tn), "123456789"),
+    "es_cif": Rule(_stdnum(es_nif), "A12345674"),
+    "eu_oss_vat": Rule(_stdnum(_EU_OSS_VAT), "EU372123456"),
+    "eu_vat": Rule(_stdnum(_EU_VAT), "DE123456788"),
+    "gb_vat": Rule(_stdnum(gb_vat, prefix="GB"), "GB123456782"),
+    "gn_nif": Rule(_stdnum(gn_nifp), "123456782"),
+    "hr_oib": Rule(_stdnum(hr_oib), "12345678903"),
+    "id_npwp": Rule(_stdnum(id_npwp), "01.234.567.4-012.345"),
+    "in_gst": Rule(_stdnum(in_gstin), "12ABCPE3456F1ZA"),
+    "is_vat": Rule(_stdnum(is_vsk), "123456"),
+    "jp_cn": Rule(_stdnum(jp_cn), "1234567891236"),
+    "jp_trn": Rule(_stdnum(jp_cn, prefix="T"), "T1234567891236"),
+    "ke_pin": Rule(_stdnum(ke_pin), "P000111111A"),
+    "kr_brn": Rule(_stdnum(kr_brn), "123-45-67890"),
+    "me_pib": Rule(_stdnum(me_pib), "12345679"),
+    "mk_vat": Rule(_stdnum(mk_edb, prefix="MK", prefix_optional=True), "MK1234567890125"),
+    "mx_rfc": Rule(_stdnum(mx_rfc), "ABC010203AB9"),
+    "no_vat": Rule(_stdnum(no_mva), "123456785MVA"),
+    "nz_gst": Rule(_stdnum(nz_ird), "123456785"),
+    "pe_ruc": Rule(_stdnum(pe_ruc), "20123456786"),
+    "ro_tin": Rule(_stdnum(ro_cf), "1630615123457"),
+    "rs_pib": Rule(_stdnum(rs_pib), "123456788"),
+    "ru_inn": Rule(_stdnum(ru_inn), "1234567894"),
+    "sg_gst": Rule(_pattern(r"[A-Z]\d{8}[A-Z]|\d{8,9}[A-Z]|M\d{8}[A-Z]"), "M12345678X"),
+    "sg_uen": Rule(_stdnum(sg_uen), "123456789E"),
+    "si_tin": Rule(_stdnum(si_ddv), "12345679"),
+    "sn_ninea": Rule(_stdnum(sn_ninea), "12345672A2"),
+    "sv_nit": Rule(_stdnum(sv_nit), "1234-567890-123-0"),
+    "th_vat": Rule(_stdnum(th_tin), "0123456789121"),
+    "tr_tin": Rule(_stdnum(tr_vkn, tr_tckimlik), "0123456789"),
+    "tw_vat": Rule(_stdnum(tw_ubn), "12345675"),
+    "us_ein": Rule(_stdnum(us_ein), "12-3456789"),
+    "uy_ruc": Rule(_stdnum(uy_rut), "211234560019"),
+    "ve_rif": Rule(_stdnum(ve_rif), "J-12345678-4"),
+    "vn_tin": Rule(_stdnum(vn_mst), "1234567893"),
+    "za_vat": Rule(_pattern(r"4\d{9}"), "4123456789"),
 }
 
 
-def normalize(tax_id_type: str, value: str) -> str:
-    """Upper-case, without the spaces a person types; ch_vat keeps its dots and dashes."""
-    cleaned = value.strip().upper().replace(" ", "")
-    if tax_id_type in ("eu_vat", "gb_vat", "eu_oss_vat", "no_vat", "au_abn", "au_arn"):
-        cleaned = cleaned.replace(".", "").replace("-", "")
-    return cleaned
+def _clean(value: str) -> str:
+    return value.strip().upper().replace(" ", "")
 
 
 def check(tax_id_type: str, value: str) -> str:
     """The normalized tax id; ValueError naming the expected format if it does not fit."""
     if tax_id_type not in TAX_ID_TYPES:
         raise ValueError(f"unknown tax_id_type {tax_id_type!r} (use one of Stripe's, e.g. eu_vat)")
-    normalized = normalize(tax_id_type, value)
-    if not normalized or len(normalized) > 64:
+    cleaned = _clean(value)
+    if not cleaned or len(cleaned) > 64:
         raise ValueError("tax_id must be 1 to 64 characters")
-    pattern = PATTERNS.get(tax_id_type)
-    if pattern and not re.fullmatch(pattern[0], normalized):
-        raise ValueError(f"not a valid {tax_id_type} number (for example {pattern[1]})")
-    return normalized
+    rule = RULES.get(tax_id_type)
+    if rule is None:
+        return cleaned
+    try:
+        return rule.check(cleaned)
+    except ValidationError as exc:
+        reason = ": the check digit does not match" if isinstance(exc, InvalidChecksum) else ""
+        raise ValueError(
+            f"not a valid {tax_id_type} number{reason} (for example {rule.example})"
+        ) from None
