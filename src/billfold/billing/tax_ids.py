@@ -9,181 +9,28 @@ module nor a pattern here are accepted as given (trimmed, upper-cased, without s
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
-from stdnum.ad import nrt as ad_nrt
-from stdnum.al import nipt as al_nipt
-from stdnum.ar import cuit as ar_cuit
-from stdnum.au import abn as au_abn
-from stdnum.az import voen as az_voen
-from stdnum.br import cnpj as br_cnpj
-from stdnum.br import cpf as br_cpf
-from stdnum.by import unp as by_unp
-from stdnum.ca import bn as ca_bn
-from stdnum.ch import uid as ch_uid
-from stdnum.ch import vat as ch_vat
-from stdnum.cl import rut as cl_rut
-from stdnum.cn import uscc as cn_uscc
-from stdnum.co import nit as co_nit
-from stdnum.cr import cpf as cr_cpf
-from stdnum.cr import cpj as cr_cpj
-from stdnum.cr import cr as cr_cr
-from stdnum.de import stnr as de_stnr
-from stdnum.do import cedula as do_cedula
-from stdnum.do import rnc as do_rnc
-from stdnum.ec import ruc as ec_ruc
-from stdnum.eg import tn as eg_tn
-from stdnum.es import nif as es_nif
-from stdnum.eu import oss as eu_oss
-from stdnum.eu import vat as eu_vat
 from stdnum.exceptions import InvalidChecksum, InvalidComponent, InvalidFormat, ValidationError
-from stdnum.gb import vat as gb_vat
-from stdnum.gn import nifp as gn_nifp
-from stdnum.hr import oib as hr_oib
-from stdnum.id import npwp as id_npwp
-from stdnum.in_ import gstin as in_gstin
-from stdnum.is_ import vsk as is_vsk
-from stdnum.jp import cn as jp_cn
-from stdnum.ke import pin as ke_pin
-from stdnum.kr import brn as kr_brn
-from stdnum.me import pib as me_pib
-from stdnum.mk import edb as mk_edb
-from stdnum.mx import rfc as mx_rfc
-from stdnum.no import mva as no_mva
-from stdnum.nz import ird as nz_ird
-from stdnum.pe import ruc as pe_ruc
-from stdnum.ro import cf as ro_cf
-from stdnum.rs import pib as rs_pib
-from stdnum.ru import inn as ru_inn
-from stdnum.sg import uen as sg_uen
-from stdnum.si import ddv as si_ddv
-from stdnum.sn import ninea as sn_ninea
-from stdnum.sv import nit as sv_nit
-from stdnum.th import tin as th_tin
-from stdnum.tr import tckimlik as tr_tckimlik
-from stdnum.tr import vkn as tr_vkn
-from stdnum.tw import ubn as tw_ubn
-from stdnum.us import ein as us_ein
-from stdnum.uy import rut as uy_rut
-from stdnum.ve import rif as ve_rif
-from stdnum.vn import mst as vn_mst
 
+# One line per few codes rather than one per line: a table to read, not a list to scroll.
 TAX_ID_TYPES = frozenset(
-    [
-        "ad_nrt",
-        "ae_trn",
-        "al_tin",
-        "am_tin",
-        "ao_tin",
-        "ar_cuit",
-        "au_abn",
-        "au_arn",
-        "aw_tin",
-        "az_tin",
-        "ba_tin",
-        "bb_tin",
-        "bd_bin",
-        "bf_ifu",
-        "bg_uic",
-        "bh_vat",
-        "bj_ifu",
-        "bo_tin",
-        "br_cnpj",
-        "br_cpf",
-        "bs_tin",
-        "by_tin",
-        "ca_bn",
-        "ca_gst_hst",
-        "ca_pst_bc",
-        "ca_pst_mb",
-        "ca_pst_sk",
-        "ca_qst",
-        "cd_nif",
-        "ch_uid",
-        "ch_vat",
-        "cl_tin",
-        "cm_niu",
-        "cn_tin",
-        "co_nit",
-        "cr_tin",
-        "cv_nif",
-        "de_stn",
-        "do_rcn",
-        "ec_ruc",
-        "eg_tin",
-        "es_cif",
-        "et_tin",
-        "eu_oss_vat",
-        "eu_vat",
-        "gb_vat",
-        "ge_vat",
-        "gn_nif",
-        "hk_br",
-        "hr_oib",
-        "hu_tin",
-        "id_npwp",
-        "il_vat",
-        "in_gst",
-        "is_vat",
-        "jp_cn",
-        "jp_rn",
-        "jp_trn",
-        "ke_pin",
-        "kg_tin",
-        "kh_tin",
-        "kr_brn",
-        "kz_bin",
-        "la_tin",
-        "li_uid",
-        "li_vat",
-        "ma_vat",
-        "md_vat",
-        "me_pib",
-        "mk_vat",
-        "mr_nif",
-        "mx_rfc",
-        "my_frp",
-        "my_itn",
-        "my_sst",
-        "ng_tin",
-        "no_vat",
-        "no_voec",
-        "np_pan",
-        "nz_gst",
-        "om_vat",
-        "pe_ruc",
-        "ph_tin",
-        "ro_tin",
-        "rs_pib",
-        "ru_inn",
-        "ru_kpp",
-        "sa_vat",
-        "sg_gst",
-        "sg_uen",
-        "si_tin",
-        "sn_ninea",
-        "sr_fin",
-        "sv_nit",
-        "th_vat",
-        "tj_tin",
-        "tr_tin",
-        "tw_vat",
-        "tz_vat",
-        "ua_vat",
-        "ug_tin",
-        "us_ein",
-        "uy_ruc",
-        "uz_tin",
-        "uz_vat",
-        "ve_rif",
-        "vn_tin",
-        "za_vat",
-        "zm_tin",
-        "zw_tin",
-    ]
+    """
+    ad_nrt ae_trn al_tin am_tin ao_tin ar_cuit au_abn au_arn aw_tin az_tin ba_tin bb_tin
+    bd_bin bf_ifu bg_uic bh_vat bj_ifu bo_tin br_cnpj br_cpf bs_tin by_tin ca_bn ca_gst_hst
+    ca_pst_bc ca_pst_mb ca_pst_sk ca_qst cd_nif ch_uid ch_vat cl_tin cm_niu cn_tin co_nit
+    cr_tin cv_nif de_stn do_rcn ec_ruc eg_tin es_cif et_tin eu_oss_vat eu_vat gb_vat ge_vat
+    gn_nif hk_br hr_oib hu_tin id_npwp il_vat in_gst is_vat jp_cn jp_rn jp_trn ke_pin kg_tin
+    kh_tin kr_brn kz_bin la_tin li_uid li_vat ma_vat md_vat me_pib mk_vat mr_nif mx_rfc
+    my_frp my_itn my_sst ng_tin no_vat no_voec np_pan nz_gst om_vat pe_ruc ph_tin ro_tin
+    rs_pib ru_inn ru_kpp sa_vat sg_gst sg_uen si_tin sn_ninea sr_fin sv_nit th_vat tj_tin
+    tr_tin tw_vat tz_vat ua_vat ug_tin us_ein uy_ruc uz_tin uz_vat ve_rif vn_tin za_vat
+    zm_tin zw_tin
+    """.split()  # noqa: SIM905
 )
 
 
@@ -193,32 +40,20 @@ class NumberModule(Protocol):
     def validate(self, number: str) -> str: ...
 
 
-class _Refusing:
-    """A stdnum module, less the numbers that start with `prefixes`."""
-
-    def __init__(self, module: NumberModule, *prefixes: str) -> None:
-        self.module = module
-        self.prefixes = prefixes
-
-    def validate(self, number: str) -> str:
-        if number.startswith(self.prefixes):
-            raise InvalidComponent()
-        return self.module.validate(number)
-
-
-# stdnum.eu.vat also takes One Stop Shop numbers, as Stripe's eu_vat does: the non-union
-# scheme's `EU…` (a VAT registration), not the import scheme's `IM…` (an importer's).
-_EU_VAT = _Refusing(eu_vat, "IM")
-_EU_OSS_VAT = _Refusing(eu_oss, "IM")
-
 Check = Callable[[str], str]  # the cleaned value → the stored form; ValidationError if not
 
 
-def _stdnum(*modules: NumberModule, prefix: str = "", prefix_optional: bool = False) -> Check:
-    """Valid if one of `modules` validates the number; stored as `prefix` + stdnum's compact
-    form. A required `prefix` must be typed; an optional one is added when missing."""
+def _stdnum(
+    *names: str, prefix: str = "", prefix_optional: bool = False, refuse: tuple[str, ...] = ()
+) -> Check:
+    """Valid if one of the stdnum modules `names` (`eu.vat` for `stdnum.eu.vat`) validates the
+    number; stored as `prefix` + stdnum's compact form. A required `prefix` must be typed, an
+    optional one is added when missing; numbers starting with one of `refuse` are refused."""
+    modules = [cast(NumberModule, importlib.import_module(f"stdnum.{name}")) for name in names]
 
     def check(value: str) -> str:
+        if value.startswith(refuse):
+            raise InvalidComponent()
         if prefix and value.startswith(prefix):
             value = value[len(prefix) :]
         elif prefix and not prefix_optional:
@@ -252,62 +87,64 @@ class Rule:
     example: str  # a valid number, shown in the error
 
 
+# stdnum.eu.vat also takes One Stop Shop numbers, as Stripe's eu_vat does: the non-union
+# scheme's `EU…` (a VAT registration), not the import scheme's `IM…` (an importer's).
 RULES: dict[str, Rule] = {
-    "ad_nrt": Rule(_stdnum(ad_nrt), "A-723456-Y"),
-    "al_tin": Rule(_stdnum(al_nipt), "J12345678N"),
-    "ar_cuit": Rule(_stdnum(ar_cuit), "20-3456789-06"),
-    "au_abn": Rule(_stdnum(au_abn), "12345678012"),
+    "ad_nrt": Rule(_stdnum("ad.nrt"), "A-723456-Y"),
+    "al_tin": Rule(_stdnum("al.nipt"), "J12345678N"),
+    "ar_cuit": Rule(_stdnum("ar.cuit"), "20-3456789-06"),
+    "au_abn": Rule(_stdnum("au.abn"), "12345678012"),
     "au_arn": Rule(_pattern(r"\d{12}"), "123456789123"),
-    "az_tin": Rule(_stdnum(az_voen), "1234567801"),
-    "br_cnpj": Rule(_stdnum(br_cnpj), "01.234.486/5432-10"),
-    "br_cpf": Rule(_stdnum(br_cpf), "123.456.289-87"),
-    "by_tin": Rule(_stdnum(by_unp), "123456783"),
-    "ca_bn": Rule(_stdnum(ca_bn), "123456782"),
-    "ca_gst_hst": Rule(_stdnum(ca_bn), "123456782RT0002"),
-    "ch_uid": Rule(_stdnum(ch_uid), "CHE-123.456.788"),
-    "ch_vat": Rule(_stdnum(ch_vat), "CHE-123.456.788 MWST"),
-    "cl_tin": Rule(_stdnum(cl_rut), "12.345.678-5"),
-    "cn_tin": Rule(_stdnum(cn_uscc), "911234567890123453"),
-    "co_nit": Rule(_stdnum(co_nit), "123.456.789-6"),
-    "cr_tin": Rule(_stdnum(cr_cpj, cr_cpf, cr_cr), "3-101-567890"),
-    "de_stn": Rule(_stdnum(de_stnr), "1234567890"),
-    "do_rcn": Rule(_stdnum(do_rnc, do_cedula), "1-23-45678-6"),
-    "ec_ruc": Rule(_stdnum(ec_ruc), "1234567897001"),
-    "eg_tin": Rule(_stdnum(eg_tn), "123456789"),
-    "es_cif": Rule(_stdnum(es_nif), "A12345674"),
-    "eu_oss_vat": Rule(_stdnum(_EU_OSS_VAT), "EU372123456"),
-    "eu_vat": Rule(_stdnum(_EU_VAT), "DE123456788"),
-    "gb_vat": Rule(_stdnum(gb_vat, prefix="GB"), "GB123456782"),
-    "gn_nif": Rule(_stdnum(gn_nifp), "123456782"),
-    "hr_oib": Rule(_stdnum(hr_oib), "12345678903"),
-    "id_npwp": Rule(_stdnum(id_npwp), "01.234.567.4-012.345"),
-    "in_gst": Rule(_stdnum(in_gstin), "12ABCPE3456F1ZA"),
-    "is_vat": Rule(_stdnum(is_vsk), "123456"),
-    "jp_cn": Rule(_stdnum(jp_cn), "1234567891236"),
-    "jp_trn": Rule(_stdnum(jp_cn, prefix="T"), "T1234567891236"),
-    "ke_pin": Rule(_stdnum(ke_pin), "P000111111A"),
-    "kr_brn": Rule(_stdnum(kr_brn), "123-45-67890"),
-    "me_pib": Rule(_stdnum(me_pib), "12345679"),
-    "mk_vat": Rule(_stdnum(mk_edb, prefix="MK", prefix_optional=True), "MK1234567890125"),
-    "mx_rfc": Rule(_stdnum(mx_rfc), "ABC010203AB9"),
-    "no_vat": Rule(_stdnum(no_mva), "123456785MVA"),
-    "nz_gst": Rule(_stdnum(nz_ird), "123456785"),
-    "pe_ruc": Rule(_stdnum(pe_ruc), "20123456786"),
-    "ro_tin": Rule(_stdnum(ro_cf), "1630615123457"),
-    "rs_pib": Rule(_stdnum(rs_pib), "123456788"),
-    "ru_inn": Rule(_stdnum(ru_inn), "1234567894"),
+    "az_tin": Rule(_stdnum("az.voen"), "1234567801"),
+    "br_cnpj": Rule(_stdnum("br.cnpj"), "01.234.486/5432-10"),
+    "br_cpf": Rule(_stdnum("br.cpf"), "123.456.289-87"),
+    "by_tin": Rule(_stdnum("by.unp"), "123456783"),
+    "ca_bn": Rule(_stdnum("ca.bn"), "123456782"),
+    "ca_gst_hst": Rule(_stdnum("ca.bn"), "123456782RT0002"),
+    "ch_uid": Rule(_stdnum("ch.uid"), "CHE-123.456.788"),
+    "ch_vat": Rule(_stdnum("ch.vat"), "CHE-123.456.788 MWST"),
+    "cl_tin": Rule(_stdnum("cl.rut"), "12.345.678-5"),
+    "cn_tin": Rule(_stdnum("cn.uscc"), "911234567890123453"),
+    "co_nit": Rule(_stdnum("co.nit"), "123.456.789-6"),
+    "cr_tin": Rule(_stdnum("cr.cpj", "cr.cpf", "cr.cr"), "3-101-567890"),
+    "de_stn": Rule(_stdnum("de.stnr"), "1234567890"),
+    "do_rcn": Rule(_stdnum("do.rnc", "do.cedula"), "1-23-45678-6"),
+    "ec_ruc": Rule(_stdnum("ec.ruc"), "1234567897001"),
+    "eg_tin": Rule(_stdnum("eg.tn"), "123456789"),
+    "es_cif": Rule(_stdnum("es.nif"), "A12345674"),
+    "eu_oss_vat": Rule(_stdnum("eu.oss", refuse=("IM",)), "EU372123456"),
+    "eu_vat": Rule(_stdnum("eu.vat", refuse=("IM",)), "DE123456788"),
+    "gb_vat": Rule(_stdnum("gb.vat", prefix="GB"), "GB123456782"),
+    "gn_nif": Rule(_stdnum("gn.nifp"), "123456782"),
+    "hr_oib": Rule(_stdnum("hr.oib"), "12345678903"),
+    "id_npwp": Rule(_stdnum("id.npwp"), "01.234.567.4-012.345"),
+    "in_gst": Rule(_stdnum("in_.gstin"), "12ABCPE3456F1ZA"),
+    "is_vat": Rule(_stdnum("is_.vsk"), "123456"),
+    "jp_cn": Rule(_stdnum("jp.cn"), "1234567891236"),
+    "jp_trn": Rule(_stdnum("jp.cn", prefix="T"), "T1234567891236"),
+    "ke_pin": Rule(_stdnum("ke.pin"), "P000111111A"),
+    "kr_brn": Rule(_stdnum("kr.brn"), "123-45-67890"),
+    "me_pib": Rule(_stdnum("me.pib"), "12345679"),
+    "mk_vat": Rule(_stdnum("mk.edb", prefix="MK", prefix_optional=True), "MK1234567890125"),
+    "mx_rfc": Rule(_stdnum("mx.rfc"), "ABC010203AB9"),
+    "no_vat": Rule(_stdnum("no.mva"), "123456785MVA"),
+    "nz_gst": Rule(_stdnum("nz.ird"), "123456785"),
+    "pe_ruc": Rule(_stdnum("pe.ruc"), "20123456786"),
+    "ro_tin": Rule(_stdnum("ro.cf"), "1630615123457"),
+    "rs_pib": Rule(_stdnum("rs.pib"), "123456788"),
+    "ru_inn": Rule(_stdnum("ru.inn"), "1234567894"),
     "sg_gst": Rule(_pattern(r"[A-Z]\d{8}[A-Z]|\d{8,9}[A-Z]|M\d{8}[A-Z]"), "M12345678X"),
-    "sg_uen": Rule(_stdnum(sg_uen), "123456789E"),
-    "si_tin": Rule(_stdnum(si_ddv), "12345679"),
-    "sn_ninea": Rule(_stdnum(sn_ninea), "12345672A2"),
-    "sv_nit": Rule(_stdnum(sv_nit), "1234-567890-123-0"),
-    "th_vat": Rule(_stdnum(th_tin), "0123456789121"),
-    "tr_tin": Rule(_stdnum(tr_vkn, tr_tckimlik), "0123456789"),
-    "tw_vat": Rule(_stdnum(tw_ubn), "12345675"),
-    "us_ein": Rule(_stdnum(us_ein), "12-3456789"),
-    "uy_ruc": Rule(_stdnum(uy_rut), "211234560019"),
-    "ve_rif": Rule(_stdnum(ve_rif), "J-12345678-4"),
-    "vn_tin": Rule(_stdnum(vn_mst), "1234567893"),
+    "sg_uen": Rule(_stdnum("sg.uen"), "123456789E"),
+    "si_tin": Rule(_stdnum("si.ddv"), "12345679"),
+    "sn_ninea": Rule(_stdnum("sn.ninea"), "12345672A2"),
+    "sv_nit": Rule(_stdnum("sv.nit"), "1234-567890-123-0"),
+    "th_vat": Rule(_stdnum("th.tin"), "0123456789121"),
+    "tr_tin": Rule(_stdnum("tr.vkn", "tr.tckimlik"), "0123456789"),
+    "tw_vat": Rule(_stdnum("tw.ubn"), "12345675"),
+    "us_ein": Rule(_stdnum("us.ein"), "12-3456789"),
+    "uy_ruc": Rule(_stdnum("uy.rut"), "211234560019"),
+    "ve_rif": Rule(_stdnum("ve.rif"), "J-12345678-4"),
+    "vn_tin": Rule(_stdnum("vn.mst"), "1234567893"),
     "za_vat": Rule(_pattern(r"4\d{9}"), "4123456789"),
 }
 
