@@ -169,7 +169,7 @@ def test_reverse_charge_for_an_eu_business_elsewhere(api: Api, seller: None) -> 
         {
             "name": "Société Agent SAS",
             "address_country": "FR",
-            "tax_id": "FRAB123456789",
+            "tax_id": "FRAC123456782",
             "tax_id_type": "eu_vat",
         },
     )

@@ -1,6 +1,8 @@
 """Money at the edges: decimals in the API, integer micros (millionths of a unit) inside.
 
-Nothing here touches float: request bodies are parsed with `parse_float=Decimal`
+The one home of Billfold's money units, limits and rounding: every amount minimum, every
+conversion between micros, cents, percent and basis points, and the currency text a human
+reads. Nothing here touches float: request bodies are parsed with `parse_float=Decimal`
 (see `api/routing.py`), and responses render micros back to exact decimals.
 """
 
@@ -8,16 +10,31 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any
 
+from babel.numbers import format_currency, get_currency_precision
 from pydantic import WithJsonSchema
 from pydantic_core import CoreSchema, core_schema
 
+# Units.
 MICROS_PER_UNIT = 1_000_000
-MAX_AMOUNT = Decimal(1_000_000)
-CARD_DECIMALS = 2
-USAGE_DECIMALS = 6
+MICROS_PER_CENT = 10_000  # card amounts are whole cents
+BASIS_POINTS_PER_UNIT = 10_000  # 100% = 10,000 bp
+BASIS_POINTS_PER_PERCENT = 100  # 12.5% = 1,250 bp
+CARD_DECIMALS = 2  # what a card can charge: whole cents
+USAGE_DECIMALS = 6  # what usage can cost: whole micros
+PERCENT_DECIMALS = 2  # a percentage is whole basis points
+
+# Limits on request amounts, in currency units.
+MAX_AMOUNT = Decimal(1_000_000)  # any one amount
+MIN_FUNDING = Decimal(10)  # a top-up, a payment link, a coupon purchase, pay-as-you-go
+MIN_AUTO_CHARGE = Decimal(5)  # what auto-funding or a subscription's charge-amount charges
+MAX_AUTO_CHARGE = Decimal(10_000)  # a subscription's charge-amount
+MIN_CHARGE_THRESHOLD = Decimal(1)  # the balance under which auto-funding charges
+ONE_CENT = Decimal("0.01")  # the least card amount (a withdrawal, a promotional credit)
+ONE_MICRO = Decimal("0.000001")  # the least usage charge
+MAX_PERCENT = Decimal(100)
 # A string amount is plain ASCII decimal notation only: Decimal() would also take "1_0" (10),
 # Arabic-Indic digits, surrounding spaces and exponents, none of which a client means.
 _PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
@@ -39,9 +56,6 @@ def from_micros(micros: int) -> Decimal:
     return value.normalize()
 
 
-MICROS_PER_CENT = 10_000
-
-
 def cents_to_micros(cents: int) -> int:
     return cents * MICROS_PER_CENT
 
@@ -60,6 +74,52 @@ def floor_to_cent(micros: int) -> int:
 def ceil_to_cent(micros: int) -> int:
     """Up to a whole cent: what a customer is charged or gives back."""
     return -floor_to_cent(-micros)
+
+
+def round_to_cent(micros: int) -> int:
+    """To the nearest whole cent, half away from zero (a prorated price, a tax share)."""
+    sign = -1 if micros < 0 else 1
+    return sign * ((abs(micros) + MICROS_PER_CENT // 2) // MICROS_PER_CENT * MICROS_PER_CENT)
+
+
+def percent_to_basis_points(percent: Decimal) -> int:
+    """12.5 → 1250; digits past a basis point are dropped (toward zero)."""
+    return int(percent * BASIS_POINTS_PER_PERCENT)
+
+
+def basis_points_to_percent(basis_points: int) -> Decimal:
+    """1900 → 19, 1250 → 12.5: an exact decimal without trailing zeros."""
+    return from_micros(basis_points * (MICROS_PER_UNIT // BASIS_POINTS_PER_PERCENT))
+
+
+def share_of(micros: int, basis_points: int) -> int:
+    """`basis_points` of `micros`, down to the micro (toward minus infinity)."""
+    return micros * basis_points // BASIS_POINTS_PER_UNIT
+
+
+def tax_inside(total_micros: int, basis_points: int) -> int:
+    """The tax included in a tax-inclusive `total_micros` (not negative) at `basis_points`,
+    rounded to the cent: the total less the net, the net rounded down to the micro."""
+    if basis_points == 0:
+        return 0
+    net = total_micros * BASIS_POINTS_PER_UNIT // (BASIS_POINTS_PER_UNIT + basis_points)
+    return round_to_cent(total_micros - net)
+
+
+# Currency text for people (invoice PDFs, the hosted payment page) follows one locale.
+LOCALE = "en_US"
+
+
+def format_money(micros: int, currency: str) -> str:
+    """`micros` of `currency` as a person reads it: -1234500000 USD → "-$1,234.50".
+
+    Babel's CLDR data gives the symbol and the currency's decimals ($, €, £ and two for
+    USD, EUR and GBP). The Decimal is rounded half to even to those decimals, never through
+    float, and an amount that rounds to zero shows no sign (-0.004 USD → "$0.00").
+    """
+    places = Decimal(1).scaleb(-get_currency_precision(currency))
+    amount = from_micros(micros).quantize(places, rounding=ROUND_HALF_EVEN)
+    return format_currency(abs(amount) if amount == 0 else amount, currency, locale=LOCALE)
 
 
 def parse_amount(value: Any, *, decimals: int, minimum: Decimal, maximum: Decimal) -> Decimal:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -18,7 +17,7 @@ from billfold.checkout import service
 from billfold.checkout.models import CheckoutSession
 from billfold.clock import now
 from billfold.errors import RateLimited
-from billfold.money import from_micros
+from billfold.money import format_money
 from billfold.subscriptions.models import Plan
 
 router = APIRouter(include_in_schema=False)
@@ -27,7 +26,6 @@ _templates = Environment(
     autoescape=select_autoescape(["html"]),
 )
 STATIC_DIR = Path(__file__).parent / "static"
-_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
 # The pages' scripts and styles are files under /checkout/static, so the policy needs no
 # 'unsafe-inline': an injected script or style would not run; no other site may frame them.
 PAGE_CSP = (
@@ -39,12 +37,6 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": PAGE_CSP,
 }
-
-
-def money_text(micros: int, currency: str) -> str:
-    amount = from_micros(micros).quantize(Decimal("0.01"))
-    symbol = _SYMBOLS.get(currency)
-    return f"{symbol}{amount:,}" if symbol else f"{amount:,} {currency}"
 
 
 def _page(name: str, status_code: int = 200, **context: object) -> HTMLResponse:
@@ -64,7 +56,7 @@ def _expires_in(expires_at: datetime) -> str:
 def _description(checkout: CheckoutSession, plan: Plan | None) -> str:
     if plan is None:
         return "Add funds to your agent's prepaid wallet"
-    amount = money_text(plan.price_micros, plan.currency)
+    amount = format_money(plan.price_micros, plan.currency)
     return (
         f"Subscribe to {plan.name}: {amount} now, then {amount} every {plan.period} until cancelled"
     )
@@ -81,7 +73,7 @@ def _pay_page(
     return _page(
         "pay.html",
         status_code,
-        amount=money_text(checkout.amount_micros, checkout.currency),
+        amount=format_money(checkout.amount_micros, checkout.currency),
         description=_description(checkout, plan),
         action=f"/pay/{checkout.id}",
         error=error,
@@ -98,7 +90,7 @@ def _show(checkout: CheckoutSession | None, plan: Plan | None = None) -> HTMLRes
     if status == "complete":
         return _page(
             "success.html",
-            amount=money_text(checkout.amount_micros, checkout.currency),
+            amount=format_money(checkout.amount_micros, checkout.currency),
             session_id=checkout.id,
             subscribed=plan.name if plan is not None and checkout.subscription_id else None,
             success_url=checkout.success_url,

@@ -8,11 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from billfold.money import CARD_DECIMALS, AmountRules, MoneyOut
+from billfold.money import CARD_DECIMALS, MIN_FUNDING, AmountRules, MoneyOut
 from billfold.schemas import RequestModel
 
-MIN_LINK_FUNDING = Decimal(10)
-LinkAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_LINK_FUNDING)]
+LinkAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
 
 
 class PaymentLinkRequest(RequestModel):

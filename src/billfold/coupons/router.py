@@ -28,7 +28,7 @@ from billfold.coupons.schemas import (
     RedeemCouponRequest,
     RedemptionOut,
 )
-from billfold.money import to_micros
+from billfold.money import percent_to_basis_points, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
 
 router = APIRouter(route_class=DecimalJSONRoute, tags=["coupons"], responses=ERROR_RESPONSES)
@@ -93,7 +93,9 @@ def create_coupon(body: CreateCouponRequest, idem: OperatorIdempotent) -> Respon
                 "code": body.code,
                 "kind": body.kind,
                 "amount_micros": to_micros(body.amount) if body.amount is not None else None,
-                "percent_basis_points": int(body.percent * 100) if body.percent else None,
+                "percent_basis_points": percent_to_basis_points(body.percent)
+                if body.percent
+                else None,
                 "min_purchase_micros": to_micros(body.min_purchase) if body.min_purchase else 0,
                 "currency": body.currency,
                 "valid_from": body.valid_from,

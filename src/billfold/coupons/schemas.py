@@ -8,14 +8,25 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from billfold.money import CARD_DECIMALS, USAGE_DECIMALS, AmountRules, MoneyOut
+from billfold.money import (
+    CARD_DECIMALS,
+    MAX_PERCENT,
+    MIN_FUNDING,
+    ONE_CENT,
+    PERCENT_DECIMALS,
+    USAGE_DECIMALS,
+    AmountRules,
+    MoneyOut,
+)
 from billfold.payments.schemas import PaymentMethodId
 from billfold.schemas import RequestModel
 
 CouponCode = Annotated[str, Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-PurchaseAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(10))]
-CreditAmount = Annotated[Decimal, AmountRules(decimals=USAGE_DECIMALS, minimum=Decimal("0.01"))]
-Percent = Annotated[Decimal, AmountRules(decimals=2, minimum=Decimal("0.01"), maximum=Decimal(100))]
+PurchaseAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
+CreditAmount = Annotated[Decimal, AmountRules(decimals=USAGE_DECIMALS, minimum=ONE_CENT)]
+Percent = Annotated[
+    Decimal, AmountRules(decimals=PERCENT_DECIMALS, minimum=ONE_CENT, maximum=MAX_PERCENT)
+]
 
 
 class CreateCouponRequest(RequestModel):

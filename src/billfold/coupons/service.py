@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, or_, select, update
@@ -29,7 +28,7 @@ from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
-from billfold.money import from_micros
+from billfold.money import basis_points_to_percent, from_micros, share_of
 from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
@@ -77,7 +76,7 @@ def bonus_micros(coupon: Coupon, purchase_micros: int) -> int:
         return coupon.amount_micros or 0
     if coupon.kind == "bonus_percent":
         # Round down to the micro: a bonus never exceeds its stated percentage.
-        return purchase_micros * (coupon.percent_basis_points or 0) // 10_000
+        return share_of(purchase_micros, coupon.percent_basis_points or 0)
     return 0
 
 
@@ -145,7 +144,7 @@ def coupon_view(coupon: Coupon) -> dict[str, Any]:
             from_micros(coupon.amount_micros or 0) if coupon.kind == "bonus_fixed" else None
         ),
         "bonus_percent": (
-            Decimal(coupon.percent_basis_points or 0) / 100
+            basis_points_to_percent(coupon.percent_basis_points or 0)
             if coupon.kind == "bonus_percent"
             else None
         ),

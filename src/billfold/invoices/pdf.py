@@ -11,7 +11,6 @@ import hmac
 import io
 import os
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import pycountry
@@ -25,20 +24,11 @@ from reportlab.pdfgen.canvas import Canvas
 
 from billfold.invoices.models import Invoice, InvoiceLine
 from billfold.invoices.service import REVERSE_CHARGE_NOTE, tax_percent
-from billfold.money import from_micros
+from billfold.money import format_money
 
 _FONT_DIR = os.path.join(os.path.dirname(reportlab.__file__), "fonts")
 pdfmetrics.registerFont(TTFont("Vera", os.path.join(_FONT_DIR, "Vera.ttf")))
 pdfmetrics.registerFont(TTFont("Vera-Bold", os.path.join(_FONT_DIR, "VeraBd.ttf")))
-_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
-
-
-def money(micros: int, currency: str) -> str:
-    amount = from_micros(micros).quantize(Decimal("0.01"))
-    sign = "-" if amount < 0 else ""
-    symbol = _SYMBOLS.get(currency)
-    text = f"{abs(amount):,.2f}"
-    return f"{sign}{symbol}{text}" if symbol else f"{sign}{text} {currency}"
 
 
 def _date(value: datetime | None) -> str:
@@ -135,8 +125,10 @@ def render(invoice: Invoice, lines: list[InvoiceLine]) -> bytes:
         y -= 6 * mm
         pdf.drawString(left, y, line.description[:70])
         pdf.drawRightString(right - 55 * mm, y, str(line.quantity))
-        pdf.drawRightString(right - 28 * mm, y, money(line.unit_amount_micros, invoice.currency))
-        pdf.drawRightString(right, y, money(line.amount_micros, invoice.currency))
+        pdf.drawRightString(
+            right - 28 * mm, y, format_money(line.unit_amount_micros, invoice.currency)
+        )
+        pdf.drawRightString(right, y, format_money(line.amount_micros, invoice.currency))
         if line.period_start and line.period_end:
             y -= 4.5 * mm
             pdf.setFont("Vera", 8)
@@ -163,7 +155,7 @@ def render(invoice: Invoice, lines: list[InvoiceLine]) -> bytes:
         bold = label in ("Total", "Amount due")
         pdf.setFont("Vera-Bold" if bold else "Vera", 10)
         pdf.drawRightString(right - 35 * mm, y, label)
-        pdf.drawRightString(right, y, money(amount, invoice.currency))
+        pdf.drawRightString(right, y, format_money(amount, invoice.currency))
 
     stamp = {
         "paid": ("REFUNDED" if invoice.kind == "credit_note" else "PAID", "#067647"),

@@ -20,7 +20,7 @@ from billfold.clock import now
 from billfold.errors import Forbidden, Gone, InvalidRequest
 from billfold.invoices import pdf, service
 from billfold.invoices.models import Invoice
-from billfold.money import AmountRules
+from billfold.money import MAX_PERCENT, PERCENT_DECIMALS, AmountRules
 from billfold.schemas import ERROR_RESPONSES, Envelope, RequestModel
 from billfold.text import CleanText
 
@@ -121,7 +121,9 @@ def download_invoice_pdf(
     )
 
 
-TaxRate = Annotated[Decimal, AmountRules(decimals=2, minimum=Decimal(0), maximum=Decimal(100))]
+TaxRate = Annotated[
+    Decimal, AmountRules(decimals=PERCENT_DECIMALS, minimum=Decimal(0), maximum=MAX_PERCENT)
+]
 
 
 class SellerIn(RequestModel):

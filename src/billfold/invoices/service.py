@@ -27,7 +27,7 @@ from billfold.db import insert_or_ignore
 from billfold.errors import NotFound
 from billfold.ids import new_id
 from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries, OperatorSettings
-from billfold.money import from_micros
+from billfold.money import basis_points_to_percent, from_micros, percent_to_basis_points, tax_inside
 
 EU_COUNTRIES = frozenset(
     [
@@ -136,21 +136,12 @@ def _tax_terms(settings: dict[str, Any], buyer: dict[str, Any]) -> tuple[int, bo
     ):
         return 0, True
     rate = settings["tax_rates"].get(buyer_country or "")
-    return (int(Decimal(str(rate)) * 100) if rate is not None else 0), False
+    return (percent_to_basis_points(Decimal(str(rate))) if rate is not None else 0), False
 
 
 def tax_percent(basis_points: int) -> Decimal:
     """1900 → 19, 1250 → 12.5."""
-    return from_micros(basis_points * 10_000)
-
-
-def _split_inclusive(total_micros: int, rate_bp: int) -> int:
-    """The tax inside a tax-inclusive total, rounded to the cent."""
-    if rate_bp == 0:
-        return 0
-    net = total_micros * 10_000 // (10_000 + rate_bp)
-    tax = total_micros - net
-    return (tax + 5_000) // 10_000 * 10_000
+    return basis_points_to_percent(basis_points)
 
 
 def _buyer_snapshot(session: Session, account_id: str) -> dict[str, Any]:
@@ -205,7 +196,7 @@ def _finalize(
         else ("invoice", "invoice_prefix", "in")
     )
     taxes = [
-        (-1 if line.amount_micros < 0 else 1) * _split_inclusive(abs(line.amount_micros), rate_bp)
+        (-1 if line.amount_micros < 0 else 1) * tax_inside(abs(line.amount_micros), rate_bp)
         for line in lines
     ]
     total = sum(line.amount_micros for line in lines)

@@ -1,12 +1,12 @@
-"""Billing periods and proration arithmetic, in whole seconds and integer micros."""
+"""Billing periods and proration arithmetic, in whole seconds and integer micros.
+
+Rounding a prorated amount to a card amount is `money.round_to_cent`."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from dateutil.relativedelta import relativedelta
-
-CENT = 10_000
 
 
 def add_periods(anchor: datetime, period: str, count: int) -> datetime:
@@ -17,12 +17,6 @@ def add_periods(anchor: datetime, period: str, count: int) -> datetime:
     if period == "year":
         return anchor + relativedelta(years=count)
     raise ValueError(f"unknown period {period!r}")
-
-
-def round_to_cent(micros: int) -> int:
-    """Round half away from zero to a whole cent (card amounts are in cents)."""
-    sign = -1 if micros < 0 else 1
-    return sign * ((abs(micros) + CENT // 2) // CENT * CENT)
 
 
 def prorate(amount_micros: int, *, start: datetime, end: datetime, at: datetime) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -25,7 +24,7 @@ from billfold.api.routing import DecimalJSONRoute
 from billfold.checkout import service as checkout
 from billfold.checkout.router import public_base, subscribe_link
 from billfold.errors import Conflict
-from billfold.money import from_micros, to_micros
+from billfold.money import MIN_FUNDING, from_micros, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
 from billfold.subscriptions import plans, service
 from billfold.subscriptions.models import Subscription
@@ -57,7 +56,6 @@ PAYMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 SubscriptionId = Annotated[str, Path(min_length=1, max_length=40)]
 PlanIdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]
 AccountIdPath = Annotated[str, Path(min_length=1, max_length=40)]
-MIN_TOPUP = Decimal(10)
 
 
 def _subscription(services: ServicesDep, account_id: str, subscription_id: str) -> Response:
@@ -78,7 +76,7 @@ def list_plans(agent: Agent, services: ServicesDep) -> Response:
             "subscription_plans": items,
             "pay_as_you_go": {
                 "available": True,
-                "minimum_topup_usd": MIN_TOPUP,
+                "minimum_topup_usd": MIN_FUNDING,
                 "auto_payments": {"supported": True},
             },
         }

@@ -7,15 +7,22 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, HttpUrl
 
-from billfold.money import CARD_DECIMALS, AmountRules, MoneyOut
+from billfold.money import (
+    CARD_DECIMALS,
+    MAX_AUTO_CHARGE,
+    MIN_AUTO_CHARGE,
+    USAGE_DECIMALS,
+    AmountRules,
+    MoneyOut,
+)
 from billfold.payments.schemas import PaymentMethodId
 from billfold.schemas import RequestModel
 from billfold.text import CleanText
 
 PlanPrice = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(0))]
-IncludedCredits = Annotated[Decimal, AmountRules(decimals=6, minimum=Decimal(0))]
+IncludedCredits = Annotated[Decimal, AmountRules(decimals=USAGE_DECIMALS, minimum=Decimal(0))]
 ChargeAmount = Annotated[
-    Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(5), maximum=Decimal(10_000))
+    Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_AUTO_CHARGE, maximum=MAX_AUTO_CHARGE)
 ]
 Feature = Annotated[CleanText, Field(min_length=1, max_length=200)]
 PlanId = Annotated[int, Field(ge=1, le=2_147_483_647)]

@@ -30,14 +30,14 @@ from billfold.invoices.models import Invoice
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
-from billfold.money import ceil_to_cent, floor_to_cent, from_micros
+from billfold.money import ceil_to_cent, floor_to_cent, from_micros, round_to_cent
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
 from billfold.processors.base import Card
 from billfold.subscriptions import attempts, credits, dunning
 from billfold.subscriptions.attempts import Paid
 from billfold.subscriptions.models import LIVE_STATUSES, Plan, Subscription
-from billfold.subscriptions.periods import add_periods, prorate, round_to_cent
+from billfold.subscriptions.periods import add_periods, prorate
 from billfold.subscriptions.plans import SELF_SERVE_KINDS, plan_view, subscribable_plan
 from billfold.wallet.models import Wallet
 from billfold.webhooks import service as webhooks

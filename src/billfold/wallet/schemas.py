@@ -8,23 +8,33 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 
-from billfold.money import CARD_DECIMALS, MAX_AMOUNT, USAGE_DECIMALS, AmountRules, MoneyOut
+from billfold.money import (
+    CARD_DECIMALS,
+    MAX_AMOUNT,
+    MIN_AUTO_CHARGE,
+    MIN_CHARGE_THRESHOLD,
+    MIN_FUNDING,
+    ONE_CENT,
+    ONE_MICRO,
+    USAGE_DECIMALS,
+    AmountRules,
+    MoneyOut,
+)
 from billfold.payments.schemas import PaymentMethodId
 from billfold.schemas import RequestModel
 from billfold.text import CleanText
 
-MIN_FUNDING = Decimal(10)
-MIN_USAGE_CHARGE = Decimal("0.000001")
-
 FundingAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
-WithdrawalAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal("0.01"))]
-AutoChargeAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(5))]
-ThresholdAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=Decimal(1))]
+WithdrawalAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=ONE_CENT)]
+AutoChargeAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_AUTO_CHARGE)]
+ThresholdAmount = Annotated[
+    Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_CHARGE_THRESHOLD)
+]
 AdjustmentAmount = Annotated[
     Decimal,
     AmountRules(decimals=USAGE_DECIMALS, minimum=-MAX_AMOUNT, nonzero=True),
 ]
-UsageAmount = Annotated[Decimal, AmountRules(decimals=USAGE_DECIMALS, minimum=MIN_USAGE_CHARGE)]
+UsageAmount = Annotated[Decimal, AmountRules(decimals=USAGE_DECIMALS, minimum=ONE_MICRO)]
 
 
 class FundRequest(RequestModel):
