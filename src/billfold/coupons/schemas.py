@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from billfold.errors import ErrorCode
 from billfold.money import CARD_DECIMALS, USAGE_DECIMALS, AmountRules, MoneyOut
 from billfold.payments.schemas import PaymentMethodId
 from billfold.schemas import RequestModel
@@ -75,7 +76,7 @@ class CouponOut(BaseModel):
 
 
 class CouponErrorOut(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
     details: dict[str, Any]
 
