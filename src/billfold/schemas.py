@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from billfold.errors import ErrorCode
 
 T = TypeVar("T")
 
@@ -20,7 +22,7 @@ class Envelope(BaseModel, Generic[T]):
 
 
 class ErrorObject(BaseModel):
-    code: str
+    code: ErrorCode = Field(description="Stable error code; see x-error-catalogue.")
     message: str
     details: dict[str, object]
     request_id: str

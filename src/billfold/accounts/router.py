@@ -25,7 +25,7 @@ from billfold.api.deps import (
 )
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
-from billfold.errors import Unauthenticated
+from billfold.errors import ErrorCode, Unauthenticated
 from billfold.schemas import ERROR_RESPONSES, Envelope
 
 agent_router = APIRouter(route_class=DecimalJSONRoute, tags=["auth"], responses=ERROR_RESPONSES)
@@ -63,7 +63,7 @@ def login(body: LoginRequest, request: Request, services: ServicesDep) -> Respon
     with services.database.read() as session:
         account = service.find_login_account(session, email=body.email, password=body.password)
     if account is None:
-        raise Unauthenticated("Wrong email or password.", code="invalid_credentials")
+        raise Unauthenticated("Wrong email or password.", code=ErrorCode.INVALID_CREDENTIALS)
     with services.database.transaction() as session:
         service.login_succeeded(session, attempt)  # the right password is no failure
         issued = (
@@ -72,7 +72,7 @@ def login(body: LoginRequest, request: Request, services: ServicesDep) -> Respon
             else None
         )
     if issued is None:
-        raise Unauthenticated("This account is suspended.", code="account_suspended")
+        raise Unauthenticated("This account is suspended.", code=ErrorCode.ACCOUNT_SUSPENDED)
     return ok(_token_out(issued))
 
 

@@ -13,7 +13,7 @@ from billfold.accounts.models import Account, AgentToken
 from billfold.clock import now
 from billfold.config import Settings
 from billfold.db import insert_or_ignore
-from billfold.errors import Conflict, NotFound, Unauthenticated
+from billfold.errors import Conflict, ErrorCode, NotFound, Unauthenticated
 from billfold.ids import new_id
 from billfold.security import hash_password, hash_secret, new_secret, verify_password
 from billfold.wallet.models import Wallet
@@ -49,7 +49,7 @@ def create_account(
         ["email"],
     )
     if not inserted:
-        raise Conflict("An account with this email already exists.", code="account_exists")
+        raise Conflict("An account with this email already exists.", code=ErrorCode.ACCOUNT_EXISTS)
     session.add(Wallet(account_id=account_id, currency=currency))
     account = session.get(Account, account_id)
     assert account is not None
@@ -109,11 +109,11 @@ def authenticate_token(session: Session, token: str) -> AgentContext:
         raise Unauthenticated("Invalid access token.")
     record, account = row
     if record.revoked_at is not None:
-        raise Unauthenticated("This access token has been revoked.", code="token_revoked")
+        raise Unauthenticated("This access token has been revoked.", code=ErrorCode.TOKEN_REVOKED)
     if record.expires_at is not None and record.expires_at <= now():
-        raise Unauthenticated("This access token has expired.", code="token_expired")
+        raise Unauthenticated("This access token has expired.", code=ErrorCode.TOKEN_EXPIRED)
     if account.status != "active":
-        raise Unauthenticated("This account is suspended.", code="account_suspended")
+        raise Unauthenticated("This account is suspended.", code=ErrorCode.ACCOUNT_SUSPENDED)
     return AgentContext(account_id=account.id, token_id=record.id, currency=account.currency)
 
 

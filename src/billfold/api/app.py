@@ -27,6 +27,7 @@ from billfold.config import Settings
 from billfold.coupons.router import admin_router as coupons_admin_router
 from billfold.coupons.router import router as coupons_router
 from billfold.db import Database
+from billfold.errors import ErrorCode
 from billfold.ids import new_id
 from billfold.invoices.router import admin_router as invoices_admin_router
 from billfold.invoices.router import files_router as invoice_files_router
@@ -118,7 +119,7 @@ class RequestContext:
         ):
             response = ApiResponse(
                 error_body(
-                    "invalid_request",
+                    ErrorCode.INVALID_REQUEST,
                     "The URL must not contain NUL characters.",
                     {"field": "url"},
                     request_id,
@@ -190,7 +191,9 @@ class RequestContext:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         response = ApiResponse(
-            error_body("payload_too_large", "The request body is too large.", {}, request_id),
+            error_body(
+                ErrorCode.PAYLOAD_TOO_LARGE, "The request body is too large.", {}, request_id
+            ),
             status_code=413,
         )
         await response(scope, receive, self._sender(scope, send, request_id, True))

@@ -10,7 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billfold.api.responses import ApiResponse
-from billfold.errors import BillfoldError, InvalidRequest, NotFound, PaymentFailed
+from billfold.errors import (
+    BillfoldError,
+    ErrorCode,
+    InvalidRequest,
+    NotFound,
+    PaymentFailed,
+    catalogue_json,
+)
 from billfold.payments.service import CardDeclined
 from billfold.processors.base import CardError, UnknownPaymentMethod
 from billfold.processors.cards import InvalidCard
@@ -18,13 +25,13 @@ from billfold.processors.cards import InvalidCard
 log = logging.getLogger("billfold.api")
 
 _HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHENTICATED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
 }
 
 
@@ -32,9 +39,16 @@ def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-def error_body(code: str, message: str, details: dict[str, Any], request_id: str) -> dict[str, Any]:
+def error_body(
+    code: ErrorCode, message: str, details: dict[str, Any], request_id: str
+) -> dict[str, Any]:
     return {
-        "error": {"code": code, "message": message, "details": details, "request_id": request_id}
+        "error": {
+            "code": code.value,
+            "message": message,
+            "details": details,
+            "request_id": request_id,
+        }
     }
 
 
@@ -58,8 +72,10 @@ def processor_refusal(exc: Exception) -> BillfoldError:
             exc.message, details={"decline_code": exc.decline_code, "reason": exc.code}
         )
     if isinstance(exc, InvalidCard):
-        return InvalidRequest(exc.message, code="invalid_card", details={"field": exc.param})
-    return NotFound("No such payment method.", code="payment_method_not_found")
+        return InvalidRequest(
+            exc.message, code=ErrorCode.INVALID_CARD, details={"field": exc.param}
+        )
+    return NotFound("No such payment method.", code=ErrorCode.PAYMENT_METHOD_NOT_FOUND)
 
 
 def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
@@ -92,7 +108,23 @@ def _validation_details(exc: RequestValidationError) -> tuple[str, dict[str, Any
     return f"{first['field']}: {first['message']}", {"errors": errors, "field": first["field"]}
 
 
+def publish_catalogue(app: FastAPI) -> None:
+    """The OpenAPI document lists the error catalogue under `x-error-catalogue`."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema["x-error-catalogue"] = catalogue_json()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    publish_catalogue(app)
+
     @app.exception_handler(BillfoldError)
     async def _billfold(request: Request, exc: BillfoldError) -> ApiResponse:
         return billfold_error_response(exc, request_id_of(request))
@@ -101,7 +133,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> ApiResponse:
         message, details = _validation_details(exc)
         return ApiResponse(
-            error_body("invalid_request", message, details, request_id_of(request)),
+            error_body(ErrorCode.INVALID_REQUEST, message, details, request_id_of(request)),
             status_code=422,
         )
 
@@ -111,7 +143,7 @@ def install_error_handlers(app: FastAPI) -> None:
             # A body that is not even UTF-8: the same answer as malformed JSON.
             return ApiResponse(
                 error_body(
-                    "invalid_request",
+                    ErrorCode.INVALID_REQUEST,
                     "The request body is not valid JSON.",
                     {
                         "errors": [{"field": "body", "message": "not valid UTF-8 JSON"}],
@@ -121,7 +153,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 ),
                 status_code=422,
             )
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             message = "No such endpoint."
@@ -145,6 +177,6 @@ def install_error_handlers(app: FastAPI) -> None:
         request_id = request_id_of(request)
         log.exception("unhandled error in request %s", request_id)
         return ApiResponse(
-            error_body("internal_error", "An internal error occurred.", {}, request_id),
+            error_body(ErrorCode.INTERNAL_ERROR, "An internal error occurred.", {}, request_id),
             status_code=500,
         )

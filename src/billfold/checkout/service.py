@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from billfold.checkout.models import CheckoutSession
 from billfold.clock import now
 from billfold.db import Database
-from billfold.errors import BillfoldError, Conflict, Gone, NotFound
+from billfold.errors import BillfoldError, Conflict, ErrorCode, Gone, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
@@ -38,12 +38,11 @@ EXPIRE_JOB = "checkout.expire"
 
 
 class CheckoutNotCompleted(BillfoldError):
-    status_code = 409
-    code = "checkout_not_completed"
+    code = ErrorCode.CHECKOUT_NOT_COMPLETED
 
 
 class CheckoutExpired(Gone):
-    code = "checkout_expired"
+    code = ErrorCode.CHECKOUT_EXPIRED
 
 
 def create(
@@ -58,7 +57,7 @@ def create(
 ) -> CheckoutSession:
     wallet = session.get(Wallet, account_id)
     if wallet is None:
-        raise NotFound("No such account.", code="account_not_found")
+        raise NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND)
     checkout = CheckoutSession(
         id=new_id("cs"),
         account_id=account_id,
@@ -106,7 +105,7 @@ def get_for_account(session: Session, *, account_id: str, session_id: str) -> Ch
     if checkout is None or checkout.account_id != account_id:
         raise NotFound(
             "No such checkout session.",
-            code="checkout_not_found",
+            code=ErrorCode.CHECKOUT_NOT_FOUND,
             details={"session_id": session_id},
         )
     return checkout
@@ -118,7 +117,7 @@ def confirm(session: Session, *, account_id: str, session_id: str, purpose: str)
     if checkout.purpose != purpose:
         raise Conflict(
             f"This checkout session is for '{checkout.purpose}', not '{purpose}'.",
-            code="checkout_purpose_mismatch",
+            code=ErrorCode.CHECKOUT_PURPOSE_MISMATCH,
         )
     status = effective_status(checkout)
     if status == "complete":

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from billfold.errors import ErrorCode
 from billfold.money import (
     CARD_DECIMALS,
     MAX_PERCENT,
@@ -86,7 +87,7 @@ class CouponOut(BaseModel):
 
 
 class CouponErrorOut(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
     details: dict[str, Any]
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from billfold.clock import now
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.db import Database, insert_or_ignore
-from billfold.errors import BillfoldError, Conflict, InvalidRequest
+from billfold.errors import BillfoldError, Conflict, ErrorCode, InvalidRequest
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
@@ -51,14 +51,6 @@ PURCHASE_KINDS = ("bonus_percent", "bonus_fixed")
 class CouponError(BillfoldError):
     """A coupon that cannot be used; `code` says why (validate reports it as data)."""
 
-    status_code = 422
-
-
-def _error(code: str, message: str, status: int = 422, **details: Any) -> CouponError:
-    error = CouponError(message, code=code, details=details)
-    error.status_code = status
-    return error
-
 
 def normalize_code(code: str) -> str:
     return code.strip().upper()
@@ -67,7 +59,7 @@ def normalize_code(code: str) -> str:
 def find(session: Session, code: str) -> Coupon:
     coupon = session.scalars(select(Coupon).where(Coupon.code == normalize_code(code))).first()
     if coupon is None:
-        raise _error("coupon_not_found", "No coupon with this code.", 404)
+        raise CouponError("No coupon with this code.", code=ErrorCode.COUPON_NOT_FOUND)
     return coupon
 
 
@@ -86,22 +78,19 @@ def check_usable(
     """Raise the reason a coupon cannot be used now; else the credit it would grant."""
     currency = session.scalar(select(Wallet.currency).where(Wallet.account_id == account_id))
     if currency is not None and coupon.currency != currency:
-        raise _error(
-            "currency_mismatch",
+        raise CouponError(
             f"This coupon is in {coupon.currency}; this account pays in {currency}.",
-            422,
-            coupon_currency=coupon.currency,
-            currency=currency,
+            code=ErrorCode.CURRENCY_MISMATCH,
+            details={"coupon_currency": coupon.currency, "currency": currency},
         )
     current = now()
     if coupon.status != "active" or (coupon.valid_until and coupon.valid_until <= current):
-        raise _error("coupon_expired", "This coupon has expired.", 410)
+        raise CouponError("This coupon has expired.", code=ErrorCode.COUPON_EXPIRED)
     if coupon.valid_from and coupon.valid_from > current:
-        raise _error(
-            "coupon_not_yet_valid",
+        raise CouponError(
             "This coupon is not valid yet.",
-            422,
-            valid_from=coupon.valid_from.isoformat(),
+            code=ErrorCode.COUPON_NOT_YET_VALID,
+            details={"valid_from": coupon.valid_from.isoformat()},
         )
     redeemed = session.scalars(
         select(CouponRedemption.id).where(
@@ -109,19 +98,19 @@ def check_usable(
         )
     ).first()
     if redeemed is not None:
-        raise _error(
-            "coupon_already_redeemed", "This account has already redeemed this coupon.", 409
+        raise CouponError(
+            "This account has already redeemed this coupon.",
+            code=ErrorCode.COUPON_ALREADY_REDEEMED,
         )
     if coupon.max_redemptions is not None and coupon.redemptions >= coupon.max_redemptions:
-        raise _error("coupon_exhausted", "This coupon has been fully redeemed.", 409)
+        raise CouponError("This coupon has been fully redeemed.", code=ErrorCode.COUPON_EXHAUSTED)
     if coupon.kind in PURCHASE_KINDS:
         if purchase_micros is None or purchase_micros < coupon.min_purchase_micros:
-            raise _error(
-                "purchase_below_minimum",
+            raise CouponError(
                 f"This coupon needs a purchase of at least "
                 f"{from_micros(coupon.min_purchase_micros)} {coupon.currency}.",
-                422,
-                min_purchase=from_micros(coupon.min_purchase_micros),
+                code=ErrorCode.PURCHASE_BELOW_MINIMUM,
+                details={"min_purchase": from_micros(coupon.min_purchase_micros)},
             )
         return bonus_micros(coupon, purchase_micros)
     return coupon.amount_micros or 0
@@ -171,7 +160,7 @@ def validate(
         return {
             "valid": False,
             "code": normalize_code(code),
-            "error": {"code": exc.code, "message": exc.message, "details": exc.details},
+            "error": {"code": exc.code.value, "message": exc.message, "details": exc.details},
         }
     view = coupon_view(coupon)
     view.update(valid=True, code=coupon.code, error=None)
@@ -198,7 +187,7 @@ def create(session: Session, *, values: dict[str, Any]) -> Coupon:
         ["code"],
     )
     if not inserted:
-        raise Conflict("A coupon with this code exists.", code="coupon_code_taken")
+        raise Conflict("A coupon with this code exists.", code=ErrorCode.COUPON_CODE_TAKEN)
     coupon = session.get(Coupon, coupon_id)
     assert coupon is not None
     return coupon
@@ -233,7 +222,7 @@ def _reserve(
         .values(redemptions=Coupon.redemptions + 1)
     ).rowcount  # type: ignore[attr-defined]
     if not taken:
-        raise _error("coupon_exhausted", "This coupon has been fully redeemed.", 409)
+        raise CouponError("This coupon has been fully redeemed.", code=ErrorCode.COUPON_EXHAUSTED)
     redemption = CouponRedemption(
         id=new_id("red"),
         coupon_id=coupon.id,
@@ -247,8 +236,9 @@ def _reserve(
     try:
         session.flush()
     except IntegrityError:
-        raise _error(
-            "coupon_already_redeemed", "This account has already redeemed this coupon.", 409
+        raise CouponError(
+            "This account has already redeemed this coupon.",
+            code=ErrorCode.COUPON_ALREADY_REDEEMED,
         ) from None
     return redemption
 

@@ -17,7 +17,7 @@ from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
 from billfold.billing.schemas import Country
 from billfold.clock import now
-from billfold.errors import Forbidden, Gone, InvalidRequest
+from billfold.errors import ErrorCode, Forbidden, Gone, InvalidRequest
 from billfold.invoices import pdf, service
 from billfold.invoices.models import Invoice
 from billfold.money import MAX_PERCENT, PERCENT_DECIMALS, AmountRules
@@ -102,13 +102,13 @@ def download_invoice_pdf(
     signature: str = Query(default="", max_length=128),
 ) -> Response:
     if not pdf.signature_valid(_link_secret(services), invoice_id, expires, signature):
-        raise Forbidden("This invoice link is not valid.", code="invalid_signature")
+        raise Forbidden("This invoice link is not valid.", code=ErrorCode.INVALID_SIGNATURE)
     if expires < now().timestamp():
-        raise Gone("This invoice link has expired; ask for a new one.", code="link_expired")
+        raise Gone("This invoice link has expired; ask for a new one.", code=ErrorCode.LINK_EXPIRED)
     with services.database.read() as session:
         invoice = session.get(Invoice, invoice_id)
         if invoice is None:
-            raise Forbidden("This invoice link is not valid.", code="invalid_signature")
+            raise Forbidden("This invoice link is not valid.", code=ErrorCode.INVALID_SIGNATURE)
         body = pdf.render(invoice, service.lines_of(session, invoice.id))
     filename = f"{invoice.number}.pdf"
     return Response(

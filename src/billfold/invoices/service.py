@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from billfold.billing.models import BillingInfo
 from billfold.clock import now
 from billfold.db import insert_or_ignore
-from billfold.errors import NotFound
+from billfold.errors import ErrorCode, NotFound
 from billfold.ids import new_id
 from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries, OperatorSettings
 from billfold.money import basis_points_to_percent, from_micros, percent_to_basis_points, tax_inside
@@ -397,7 +397,7 @@ def get_for_account(session: Session, *, account_id: str, invoice_id: str) -> In
     invoice = session.get(Invoice, invoice_id)
     if invoice is None or invoice.account_id != account_id:
         raise NotFound(
-            "No such invoice.", code="invoice_not_found", details={"invoice_id": invoice_id}
+            "No such invoice.", code=ErrorCode.INVOICE_NOT_FOUND, details={"invoice_id": invoice_id}
         )
     return invoice
 

@@ -18,7 +18,7 @@ from sqlalchemy import Table, case, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
-from billfold.errors import InsufficientFunds, NotFound
+from billfold.errors import ErrorCode, InsufficientFunds, NotFound
 from billfold.ids import new_id
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.wallet.models import BUCKETS, Wallet
@@ -190,7 +190,7 @@ def lock_wallet(session: Session, account_id: str) -> Wallet:
         .execution_options(populate_existing=True)
     ).one_or_none()
     if wallet is None:
-        raise NotFound("No such account.", code="account_not_found")
+        raise NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND)
     return wallet
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from billfold.accounts.models import Account
 from billfold.accounts.service import get_account
 from billfold.db import Database, insert_or_ignore
-from billfold.errors import BillfoldError, NotFound
+from billfold.errors import BillfoldError, ErrorCode, NotFound
 from billfold.ledger import service as ledger
 from billfold.ledger.models import LedgerTransaction
 from billfold.ledger.service import lock_wallet
@@ -21,21 +21,19 @@ from billfold.webhooks import service as webhooks
 
 
 class PaymentMethodRequired(BillfoldError):
-    status_code = 422
-    code = "payment_method_required"
+    code = ErrorCode.PAYMENT_METHOD_REQUIRED
 
 
 class CardDeclined(BillfoldError):
     """The processor refused to save the card (Stripe declines some cards on attach)."""
 
-    status_code = 402
-    code = "card_declined"
+    code = ErrorCode.CARD_DECLINED
 
 
 def payment_method_not_found(payment_method_id: str) -> NotFound:
     return NotFound(
         "No such payment method.",
-        code="payment_method_not_found",
+        code=ErrorCode.PAYMENT_METHOD_NOT_FOUND,
         details={"payment_method_id": payment_method_id},
     )
 
@@ -241,7 +239,7 @@ def get_payment(session: Session, *, account_id: str, payment_intent_id: str) ->
     if payment is None or payment.account_id != account_id:
         raise NotFound(
             "No such payment.",
-            code="payment_not_found",
+            code=ErrorCode.PAYMENT_NOT_FOUND,
             details={"payment_intent_id": payment_intent_id},
         )
     return payment

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
+from billfold.errors import ErrorCode
 from billfold.invoices import service as invoices
 from billfold.invoices.models import Invoice
 from billfold.jobs import service as jobs
@@ -163,7 +164,7 @@ def pay_invoice(
                     invoice,
                     outcomes,
                     trigger,
-                    code="payment_method_required",
+                    code=ErrorCode.PAYMENT_METHOD_REQUIRED,
                     decline_code="no_payment_method",
                     message="The account has no default card to charge.",
                 )
@@ -186,7 +187,7 @@ def pay_invoice(
                 invoice,
                 outcomes,
                 trigger,
-                code="payment_method_unavailable",
+                code=ErrorCode.PAYMENT_METHOD_UNAVAILABLE,
                 decline_code="payment_method_unavailable",
                 message="The card to charge is no longer available.",
             )
@@ -201,12 +202,12 @@ def _failed_uncharged(
     outcomes: Outcomes,
     trigger: str,
     *,
-    code: str,
+    code: ErrorCode,
     decline_code: str,
     message: str,
 ) -> Paid:
     """An attempt that failed before any card was charged (no card to charge)."""
-    error = {"code": code, "decline_code": decline_code, "message": message}
+    error = {"code": code.value, "decline_code": decline_code, "message": message}
     invoice.last_payment_error = error
     outcomes.failed(session, sub, invoice, error, trigger)
     return Paid(False, None, error)
@@ -280,7 +281,7 @@ def record_attempt(
     invoice.attempt_key = None
     if not result.succeeded:
         error = {
-            "code": "payment_declined",
+            "code": ErrorCode.PAYMENT_DECLINED.value,
             "decline_code": result.decline_code or "generic_decline",
             "message": result.failure_message or "The card was declined.",
             "payment_intent_id": payment.id,

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
-from billfold.errors import InvalidRequest, NotFound
+from billfold.errors import ErrorCode, InvalidRequest, NotFound
 from billfold.money import from_micros
 from billfold.subscriptions.models import Plan
 from billfold.wallet.models import Wallet
@@ -20,7 +20,7 @@ SELF_SERVE_KINDS = ("normal", "addon")
 
 
 def plan_not_found(plan_id: int) -> NotFound:
-    return NotFound("No such plan.", code="plan_not_found", details={"plan_id": plan_id})
+    return NotFound("No such plan.", code=ErrorCode.PLAN_NOT_FOUND, details={"plan_id": plan_id})
 
 
 def get_plan(session: Session, plan_id: int) -> Plan:
@@ -40,19 +40,19 @@ def subscribable_plan(
     if currency is not None and plan.currency != currency:
         raise InvalidRequest(
             f"This plan is priced in {plan.currency}; this account pays in {currency}.",
-            code="currency_mismatch",
+            code=ErrorCode.CURRENCY_MISMATCH,
             details={"plan_id": plan_id, "plan_currency": plan.currency, "currency": currency},
         )
     if plan.status != "active":
         raise InvalidRequest(
             "This plan is archived and takes no new subscriptions.",
-            code="plan_not_available",
+            code=ErrorCode.PLAN_NOT_AVAILABLE,
             details={"plan_id": plan_id},
         )
     if plan.kind not in kinds:
         raise InvalidRequest(
             f"Plans of kind '{plan.kind}' are set up by the operator.",
-            code="plan_not_available",
+            code=ErrorCode.PLAN_NOT_AVAILABLE,
             details={"plan_id": plan_id, "kind": plan.kind},
         )
     return plan

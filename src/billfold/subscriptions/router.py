@@ -23,7 +23,7 @@ from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
 from billfold.checkout import service as checkout
 from billfold.checkout.router import public_base, subscribe_link
-from billfold.errors import Conflict
+from billfold.errors import Conflict, ErrorCode
 from billfold.money import MIN_FUNDING, from_micros, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
 from billfold.subscriptions import plans, service
@@ -152,7 +152,7 @@ def confirm_subscription_checkout(
             raise Conflict(
                 "The payment was taken after this account had already subscribed in this "
                 "place, so it was credited to the wallet instead.",
-                code="subscription_exists",
+                code=ErrorCode.SUBSCRIPTION_EXISTS,
                 details={
                     "session_id": session_row.id,
                     "payment_intent_id": session_row.payment_intent_id,

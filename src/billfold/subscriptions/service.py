@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billfold.clock import as_utc, now
-from billfold.errors import Conflict, NotFound, PaymentFailed
+from billfold.errors import Conflict, ErrorCode, NotFound, PaymentFailed
 from billfold.ids import new_id
 from billfold.invoices import service as invoices
 from billfold.invoices.models import Invoice
@@ -66,12 +66,12 @@ PAYMENT_PURPOSES = (
 def subscription_not_found(subscription_id: str) -> NotFound:
     return NotFound(
         "No such subscription.",
-        code="subscription_not_found",
+        code=ErrorCode.SUBSCRIPTION_NOT_FOUND,
         details={"subscription_id": subscription_id},
     )
 
 
-def _state_conflict(sub: Subscription, action: str, code: str) -> Conflict:
+def _state_conflict(sub: Subscription, action: str, code: ErrorCode) -> Conflict:
     return Conflict(
         f"Cannot {action} a subscription that is {sub.status}.",
         code=code,
@@ -82,7 +82,7 @@ def _state_conflict(sub: Subscription, action: str, code: str) -> Conflict:
 def _payment_pending(sub: Subscription) -> Conflict:
     return Conflict(
         "A payment for this subscription is in progress; try again shortly.",
-        code="subscription_payment_pending",
+        code=ErrorCode.SUBSCRIPTION_PAYMENT_PENDING,
         details={"subscription_id": sub.id, "invoice_id": sub.open_invoice_id},
     )
 
@@ -404,10 +404,12 @@ def cancel(
     period to the wallet (purchased credit) and ends the period's included credits."""
     sub = _lock(session, subscription_id, account_id)
     if sub.status in ("canceled", "incomplete_expired"):
-        raise _state_conflict(sub, "cancel", "subscription_not_active")
+        raise _state_conflict(sub, "cancel", ErrorCode.SUBSCRIPTION_NOT_ACTIVE)
     if at_period_end:
         if sub.status not in ("active", "trialing", "paused"):
-            raise _state_conflict(sub, "schedule the cancellation of", "subscription_not_active")
+            raise _state_conflict(
+                sub, "schedule the cancellation of", ErrorCode.SUBSCRIPTION_NOT_ACTIVE
+            )
         sub.cancel_at_period_end = True
         sub.canceled_at = now()
         sub.updated_at = now()
@@ -566,7 +568,7 @@ def check_slot(session: Session, account_id: str, plan: Plan, *, replace_stale: 
         raise Conflict(
             "This account already has a subscription in this place: change its plan "
             "(PUT /subscriptions/{id}) or cancel it first.",
-            code="subscription_exists",
+            code=ErrorCode.SUBSCRIPTION_EXISTS,
             details={"subscription_id": other.id, "status": other.status},
         )
     if plan.kind == "addon" and not any(
@@ -574,7 +576,7 @@ def check_slot(session: Session, account_id: str, plan: Plan, *, replace_stale: 
     ):
         raise Conflict(
             "Add-on plans need an active subscription to a normal plan first.",
-            code="addon_requires_subscription",
+            code=ErrorCode.ADDON_REQUIRES_SUBSCRIPTION,
             details={"plan_id": plan.id},
         )
 
@@ -616,7 +618,7 @@ def _new_subscription(
         savepoint.rollback()
         raise Conflict(
             "This account already has a subscription in this place.",
-            code="subscription_exists",
+            code=ErrorCode.SUBSCRIPTION_EXISTS,
             details={"plan_id": plan.id},
         ) from None
     savepoint.commit()
@@ -889,7 +891,7 @@ def fix_payment(services: Services, *, account_id: str, subscription_id: str) ->
         if sub.status not in ("past_due", "incomplete", "unpaid") or sub.open_invoice_id is None:
             raise Conflict(
                 "This subscription has no failed payment to fix.",
-                code="nothing_to_fix",
+                code=ErrorCode.NOTHING_TO_FIX,
                 details={"subscription_id": sub.id, "status": sub.status},
             )
         invoice_id = sub.open_invoice_id
@@ -906,9 +908,9 @@ def pause(session: Session, *, account_id: str, subscription_id: str) -> Subscri
     """No renewals and no credit expiry while paused; the remaining time is frozen."""
     sub = _lock(session, subscription_id, account_id)
     if sub.status == "paused":
-        raise _state_conflict(sub, "pause", "subscription_already_paused")
+        raise _state_conflict(sub, "pause", ErrorCode.SUBSCRIPTION_ALREADY_PAUSED)
     if sub.status != "active":
-        raise _state_conflict(sub, "pause", "subscription_not_active")
+        raise _state_conflict(sub, "pause", ErrorCode.SUBSCRIPTION_NOT_ACTIVE)
     if sub.open_invoice_id is not None:
         raise _payment_pending(sub)
     sub.status = "paused"
@@ -922,7 +924,7 @@ def resume(session: Session, *, account_id: str, subscription_id: str) -> Subscr
     """Restore the frozen remaining time: the period end moves by the paused duration."""
     sub = _lock(session, subscription_id, account_id)
     if sub.status != "paused" or sub.paused_at is None:
-        raise _state_conflict(sub, "resume", "subscription_not_paused")
+        raise _state_conflict(sub, "resume", ErrorCode.SUBSCRIPTION_NOT_PAUSED)
     paused_for = now() - as_utc(sub.paused_at)
     sub.status = "active"
     sub.paused_at = None
@@ -951,14 +953,14 @@ def change_plan(
         plan = session.get(Plan, sub.plan_id)
         assert plan is not None
         if sub.status not in ("active", "trialing"):
-            raise _state_conflict(sub, "change the plan of", "subscription_not_active")
+            raise _state_conflict(sub, "change the plan of", ErrorCode.SUBSCRIPTION_NOT_ACTIVE)
         if sub.open_invoice_id is not None:
             raise _payment_pending(sub)
         if new_plan.id == sub.plan_id:
             if sub.scheduled_plan_id is None:
                 raise Conflict(
                     "The subscription is already on this plan.",
-                    code="plan_unchanged",
+                    code=ErrorCode.PLAN_UNCHANGED,
                     details={"plan_id": new_plan_id},
                 )
             sub.scheduled_plan_id = None  # staying: drop the scheduled change
@@ -1023,7 +1025,7 @@ def reset_cycle(services: Services, *, account_id: str, subscription_id: str) ->
     with database.transaction() as session:
         sub = _lock(session, subscription_id, account_id)
         if sub.status != "active":
-            raise _state_conflict(sub, "reset the cycle of", "subscription_not_active")
+            raise _state_conflict(sub, "reset the cycle of", ErrorCode.SUBSCRIPTION_NOT_ACTIVE)
         if sub.open_invoice_id is not None:
             raise _payment_pending(sub)
         plan = session.get(Plan, sub.plan_id)

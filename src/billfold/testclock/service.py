@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from billfold import clock
 from billfold.db import Database
-from billfold.errors import Forbidden
+from billfold.errors import ErrorCode, Forbidden
 from billfold.jobs.models import Job
 from billfold.testclock.models import TestClock
 
@@ -72,7 +72,9 @@ def state() -> dict[str, Any]:
 def advance(services: Services, by: timedelta) -> dict[str, Any]:
     """Move the clock forward by `by`, running each job as its due time is reached."""
     if services.settings.processor != "sandbox":
-        raise Forbidden("The test clock only runs in sandbox mode.", code="test_clock_unavailable")
+        raise Forbidden(
+            "The test clock only runs in sandbox mode.", code=ErrorCode.TEST_CLOCK_UNAVAILABLE
+        )
     from billfold.jobs.worker import Worker
 
     database = services.database

@@ -9,7 +9,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from billfold.db import Database
-from billfold.errors import Conflict, InsufficientFunds, NotFound, PaymentFailed
+from billfold.errors import Conflict, ErrorCode, InsufficientFunds, NotFound, PaymentFailed
 from billfold.ids import new_id
 from billfold.invoices.service import credit_note_for_refund
 from billfold.ledger import service as ledger
@@ -38,7 +38,7 @@ OFF_WALLET_KINDS = ("subscription_payment",)
 def get_wallet(session: Session, account_id: str) -> Wallet:
     wallet = session.get(Wallet, account_id)
     if wallet is None:
-        raise NotFound("No such account.", code="account_not_found")
+        raise NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND)
     return wallet
 
 
@@ -237,17 +237,17 @@ def refund_payment(
     with database.transaction() as session:
         payment = session.get(Payment, payment_intent_id)
         if payment is None:
-            raise NotFound("No such payment.", code="payment_not_found")
+            raise NotFound("No such payment.", code=ErrorCode.PAYMENT_NOT_FOUND)
         if payment.status != "succeeded" or payment.purpose not in REFUNDABLE_PURPOSES:
             raise Conflict(
-                "Only a succeeded wallet funding can be refunded.", code="not_refundable"
+                "Only a succeeded wallet funding can be refunded.", code=ErrorCode.NOT_REFUNDABLE
             )
         left = payment.amount_micros - payment.refunded_micros
         amount = left if amount_micros is None else amount_micros
         if amount > left or amount == 0:
             raise Conflict(
                 "The refund exceeds what is left of the payment.",
-                code="refund_exceeds_payment",
+                code=ErrorCode.REFUND_EXCEEDS_PAYMENT,
                 details={"refundable": from_micros(left)},
             )
         account_id = payment.account_id

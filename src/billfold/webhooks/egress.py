@@ -23,7 +23,7 @@ from urllib.parse import SplitResult, urlsplit
 import httpcore
 import httpx
 
-from billfold.errors import InvalidRequest
+from billfold.errors import ErrorCode, InvalidRequest
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -40,7 +40,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class UnsafeWebhookUrl(InvalidRequest):
-    code = "webhook_url_not_allowed"
+    code = ErrorCode.WEBHOOK_URL_NOT_ALLOWED
 
 
 class NonPublicAddress(httpcore.ConnectError):

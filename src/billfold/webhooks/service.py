@@ -23,7 +23,7 @@ from standardwebhooks import Webhook
 
 from billfold.api.responses import dumps
 from billfold.clock import now, wall_now
-from billfold.errors import InvalidRequest, NotFound
+from billfold.errors import ErrorCode, InvalidRequest, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Lane
@@ -117,7 +117,7 @@ def new_webhook_secret() -> str:
 def get_endpoint(session: Session, endpoint_id: str) -> WebhookEndpoint:
     endpoint = session.get(WebhookEndpoint, endpoint_id)
     if endpoint is None:
-        raise NotFound("No such webhook endpoint.", code="webhook_endpoint_not_found")
+        raise NotFound("No such webhook endpoint.", code=ErrorCode.WEBHOOK_ENDPOINT_NOT_FOUND)
     return endpoint
 
 
@@ -269,7 +269,7 @@ def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
     """Send a delivery again now, whatever became of it (the webhook-id stays the same)."""
     delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
     if delivery is None:
-        raise NotFound("No such webhook delivery.", code="webhook_delivery_not_found")
+        raise NotFound("No such webhook delivery.", code=ErrorCode.WEBHOOK_DELIVERY_NOT_FOUND)
     delivery.status = "pending"
     delivery.next_attempt_at = now()
     _schedule(session, delivery, attempt=delivery.attempts, delay=timedelta(0))
