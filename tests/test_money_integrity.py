@@ -34,6 +34,18 @@ def _coupon(api: Api, **fields: object) -> str:
     return code
 
 
+def _bonus_purchase(api: Api, agent: Agent, *, purchase: int, **coupon: object) -> str:
+    """Redeem a new bonus coupon on a card purchase of `purchase`; its payment id."""
+    code = _coupon(api, min_purchase=purchase, **coupon)
+    redeemed = agent.post(
+        "/wallet/coupons/redeem",
+        {"coupon_code": code, "purchase_amount": purchase, "payment_method_id": agent.card()},
+    )
+    assert redeemed.status_code == 200, redeemed.text
+    payment: str = redeemed.json()["data"]["payment_intent_id"]
+    return payment
+
+
 def test_reset_cycle_loops_cannot_mint_credits(api: Api, services: Services) -> None:
     """The issue's loop: spend the included credits, reset, spend, reset … Each reset
     costs what its new credits are worth, so spent credits never exceed what was paid."""
@@ -162,13 +174,7 @@ def test_currency_mismatch_is_refused_and_changes_nothing(api: Api, services: Se
 
 def test_operator_refund_of_a_coupon_purchase_takes_the_bonus_back(api: Api) -> None:
     agent = api.new_agent()
-    code = _coupon(api, kind="bonus_percent", percent=50, min_purchase=20)
-    redeemed = agent.post(
-        "/wallet/coupons/redeem",
-        {"coupon_code": code, "purchase_amount": 20, "payment_method_id": agent.card()},
-    )
-    assert redeemed.status_code == 200, redeemed.text
-    payment = redeemed.json()["data"]["payment_intent_id"]
+    payment = _bonus_purchase(api, agent, kind="bonus_percent", percent=50, purchase=20)
     assert _balance(agent)["breakdown"] == {"subscription": 0, "promotional": 10, "purchased": 20}
     assert _balance(agent)["withdrawable"] == 20
     refund = api.admin_post(
@@ -194,12 +200,7 @@ def test_operator_refund_of_a_coupon_purchase_takes_the_bonus_back(api: Api) -> 
 def test_spent_bonus_makes_that_much_of_the_purchase_non_withdrawable(api: Api) -> None:
     """The issue's case: +$10 bonus on a $20 purchase; spent, then withdraw."""
     agent = api.new_agent()
-    code = _coupon(api, kind="bonus_percent", percent=50, min_purchase=20)
-    redeemed = agent.post(
-        "/wallet/coupons/redeem",
-        {"coupon_code": code, "purchase_amount": 20, "payment_method_id": agent.card()},
-    )
-    assert redeemed.status_code == 200, redeemed.text
+    _bonus_purchase(api, agent, kind="bonus_percent", percent=50, purchase=20)
     assert api.charge_usage(agent.account_id, 4).status_code == 201  # from the bonus
     # Withdrawing takes the $10 bonus back: the 6 left from promotional credit, the 4
     # spent from purchased credit, so 16 of the 20 can go back to the card.
@@ -222,12 +223,7 @@ class RefusingRefunds(SandboxProcessor):
 
 def test_refused_refund_gives_the_bonus_back(api: Api, services: Services) -> None:
     agent = api.new_agent()
-    code = _coupon(api, kind="bonus_fixed", amount=7, min_purchase=10)
-    redeemed = agent.post(
-        "/wallet/coupons/redeem",
-        {"coupon_code": code, "purchase_amount": 10, "payment_method_id": agent.card()},
-    )
-    assert redeemed.status_code == 200, redeemed.text
+    _bonus_purchase(api, agent, kind="bonus_fixed", amount=7, purchase=10)
     assert api.charge_usage(agent.account_id, 5).status_code == 201  # 5 of the 7 bonus
     before = _balance(agent)["breakdown"]
     assert before == {"subscription": 0, "promotional": 2, "purchased": 10}
