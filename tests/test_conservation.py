@@ -514,25 +514,27 @@ def test_credit_returned_by_cancel_now_is_withdrawn_honestly(api: Api, services:
     _no_free_value(api, services, agent, rounding=2)
 
 
-@pytest.mark.parametrize("how", ["withdrawal", "operator_refund"])
-def test_refunding_a_bonus_purchase_takes_its_bonus_back(
-    api: Api, services: Services, how: str
-) -> None:
-    """A 50% bonus coupon on a $20 purchase (+$10 promotional); the $20 goes back to the
-    card: the $10 bonus goes with it."""
+def _half_bonus_on_20(api: Api) -> tuple[Any, requests.Response]:
+    """A new account that redeemed a 50% bonus coupon on a $20 card purchase."""
     code = f"HALF{uuid.uuid4().hex[:8].upper()}"
     created = api.admin_post("/coupons", {"code": code, "kind": "bonus_percent", "percent": 50})
     assert created.status_code == 201, created.text
     agent = new_account(api, card=CARD_OK)
     redeemed = agent.post(
         "/wallet/coupons/redeem",
-        {
-            "coupon_code": code,
-            "purchase_amount": 20,
-            "payment_method_id": _card(api),
-        },
+        {"coupon_code": code, "purchase_amount": 20, "payment_method_id": _card(api)},
     )
     assert redeemed.status_code == 200, redeemed.text
+    return agent, redeemed
+
+
+@pytest.mark.parametrize("how", ["withdrawal", "operator_refund"])
+def test_refunding_a_bonus_purchase_takes_its_bonus_back(
+    api: Api, services: Services, how: str
+) -> None:
+    """A 50% bonus coupon on a $20 purchase (+$10 promotional); the $20 goes back to the
+    card: the $10 bonus goes with it."""
+    agent, redeemed = _half_bonus_on_20(api)
     assert balance_data(agent)["breakdown"] == {
         "subscription": 0,
         "promotional": 10,
@@ -556,19 +558,7 @@ def test_a_spent_bonus_makes_that_much_of_its_purchase_non_withdrawable(
 ) -> None:
     """A 50% bonus on $20 ($30 in all), $25 spent: the bonus is gone, so withdrawing
     what is left of the purchase would keep a bonus whose purchase went back."""
-    code = f"HALF{uuid.uuid4().hex[:8].upper()}"
-    created = api.admin_post("/coupons", {"code": code, "kind": "bonus_percent", "percent": 50})
-    assert created.status_code == 201, created.text
-    agent = new_account(api, card=CARD_OK)
-    redeemed = agent.post(
-        "/wallet/coupons/redeem",
-        {
-            "coupon_code": code,
-            "purchase_amount": 20,
-            "payment_method_id": _card(api),
-        },
-    )
-    assert redeemed.status_code == 200, redeemed.text
+    agent, _ = _half_bonus_on_20(api)
     _spend(api, agent, 25)
     withdraw_all_withdrawable(api, services, agent)
     _no_free_value(api, services, agent, rounding=1)
