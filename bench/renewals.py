@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from billfold import clock
 from billfold.accounts import service as accounts
-from billfold.api.app import build_services
-from billfold.api.deps import Services
+from billfold.application.container import build_services
+from billfold.application.jobs import Worker
 from billfold.config import Settings
-from billfold.jobs.worker import Worker
 from billfold.migrate import upgrade
 from billfold.payments.models import Payment
+from billfold.services import Services
 from billfold.subscriptions import plans
 from billfold.subscriptions import service as subscriptions
 from billfold.subscriptions.models import Subscription

@@ -23,10 +23,11 @@ import psycopg
 import pytest
 import uvicorn
 
-from billfold.api.app import build_services, create_app
-from billfold.api.deps import Services
+from billfold.api.app import create_app
+from billfold.application.container import build_services
 from billfold.config import Settings
 from billfold.migrate import upgrade
+from billfold.services import Services
 from tests.helpers import Api
 
 PG_ADMIN_DSN = os.environ.get(

@@ -43,12 +43,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from billfold.api.deps import Services
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.coupons.service import PURCHASE_KINDS
 from billfold.ledger.models import LedgerTransaction
 from billfold.money import to_micros
 from billfold.payments.models import Payment, Refund
+from billfold.services import Services
 from tests.helpers import Agent, Api, assert_error, decimal_json
 from tests.subscription_helpers import FAR_EXPIRY
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from billfold.api.deps import Services
 from billfold.clock import as_utc, now
 from billfold.invoices.models import Invoice, InvoiceLine
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.money import from_micros
 from billfold.payments.models import Payment
+from billfold.services import Services
 from billfold.subscriptions.models import CreditGrant
 from billfold.webhooks.models import WebhookEvent
 from tests.helpers import CARD_OK, Agent, Api, decimal_json

@@ -10,9 +10,9 @@ from sqlalchemy import update
 
 from billfold.accounts import service as accounts
 from billfold.accounts.models import AgentToken
-from billfold.api.deps import Services
 from billfold.errors import RateLimited
 from billfold.security import hash_secret
+from billfold.services import Services
 from tests.helpers import Agent, Api, assert_error
 
 

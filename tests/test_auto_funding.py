@@ -7,13 +7,13 @@ from decimal import Decimal
 
 from sqlalchemy import func, select, update
 
-from billfold.api.deps import Services
+from billfold.application.jobs import Worker
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job
-from billfold.jobs.worker import Worker
 from billfold.payments.models import Payment
 from billfold.payments.service import ensure_customer
 from billfold.processors.sandbox import SandboxObject
+from billfold.services import Services
 from billfold.wallet.auto_funding import JOB_KIND, run_top_up
 from tests.helpers import CARD_ATTACH_THEN_FAIL, Agent, Api, assert_error, decimal_json
 

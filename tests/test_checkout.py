@@ -9,11 +9,11 @@ from decimal import Decimal
 import requests
 from sqlalchemy import func, select, update
 
-from billfold.api.deps import Services
+from billfold.application.jobs import Worker
 from billfold.checkout.models import CheckoutSession
 from billfold.clock import now
-from billfold.jobs.worker import Worker
 from billfold.payments.models import Payment
+from billfold.services import Services
 from tests.helpers import CARD_INSUFFICIENT_FUNDS, CARD_OK, Agent, Api, assert_error
 
 

@@ -10,8 +10,8 @@ from decimal import Decimal
 import requests
 from sqlalchemy import func, select
 
-from billfold.api.deps import Services
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.services import Services
 from tests.helpers import Api, decimal_json
 
 

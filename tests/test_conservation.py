@@ -40,8 +40,8 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
-from billfold.api.deps import Services
 from billfold.payments.models import Payment
+from billfold.services import Services
 from billfold.subscriptions.models import LIVE_STATUSES
 from tests.conservation_helpers import (
     CENT,

@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select
 
 from billfold import ratelimit
 from billfold.accounts import service as accounts
-from billfold.api.deps import Services
+from billfold.application.jobs import Worker
 from billfold.cli.main import admin_key_fingerprint, resolve_admin_key
 from billfold.clock import now
 from billfold.config import Settings
@@ -30,9 +30,9 @@ from billfold.coupons import service as coupons
 from billfold.coupons.models import CouponRedemption
 from billfold.errors import RateLimited
 from billfold.jobs.models import Job
-from billfold.jobs.worker import Worker
 from billfold.payments import recovery
 from billfold.processors.sandbox import SandboxObject
+from billfold.services import Services
 from tests.conftest import LiveServer
 from tests.helpers import CARD_DECLINED, CARD_OK, Agent, Api, assert_error
 

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from billfold.api.app import MAX_BODY_BYTES
-from billfold.api.deps import Services
 from billfold.ledger.models import LedgerTransaction
+from billfold.services import Services
 from tests.conftest import free_socket
 from tests.helpers import Agent, Api, assert_error, decimal_json
 

@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from billfold.api.app import create_app
-from billfold.api.deps import Services
-from billfold.jobs.worker import Worker
+from billfold.application.jobs import Worker
+from billfold.services import Services
 from billfold.webhooks import egress
 from billfold.webhooks import service as webhooks
 from tests.conftest import ADMIN_KEY, Receiver

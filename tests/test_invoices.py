@@ -17,12 +17,12 @@ import requests
 from pypdf import PdfReader
 from sqlalchemy import select
 
-from billfold.api.deps import Services
+from billfold.api.routers.invoices import _link_secret
 from billfold.clock import now
 from billfold.invoices import pdf as invoice_pdf
 from billfold.invoices.models import Invoice
-from billfold.invoices.router import _link_secret
 from billfold.invoices.service import invoice_card_payment
+from billfold.services import Services
 from tests.conftest import require_service
 from tests.helpers import Agent, Api, assert_error, decimal_json
 

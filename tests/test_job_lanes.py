@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from billfold.api.deps import Services
+from billfold.application.jobs import Worker
 from billfold.clock import now
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job, Lane
-from billfold.jobs.worker import Worker
+from billfold.services import Services
 from billfold.webhooks.models import WebhookDelivery
 from tests.helpers import Api
 

@@ -9,14 +9,14 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from billfold.api.deps import Services
+from billfold.application.jobs import Worker
 from billfold.clock import now
 from billfold.idempotency.models import IdempotencyKey
 from billfold.jobs import maintenance
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job
 from billfold.jobs.service import ClaimedJob
-from billfold.jobs.worker import Worker
+from billfold.services import Services
 from tests.helpers import Api
 
 

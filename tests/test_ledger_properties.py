@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billfold.accounts import service as accounts
-from billfold.api.deps import Services
 from billfold.errors import BillfoldError, InsufficientFunds, PaymentFailed
+from billfold.ledger.models import BUCKETS
 from billfold.ledger.service import ledger_balances
+from billfold.services import Services
 from billfold.wallet import service as wallet
-from billfold.wallet.models import BUCKETS
 from tests.conftest import LiveServer
 
 cents = st.integers(min_value=1, max_value=50_000).map(lambda c: c * 10_000)

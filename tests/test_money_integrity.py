@@ -7,9 +7,9 @@ import uuid
 from decimal import Decimal as D
 from typing import Any
 
-from billfold.api.deps import Services
 from billfold.processors.base import RefundResult
 from billfold.processors.sandbox import SandboxProcessor
+from billfold.services import Services
 from billfold.wallet import service as wallet_service
 from tests.helpers import Agent, Api, assert_error, decimal_json
 from tests.subscription_helpers import (

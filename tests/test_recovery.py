@@ -10,15 +10,15 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from billfold.api.deps import Services
+from billfold.application.jobs import Worker
 from billfold.checkout import service as checkout
 from billfold.clock import now
 from billfold.coupons import service as coupons
 from billfold.jobs.models import Job
-from billfold.jobs.worker import Worker
 from billfold.payments import recovery
 from billfold.payments.models import Payment
 from billfold.processors.sandbox import SandboxObject
+from billfold.services import Services
 from billfold.wallet import service as wallet
 from tests.helpers import Api
 

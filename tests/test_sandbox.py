@@ -8,8 +8,8 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from billfold.api.deps import Services
 from billfold.processors.sandbox import SandboxObject
+from billfold.services import Services
 from tests.helpers import (
     CARD_ATTACH_THEN_FAIL,
     CARD_DECLINED,

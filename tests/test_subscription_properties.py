@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import or_, select
 
-from billfold.api.deps import Services
 from billfold.invoices.models import Invoice
 from billfold.payments.models import Payment
 from billfold.processors.sandbox import SandboxObject
+from billfold.services import Services
 from billfold.subscriptions.models import LIVE_STATUSES, Subscription
 from billfold.subscriptions.service import PAYMENT_PURPOSES
 from tests.helpers import CARD_ATTACH_THEN_FAIL, CARD_OK, Agent, Api

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from billfold.api.deps import Services
+from billfold.services import Services
 from billfold.subscriptions.periods import add_periods
 from tests.conftest import Receiver
 from tests.helpers import (

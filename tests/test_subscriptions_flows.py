@@ -14,11 +14,11 @@ import requests
 from sqlalchemy import func, select
 
 from billfold import clock
-from billfold.api.deps import Services
+from billfold.application.jobs import Worker
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
-from billfold.jobs.worker import Worker
 from billfold.processors.sandbox import SandboxObject
+from billfold.services import Services
 from billfold.subscriptions import attempts, dunning
 from billfold.subscriptions import service as subscriptions
 from billfold.subscriptions.models import Subscription

@@ -9,10 +9,10 @@ from decimal import Decimal
 
 from sqlalchemy import func, select, update
 
-from billfold.api.deps import Services
 from billfold.clock import now
 from billfold.idempotency.models import IdempotencyKey
 from billfold.payments.models import Payment
+from billfold.services import Services
 from tests.helpers import Api, assert_error, decimal_json
 
 

@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import update
 from standardwebhooks import Webhook
 
-from billfold.api.deps import Services
+from billfold.application.jobs import Worker
 from billfold.clock import now
 from billfold.db import Database
 from billfold.errors import InvalidRequest
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job
-from billfold.jobs.worker import Worker
+from billfold.services import Services
 from billfold.webhooks import service as webhooks
 from billfold.webhooks.models import WebhookDelivery
 from tests.conftest import Receiver

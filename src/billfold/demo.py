@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from billfold.accounts import service as accounts
 from billfold.accounts.models import Account
-from billfold.api.deps import Services
 from billfold.money import to_micros
+from billfold.services import Services
 from billfold.subscriptions import plans
 from billfold.subscriptions.models import Plan
 from billfold.wallet import service as wallet
@@ -113,7 +113,7 @@ def seed(services: Services) -> DemoAccess:
             account = accounts.create_account(session, email=DEMO_EMAIL, password=DEMO_PASSWORD)
         account_id = account.id
     if created:
-        card = services.processor.tokenize_card(
+        card = services.sandbox.tokenize_card(
             number="4242424242424242",
             exp_month="12",
             exp_year=str(date.today().year + 3),

@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     ACCOUNT_EXISTS = "account_exists"
     ACCOUNT_NOT_FOUND = "account_not_found"
     TEST_CLOCK_UNAVAILABLE = "test_clock_unavailable"
+    SANDBOX_ONLY = "sandbox_only"
     # Idempotency
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     IDEMPOTENCY_REQUEST_IN_PROGRESS = "idempotency_request_in_progress"
@@ -158,6 +159,7 @@ _SPECS = [
     ErrorSpec(_C.ACCOUNT_EXISTS, 409, "An account with this email already exists."),
     ErrorSpec(_C.ACCOUNT_NOT_FOUND, 404, "No such account."),
     ErrorSpec(_C.TEST_CLOCK_UNAVAILABLE, 403, "The test clock only runs in sandbox mode."),
+    ErrorSpec(_C.SANDBOX_ONLY, 403, "Only the sandbox processor offers this (test cards)."),
     ErrorSpec(
         _C.IDEMPOTENCY_KEY_REUSED,
         422,
@@ -462,6 +464,28 @@ class ProcessorError(BillfoldError):
     """The payment processor could not be reached or answered unexpectedly."""
 
     code = ErrorCode.PROCESSOR_ERROR
+
+
+def error_body(
+    code: ErrorCode, message: str, details: dict[str, Any], request_id: str
+) -> dict[str, Any]:
+    """The spec's error envelope: {"error": {code, message, details, request_id}}."""
+    return {
+        "error": {
+            "code": code.value,
+            "message": message,
+            "details": details,
+            "request_id": request_id,
+        }
+    }
+
+
+def error_payload(exc: BillfoldError, request_id: str) -> dict[str, Any]:
+    """The body a front end answers for `exc` (a failed payment also carries its record)."""
+    body = error_body(exc.code, exc.message, exc.details, request_id)
+    if isinstance(exc, PaymentFailed) and exc.payment is not None:
+        body["data"] = {**exc.payment, "error": body["error"]}
+    return body
 
 
 def main(argv: list[str]) -> int:

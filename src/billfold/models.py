@@ -8,13 +8,12 @@ from billfold.db import Base
 from billfold.idempotency.models import IdempotencyKey
 from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries, OperatorSettings
 from billfold.jobs.models import Job
-from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.ledger.models import LedgerPosting, LedgerTransaction, Wallet
 from billfold.payments.models import Payment, PaymentMethod, Refund
 from billfold.processors.sandbox import SandboxObject
 from billfold.ratelimit import RateLimitCounter
 from billfold.subscriptions.models import CreditGrant, Plan, Subscription
 from billfold.testclock.models import TestClock
-from billfold.wallet.models import Wallet
 from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [

@@ -15,8 +15,8 @@ from billfold.config import Settings
 from billfold.db import insert_or_ignore
 from billfold.errors import Conflict, ErrorCode, NotFound, Unauthenticated
 from billfold.ids import new_id
+from billfold.ledger.models import Wallet
 from billfold.security import hash_password, hash_secret, new_secret, verify_password
-from billfold.wallet.models import Wallet
 
 TOKEN_LIFETIMES: dict[str, timedelta | None] = {
     "1_week": timedelta(weeks=1),

@@ -14,36 +14,32 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billfold import __version__
-from billfold.accounts.router import admin_router as accounts_admin_router
-from billfold.accounts.router import agent_router as auth_router
-from billfold.api.deps import Services
 from billfold.api.errors import error_body, install_error_handlers
+from billfold.api.pages import STATIC_DIR as CHECKOUT_STATIC
+from billfold.api.pages import router as checkout_pages
 from billfold.api.responses import ApiResponse
-from billfold.billing.router import router as billing_router
-from billfold.checkout.pages import STATIC_DIR as CHECKOUT_STATIC
-from billfold.checkout.pages import router as checkout_pages
-from billfold.checkout.router import router as checkout_router
-from billfold.config import Settings
-from billfold.coupons.router import admin_router as coupons_admin_router
-from billfold.coupons.router import router as coupons_router
-from billfold.db import Database
+from billfold.api.routers.accounts import admin_router as accounts_admin_router
+from billfold.api.routers.accounts import agent_router as auth_router
+from billfold.api.routers.billing import router as billing_router
+from billfold.api.routers.checkout import router as checkout_router
+from billfold.api.routers.coupons import admin_router as coupons_admin_router
+from billfold.api.routers.coupons import router as coupons_router
+from billfold.api.routers.invoices import admin_router as invoices_admin_router
+from billfold.api.routers.invoices import files_router as invoice_files_router
+from billfold.api.routers.invoices import router as invoices_router
+from billfold.api.routers.payments import router as payments_router
+from billfold.api.routers.sandbox import router as sandbox_router
+from billfold.api.routers.subscriptions import admin_router as subscriptions_admin_router
+from billfold.api.routers.subscriptions import router as subscriptions_router
+from billfold.api.routers.testclock import router as testclock_router
+from billfold.api.routers.wallet import admin_router as usage_admin_router
+from billfold.api.routers.wallet import router as wallet_router
+from billfold.api.routers.webhooks import router as webhooks_admin_router
 from billfold.errors import ErrorCode
 from billfold.ids import new_id
-from billfold.invoices.router import admin_router as invoices_admin_router
-from billfold.invoices.router import files_router as invoice_files_router
-from billfold.invoices.router import router as invoices_router
-from billfold.payments.router import router as payments_router
-from billfold.processors.sandbox import SandboxProcessor
-from billfold.processors.sandbox_router import router as sandbox_router
-from billfold.security import hash_secret
-from billfold.subscriptions import dunning
-from billfold.subscriptions.router import admin_router as subscriptions_admin_router
-from billfold.subscriptions.router import router as subscriptions_router
-from billfold.testclock import service as testclock
-from billfold.testclock.router import router as testclock_router
-from billfold.wallet.router import admin_router as usage_admin_router
-from billfold.wallet.router import router as wallet_router
-from billfold.webhooks.router import router as webhooks_admin_router
+from billfold.services import Services
+
+__all__ = ["create_app"]
 
 log = logging.getLogger("billfold")
 
@@ -197,29 +193,6 @@ class RequestContext:
             status_code=413,
         )
         await response(scope, receive, self._sender(scope, send, request_id, True))
-
-
-def build_services(settings: Settings, admin_key: str) -> Services:
-    database = Database(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-    )
-    processor = SandboxProcessor(database, publishable_key=settings.sandbox_publishable_key)
-    if settings.processor == "sandbox":
-        testclock.load(database)
-    dunning.configure(
-        dunning.DunningPolicy(
-            retry_days=tuple(settings.dunning_retry_days),
-            final_status=settings.dunning_final_status,
-        )
-    )
-    return Services(
-        settings=settings,
-        database=database,
-        processor=processor,
-        admin_key_hash=hash_secret(admin_key),
-    )
 
 
 def create_app(services: Services) -> FastAPI:

@@ -15,8 +15,9 @@ from billfold.errors import (
     ErrorCode,
     InvalidRequest,
     NotFound,
-    PaymentFailed,
     catalogue_json,
+    error_body,
+    error_payload,
 )
 from billfold.payments.service import CardDeclined
 from billfold.processors.base import CardError, UnknownPaymentMethod
@@ -39,29 +40,9 @@ def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-def error_body(
-    code: ErrorCode, message: str, details: dict[str, Any], request_id: str
-) -> dict[str, Any]:
-    return {
-        "error": {
-            "code": code.value,
-            "message": message,
-            "details": details,
-            "request_id": request_id,
-        }
-    }
-
-
-def billfold_error_payload(exc: BillfoldError, request_id: str) -> dict[str, Any]:
-    body = error_body(exc.code, exc.message, exc.details, request_id)
-    if isinstance(exc, PaymentFailed) and exc.payment is not None:
-        body["data"] = {**exc.payment, "error": body["error"]}
-    return body
-
-
 def billfold_error_response(exc: BillfoldError, request_id: str) -> ApiResponse:
     return ApiResponse(
-        billfold_error_payload(exc, request_id), status_code=exc.status_code, headers=exc.headers
+        error_payload(exc, request_id), status_code=exc.status_code, headers=exc.headers
     )
 
 

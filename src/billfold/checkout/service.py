@@ -19,19 +19,20 @@ from billfold.checkout.models import CheckoutSession
 from billfold.clock import now
 from billfold.db import Database
 from billfold.errors import BillfoldError, Conflict, ErrorCode, Gone, NotFound
+from billfold.events import Topic
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
+from billfold.ledger.models import Wallet
 from billfold.money import micros_to_cents
 from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.processors.base import UnknownPaymentMethod
 from billfold.processors.cards import InvalidCard
 from billfold.processors.sandbox import SandboxProcessor
-from billfold.wallet.models import Wallet
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 PROCESSING_LEASE = timedelta(minutes=2)
 EXPIRE_JOB = "checkout.expire"
@@ -134,6 +135,17 @@ def confirm(session: Session, *, account_id: str, session_id: str, purpose: str)
 
 
 @dataclass(frozen=True)
+class PlanToPay:
+    account_id: str
+    plan_id: int
+
+
+# Before the hosted page charges for a `subscribe` link: may this account still start that
+# plan? The subscriptions domain answers (raises a BillfoldError if not).
+PLAN_PAYABLE = Topic[PlanToPay, None]("checkout.plan_payable", single=True)
+
+
+@dataclass(frozen=True)
 class PayResult:
     """What the hosted page shows after a payment attempt."""
 
@@ -164,11 +176,9 @@ def pay_with_card(
         plan_id = checkout.plan_id if checkout is not None else None
         account = checkout.account_id if checkout is not None else None
     if plan_id is not None and account is not None:
-        from billfold.subscriptions.service import payable_plan
-
         try:
             with database.read() as session:
-                payable_plan(session, account_id=account, plan_id=plan_id)
+                PLAN_PAYABLE.call(session, PlanToPay(account_id=account, plan_id=plan_id))
         except BillfoldError as exc:
             return PayResult("unavailable", f"{exc.message} Nothing was charged.")
     current = now()
@@ -294,3 +304,9 @@ def run_expiry(services: Services, job: ClaimedJob) -> None:
     """The job scheduled at a link's expiry: an unpaid session becomes expired."""
     with services.database.transaction() as session:
         expire(session, str(job.payload["session_id"]))
+
+
+@recovery.CHARGE_RECOVERED.subscribe
+def _on_charge_recovered(session: Session, event: recovery.ChargeRecorded) -> None:
+    if event.charge.checkout_session_id:
+        complete_session(session, event.charge.checkout_session_id, event.payment.id)

@@ -81,7 +81,8 @@ def serve(
     """Run the API (with the hosted sandbox pages) on HOST:PORT."""
     import uvicorn
 
-    from billfold.api.app import build_services, create_app
+    from billfold.api.app import create_app
+    from billfold.application.container import build_services
     from billfold.migrate import upgrade
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -117,7 +118,7 @@ def serve(
         console.print(f"[bold]{label + ':':<18}[/bold]{value}", soft_wrap=True, highlight=False)
     console.rule()
     if worker:
-        from billfold.jobs.worker import start_in_thread
+        from billfold.application.jobs import start_in_thread
 
         start_in_thread(services)
     uvicorn.run(
@@ -140,8 +141,8 @@ def run_worker(
     import signal
     import threading
 
-    from billfold.api.app import build_services
-    from billfold.jobs.worker import Worker
+    from billfold.application.container import build_services
+    from billfold.application.jobs import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()

@@ -28,17 +28,17 @@ from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
+from billfold.ledger.models import Wallet
 from billfold.money import basis_points_to_percent, from_micros, share_of
 from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
 from billfold.processors.base import Processor
 from billfold.wallet import service as wallet_service
-from billfold.wallet.models import Wallet
 from billfold.webhooks import service as webhooks
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 log = logging.getLogger("billfold.coupons")
 
@@ -444,3 +444,15 @@ def redemption_view(result: Redeemed) -> dict[str, Any]:
         "balance": from_micros(result.balance_micros),
         "redeemed_at": redemption.created_at,
     }
+
+
+@recovery.COUPON_PURCHASE_PAID.subscribe
+def _on_purchase_paid(session: Session, event: recovery.ChargeRecorded) -> None:
+    assert event.charge.coupon_redemption_id is not None
+    finish_redemption(session, event.charge.coupon_redemption_id, event.payment.id)
+
+
+@recovery.CHARGE_NOT_MADE.subscribe
+def _on_charge_not_made(session: Session, charge: recovery.PendingCharge) -> None:
+    if charge.coupon_redemption_id:
+        release_redemption(session, charge.coupon_redemption_id)

@@ -16,7 +16,7 @@ from billfold.jobs.service import ClaimedJob
 from billfold.ratelimit import RateLimitCounter
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 log = logging.getLogger("billfold.worker")
 

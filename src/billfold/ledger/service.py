@@ -20,8 +20,7 @@ from sqlalchemy.orm import Session
 from billfold.clock import now
 from billfold.errors import ErrorCode, InsufficientFunds, NotFound
 from billfold.ids import new_id
-from billfold.ledger.models import LedgerPosting, LedgerTransaction
-from billfold.wallet.models import BUCKETS, Wallet
+from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wallet
 
 WALLET_PREFIX = "wallet:"
 PROCESSOR_CLEARING = "processor:clearing"

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
+from billfold.events import Topic
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job
 from billfold.jobs.service import ClaimedJob
@@ -29,7 +30,7 @@ from billfold.payments.models import Payment
 from billfold.processors.base import Card, ChargeResult, UnknownPaymentMethod
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 log = logging.getLogger("billfold.payments")
 
@@ -59,6 +60,28 @@ class PendingCharge:
     @property
     def dedupe_key(self) -> str:
         return _dedupe_key(self.processor_key)
+
+
+@dataclass(frozen=True)
+class ChargeRecorded:
+    """A card charge that succeeded, recorded as `payment` for the first time."""
+
+    charge: PendingCharge
+    payment: Payment
+
+
+# What higher domains do when a charge's outcome is recorded (see billfold.events).
+# A `subscribe` payment link's charge: start the subscription; its id, or None if the
+# account took that subscription's place meanwhile (the money then funds the wallet).
+LINK_SUBSCRIPTION_PAID = Topic[ChargeRecorded, "str | None"](
+    "payments.link_subscription_paid", single=True
+)
+# A bonus-coupon purchase's charge: finish the redemption (grant the bonus).
+COUPON_PURCHASE_PAID = Topic[ChargeRecorded, None]("payments.coupon_purchase_paid", single=True)
+# The janitor found that an interrupted charge never reached the processor.
+CHARGE_NOT_MADE = Topic[PendingCharge, None]("payments.charge_not_made")
+# The janitor recorded an interrupted charge that had succeeded.
+CHARGE_RECOVERED = Topic[ChargeRecorded, None]("payments.charge_recovered")
 
 
 def watch(session: Session, charge: PendingCharge) -> None:
@@ -123,15 +146,7 @@ def record_outcome(
     if not (first_time and result.succeeded):
         return payment, None
     if charge.plan_id is not None and charge.checkout_session_id:
-        from billfold.subscriptions.service import start_from_checkout  # builds on payments
-
-        started = start_from_checkout(
-            session,
-            account_id=charge.account_id,
-            plan_id=charge.plan_id,
-            payment=payment,
-            session_id=charge.checkout_session_id,
-        )
+        started = LINK_SUBSCRIPTION_PAID.call(session, ChargeRecorded(charge, payment))
         if started is not None:
             if card is not None:  # renewals charge the card the human subscribed with
                 payments.save_card(
@@ -158,9 +173,7 @@ def record_outcome(
     if card is not None:
         payments.save_card(session, account_id=charge.account_id, card=card, make_default=False)
     if charge.coupon_redemption_id:
-        from billfold.coupons.service import finish_redemption  # coupons build on funding
-
-        finish_redemption(session, charge.coupon_redemption_id, payment.id)
+        COUPON_PURCHASE_PAID.call(session, ChargeRecorded(charge, payment))
     return payment, txn.id
 
 
@@ -170,11 +183,8 @@ def run_recovery(services: Services, job: ClaimedJob) -> None:
     result = processor.find_charge(charge.processor_key)
     if result is None:
         # The charge never reached the processor: nothing to record, nothing owed.
-        if charge.coupon_redemption_id:
-            from billfold.coupons.service import release_redemption
-
-            with services.database.transaction() as session:
-                release_redemption(session, charge.coupon_redemption_id)
+        with services.database.transaction() as session:
+            CHARGE_NOT_MADE.publish(session, charge)
         return
     card: Card | None = None
     if charge.save_card and result.succeeded:
@@ -187,7 +197,4 @@ def run_recovery(services: Services, job: ClaimedJob) -> None:
         if transaction_id is None:
             return
         log.warning("recovered interrupted card charge %s (%s)", payment.id, charge.purpose)
-        if charge.checkout_session_id:
-            from billfold.checkout.service import complete_session
-
-            complete_session(session, charge.checkout_session_id, payment.id)
+        CHARGE_RECOVERED.publish(session, ChargeRecorded(charge, payment))

@@ -40,7 +40,7 @@ from billfold.processors.base import Card, ChargeResult, Processor, UnknownPayme
 from billfold.subscriptions.models import Subscription
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 log = logging.getLogger("billfold.subscriptions")
 

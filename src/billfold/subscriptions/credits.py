@@ -25,7 +25,7 @@ from billfold.ledger import service as ledger
 from billfold.subscriptions.models import CreditGrant, Subscription
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 JOB_KIND = "subscriptions.expire_credits"
 GRANTS = "subscription:grants"

@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 
 from billfold.clock import now
 from billfold.errors import ErrorCode, InvalidRequest, NotFound
+from billfold.ledger.models import Wallet
 from billfold.money import from_micros
 from billfold.subscriptions.models import Plan
-from billfold.wallet.models import Wallet
 
 PLAN_KINDS = ("normal", "addon", "enterprise")
 PERIODS = ("month", "year")

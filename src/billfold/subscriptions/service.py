@@ -22,6 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from billfold.checkout import service as checkout
+from billfold.checkout.models import CheckoutSession
 from billfold.clock import as_utc, now
 from billfold.errors import Conflict, ErrorCode, NotFound, PaymentFailed
 from billfold.ids import new_id
@@ -30,7 +32,9 @@ from billfold.invoices.models import Invoice
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
+from billfold.ledger.models import Wallet
 from billfold.money import ceil_to_cent, floor_to_cent, from_micros, round_to_cent
+from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
 from billfold.processors.base import Card
@@ -39,11 +43,10 @@ from billfold.subscriptions.attempts import Paid
 from billfold.subscriptions.models import LIVE_STATUSES, Plan, Subscription
 from billfold.subscriptions.periods import add_periods, prorate
 from billfold.subscriptions.plans import SELF_SERVE_KINDS, plan_view, subscribable_plan
-from billfold.wallet.models import Wallet
 from billfold.webhooks import service as webhooks
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 log = logging.getLogger("billfold.subscriptions")
 
@@ -781,8 +784,6 @@ def start_from_checkout(
     """A `subscribe` payment link was paid: the subscription starts, already paid, in the
     transaction that records the payment (the id of its ledger transaction). None if the
     account took this place meanwhile (the caller then credits the money to the wallet)."""
-    from billfold.checkout.models import CheckoutSession  # checkout builds on this
-
     plan = session.get(Plan, plan_id)
     assert plan is not None
     savepoint = session.begin_nested()
@@ -1063,3 +1064,21 @@ def payable_plan(session: Session, *, account_id: str, plan_id: int) -> Plan:
     plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS, account_id=account_id)
     check_slot(session, account_id, plan, replace_stale=False)
     return plan
+
+
+@recovery.LINK_SUBSCRIPTION_PAID.subscribe
+def _on_link_paid(session: Session, event: recovery.ChargeRecorded) -> str | None:
+    charge = event.charge
+    assert charge.plan_id is not None and charge.checkout_session_id is not None
+    return start_from_checkout(
+        session,
+        account_id=charge.account_id,
+        plan_id=charge.plan_id,
+        payment=event.payment,
+        session_id=charge.checkout_session_id,
+    )
+
+
+@checkout.PLAN_PAYABLE.subscribe
+def _check_plan_payable(session: Session, event: checkout.PlanToPay) -> None:
+    payable_plan(session, account_id=event.account_id, plan_id=event.plan_id)

@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import func, select
+from typing import Any
 
 from billfold import clock
 from billfold.db import Database
-from billfold.errors import ErrorCode, Forbidden
-from billfold.jobs.models import Job
 from billfold.testclock.models import TestClock
 
-if TYPE_CHECKING:
-    from billfold.api.deps import Services
 
-MAX_JOBS_PER_ADVANCE = 20_000
-
-
-def _micros(delta: timedelta) -> int:
+def micros(delta: timedelta) -> int:
     return delta // timedelta(microseconds=1)
 
 
@@ -67,44 +58,3 @@ def state() -> dict[str, Any]:
         "now": clock.now(),
         "offset_seconds": int(clock.offset().total_seconds()),
     }
-
-
-def advance(services: Services, by: timedelta) -> dict[str, Any]:
-    """Move the clock forward by `by`, running each job as its due time is reached."""
-    if services.settings.processor != "sandbox":
-        raise Forbidden(
-            "The test clock only runs in sandbox mode.", code=ErrorCode.TEST_CLOCK_UNAVAILABLE
-        )
-    from billfold.jobs.worker import Worker
-
-    database = services.database
-    with database.transaction() as session:
-        row = session.get(TestClock, 1, with_for_update=True)
-        if row is None:
-            row = TestClock(id=1, offset_micros=_micros(clock.offset()))
-            session.add(row)
-        current = max(timedelta(microseconds=row.offset_micros), clock.offset())
-        final = current + by
-        row.offset_micros = _micros(final)
-        row.updated_at = clock.wall_now()
-    target = clock.wall_now() + final
-    worker = Worker(services, worker_id="test-clock")
-    ran = 0
-    while ran < MAX_JOBS_PER_ADVANCE:
-        with database.read() as session:
-            due = session.scalar(
-                select(func.min(Job.run_at)).where(Job.status == "queued", Job.run_at <= target)
-            )
-        if due is None:
-            break
-        step = clock.as_utc(due) - clock.wall_now()
-        if step > clock.offset():
-            clock.set_offset(step)
-        batch = worker.drain()
-        ran += batch
-        if batch == 0:
-            break  # the due job is held by another worker right now
-    if final > clock.offset():
-        clock.set_offset(final)
-    ran += worker.drain()
-    return {**state(), "advanced_seconds": int(by.total_seconds()), "jobs_run": ran}

@@ -17,14 +17,14 @@ from sqlalchemy.orm import Session
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
+from billfold.ledger.models import Wallet
 from billfold.money import from_micros, micros_to_cents
 from billfold.payments import service as payments
 from billfold.processors.base import UnknownPaymentMethod
-from billfold.wallet.models import Wallet
 from billfold.webhooks import service as webhooks
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 JOB_KIND = "wallet.auto_funding"
 MAX_CONSECUTIVE_DECLINES = 3

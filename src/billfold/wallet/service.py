@@ -13,14 +13,13 @@ from billfold.errors import Conflict, ErrorCode, InsufficientFunds, NotFound, Pa
 from billfold.ids import new_id
 from billfold.invoices.service import credit_note_for_refund
 from billfold.ledger import service as ledger
-from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.ledger.models import LedgerPosting, LedgerTransaction, Wallet
 from billfold.money import floor_to_cent, from_micros, micros_to_cents
 from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.payments.models import Payment, Refund
 from billfold.processors.base import Processor, UnknownPaymentMethod
 from billfold.wallet import auto_funding
-from billfold.wallet.models import Wallet
 
 # Card payments whose money is purchased credit, refundable to the card on withdrawal.
 REFUNDABLE_PURPOSES = (

@@ -21,18 +21,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
-from billfold.api.responses import dumps
 from billfold.clock import now, wall_now
 from billfold.errors import ErrorCode, InvalidRequest, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Lane
 from billfold.jobs.service import ClaimedJob
+from billfold.jsonenc import dumps
 from billfold.webhooks import egress
 from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 if TYPE_CHECKING:
-    from billfold.api.deps import Services
+    from billfold.services import Services
 
 log = logging.getLogger("billfold.webhooks")
 

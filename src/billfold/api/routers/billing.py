@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from billfold.api.deps import Agent, ServicesDep
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
+from billfold.application import overview
 from billfold.billing import service
 from billfold.billing.schemas import BillingInfoOut, BillingInfoUpdate
 from billfold.schemas import ERROR_RESPONSES, Envelope
@@ -21,7 +22,7 @@ router = APIRouter(route_class=DecimalJSONRoute, tags=["billing"], responses=ERR
 def billing_overview(agent: Agent, services: ServicesDep) -> Response:
     """Wallet balance, auto-funding, default card, subscriptions and recent charges."""
     with services.database.read() as session:
-        return ok(service.overview(session, agent.account_id))
+        return ok(overview.overview(session, agent.account_id))
 
 
 @router.get("/billing/info", response_model=Envelope[BillingInfoOut])

@@ -20,9 +20,9 @@ from billfold.api.deps import (
     ServicesDep,
 )
 from billfold.api.responses import ok
+from billfold.api.routers.checkout import public_base, subscribe_link
 from billfold.api.routing import DecimalJSONRoute
 from billfold.checkout import service as checkout
-from billfold.checkout.router import public_base, subscribe_link
 from billfold.errors import Conflict, ErrorCode
 from billfold.money import MIN_FUNDING, from_micros, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope

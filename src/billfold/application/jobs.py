@@ -15,33 +15,30 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
-from typing import TYPE_CHECKING
 
+from billfold.checkout.service import EXPIRE_JOB, run_expiry
+from billfold.coupons import service as coupons
 from billfold.ids import new_id
+from billfold.jobs import maintenance
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Lane
 from billfold.jobs.service import ClaimedJob
-
-if TYPE_CHECKING:
-    from billfold.api.deps import Services
+from billfold.payments import recovery
+from billfold.services import Services
+from billfold.subscriptions import attempts, credits, dunning
+from billfold.subscriptions import service as subscriptions
+from billfold.testclock import service as testclock
+from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
+from billfold.wallet.auto_funding import run_top_up
+from billfold.webhooks import service as webhooks
 
 log = logging.getLogger("billfold.worker")
 
-Handler = Callable[["Services", ClaimedJob], None]
+Handler = Callable[[Services, ClaimedJob], None]
 
 
 def handlers() -> dict[str, Handler]:
     """Every job kind and the domain function that runs it."""
-    from billfold.checkout.service import EXPIRE_JOB, run_expiry
-    from billfold.coupons import service as coupons
-    from billfold.jobs import maintenance
-    from billfold.payments import recovery
-    from billfold.subscriptions import attempts, credits, dunning
-    from billfold.subscriptions import service as subscriptions
-    from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
-    from billfold.wallet.auto_funding import run_top_up
-    from billfold.webhooks import service as webhooks
-
     return {
         TOP_UP_JOB: run_top_up,
         EXPIRE_JOB: run_expiry,
@@ -163,9 +160,6 @@ class Worker:
             log.exception("job %s (%s): its outcome could not be recorded", job.id, job.kind)
 
     def _housekeeping(self) -> None:
-        from billfold.jobs import maintenance
-        from billfold.testclock import service as testclock
-
         if time.monotonic() >= self._next_schedule:
             with self.services.database.transaction() as session:
                 maintenance.schedule(session)

@@ -105,7 +105,7 @@ async def create_payment_method(request: Request, services: ServicesDep) -> JSON
     if refused is not None:
         return refused
     try:
-        payment_method = services.processor.tokenize_card(
+        payment_method = services.sandbox.tokenize_card(
             number=form["card[number]"],
             exp_month=form["card[exp_month]"],
             exp_year=form["card[exp_year]"],
@@ -151,7 +151,7 @@ async def confirm_setup_intent(
         if refused is not None:
             return refused
     try:
-        intent, error = services.processor.confirm_setup_intent(
+        intent, error = services.sandbox.confirm_setup_intent(
             setup_intent_id,
             client_secret=form.get("client_secret"),
             card=card,

@@ -18,11 +18,11 @@ from billfold.api.deps import (
 )
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
+from billfold.ledger.models import BUCKETS
 from billfold.ledger.service import ledger_balances
 from billfold.money import from_micros, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
 from billfold.wallet import auto_funding, service
-from billfold.wallet.models import BUCKETS
 from billfold.wallet.schemas import (
     AdjustmentRequest,
     AutoFundingOut,

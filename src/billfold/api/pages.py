@@ -182,7 +182,7 @@ def _submit(services: Services, session_id: str, form: dict[str, str], client: s
     month, year = _split_expiry(form.get("card_expiry", ""))
     result = service.pay_with_card(
         services.database,
-        services.processor,
+        services.sandbox,
         session_id=session_id,
         number=form.get("card_number", ""),
         exp_month=month,

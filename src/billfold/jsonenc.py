@@ -1,0 +1,45 @@
+"""JSON as Billfold writes it: exact decimal numbers, UTC times with a Z, the `data` envelope.
+
+Core: the HTTP responses, stored idempotent replies and webhook payloads all render here,
+so a number reads the same digit for digit wherever a client meets it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import simplejson
+from pydantic import BaseModel
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(payload: Any) -> str:
+    # use_decimal writes Decimal as a JSON number literal, digit for digit.
+    return simplejson.dumps(payload, use_decimal=True, default=_default, ensure_ascii=False)
+
+
+def render(payload: Any) -> bytes:
+    """`dumps` as UTF-8 bytes."""
+    text = dumps(payload)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate stored before requests refused them: answer it as the JSON
+        # escape the client sent (\udfff) rather than fail every read of that row.
+        return simplejson.dumps(
+            payload, use_decimal=True, default=_default, ensure_ascii=True
+        ).encode()
+
+
+def envelope(data: Any) -> dict[str, Any]:
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    return {"data": data}
