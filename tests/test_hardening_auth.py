@@ -30,7 +30,7 @@ from billfold.coupons import service as coupons
 from billfold.coupons.models import CouponRedemption
 from billfold.errors import RateLimited
 from billfold.jobs.models import Job
-from billfold.payments import recovery
+from billfold.payments import attempts
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from tests.conftest import LiveServer
@@ -258,13 +258,13 @@ def test_a_card_the_processor_no_longer_has_is_a_4xx(api: Api, services: Service
     assert error["details"]["payment_method_id"] == pm
     assert_error(agent.post("/wallet/fund", {"amount": 20}), 404, "payment_method_not_found")
     assert agent.balance() == 0
-    with services.database.read() as session:  # nothing left for recovery to look for
+    with services.database.read() as session:  # nothing left for the janitor to look for
         queued = session.scalar(
             select(func.count())
             .select_from(Job)
             .where(
                 Job.account_id == agent.account_id,
-                Job.kind == recovery.JOB_KIND,
+                Job.kind == attempts.JANITOR_JOB,
                 Job.status == "queued",
             )
         )

@@ -15,14 +15,14 @@ from billfold.checkout import service as checkout
 from billfold.clock import now
 from billfold.coupons import service as coupons
 from billfold.jobs.models import Job
-from billfold.payments import recovery
+from billfold.payments import attempts
 from billfold.payments.models import Payment
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.wallet import service as wallet
 from tests.helpers import Api
 
-AFTER_RECOVERY_DELAY = recovery.DELAY + timedelta(seconds=5)
+AFTER_RECOVERY_DELAY = attempts.STALE_AFTER + timedelta(seconds=5)
 
 
 class ProcessDied(Exception):
@@ -54,7 +54,7 @@ def _recovery_jobs(services: Services, account_id: str) -> list[Job]:
     with services.database.read() as session:
         return list(
             session.scalars(
-                select(Job).where(Job.account_id == account_id, Job.kind == recovery.JOB_KIND)
+                select(Job).where(Job.account_id == account_id, Job.kind == attempts.JANITOR_JOB)
             )
         )
 

@@ -9,7 +9,7 @@ from billfold.idempotency.models import IdempotencyKey
 from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries, OperatorSettings
 from billfold.jobs.models import Job
 from billfold.ledger.models import LedgerPosting, LedgerTransaction, Wallet
-from billfold.payments.models import Payment, PaymentMethod, Refund
+from billfold.payments.models import Payment, PaymentAttempt, PaymentMethod, Refund
 from billfold.processors.sandbox import SandboxObject
 from billfold.ratelimit import RateLimitCounter
 from billfold.subscriptions.models import CreditGrant, Plan, Subscription
@@ -34,6 +34,7 @@ __all__ = [
     "NumberSeries",
     "OperatorSettings",
     "Payment",
+    "PaymentAttempt",
     "PaymentMethod",
     "Plan",
     "RateLimitCounter",

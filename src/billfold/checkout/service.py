@@ -24,12 +24,13 @@ from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger.models import Wallet
-from billfold.money import micros_to_cents
-from billfold.payments import recovery
+from billfold.payments import attempts, recovery
 from billfold.payments import service as payments
-from billfold.processors.base import UnknownPaymentMethod
+from billfold.payments.models import AttemptPurpose, FailureReason
+from billfold.processors.base import Card
 from billfold.processors.cards import InvalidCard
 from billfold.processors.sandbox import SandboxProcessor
+from billfold.wallet import service as wallet_service
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -207,64 +208,61 @@ def pay_with_card(
             )
         ).first()
         if claimed is not None:
-            account_id, amount, currency, attempt = claimed
-            pending = recovery.PendingCharge(
+            account_id, amount, currency, attempt_number = claimed
+            attempt = attempts.begin(
+                session,
+                purpose=AttemptPurpose.CHECKOUT,
+                operation=f"checkout:{session_id}:{attempt_number}",
                 account_id=account_id,
-                purpose="checkout" if plan_id is None else "subscription_checkout",
-                plan_id=plan_id,
-                save_card=plan_id is not None,
                 amount_micros=amount,
                 currency=currency,
                 payment_method_id=card["id"],
-                processor_key=f"checkout:{session_id}:{attempt}",
-                checkout_session_id=session_id,
+                payment_purpose="checkout" if plan_id is None else "subscription_checkout",
+                context={
+                    "checkout_session_id": session_id,
+                    "attempt": attempt_number,
+                    "plan_id": plan_id,
+                    "save_card": plan_id is not None,
+                },
             )
-            recovery.watch(session, pending)
     if claimed is None:
         with database.read() as session:
             checkout = session.get(CheckoutSession, session_id)
             status = effective_status(checkout) if checkout else "expired"
         return PayResult("busy" if status == "processing" else status)
-    try:
-        customer_id = payments.ensure_customer(database, processor, account_id)
+
+    def card_to_keep(customer_id: str) -> Card | None:
         # A subscription keeps the card for its renewals.
-        saved = processor.retrieve_payment_method(card["id"]) if plan_id is not None else None
-        result = processor.charge(
-            customer_id=customer_id,
-            payment_method_id=card["id"],
-            amount_cents=micros_to_cents(amount),
-            currency=currency,
-            idempotency_key=pending.processor_key,
+        return processor.retrieve_payment_method(card["id"]) if plan_id is not None else None
+
+    try:
+        outcome = attempts.run(
+            database,
+            processor,
+            attempt,
             description=(
                 "Wallet funding (payment link)"
                 if plan_id is None
                 else f"Subscription to plan {plan_id} (payment link)"
             ),
+            prepare=card_to_keep,
         )
-    except UnknownPaymentMethod:
-        # The processor refused the card it just tokenized: nothing was charged.
-        with database.transaction() as session:
-            recovery.settle(session, pending)
-        _reopen(database, session_id)
-        return PayResult("invalid_card", "This card cannot be used. Try another card.")
     except Exception:
         _reopen(database, session_id)
         raise
-    with database.transaction() as session:
-        # Money the human paid is always credited, even if this session was completed
-        # meanwhile by another attempt (after a lapsed processing lease).
-        payment, _ = recovery.record_outcome(session, pending, result, card=saved)
-        if not result.succeeded:
-            session.execute(
-                update(CheckoutSession)
-                .where(CheckoutSession.id == session_id, CheckoutSession.status == "processing")
-                .values(status="open", processing_until=None)
-            )
-            return PayResult(
-                "declined",
-                _decline_message(result.failure_message, result.decline_code),
-            )
-        complete_session(session, session_id, payment.id)
+    # The attempt's handlers completed the session, or reopened it.
+    if outcome.attempt.failure_reason == FailureReason.CARD_UNAVAILABLE:
+        # The processor refused the card it just tokenized: nothing was charged.
+        return PayResult("invalid_card", "This card cannot be used. Try another card.")
+    if not outcome.succeeded:
+        payment = outcome.payment
+        return PayResult(
+            "declined",
+            _decline_message(
+                payment.failure_message if payment else None,
+                payment.decline_code if payment else None,
+            ),
+        )
     return PayResult("complete")
 
 
@@ -306,7 +304,57 @@ def run_expiry(services: Services, job: ClaimedJob) -> None:
         expire(session, str(job.payload["session_id"]))
 
 
-@recovery.CHARGE_RECOVERED.subscribe
-def _on_charge_recovered(session: Session, event: recovery.ChargeRecorded) -> None:
-    if event.charge.checkout_session_id:
-        complete_session(session, event.charge.checkout_session_id, event.payment.id)
+@attempts.on_success(AttemptPurpose.CHECKOUT).subscribe
+def _on_link_paid(session: Session, event: attempts.Settled) -> str | None:
+    """The human's payment: a `subscribe` link starts its subscription; otherwise (or if
+    the account took that place meanwhile) the money funds the wallet. Money the human
+    paid is always credited, even if another attempt completed the session meanwhile
+    (after a lapsed processing lease). The id of the ledger transaction."""
+    payment = event.payment
+    assert payment is not None
+    context = event.attempt.context
+    session_id = str(context["checkout_session_id"])
+    plan_id = context.get("plan_id")
+    if plan_id is not None:
+        started = recovery.LINK_SUBSCRIPTION_PAID.call(
+            session,
+            recovery.ChargeRecorded(
+                recovery.PendingCharge(
+                    account_id=payment.account_id,
+                    plan_id=int(plan_id),
+                    checkout_session_id=session_id,
+                ),
+                payment,
+            ),
+        )
+        if started is not None:
+            if event.card is not None:  # renewals charge the card the human subscribed with
+                payments.save_card(
+                    session, account_id=payment.account_id, card=event.card, make_default=True
+                )
+            complete_session(session, session_id, payment.id)
+            return started
+        # The account took this subscription's place meanwhile: the money is credited,
+        # as a payment-link funding (purchased credit, refundable to the card).
+        payment.purpose = "checkout"
+    transaction_id = wallet_service.credit_card_funding(
+        session, event, meta={"session_id": session_id}
+    )
+    complete_session(session, session_id, payment.id)
+    return transaction_id
+
+
+@attempts.on_failure(AttemptPurpose.CHECKOUT).subscribe
+def _on_link_payment_failed(session: Session, event: attempts.Settled) -> None:
+    """Declined, or never charged: the session takes another card, unless a newer attempt
+    holds it."""
+    context = event.attempt.context
+    session.execute(
+        update(CheckoutSession)
+        .where(
+            CheckoutSession.id == str(context["checkout_session_id"]),
+            CheckoutSession.status == "processing",
+            CheckoutSession.attempts == int(context["attempt"]),
+        )
+        .values(status="open", processing_until=None)
+    )

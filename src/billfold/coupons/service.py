@@ -3,15 +3,14 @@
 A redemption is reserved first, in one transaction: a conditional UPDATE takes one of
 the remaining redemptions (so two accounts racing for the last one cannot both win)
 and the (coupon, account) unique constraint refuses a second one by the same account.
-A purchase coupon then charges the card. A redemption that does not complete gives its
-reservation back: at once when no card can have been charged, through the charge's
-recovery job when one may have been, and through a janitor queued with the reservation
-when the process died before either could.
+A purchase coupon then charges the card, as a payment attempt written with the
+reservation (`billfold.payments.attempts`): its success grants the bonus, its failure
+(declined, or never charged, as the payment janitor finds) gives the reservation back;
+a janitor queued with the reservation releases one whose attempt was never written.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,9 +29,9 @@ from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
 from billfold.ledger.models import Wallet
 from billfold.money import basis_points_to_percent, from_micros, share_of
-from billfold.payments import recovery
+from billfold.payments import attempts
 from billfold.payments import service as payments
-from billfold.payments.models import Payment
+from billfold.payments.models import AttemptPurpose
 from billfold.processors.base import Processor
 from billfold.wallet import service as wallet_service
 from billfold.webhooks import service as webhooks
@@ -40,10 +39,9 @@ from billfold.webhooks import service as webhooks
 if TYPE_CHECKING:
     from billfold.services import Services
 
-log = logging.getLogger("billfold.coupons")
 
 RELEASE_JOB = "coupons.release_reservation"
-# Past the charge's recovery (payments.recovery.DELAY) with room to spare.
+# Past the payment janitor's (payments.attempts.STALE_AFTER), with room to spare.
 RESERVATION_TIMEOUT = timedelta(minutes=15)
 PURCHASE_KINDS = ("bonus_percent", "bonus_fixed")
 
@@ -312,33 +310,22 @@ def redeem(
             idempotency_key=idempotency_key,
         )
         redemption = reserved.redemption
-    try:
-        funded = wallet_service.fund_wallet(
-            database,
-            processor,
+        # The purchase's charge, written with the reservation: its outcome finishes the
+        # redemption or gives it back (see _on_purchase_paid, _on_purchase_failed).
+        attempt = wallet_service.begin_funding(
+            session,
             account_id=account_id,
             amount_micros=purchase_micros,
-            payment_method_id=payment_method_id,
+            card=wallet_service.card_to_charge(session, account_id, payment_method_id),
             idempotency_key=reserved.funding_key,
             purpose="coupon_purchase",
-            coupon_redemption_id=redemption.id,
+            context={"coupon_redemption_id": redemption.id},
         )
-    except Exception as exc:
-        # A redemption that did not complete gives its reservation back now when no
-        # unrecorded charge can exist: a refusal (a decline, an unknown card: every 4xx),
-        # or any failure while no recovery watch is pending (before it was written, or
-        # after the outcome was recorded). Otherwise the recovery job grants the bonus if
-        # the card was charged and releases it if not; the janitor catches the rest.
-        with database.transaction() as session:
-            refused = isinstance(exc, BillfoldError) and exc.status_code < 500
-            if refused or not recovery.watch_pending(session, reserved.processor_key):
-                release_redemption(session, redemption.id)
-        raise
-    with database.transaction() as session:
-        finish_redemption(session, redemption.id, funded.payment.id)  # done with the credit
+    wallet_service.charge_funding(database, processor, attempt)
+    with database.read() as session:
         row = session.get(CouponRedemption, redemption.id)
         assert row is not None
-        wallet = session.get(Wallet, account_id, populate_existing=True)
+        wallet = session.get(Wallet, account_id)
         assert wallet is not None
         return Redeemed(row, coupon, wallet.balance_micros)
 
@@ -347,7 +334,7 @@ def redeem(
 class PurchaseReservation:
     redemption: CouponRedemption
     funding_key: str  # the purchase's funding idempotency key
-    processor_key: str  # its charge's key at the processor
+    processor_key: str  # its charge's key at the processor (its attempt's operation)
 
 
 def reserve_purchase(
@@ -369,7 +356,7 @@ def reserve_purchase(
 
 def _watch_reservation(session: Session, redemption_id: str, processor_key: str) -> None:
     """Queue, with the reservation, the janitor that releases it if it is ever left pending
-    (a process that died between reserving and charging leaves no recovery watch)."""
+    (a process that died between reserving and writing the charge's attempt)."""
     jobs.enqueue(
         session,
         kind=RELEASE_JOB,
@@ -379,8 +366,9 @@ def _watch_reservation(session: Session, redemption_id: str, processor_key: str)
 
 
 def run_release(services: Services, job: ClaimedJob) -> None:
-    """The janitor: a reservation still pending after its timeout is released unless a
-    charge for it is still being recovered or was made."""
+    """The janitor: a reservation still pending after its timeout is released, unless its
+    charge's attempt is still open (the payment janitor settles that one, and the outcome
+    finishes or releases the reservation)."""
     redemption_id = str(job.payload["redemption_id"])
     processor_key = str(job.payload["processor_key"])
     database = services.database
@@ -388,23 +376,14 @@ def run_release(services: Services, job: ClaimedJob) -> None:
         row = session.get(CouponRedemption, redemption_id)
         if row is None or row.status != "pending":
             return
-        recovering = recovery.watch_pending(session, processor_key)
-    if recovering:
-        with database.transaction() as session:  # the recovery job decides; look again later
-            _watch_reservation(session, redemption_id, processor_key)
-        return
-    result = services.processor.find_charge(processor_key)
+        attempt = attempts.latest(session, processor_key)
     with database.transaction() as session:
-        if result is None or not result.succeeded:
-            release_redemption(session, redemption_id)
-        elif session.get(Payment, result.payment_intent_id) is not None:
-            finish_redemption(session, redemption_id, result.payment_intent_id)
+        if attempt is not None and not attempt.state.settled:  # look again later
+            _watch_reservation(session, redemption_id, processor_key)
+        elif attempt is not None and attempt.succeeded and attempt.payment_id:
+            finish_redemption(session, redemption_id, attempt.payment_id)
         else:
-            log.error(
-                "coupon redemption %s: charge %s succeeded but is not recorded",
-                redemption_id,
-                result.payment_intent_id,
-            )
+            release_redemption(session, redemption_id)
 
 
 def finish_redemption(session: Session, redemption_id: str, payment_id: str) -> None:
@@ -446,13 +425,16 @@ def redemption_view(result: Redeemed) -> dict[str, Any]:
     }
 
 
-@recovery.COUPON_PURCHASE_PAID.subscribe
-def _on_purchase_paid(session: Session, event: recovery.ChargeRecorded) -> None:
-    assert event.charge.coupon_redemption_id is not None
-    finish_redemption(session, event.charge.coupon_redemption_id, event.payment.id)
+@attempts.on_success(AttemptPurpose.COUPON_PURCHASE).subscribe
+def _on_purchase_paid(session: Session, event: attempts.Settled) -> str:
+    """The purchase is credited, then its bonus granted, in the transaction recording it."""
+    assert event.payment is not None
+    transaction_id = wallet_service.credit_card_funding(session, event)
+    finish_redemption(session, str(event.attempt.context["coupon_redemption_id"]), event.payment.id)
+    return transaction_id
 
 
-@recovery.CHARGE_NOT_MADE.subscribe
-def _on_charge_not_made(session: Session, charge: recovery.PendingCharge) -> None:
-    if charge.coupon_redemption_id:
-        release_redemption(session, charge.coupon_redemption_id)
+@attempts.on_failure(AttemptPurpose.COUPON_PURCHASE).subscribe
+def _on_purchase_failed(session: Session, event: attempts.Settled) -> None:
+    """Declined, or never charged: the redemption goes back to the coupon."""
+    release_redemption(session, str(event.attempt.context["coupon_redemption_id"]))

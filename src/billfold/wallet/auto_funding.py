@@ -2,9 +2,9 @@
 
 A debit that leaves the balance under `charge_threshold` enqueues one top-up job
 (deduplicated per wallet, and only while the rule is armed: one charge per crossing).
-The job charges `auto_charge_amount` with `job:<id>` as the processor's idempotency
-key, so a job re-run after a crash charges once. Three declines in a row switch the
-rule off with the reason shown.
+The job charges `auto_charge_amount` as a payment attempt keyed `job:<id>`, so a job
+re-run after a crash charges once, and the attempt's janitor records a charge whose
+worker died. Three declines in a row switch the rule off with the reason shown.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
 from billfold.ledger.models import Wallet
-from billfold.money import from_micros, micros_to_cents
+from billfold.money import from_micros
+from billfold.payments import attempts
 from billfold.payments import service as payments
-from billfold.processors.base import UnknownPaymentMethod
+from billfold.payments.models import AttemptPurpose, FailureReason
 from billfold.webhooks import service as webhooks
 
 if TYPE_CHECKING:
@@ -126,7 +127,8 @@ def after_debit(session: Session, *, locked_wallet: Wallet, balance_after_micros
 
 
 def run_top_up(services: Services, job: ClaimedJob) -> None:
-    """The job: charge the default card and credit the wallet, or count the decline."""
+    """The job: charge the default card (a payment attempt keyed by the job, so a re-run
+    job charges once); the attempt's handlers credit the wallet or count the decline."""
     database, processor = services.database, services.processor
     account_id = job.account_id
     assert account_id is not None
@@ -143,82 +145,95 @@ def run_top_up(services: Services, job: ClaimedJob) -> None:
         with database.transaction() as session:
             disable(session, account_id=account_id, reason="No default card on file.")
         return
-    customer_id = payments.ensure_customer(database, processor, account_id)
-    try:
-        result = processor.charge(
-            customer_id=customer_id,
-            payment_method_id=card_id,
-            amount_cents=micros_to_cents(amount),
-            currency=currency,
-            idempotency_key=f"job:{job.id}",
-            description="Wallet auto-funding",
-        )
-    except UnknownPaymentMethod:  # nothing was charged; retrying would not help
-        with database.transaction() as session:
-            disable(
-                session,
-                account_id=account_id,
-                reason="The default card is no longer available at the processor.",
-            )
-        return
     with database.transaction() as session:
-        payment, first_time = payments.record_payment(
+        attempt = attempts.begin(
             session,
+            purpose=AttemptPurpose.AUTO_FUNDING,
+            operation=f"job:{job.id}",
             account_id=account_id,
-            purpose="auto_funding",
             amount_micros=amount,
             currency=currency,
             payment_method_id=card_id,
-            result=result,
+            payment_purpose="auto_funding",
         )
-        if not first_time:
-            return  # a re-run of a job whose outcome is already recorded
-        if result.succeeded:
-            payments.credit_purchase(
-                session,
-                payment,
-                kind="auto_funding",
-                usecase="auto_funding",
-                description="Wallet auto-funded by card",
-            )
-            session.execute(
-                update(Wallet)
-                .where(Wallet.account_id == account_id)
-                .values(auto_funding_failures=0)
-            )
-            return
-        wallet = ledger.lock_wallet(session, account_id)
-        ledger.record_failed_attempt(
+    attempts.run(database, processor, attempt, description="Wallet auto-funding")
+
+
+@attempts.on_success(AttemptPurpose.AUTO_FUNDING).subscribe
+def _on_top_up_paid(session: Session, event: attempts.Settled) -> str:
+    payment = event.payment
+    assert payment is not None
+    txn = payments.credit_purchase(
+        session,
+        payment,
+        kind="auto_funding",
+        usecase="auto_funding",
+        description="Wallet auto-funded by card"
+        + (" (recorded after an interruption)" if event.recovered else ""),
+        meta={"recovered": True} if event.recovered else None,
+    )
+    session.execute(
+        update(Wallet)
+        .where(Wallet.account_id == payment.account_id)
+        .values(auto_funding_failures=0)
+    )
+    return txn.id
+
+
+@attempts.on_failure(AttemptPurpose.AUTO_FUNDING).subscribe
+def _on_top_up_failed(session: Session, event: attempts.Settled) -> None:
+    account_id = event.attempt.account_id
+    if event.reason == FailureReason.CARD_UNAVAILABLE:  # retrying would not help
+        disable(
             session,
             account_id=account_id,
-            kind="auto_funding",
-            amount_micros=amount,
-            balance_micros=wallet.balance_micros,
-            description=f"Auto-funding declined: {result.failure_message}",
-            payment_id=payment.id,
-            meta={"decline_code": result.decline_code},
+            reason="The default card is no longer available at the processor.",
         )
-        failures = wallet.auto_funding_failures + 1
-        values: dict[str, Any] = {"auto_funding_failures": failures, "auto_funding_armed": True}
-        event = {
-            "account_id": account_id,
-            "amount": from_micros(amount),
-            "currency": currency,
-            "payment_intent_id": payment.id,
-            "decline_code": result.decline_code,
-            "consecutive_failures": failures,
-        }
-        webhooks.emit(session, type="wallet.auto_funding_failed", account_id=account_id, data=event)
-        if failures >= MAX_CONSECUTIVE_DECLINES:
-            values["auto_funding_enabled"] = False
-            values["auto_funding_disabled_reason"] = (
-                f"Disabled after {failures} declined top-ups in a row "
-                f"(last: {result.decline_code})."
-            )
-            webhooks.emit(
-                session,
-                type="wallet.auto_funding_disabled",
-                account_id=account_id,
-                data={**event, "reason": values["auto_funding_disabled_reason"]},
-            )
-        session.execute(update(Wallet).where(Wallet.account_id == account_id).values(**values))
+    elif event.reason == FailureReason.DECLINED:
+        _count_decline(session, event)
+    else:  # never charged: the next crossing of the threshold tries again
+        session.execute(
+            update(Wallet).where(Wallet.account_id == account_id).values(auto_funding_armed=True)
+        )
+
+
+def _count_decline(session: Session, event: attempts.Settled) -> None:
+    """A declined top-up: recorded in the history, re-armed, and three in a row switch
+    auto-funding off."""
+    payment = event.payment
+    assert payment is not None
+    account_id, amount, currency = payment.account_id, payment.amount_micros, payment.currency
+    wallet = ledger.lock_wallet(session, account_id)
+    ledger.record_failed_attempt(
+        session,
+        account_id=account_id,
+        kind="auto_funding",
+        amount_micros=amount,
+        balance_micros=wallet.balance_micros,
+        description=f"Auto-funding declined: {payment.failure_message}",
+        payment_id=payment.id,
+        meta={"decline_code": payment.decline_code},
+    )
+    failures = wallet.auto_funding_failures + 1
+    values: dict[str, Any] = {"auto_funding_failures": failures, "auto_funding_armed": True}
+    data = {
+        "account_id": account_id,
+        "amount": from_micros(amount),
+        "currency": currency,
+        "payment_intent_id": payment.id,
+        "decline_code": payment.decline_code,
+        "consecutive_failures": failures,
+    }
+    webhooks.emit(session, type="wallet.auto_funding_failed", account_id=account_id, data=data)
+    if failures >= MAX_CONSECUTIVE_DECLINES:
+        values["auto_funding_enabled"] = False
+        values["auto_funding_disabled_reason"] = (
+            f"Disabled after {failures} declined top-ups in a row (last: {payment.decline_code})."
+        )
+        webhooks.emit(
+            session,
+            type="wallet.auto_funding_disabled",
+            account_id=account_id,
+            data={**data, "reason": values["auto_funding_disabled_reason"]},
+        )
+    session.execute(update(Wallet).where(Wallet.account_id == account_id).values(**values))

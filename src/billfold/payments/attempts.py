@@ -1,0 +1,599 @@
+"""One payment-attempt state machine for every card charge, and its janitor.
+
+Charging a card happens between two transactions: the processor is another service, and
+a process can die, or the processor time out, between its charge and the recording of
+it. Whatever the charge pays for (`AttemptPurpose`), it goes the same way:
+
+1. `begin`, in the caller's transaction (committed before the processor is called):
+   an attempt row, `pending`, with the processor idempotency key derived from the
+   operation (a request's idempotency key, a job, an invoice's attempt), and a janitor
+   job for it `STALE_AFTER` ahead. Running the same operation again finds the same
+   attempt and reuses its key, so the processor sees one charge; only after a charge
+   that was never made does the operation get a new attempt (and key);
+2. `run`: the processor call, outside any transaction. If it raises, the attempt is
+   `unknown`: the processor may or may not have charged;
+3. `record`: a conditional UPDATE moves the attempt from pending/unknown to
+   succeeded/failed. Only the transaction whose UPDATE moved it records the payment and
+   runs the purpose's handler, in that same transaction: exactly once, whoever races.
+
+The handlers live in the higher domains (wallet, coupons, checkout, subscriptions) and
+subscribe to this module's topics when they are imported (see `billfold.events`):
+`on_success(purpose)` (exactly one handler; its result comes back in the `Outcome`),
+`on_failure(purpose)` (give back a reservation, count a decline, dun an invoice) and
+`locking(purpose)` (rows to lock before the attempt's, to keep the lock order:
+subscription → invoice → attempt → number series → wallet → credit grants).
+
+The janitor (`run_janitor`) settles attempts left open. It asks the processor what
+happened under the key (`find_charge`) and records a charge it finds exactly as the
+request would have; a charge the processor never saw is marked failed (`not_charged`),
+and the failure handlers give back what was reserved. It never starts a charge. Each
+attempt queues its own janitor job (cancelled when the outcome is recorded), and a sweep
+kept queued by the worker's housekeeping settles whatever else is open past
+`STALE_AFTER`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from billfold.clock import now
+from billfold.db import Database, insert_or_ignore
+from billfold.events import Topic
+from billfold.ids import new_id
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
+from billfold.money import micros_to_cents
+from billfold.payments import service as payments
+from billfold.payments.models import (
+    OPEN_STATES,
+    AttemptPurpose,
+    AttemptState,
+    FailureReason,
+    Payment,
+    PaymentAttempt,
+)
+from billfold.processors.base import Card, ChargeResult, Processor, UnknownPaymentMethod
+
+if TYPE_CHECKING:
+    from billfold.services import Services
+
+log = logging.getLogger("billfold.payments")
+
+JANITOR_JOB = "payments.settle_attempts"
+# How long an attempt may stay open before the janitor settles it: far beyond any
+# processor call's timeout, so a request still running is never taken for a dead one.
+STALE_AFTER = timedelta(minutes=5)
+SWEEP_INTERVAL = timedelta(minutes=10)
+SWEEP_BATCH = 100
+_SWEEP_KEY = "payments.settle_attempts:sweep"
+
+__all__ = [
+    "JANITOR_JOB",
+    "STALE_AFTER",
+    "Attempt",
+    "AttemptPurpose",
+    "AttemptState",
+    "FailureReason",
+    "Outcome",
+    "Settled",
+    "begin",
+    "fail",
+    "locking",
+    "on_failure",
+    "on_success",
+    "record",
+    "run",
+    "run_janitor",
+    "settle",
+]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What an attempt row says, as callers and handlers see it."""
+
+    id: str
+    account_id: str
+    purpose: AttemptPurpose
+    operation: str
+    number: int
+    key: str
+    state: AttemptState
+    amount_micros: int
+    currency: str
+    payment_method_id: str
+    payment_purpose: str
+    context: dict[str, Any]
+    payment_id: str | None
+    failure_reason: FailureReason | None
+    failure_message: str | None
+    created_at: datetime
+    new: bool = False  # written by the `begin` that returned it
+
+    @classmethod
+    def of(cls, row: PaymentAttempt, *, new: bool = False) -> Attempt:
+        return cls(
+            id=row.id,
+            account_id=row.account_id,
+            purpose=AttemptPurpose(row.purpose),
+            operation=row.operation,
+            number=row.number,
+            key=row.key,
+            state=AttemptState(row.state),
+            amount_micros=row.amount_micros,
+            currency=row.currency,
+            payment_method_id=row.payment_method_id,
+            payment_purpose=row.payment_purpose,
+            context=dict(row.context or {}),
+            payment_id=row.payment_id,
+            failure_reason=FailureReason(row.failure_reason) if row.failure_reason else None,
+            failure_message=row.failure_message,
+            created_at=row.created_at,
+            new=new,
+        )
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == AttemptState.SUCCEEDED
+
+    @property
+    def never_charged(self) -> bool:
+        """Failed without reaching a charge: its operation may try again, under a new key."""
+        return self.state == AttemptState.FAILED and self.failure_reason in (
+            FailureReason.CARD_UNAVAILABLE,
+            FailureReason.NOT_CHARGED,
+        )
+
+
+@dataclass(frozen=True)
+class Settled:
+    """An attempt's recorded outcome, handed to its purpose's handlers."""
+
+    attempt: Attempt  # in its new state
+    payment: Payment | None  # None when no charge was made
+    card: Card | None = None  # a card to keep, now that it was charged
+    recovered: bool = False  # recorded by the janitor
+
+    @property
+    def reason(self) -> FailureReason | None:
+        return self.attempt.failure_reason
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of an attempt: `recorded` when this call settled it (and ran its
+    handlers, `value` being what the handler returned)."""
+
+    attempt: Attempt
+    payment: Payment | None
+    recorded: bool
+    value: Any = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.attempt.state == AttemptState.SUCCEEDED
+
+
+@dataclass(frozen=True)
+class _Handlers:
+    locking: Topic[Attempt, None]
+    succeeded: Topic[Settled, Any]
+    failed: Topic[Settled, Any]
+
+
+_HANDLERS = {
+    purpose: _Handlers(
+        locking=Topic[Attempt, None](f"payments.attempt.{purpose}.locking"),
+        succeeded=Topic[Settled, Any](f"payments.attempt.{purpose}.succeeded", single=True),
+        failed=Topic[Settled, Any](f"payments.attempt.{purpose}.failed"),
+    )
+    for purpose in AttemptPurpose
+}
+
+
+def on_success(purpose: AttemptPurpose) -> Topic[Settled, Any]:
+    """The purpose's one success handler: credits what the charge paid for."""
+    return _HANDLERS[purpose].succeeded
+
+
+def on_failure(purpose: AttemptPurpose) -> Topic[Settled, Any]:
+    """Handlers of a failed attempt (declined, card unavailable, never charged)."""
+    return _HANDLERS[purpose].failed
+
+
+def locking(purpose: AttemptPurpose) -> Topic[Attempt, None]:
+    """Handlers that lock, before the attempt row, what the purpose's handlers change."""
+    return _HANDLERS[purpose].locking
+
+
+# --- starting an attempt ------------------------------------------------------------
+
+
+def latest(session: Session, operation: str) -> Attempt | None:
+    """The newest attempt of an operation."""
+    row = session.scalars(
+        select(PaymentAttempt)
+        .where(PaymentAttempt.operation == operation)
+        .order_by(PaymentAttempt.number.desc())
+        .limit(1)
+    ).first()
+    return Attempt.of(row) if row is not None else None
+
+
+def get(session: Session, attempt_id: str) -> Attempt | None:
+    row = session.get(PaymentAttempt, attempt_id, populate_existing=True)
+    return Attempt.of(row) if row is not None else None
+
+
+def _janitor_key(attempt_id: str) -> str:
+    return f"attempt:{attempt_id}"
+
+
+def begin(
+    session: Session,
+    *,
+    purpose: AttemptPurpose,
+    operation: str,
+    account_id: str,
+    amount_micros: int,
+    currency: str,
+    payment_method_id: str,
+    payment_purpose: str,
+    context: dict[str, Any] | None = None,
+) -> Attempt:
+    """The operation's attempt: the one already made, or a new `pending` one (in the
+    caller's transaction, which must commit before the processor is called).
+
+    A new attempt's key is the operation itself, or `<operation>#<n>` for the n-th after
+    attempts that never charged. Two callers racing for the same operation meet at the
+    key's unique index: one writes the attempt, both get it.
+    """
+    previous = latest(session, operation)
+    if previous is not None and not previous.never_charged:
+        return previous
+    number = 1 if previous is None else previous.number + 1
+    key = operation if number == 1 else f"{operation}#{number}"
+    current = now()
+    inserted = insert_or_ignore(
+        session,
+        PaymentAttempt,
+        {
+            "id": new_id("pat"),
+            "account_id": account_id,
+            "purpose": purpose.value,
+            "operation": operation,
+            "number": number,
+            "key": key,
+            "state": AttemptState.PENDING.value,
+            "amount_micros": amount_micros,
+            "currency": currency,
+            "payment_method_id": payment_method_id,
+            "payment_purpose": payment_purpose,
+            "context": context or {},
+            "created_at": current,
+            "updated_at": current,
+        },
+        ["key"],
+    )
+    row = session.scalars(
+        select(PaymentAttempt)
+        .where(PaymentAttempt.key == key)
+        .execution_options(populate_existing=True)
+    ).one()
+    if inserted:
+        jobs.enqueue(
+            session,
+            kind=JANITOR_JOB,
+            account_id=account_id,
+            payload={"attempt_id": row.id},
+            run_at=current + STALE_AFTER,
+            dedupe_key=_janitor_key(row.id),
+        )
+    return Attempt.of(row, new=inserted)
+
+
+# --- charging and recording ---------------------------------------------------------
+
+
+def charge(
+    processor: Processor, attempt: Attempt, *, customer_id: str, description: str
+) -> ChargeResult:
+    """The processor call under the attempt's key (outside any transaction)."""
+    return processor.charge(
+        customer_id=customer_id,
+        payment_method_id=attempt.payment_method_id,
+        amount_cents=micros_to_cents(attempt.amount_micros),
+        currency=attempt.currency,
+        idempotency_key=attempt.key,
+        description=description,
+    )
+
+
+def run(
+    database: Database,
+    processor: Processor,
+    attempt: Attempt,
+    *,
+    description: str,
+    prepare: Callable[[str], Card | None] | None = None,
+) -> Outcome:
+    """Charge the card of an attempt begun (and committed) by the caller, and record the
+    outcome. An attempt already settled is answered as recorded, without a call.
+
+    `prepare(customer_id)` runs just before the charge, e.g. to check a card not on file
+    (returning it, to keep once charged). A card the processor does not know settles the
+    attempt failed (`card_unavailable`); anything else raised before the charge fails it
+    as never charged (when this call began it) and is raised again; anything the
+    processor call raises leaves it `unknown` for the janitor and is raised again.
+    """
+    if attempt.state.settled:
+        return replay(database, attempt)
+    try:
+        customer_id = payments.ensure_customer(database, processor, attempt.account_id)
+    except Exception:
+        _not_charged(database, attempt)
+        raise
+    card: Card | None = None
+    if prepare is not None:
+        try:
+            card = prepare(customer_id)
+        except UnknownPaymentMethod:
+            if attempt.new:
+                return fail(database, attempt, FailureReason.CARD_UNAVAILABLE)
+            # An earlier run may have charged under this key: the processor answers that
+            # charge below, or refuses the card again (then nothing was ever charged).
+        except Exception:
+            _not_charged(database, attempt)
+            raise
+    try:
+        result = charge(processor, attempt, customer_id=customer_id, description=description)
+    except UnknownPaymentMethod:
+        # The processor does not have this card (for this customer): nothing was charged.
+        return fail(database, attempt, FailureReason.CARD_UNAVAILABLE)
+    except Exception:
+        mark_unknown(database, attempt)
+        raise
+    try:
+        with database.transaction() as session:
+            return record(session, attempt, result, card=card)
+    except Exception:  # charged, and the outcome is not recorded: the janitor records it
+        mark_unknown(database, attempt)
+        raise
+
+
+def _not_charged(database: Database, attempt: Attempt) -> None:
+    """Something failed before the processor call."""
+    if attempt.new:
+        fail(database, attempt, FailureReason.NOT_CHARGED)
+    else:  # an earlier run may have charged under this key: the janitor finds out
+        mark_unknown(database, attempt)
+
+
+def replay(database: Database, attempt: Attempt) -> Outcome:
+    """A settled attempt's outcome, as recorded."""
+    with database.read() as session:
+        current = get(session, attempt.id)
+        assert current is not None
+        payment = session.get(Payment, current.payment_id) if current.payment_id else None
+    return Outcome(current, payment, recorded=False)
+
+
+def mark_unknown(database: Database, attempt: Attempt) -> None:
+    """The processor call raised: it may have charged. Best effort (the janitor settles
+    a `pending` attempt just the same)."""
+    try:
+        with database.transaction() as session:
+            session.execute(
+                update(PaymentAttempt)
+                .where(
+                    PaymentAttempt.id == attempt.id,
+                    PaymentAttempt.state == AttemptState.PENDING.value,
+                )
+                .values(state=AttemptState.UNKNOWN.value, updated_at=now())
+            )
+    except Exception:
+        log.exception("could not mark payment attempt %s unknown", attempt.id)
+
+
+def record(
+    session: Session,
+    attempt: Attempt,
+    result: ChargeResult,
+    *,
+    card: Card | None = None,
+    recovered: bool = False,
+) -> Outcome:
+    """Record what the processor answered, once (see `_settle`)."""
+    if result.succeeded:
+        return _settle(session, attempt, AttemptState.SUCCEEDED, result, None, card, recovered)
+    return _settle(
+        session, attempt, AttemptState.FAILED, result, FailureReason.DECLINED, card, recovered
+    )
+
+
+def fail(
+    database: Database, attempt: Attempt, reason: FailureReason, *, recovered: bool = False
+) -> Outcome:
+    """Settle an attempt that made no charge as failed, once."""
+    with database.transaction() as session:
+        return _settle(session, attempt, AttemptState.FAILED, None, reason, None, recovered)
+
+
+def _settle(
+    session: Session,
+    attempt: Attempt,
+    state: AttemptState,
+    result: ChargeResult | None,
+    reason: FailureReason | None,
+    card: Card | None,
+    recovered: bool,
+) -> Outcome:
+    handlers = _HANDLERS[attempt.purpose]
+    handlers.locking.publish(session, attempt)
+    current = now()
+    moved = session.execute(
+        update(PaymentAttempt)
+        .where(PaymentAttempt.id == attempt.id, PaymentAttempt.state.in_(OPEN_STATES))
+        .values(
+            state=state.value,
+            payment_id=result.payment_intent_id if result is not None else None,
+            failure_reason=reason.value if reason is not None else None,
+            failure_message=result.failure_message[:500]
+            if result is not None and result.failure_message
+            else None,
+            settled_by="janitor" if recovered else "request",
+            settled_at=current,
+            updated_at=current,
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    settled = get(session, attempt.id)
+    assert settled is not None
+    if not moved:  # recorded by someone else: answer what they recorded
+        if result is not None and result.succeeded and settled.never_charged:
+            log.error(
+                "payment attempt %s was settled as never charged, but the processor "
+                "charged it (%s): refund it at the processor",
+                attempt.id,
+                result.payment_intent_id,
+            )
+        payment = session.get(Payment, settled.payment_id) if settled.payment_id else None
+        return Outcome(settled, payment, recorded=False)
+    jobs.cancel(session, dedupe_key=_janitor_key(attempt.id))
+    payment = None
+    if result is not None:
+        payment, _ = payments.record_payment(
+            session,
+            account_id=attempt.account_id,
+            purpose=attempt.payment_purpose,
+            amount_micros=attempt.amount_micros,
+            currency=attempt.currency,
+            payment_method_id=attempt.payment_method_id,
+            result=result,
+        )
+    event = Settled(settled, payment, card=card, recovered=recovered)
+    if state == AttemptState.SUCCEEDED:
+        value = handlers.succeeded.call(session, event)
+    else:
+        value = next((v for v in handlers.failed.publish(session, event) if v is not None), None)
+    return Outcome(settled, payment, recorded=True, value=value)
+
+
+# --- the janitor --------------------------------------------------------------------
+
+
+def settle(services: Services, attempt_id: str) -> Outcome | None:
+    """Settle an open attempt from what the processor knows (never starts a charge);
+    None if it is settled already."""
+    with services.database.read() as session:
+        attempt = get(session, attempt_id)
+    if attempt is None or attempt.state.settled:
+        return None
+    processor = services.processor
+    result = processor.find_charge(attempt.key)
+    if result is None:
+        log.warning("payment attempt %s never reached the processor", attempt.id)
+        return fail(services.database, attempt, FailureReason.NOT_CHARGED, recovered=True)
+    card: Card | None = None
+    if result.succeeded and attempt.context.get("save_card"):
+        try:
+            card = processor.retrieve_payment_method(attempt.payment_method_id)
+        except UnknownPaymentMethod:
+            card = None
+    with services.database.transaction() as session:
+        outcome = record(session, attempt, result, card=card, recovered=True)
+    if outcome.recorded:
+        log.warning(
+            "recorded interrupted card charge %s (%s, attempt %s)",
+            result.payment_intent_id,
+            attempt.purpose,
+            attempt.id,
+        )
+    return outcome
+
+
+def open_attempts(session: Session, *, older_than: datetime, limit: int) -> list[str]:
+    """Ids of attempts open since before `older_than`, oldest first."""
+    return list(
+        session.scalars(
+            select(PaymentAttempt.id)
+            .where(
+                PaymentAttempt.state.in_(OPEN_STATES),
+                PaymentAttempt.created_at < older_than,
+            )
+            .order_by(PaymentAttempt.created_at, PaymentAttempt.id)
+            .limit(limit)
+        )
+    )
+
+
+def sweep(services: Services) -> int:
+    """Settle attempts left open past STALE_AFTER (however their own job fared); the
+    number settled."""
+    with services.database.read() as session:
+        stale = open_attempts(session, older_than=now() - STALE_AFTER, limit=SWEEP_BATCH)
+    settled = 0
+    for attempt_id in stale:
+        try:
+            settled += settle(services, attempt_id) is not None
+        except Exception:  # the processor may be down: the next sweep tries again
+            log.exception("could not settle payment attempt %s", attempt_id)
+    return settled
+
+
+def schedule_sweep(session: Session) -> None:
+    """Keep one sweep queued (every worker's call after the first is a no-op)."""
+    jobs.enqueue(session, kind=JANITOR_JOB, run_at=now() + SWEEP_INTERVAL, dedupe_key=_SWEEP_KEY)
+
+
+def run_janitor(services: Services, job: ClaimedJob) -> None:
+    """The janitor job: one attempt's (queued with it), or a sweep."""
+    attempt_id = job.payload.get("attempt_id")
+    if attempt_id is not None:
+        settle(services, str(attempt_id))
+    else:
+        sweep(services)
+
+
+# --- recovery jobs queued before this machine existed -------------------------------
+
+LEGACY_RECOVERY_JOB = "payments.recover_charge"
+_LEGACY_PURPOSES = {
+    "wallet_funding": AttemptPurpose.WALLET_FUNDING,
+    "subscription_charge": AttemptPurpose.CHARGE_AMOUNT,
+    "coupon_purchase": AttemptPurpose.COUPON_PURCHASE,
+    "checkout": AttemptPurpose.CHECKOUT,
+    "subscription_checkout": AttemptPurpose.CHECKOUT,
+}
+
+
+def run_legacy_recovery(services: Services, job: ClaimedJob) -> None:
+    """A recovery job of the previous design (a charge's description as payload): its
+    charge becomes an attempt, settled by the janitor like any other."""
+    charge = job.payload
+    key = str(charge["processor_key"])
+    context: dict[str, Any] = {"save_card": bool(charge.get("save_card"))}
+    for name in ("checkout_session_id", "coupon_redemption_id", "plan_id"):
+        if charge.get(name) is not None:
+            context[name] = charge[name]
+    if charge.get("checkout_session_id"):
+        context["attempt"] = int(key.rsplit(":", 1)[1])  # checkout:<session>:<n>
+    with services.database.transaction() as session:
+        attempt = begin(
+            session,
+            purpose=_LEGACY_PURPOSES[str(charge["purpose"])],
+            operation=key,
+            account_id=str(charge["account_id"]),
+            amount_micros=int(charge["amount_micros"]),
+            currency=str(charge["currency"]),
+            payment_method_id=str(charge["payment_method_id"]),
+            payment_purpose=str(charge["purpose"]),
+            context=context,
+        )
+    settle(services, attempt.id)
