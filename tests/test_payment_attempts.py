@@ -25,8 +25,8 @@ from billfold.checkout import service as checkout
 from billfold.clock import now
 from billfold.coupons import service as coupons
 from billfold.jobs.models import Job
-from billfold.jobs.service import ClaimedJob
-from billfold.payments import attempts
+from billfold.jobs.service import ClaimedJob, enqueue
+from billfold.payments import attempts, janitor
 from billfold.payments.models import (
     AttemptPurpose,
     AttemptState,
@@ -34,12 +34,17 @@ from billfold.payments.models import (
     Payment,
     PaymentAttempt,
 )
+from billfold.payments.service import ensure_customer
 from billfold.processors.sandbox import SandboxObject, SandboxProcessor
 from billfold.services import Services
+from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions.attempts import SETTLE_JOB
+from billfold.subscriptions.plans import SELF_SERVE_KINDS, subscribable_plan
 from billfold.wallet import service as wallet
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from billfold.wallet.auto_funding import run_top_up
 from tests.helpers import CARD_OK, Agent, Api, decimal_json
+from tests.subscription_helpers import create_plan, payments_of, status, subscriber
 
 AFTER_STALE = attempts.STALE_AFTER + timedelta(seconds=5)
 
@@ -79,6 +84,7 @@ class Case:
     balance: Decimal  # after the charge is credited
     check_success: Callable[[], None] = lambda: None
     check_failure: Callable[[], None] = lambda: None
+    credits_wallet: bool = True  # the charge is wallet credit (a subscription's is revenue)
 
 
 def _fund(api: Api, services: Services, processor: SandboxProcessor) -> Case:
@@ -249,12 +255,51 @@ def _auto_funding(api: Api, services: Services, processor: SandboxProcessor) -> 
     )
 
 
+def _subscription_invoice(api: Api, services: Services, processor: SandboxProcessor) -> Case:
+    plan = create_plan(api, price=14, included_credits=6)
+    agent, pm = subscriber(api)
+    with pytest.raises((ProcessorTimeout, ProcessDied)):
+        subscriptions.start(
+            replace(services, processor=processor),
+            account_id=agent.account_id,
+            plan_id=plan["id"],
+            payment_method_id=pm,
+        )
+    [sub] = agent.get("/subscriptions").json()["data"]["items"]
+    assert (sub["status"], sub["payment_status"]) == ("incomplete", "processing")
+
+    def active() -> None:
+        current = status(agent, sub["id"])
+        assert (current["status"], current["payment_status"]) == ("active", "paid")
+        assert [p.purpose for p in payments_of(services, agent.account_id)] == [
+            "subscription_create"
+        ]
+
+    def still_owed() -> None:
+        current = status(agent, sub["id"])
+        assert (current["status"], current["payment_status"]) == ("incomplete", "pending")
+        fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
+        assert fixed.status_code == 200, fixed.text
+        assert fixed.json()["data"]["status"] == "active"
+        assert agent.balance() == 6
+
+    return Case(
+        agent,
+        AttemptPurpose.SUBSCRIPTION_INVOICE,
+        Decimal(6),  # the plan's included credits: the payment itself is revenue
+        check_success=active,
+        check_failure=still_owed,
+        credits_wallet=False,
+    )
+
+
 FLOWS: dict[str, Callable[[Api, Services, SandboxProcessor], Case]] = {
     "fund_wallet": _fund,
     "charge_amount": _charge_amount,
     "coupon_purchase": _coupon_purchase,
     "checkout": _checkout,
     "auto_funding": _auto_funding,
+    "subscription_invoice": _subscription_invoice,
 }
 
 
@@ -312,11 +357,14 @@ def _assert_credited_once(api: Api, services: Services, case: Case) -> None:
     ]
     assert [p.status for p in paid] == ["succeeded"]
     assert _charges_at_processor(services, attempt.key) == 1
-    history = decimal_json(case.agent.get("/wallet/transactions", params={"limit": 100}))
-    credits = [t for t in history["data"]["items"] if t["payment_intent_id"] == attempt.payment_id]
-    assert [t["metadata"].get("recovered") for t in credits if t["kind"] != "coupon_credit"] == [
-        True
-    ]
+    if case.credits_wallet:
+        history = decimal_json(case.agent.get("/wallet/transactions", params={"limit": 100}))
+        credits = [
+            t
+            for t in history["data"]["items"]
+            if t["payment_intent_id"] == attempt.payment_id and t["kind"] != "coupon_credit"
+        ]
+        assert [t["metadata"].get("recovered") for t in credits] == [True]
     assert api.ledger_check(case.agent.account_id)["consistent"] is True
     case.check_success()
 
@@ -425,3 +473,125 @@ def test_a_retried_request_reuses_its_attempt_and_the_processor_sees_one_charge(
     _janitor(services, attempt)  # too late: nothing to do
     assert agent.balance() == 12
     assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_a_recovery_job_queued_before_the_machine_settles_through_it(
+    api: Api, services: Services
+) -> None:
+    """A database upgraded with a recovery job of the previous design still queued."""
+    agent = api.new_agent()
+    pm = agent.card()
+    key = f"fund:{agent.account_id}:legacy"
+    customer = ensure_customer(services.database, services.processor, agent.account_id)
+    services.processor.charge(
+        customer_id=customer,
+        payment_method_id=pm,
+        amount_cents=1800,
+        currency="USD",
+        idempotency_key=key,
+        description="Wallet funding",
+    )
+    with services.database.transaction() as session:
+        enqueue(
+            session,
+            kind=janitor.LEGACY_RECOVERY_JOB,
+            account_id=agent.account_id,
+            payload={
+                "account_id": agent.account_id,
+                "purpose": "wallet_funding",
+                "amount_micros": 18_000_000,
+                "currency": "USD",
+                "payment_method_id": pm,
+                "processor_key": key,
+                "save_card": True,
+                "checkout_session_id": None,
+                "coupon_redemption_id": None,
+                "plan_id": None,
+            },
+            dedupe_key=f"recover:{key}",
+        )
+    Worker(services).drain()
+    Worker(services).drain()
+    assert agent.balance() == 18
+    [attempt] = _attempts(services, agent.account_id, AttemptPurpose.WALLET_FUNDING)
+    assert (attempt.key, attempt.state, attempt.settled_by) == (key, "succeeded", "janitor")
+    assert len(_card_payments(services, agent.account_id)) == 1
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_a_settle_job_queued_before_the_machine_settles_through_it(
+    api: Api, services: Services
+) -> None:
+    """An invoice whose attempt was reserved the previous way (its key on the invoice,
+    a settle job queued, no attempt row) when the process died after the charge."""
+    plan = create_plan(api, price=9, included_credits=2)
+    agent, pm = subscriber(api)
+    with services.database.transaction() as session:
+        chosen = subscribable_plan(
+            session, plan["id"], kinds=SELF_SERVE_KINDS, account_id=agent.account_id
+        )
+        sub = subscriptions._new_subscription(
+            session, account_id=agent.account_id, plan=chosen, created_by="agent", trial=False
+        )
+        invoice = subscriptions._open_invoice(
+            session,
+            sub,
+            reason="subscription_create",
+            lines=[
+                subscriptions._period_line(chosen, sub.current_period_start, sub.current_period_end)
+            ],
+            source=f"subscription:{sub.id}:create",
+        )
+        invoice.attempt_count = 1
+        invoice.attempt_key = key = f"{invoice.id}:1"
+        invoice.attempt_payment_method_id = pm
+        invoice.meta = {"attempt_trigger": "create"}
+        enqueue(
+            session,
+            kind=SETTLE_JOB,
+            account_id=agent.account_id,
+            payload={"invoice_id": invoice.id, "key": key},
+            dedupe_key=f"settle:{key}",
+        )
+        sub_id = sub.id
+    customer = ensure_customer(services.database, services.processor, agent.account_id)
+    services.processor.charge(
+        customer_id=customer,
+        payment_method_id=pm,
+        amount_cents=900,
+        currency="USD",
+        idempotency_key=key,
+        description="Subscription",
+    )
+    Worker(services).drain()
+    current = status(agent, sub_id)
+    assert (current["status"], current["payment_status"]) == ("active", "paid")
+    [attempt] = _attempts(services, agent.account_id, AttemptPurpose.SUBSCRIPTION_INVOICE)
+    assert (attempt.key, attempt.state, attempt.settled_by) == (key, "succeeded", "janitor")
+    assert agent.balance() == 2
+    assert len(payments_of(services, agent.account_id)) == 1
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_the_sweep_settles_what_is_left_open_and_stays_queued_once(
+    api: Api, services: Services
+) -> None:
+    case = _fund(api, services, FailingProcessor(services, "crash"))
+    attempt = _the_attempt(services, case)
+    janitor.sweep(services, at=now())
+    assert _the_attempt(services, case).state == AttemptState.PENDING  # not stale yet
+    assert janitor.sweep(services, at=now() + AFTER_STALE) >= 1
+    settled = _the_attempt(services, case)
+    assert (settled.state, settled.settled_by) == ("succeeded", "janitor")
+    assert case.agent.balance() == 40
+    with services.database.transaction() as session:
+        janitor.schedule_sweep(session)
+        janitor.schedule_sweep(session)
+    with services.database.read() as session:
+        sweeps = session.scalars(
+            select(Job).where(Job.kind == attempts.JANITOR_JOB, Job.account_id.is_(None))
+        ).all()
+    assert len([job for job in sweeps if job.status == "queued"]) == 1
+    with services.database.read() as session:  # its own job was cancelled with the recording
+        [own] = session.scalars(select(Job).where(Job.dedupe_key == f"attempt:{attempt.id}"))
+        assert own.status == "succeeded"

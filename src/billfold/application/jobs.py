@@ -23,7 +23,7 @@ from billfold.jobs import maintenance
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Lane
 from billfold.jobs.service import ClaimedJob
-from billfold.payments import attempts as payment_attempts
+from billfold.payments import janitor as payment_janitor
 from billfold.services import Services
 from billfold.subscriptions import attempts, credits, dunning
 from billfold.subscriptions import service as subscriptions
@@ -43,8 +43,8 @@ def handlers() -> dict[str, Handler]:
         TOP_UP_JOB: run_top_up,
         EXPIRE_JOB: run_expiry,
         maintenance.JOB_KIND: maintenance.run_purge,
-        payment_attempts.JANITOR_JOB: payment_attempts.run_janitor,
-        payment_attempts.LEGACY_RECOVERY_JOB: payment_attempts.run_legacy_recovery,
+        payment_janitor.JANITOR_JOB: payment_janitor.run_janitor,
+        payment_janitor.LEGACY_RECOVERY_JOB: payment_janitor.run_legacy_recovery,
         coupons.RELEASE_JOB: coupons.run_release,
         webhooks.JOB_KIND: webhooks.run_delivery,
         subscriptions.RENEW_JOB: subscriptions.run_renewal,
@@ -164,7 +164,7 @@ class Worker:
         if time.monotonic() >= self._next_schedule:
             with self.services.database.transaction() as session:
                 maintenance.schedule(session)
-                payment_attempts.schedule_sweep(session)
+                payment_janitor.schedule_sweep(session)
             self._next_schedule = time.monotonic() + 60
         if self.services.settings.processor == "sandbox":
             testclock.sync(self.services.database)  # another process may advance it

@@ -24,9 +24,9 @@ from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger.models import Wallet
-from billfold.payments import attempts, recovery
+from billfold.payments import attempts
 from billfold.payments import service as payments
-from billfold.payments.models import AttemptPurpose, FailureReason
+from billfold.payments.models import AttemptPurpose, FailureReason, Payment
 from billfold.processors.base import Card
 from billfold.processors.cards import InvalidCard
 from billfold.processors.sandbox import SandboxProcessor
@@ -139,6 +139,24 @@ def confirm(session: Session, *, account_id: str, session_id: str, purpose: str)
 class PlanToPay:
     account_id: str
     plan_id: int
+
+
+@dataclass(frozen=True)
+class LinkPaid:
+    """A `subscribe` payment link's charge succeeded."""
+
+    account_id: str
+    plan_id: int
+    session_id: str
+    payment: Payment
+
+
+# A `subscribe` link was paid: the subscriptions domain starts the subscription, in the
+# transaction recording the payment (the id of its ledger transaction), or answers None
+# if the account took that place meanwhile (the money then funds the wallet).
+LINK_SUBSCRIPTION_PAID = Topic[LinkPaid, "str | None"](
+    "checkout.link_subscription_paid", single=True
+)
 
 
 # Before the hosted page charges for a `subscribe` link: may this account still start that
@@ -316,16 +334,8 @@ def _on_link_paid(session: Session, event: attempts.Settled) -> str | None:
     session_id = str(context["checkout_session_id"])
     plan_id = context.get("plan_id")
     if plan_id is not None:
-        started = recovery.LINK_SUBSCRIPTION_PAID.call(
-            session,
-            recovery.ChargeRecorded(
-                recovery.PendingCharge(
-                    account_id=payment.account_id,
-                    plan_id=int(plan_id),
-                    checkout_session_id=session_id,
-                ),
-                payment,
-            ),
+        started = LINK_SUBSCRIPTION_PAID.call(
+            session, LinkPaid(payment.account_id, int(plan_id), session_id, payment)
         )
         if started is not None:
             if event.card is not None:  # renewals charge the card the human subscribed with

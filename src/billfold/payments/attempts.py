@@ -1,4 +1,4 @@
-"""One payment-attempt state machine for every card charge, and its janitor.
+"""One payment-attempt state machine for every card charge.
 
 Charging a card happens between two transactions: the processor is another service, and
 a process can die, or the processor time out, between its charge and the recording of
@@ -23,13 +23,8 @@ subscribe to this module's topics when they are imported (see `billfold.events`)
 `locking(purpose)` (rows to lock before the attempt's, to keep the lock order:
 subscription → invoice → attempt → number series → wallet → credit grants).
 
-The janitor (`run_janitor`) settles attempts left open. It asks the processor what
-happened under the key (`find_charge`) and records a charge it finds exactly as the
-request would have; a charge the processor never saw is marked failed (`not_charged`),
-and the failure handlers give back what was reserved. It never starts a charge. Each
-attempt queues its own janitor job (cancelled when the outcome is recorded), and a sweep
-kept queued by the worker's housekeeping settles whatever else is open past
-`STALE_AFTER`.
+The janitor (`billfold.payments.janitor`) settles attempts left open, from what the
+processor knows; it never starts a charge.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -48,7 +43,6 @@ from billfold.db import Database, insert_or_ignore
 from billfold.events import Topic
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
-from billfold.jobs.service import ClaimedJob
 from billfold.money import micros_to_cents
 from billfold.payments import service as payments
 from billfold.payments.models import (
@@ -61,18 +55,12 @@ from billfold.payments.models import (
 )
 from billfold.processors.base import Card, ChargeResult, Processor, UnknownPaymentMethod
 
-if TYPE_CHECKING:
-    from billfold.services import Services
-
 log = logging.getLogger("billfold.payments")
 
-JANITOR_JOB = "payments.settle_attempts"
+JANITOR_JOB = "payments.settle_attempts"  # see billfold.payments.janitor
 # How long an attempt may stay open before the janitor settles it: far beyond any
 # processor call's timeout, so a request still running is never taken for a dead one.
 STALE_AFTER = timedelta(minutes=5)
-SWEEP_INTERVAL = timedelta(minutes=10)
-SWEEP_BATCH = 100
-_SWEEP_KEY = "payments.settle_attempts:sweep"
 
 __all__ = [
     "JANITOR_JOB",
@@ -90,8 +78,6 @@ __all__ = [
     "on_success",
     "record",
     "run",
-    "run_janitor",
-    "settle",
 ]
 
 
@@ -483,117 +469,3 @@ def _settle(
     else:
         value = next((v for v in handlers.failed.publish(session, event) if v is not None), None)
     return Outcome(settled, payment, recorded=True, value=value)
-
-
-# --- the janitor --------------------------------------------------------------------
-
-
-def settle(services: Services, attempt_id: str) -> Outcome | None:
-    """Settle an open attempt from what the processor knows (never starts a charge);
-    None if it is settled already."""
-    with services.database.read() as session:
-        attempt = get(session, attempt_id)
-    if attempt is None or attempt.state.settled:
-        return None
-    processor = services.processor
-    result = processor.find_charge(attempt.key)
-    if result is None:
-        log.warning("payment attempt %s never reached the processor", attempt.id)
-        return fail(services.database, attempt, FailureReason.NOT_CHARGED, recovered=True)
-    card: Card | None = None
-    if result.succeeded and attempt.context.get("save_card"):
-        try:
-            card = processor.retrieve_payment_method(attempt.payment_method_id)
-        except UnknownPaymentMethod:
-            card = None
-    with services.database.transaction() as session:
-        outcome = record(session, attempt, result, card=card, recovered=True)
-    if outcome.recorded:
-        log.warning(
-            "recorded interrupted card charge %s (%s, attempt %s)",
-            result.payment_intent_id,
-            attempt.purpose,
-            attempt.id,
-        )
-    return outcome
-
-
-def open_attempts(session: Session, *, older_than: datetime, limit: int) -> list[str]:
-    """Ids of attempts open since before `older_than`, oldest first."""
-    return list(
-        session.scalars(
-            select(PaymentAttempt.id)
-            .where(
-                PaymentAttempt.state.in_(OPEN_STATES),
-                PaymentAttempt.created_at < older_than,
-            )
-            .order_by(PaymentAttempt.created_at, PaymentAttempt.id)
-            .limit(limit)
-        )
-    )
-
-
-def sweep(services: Services) -> int:
-    """Settle attempts left open past STALE_AFTER (however their own job fared); the
-    number settled."""
-    with services.database.read() as session:
-        stale = open_attempts(session, older_than=now() - STALE_AFTER, limit=SWEEP_BATCH)
-    settled = 0
-    for attempt_id in stale:
-        try:
-            settled += settle(services, attempt_id) is not None
-        except Exception:  # the processor may be down: the next sweep tries again
-            log.exception("could not settle payment attempt %s", attempt_id)
-    return settled
-
-
-def schedule_sweep(session: Session) -> None:
-    """Keep one sweep queued (every worker's call after the first is a no-op)."""
-    jobs.enqueue(session, kind=JANITOR_JOB, run_at=now() + SWEEP_INTERVAL, dedupe_key=_SWEEP_KEY)
-
-
-def run_janitor(services: Services, job: ClaimedJob) -> None:
-    """The janitor job: one attempt's (queued with it), or a sweep."""
-    attempt_id = job.payload.get("attempt_id")
-    if attempt_id is not None:
-        settle(services, str(attempt_id))
-    else:
-        sweep(services)
-
-
-# --- recovery jobs queued before this machine existed -------------------------------
-
-LEGACY_RECOVERY_JOB = "payments.recover_charge"
-_LEGACY_PURPOSES = {
-    "wallet_funding": AttemptPurpose.WALLET_FUNDING,
-    "subscription_charge": AttemptPurpose.CHARGE_AMOUNT,
-    "coupon_purchase": AttemptPurpose.COUPON_PURCHASE,
-    "checkout": AttemptPurpose.CHECKOUT,
-    "subscription_checkout": AttemptPurpose.CHECKOUT,
-}
-
-
-def run_legacy_recovery(services: Services, job: ClaimedJob) -> None:
-    """A recovery job of the previous design (a charge's description as payload): its
-    charge becomes an attempt, settled by the janitor like any other."""
-    charge = job.payload
-    key = str(charge["processor_key"])
-    context: dict[str, Any] = {"save_card": bool(charge.get("save_card"))}
-    for name in ("checkout_session_id", "coupon_redemption_id", "plan_id"):
-        if charge.get(name) is not None:
-            context[name] = charge[name]
-    if charge.get("checkout_session_id"):
-        context["attempt"] = int(key.rsplit(":", 1)[1])  # checkout:<session>:<n>
-    with services.database.transaction() as session:
-        attempt = begin(
-            session,
-            purpose=_LEGACY_PURPOSES[str(charge["purpose"])],
-            operation=key,
-            account_id=str(charge["account_id"]),
-            amount_micros=int(charge["amount_micros"]),
-            currency=str(charge["currency"]),
-            payment_method_id=str(charge["payment_method_id"]),
-            payment_purpose=str(charge["purpose"]),
-            context=context,
-        )
-    settle(services, attempt.id)

@@ -1,19 +1,23 @@
-"""Paying subscription invoices: one processor charge per attempt, however often it runs.
+"""Paying subscription invoices: payment attempts of the one attempt machine.
 
 Every subscription charge pays an invoice that was finalized first (`open`), in the
 transaction that made the change it bills for. Paying it is three steps:
 
-1. reserve an attempt on the invoice (under the subscription's and the invoice's row
-   locks): a processor idempotency key `<invoice>:<n>`, kept on the invoice until the
-   outcome is recorded. Whoever comes next while it is set (a second worker,
-   fix-payment, a retried request) reuses it, so the processor sees one charge;
+1. reserve the invoice's next attempt (under the subscription's and the invoice's row
+   locks): a payment attempt (`billfold.payments.attempts`, purpose
+   `subscription_invoice`) whose processor idempotency key `<invoice>:<n>` is kept on
+   the invoice (`attempt_key`) until the outcome is recorded. Whoever comes next while
+   it is set (a second worker, fix-payment, a retried request) reuses it, so the
+   processor sees one charge;
 2. charge the card with that key, outside any transaction;
-3. record the outcome once (the attempt key must still be the invoice's) with the
-   payment's ledger posting and the invoice paid, and hand it to the subscription's
-   `Outcomes` (its new state, credits, next job and events) in the same transaction.
+3. the machine records the outcome once; its handlers here (registered with the
+   subscription engine's `Outcomes`, see `register`) post the payment, mark the invoice
+   paid or note the error, and hand it to the subscription's `Outcomes` (its new state,
+   credits, next job and events) in the same transaction.
 
-A settle job queued with each reservation records an outcome the process died before
-recording: it asks the processor by key and never starts a charge.
+The machine's janitor records an outcome the process died before recording: it asks
+the processor by key and never starts a charge. A charge that never reached the
+processor is dropped (`Outcomes.dropped`).
 """
 
 from __future__ import annotations
@@ -21,22 +25,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billfold.clock import now
 from billfold.errors import ErrorCode
 from billfold.invoices import service as invoices
 from billfold.invoices.models import Invoice
-from billfold.jobs import service as jobs
 from billfold.ledger import service as ledger
-from billfold.money import micros_to_cents
+from billfold.payments import attempts as payment_attempts
+from billfold.payments import janitor
 from billfold.payments import service as payments
-from billfold.payments.models import Payment
-from billfold.processors.base import Card, ChargeResult, Processor, UnknownPaymentMethod
+from billfold.payments.models import AttemptPurpose, FailureReason, Payment, PaymentAttempt
+from billfold.processors.base import Card, ChargeResult
 from billfold.subscriptions.models import Subscription
 
 if TYPE_CHECKING:
@@ -44,9 +46,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("billfold.subscriptions")
 
+PURPOSE = AttemptPurpose.SUBSCRIPTION_INVOICE
+# The previous design's settle job: still handled (by `settle_in_flight`) for jobs queued
+# before the attempt machine; no new ones are queued.
 SETTLE_JOB = "subscriptions.settle_attempt"
-SETTLE_DELAY = timedelta(minutes=5)
+SETTLE_DELAY = payment_attempts.STALE_AFTER
 REVENUE = "revenue:subscriptions"
+
+
+@dataclass(frozen=True)
+class Paid:
+    """The outcome of paying an invoice: succeeded, and the recorded payment if any."""
+
+    succeeded: bool
+    payment: Payment | None
+    error: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,75 @@ class Outcomes:
     paid: Callable[[Session, Subscription, Invoice], None]
     failed: Callable[[Session, Subscription, Invoice, dict[str, Any], str], None]
     dropped: Callable[[Session, Subscription, Invoice], None]  # never reached the processor
+
+    def on_charged(self, session: Session, event: payment_attempts.Settled) -> Paid:
+        """The attempt's charge succeeded: the invoice is paid, once."""
+        sub, invoice = _lock_pair_of(session, event.attempt)
+        payment = event.payment
+        assert payment is not None
+        if invoice.attempt_key != event.attempt.key:
+            if invoice.payment_intent_id != payment.id:
+                # Charged for an invoice closed meanwhile: the money is the account's.
+                payments.credit_purchase(
+                    session,
+                    payment,
+                    kind="wallet_funding",
+                    usecase="wallet_funding",
+                    description="Subscription payment credited to the wallet (invoice closed)",
+                )
+            return Paid(invoice.status == "paid", payment)
+        invoice.attempt_key = None
+        if event.card is not None:
+            payments.save_card(
+                session, account_id=sub.account_id, card=event.card, make_default=True
+            )
+        post_payment(session, invoice, payment)
+        invoices.mark_paid(session, invoice, payment_intent_id=payment.id)
+        invoice.last_payment_error = None
+        self.paid(session, sub, invoice)
+        return Paid(True, payment)
+
+    def on_not_charged(self, session: Session, event: payment_attempts.Settled) -> Paid:
+        """Declined, the card gone, or never charged: the invoice stays owed."""
+        sub, invoice = _lock_pair_of(session, event.attempt)
+        if invoice.attempt_key != event.attempt.key:
+            return Paid(invoice.status == "paid", event.payment)
+        invoice.attempt_key = None
+        trigger = str((invoice.meta or {}).get("attempt_trigger", "unknown"))
+        if event.reason == FailureReason.DECLINED:
+            payment = event.payment
+            assert payment is not None
+            error = {
+                "code": ErrorCode.PAYMENT_DECLINED.value,
+                "decline_code": payment.decline_code or "generic_decline",
+                "message": payment.failure_message or "The card was declined.",
+                "payment_intent_id": payment.id,
+            }
+            invoice.last_payment_error = error
+            self.failed(session, sub, invoice, error, trigger)
+            return Paid(False, payment, error)
+        if event.reason == FailureReason.CARD_UNAVAILABLE:
+            return _failed_uncharged(
+                session,
+                sub,
+                invoice,
+                self,
+                trigger,
+                code=ErrorCode.PAYMENT_METHOD_UNAVAILABLE,
+                decline_code="payment_method_unavailable",
+                message="The card to charge is no longer available.",
+            )
+        self.dropped(session, sub, invoice)
+        log.warning("dropped subscription payment attempt %s: never charged", event.attempt.key)
+        return Paid(False, None)
+
+
+def register(outcomes: Outcomes) -> None:
+    """Make `outcomes` (the subscription engine's) the handlers of subscription-invoice
+    attempts; called once, when the engine is imported."""
+    payment_attempts.locking(PURPOSE).subscribe(_lock_for_settling)
+    payment_attempts.on_success(PURPOSE).subscribe(outcomes.on_charged)
+    payment_attempts.on_failure(PURPOSE).subscribe(outcomes.on_not_charged)
 
 
 @dataclass(frozen=True)
@@ -67,15 +150,7 @@ class Attempt:
     payment_method_id: str
     amount_micros: int
     currency: str
-
-
-@dataclass(frozen=True)
-class Paid:
-    """The outcome of paying an invoice: succeeded, and the recorded payment if any."""
-
-    succeeded: bool
-    payment: Payment | None
-    error: dict[str, Any] | None = None
+    payment: payment_attempts.Attempt  # the machine's attempt
 
 
 def lock_subscription(session: Session, subscription_id: str) -> Subscription | None:
@@ -105,32 +180,52 @@ def _lock_pair(
     return sub, lock_invoice(session, invoice_id)
 
 
+def _lock_pair_of(
+    session: Session, attempt: payment_attempts.Attempt
+) -> tuple[Subscription, Invoice]:
+    return _lock_pair(
+        session, str(attempt.context["subscription_id"]), str(attempt.context["invoice_id"])
+    )
+
+
+def _lock_for_settling(session: Session, attempt: payment_attempts.Attempt) -> None:
+    """Before the attempt row: the subscription, then its invoice."""
+    _lock_pair_of(session, attempt)
+
+
 def reserve(session: Session, invoice: Invoice, *, payment_method_id: str, trigger: str) -> Attempt:
     """The attempt in flight on this invoice, or a new one (the caller holds its lock)."""
+    assert invoice.subscription_id is not None
     if invoice.attempt_key is None:
         invoice.attempt_count += 1
-        invoice.attempt_key = f"{invoice.id}:{invoice.attempt_count}"
+        operation = f"{invoice.id}:{invoice.attempt_count}"
         invoice.attempt_payment_method_id = payment_method_id
         invoice.meta = {**(invoice.meta or {}), "attempt_trigger": trigger}
-        jobs.enqueue(
-            session,
-            kind=SETTLE_JOB,
-            account_id=invoice.account_id,
-            payload={"invoice_id": invoice.id, "key": invoice.attempt_key},
-            run_at=now() + SETTLE_DELAY,
-            dedupe_key=f"settle:{invoice.attempt_key}",
-        )
-        session.flush()
-    assert invoice.subscription_id is not None
+    else:  # in flight (an attempt reserved before the machine existed is adopted)
+        operation = invoice.attempt_key
     assert invoice.attempt_payment_method_id is not None
+    payment = payment_attempts.begin(
+        session,
+        purpose=PURPOSE,
+        operation=operation,
+        account_id=invoice.account_id,
+        amount_micros=invoice.total_micros,
+        currency=invoice.currency,
+        payment_method_id=invoice.attempt_payment_method_id,
+        payment_purpose=invoice.billing_reason or "subscription",
+        context={"invoice_id": invoice.id, "subscription_id": invoice.subscription_id},
+    )
+    invoice.attempt_key = payment.key
+    session.flush()
     return Attempt(
         invoice_id=invoice.id,
         subscription_id=invoice.subscription_id,
         account_id=invoice.account_id,
-        key=invoice.attempt_key,
-        payment_method_id=invoice.attempt_payment_method_id,
-        amount_micros=invoice.total_micros,
-        currency=invoice.currency,
+        key=payment.key,
+        payment_method_id=payment.payment_method_id,
+        amount_micros=payment.amount_micros,
+        currency=payment.currency,
+        payment=payment,
     )
 
 
@@ -172,27 +267,19 @@ def pay_invoice(
         attempt = reserve(
             session, invoice, payment_method_id=payment_method_id or "", trigger=trigger
         )
-    try:
-        result = charge(services, attempt)
-    except UnknownPaymentMethod:
-        with database.transaction() as session:
-            sub, invoice = _lock_pair(session, attempt.subscription_id, invoice_id)
-            if invoice.attempt_key != attempt.key:
-                return Paid(invoice.status == "paid", None)
-            jobs.cancel(session, dedupe_key=f"settle:{attempt.key}")
-            invoice.attempt_key = None
-            return _failed_uncharged(
-                session,
-                sub,
-                invoice,
-                outcomes,
-                trigger,
-                code=ErrorCode.PAYMENT_METHOD_UNAVAILABLE,
-                decline_code="payment_method_unavailable",
-                message="The card to charge is no longer available.",
-            )
-    with database.transaction() as session:
-        return record_attempt(session, attempt, result, card=card, outcomes=outcomes)
+    outcome = payment_attempts.run(
+        database,
+        services.processor,
+        attempt.payment,
+        description=_description(attempt),
+        prepare=lambda _customer_id: card,  # a card not on file yet: kept once charged
+    )
+    if outcome.recorded and isinstance(outcome.value, Paid):
+        return outcome.value
+    with database.read() as session:  # recorded by someone else
+        current = session.get(Invoice, invoice_id)
+        assert current is not None
+        return Paid(current.status == "paid", outcome.payment)
 
 
 def _failed_uncharged(
@@ -213,16 +300,16 @@ def _failed_uncharged(
     return Paid(False, None, error)
 
 
+def _description(attempt: Attempt) -> str:
+    return f"Subscription {attempt.subscription_id}, invoice {attempt.invoice_id}"
+
+
 def charge(services: Services, attempt: Attempt) -> ChargeResult:
-    processor: Processor = services.processor
+    """The processor call of an attempt, alone (the machine's `run` also records it)."""
+    processor = services.processor
     customer_id = payments.ensure_customer(services.database, processor, attempt.account_id)
-    return processor.charge(
-        customer_id=customer_id,
-        payment_method_id=attempt.payment_method_id,
-        amount_cents=micros_to_cents(attempt.amount_micros),
-        currency=attempt.currency,
-        idempotency_key=attempt.key,
-        description=f"Subscription {attempt.subscription_id}, invoice {attempt.invoice_id}",
+    return payment_attempts.charge(
+        processor, attempt.payment, customer_id=customer_id, description=_description(attempt)
     )
 
 
@@ -246,82 +333,27 @@ def post_payment(session: Session, invoice: Invoice, payment: Payment) -> str:
     return txn.id
 
 
-def record_attempt(
-    session: Session,
-    attempt: Attempt,
-    result: ChargeResult,
-    *,
-    card: Card | None,
-    outcomes: Outcomes,
-) -> Paid:
-    """Record one attempt's outcome and its consequences, once."""
-    sub, invoice = _lock_pair(session, attempt.subscription_id, attempt.invoice_id)
-    payment, first_time = payments.record_payment(
-        session,
-        account_id=attempt.account_id,
-        purpose=invoice.billing_reason or "subscription",
-        amount_micros=attempt.amount_micros,
-        currency=attempt.currency,
-        payment_method_id=attempt.payment_method_id,
-        result=result,
-    )
-    if invoice.attempt_key != attempt.key:
-        if first_time and result.succeeded and invoice.payment_intent_id != payment.id:
-            # Charged for an invoice that was closed meanwhile: the money is the account's.
-            payments.credit_purchase(
-                session,
-                payment,
-                kind="wallet_funding",
-                usecase="wallet_funding",
-                description="Subscription payment credited to the wallet (invoice closed)",
-            )
-        return Paid(invoice.status == "paid", payment)  # recorded by someone else
-    jobs.cancel(session, dedupe_key=f"settle:{attempt.key}")
-    trigger = str((invoice.meta or {}).get("attempt_trigger", "unknown"))
-    invoice.attempt_key = None
-    if not result.succeeded:
-        error = {
-            "code": ErrorCode.PAYMENT_DECLINED.value,
-            "decline_code": result.decline_code or "generic_decline",
-            "message": result.failure_message or "The card was declined.",
-            "payment_intent_id": payment.id,
-        }
-        invoice.last_payment_error = error
-        outcomes.failed(session, sub, invoice, error, trigger)
-        return Paid(False, payment, error)
-    if card is not None:
-        payments.save_card(session, account_id=sub.account_id, card=card, make_default=True)
-    post_payment(session, invoice, payment)
-    invoices.mark_paid(session, invoice, payment_intent_id=payment.id)
-    invoice.last_payment_error = None
-    outcomes.paid(session, sub, invoice)
-    return Paid(True, payment)
-
-
 def settle_in_flight(services: Services, invoice_id: str, *, outcomes: Outcomes) -> None:
-    """Record the outcome of an attempt whose recording was interrupted; an attempt that
-    never reached the processor is dropped (nothing was charged)."""
+    """Settle the invoice's attempt in flight through the payment janitor: record what
+    the processor did (never starting a charge); one that never reached it is dropped."""
     with services.database.read() as session:
         invoice = session.get(Invoice, invoice_id)
         if invoice is None or invoice.attempt_key is None:
             return
-        attempt = Attempt(
-            invoice_id=invoice.id,
-            subscription_id=invoice.subscription_id or "",
-            account_id=invoice.account_id,
-            key=invoice.attempt_key,
-            payment_method_id=invoice.attempt_payment_method_id or "",
-            amount_micros=invoice.total_micros,
-            currency=invoice.currency,
-        )
-    result = services.processor.find_charge(attempt.key)
-    with services.database.transaction() as session:
-        if result is not None:
-            record_attempt(session, attempt, result, card=None, outcomes=outcomes)
-            return
-        sub, invoice = _lock_pair(session, attempt.subscription_id, invoice_id)
-        if invoice.attempt_key != attempt.key:
-            return
-        invoice.attempt_key = None
-        outcomes.dropped(session, sub, invoice)
-        log.warning("dropped subscription payment attempt %s: never charged", attempt.key)
+        found = session.scalars(
+            select(PaymentAttempt.id).where(PaymentAttempt.key == invoice.attempt_key)
+        ).first()
+    if found is None:  # reserved before the machine existed: adopt it
+        with services.database.transaction() as session:
+            invoice = session.get(Invoice, invoice_id)
+            assert invoice is not None and invoice.subscription_id is not None
+            _, invoice = _lock_pair(session, invoice.subscription_id, invoice_id)
+            if invoice.attempt_key is None:
+                return
+            found = reserve(
+                session,
+                invoice,
+                payment_method_id=invoice.attempt_payment_method_id or "",
+                trigger="settle",
+            ).payment.id
+    janitor.settle(services, found)

@@ -34,7 +34,6 @@ from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
 from billfold.ledger.models import Wallet
 from billfold.money import ceil_to_cent, floor_to_cent, from_micros, round_to_cent
-from billfold.payments import recovery
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
 from billfold.processors.base import Card
@@ -344,6 +343,7 @@ def _void(session: Session, sub: Subscription, invoice: Invoice) -> None:
 
 
 OUTCOMES = attempts.Outcomes(paid=_on_paid, failed=_on_failed, dropped=_on_dropped)
+attempts.register(OUTCOMES)
 
 
 def pay_invoice(
@@ -1066,16 +1066,14 @@ def payable_plan(session: Session, *, account_id: str, plan_id: int) -> Plan:
     return plan
 
 
-@recovery.LINK_SUBSCRIPTION_PAID.subscribe
-def _on_link_paid(session: Session, event: recovery.ChargeRecorded) -> str | None:
-    charge = event.charge
-    assert charge.plan_id is not None and charge.checkout_session_id is not None
+@checkout.LINK_SUBSCRIPTION_PAID.subscribe
+def _on_link_paid(session: Session, event: checkout.LinkPaid) -> str | None:
     return start_from_checkout(
         session,
-        account_id=charge.account_id,
-        plan_id=charge.plan_id,
+        account_id=event.account_id,
+        plan_id=event.plan_id,
         payment=event.payment,
-        session_id=charge.checkout_session_id,
+        session_id=event.session_id,
     )
 
 

@@ -1,0 +1,165 @@
+"""The payment janitor: settles payment attempts left open, from what the processor knows.
+
+An attempt stays `pending` when its process died between the charge and the recording,
+and becomes `unknown` when the processor call raised (a timeout: it may have charged).
+The janitor asks the processor what happened under the attempt's key (`find_charge`):
+a charge it finds is recorded exactly as the request would have recorded it (the
+purpose's handler runs once, in the recording transaction; `recovered` marks it); a
+charge the processor never saw is settled failed (`not_charged`), and the purpose's
+failure handlers give back what was reserved. It never starts a charge.
+
+Each attempt queues its own janitor job `STALE_AFTER` after it is written (cancelled
+when its outcome is recorded); a sweep, kept queued by the worker's housekeeping every
+`SWEEP_INTERVAL`, settles whatever else is open past `STALE_AFTER` (say a job whose
+retries ran out while the processor was down).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billfold.clock import now
+from billfold.jobs import service as jobs
+from billfold.jobs.service import ClaimedJob
+from billfold.payments.attempts import (
+    JANITOR_JOB,
+    STALE_AFTER,
+    Outcome,
+    begin,
+    fail,
+    get,
+    record,
+)
+from billfold.payments.models import OPEN_STATES, AttemptPurpose, FailureReason, PaymentAttempt
+from billfold.processors.base import Card, UnknownPaymentMethod
+
+if TYPE_CHECKING:
+    from billfold.services import Services
+
+log = logging.getLogger("billfold.payments")
+
+SWEEP_INTERVAL = timedelta(minutes=10)
+SWEEP_BATCH = 100
+_SWEEP_KEY = "payments.settle_attempts:sweep"
+
+__all__ = ["JANITOR_JOB", "STALE_AFTER", "run_janitor", "schedule_sweep", "settle", "sweep"]
+
+
+# --- the janitor --------------------------------------------------------------------
+
+
+def settle(services: Services, attempt_id: str) -> Outcome | None:
+    """Settle an open attempt from what the processor knows (never starts a charge);
+    None if it is settled already."""
+    with services.database.read() as session:
+        attempt = get(session, attempt_id)
+    if attempt is None or attempt.state.settled:
+        return None
+    processor = services.processor
+    result = processor.find_charge(attempt.key)
+    if result is None:
+        log.warning("payment attempt %s never reached the processor", attempt.id)
+        return fail(services.database, attempt, FailureReason.NOT_CHARGED, recovered=True)
+    card: Card | None = None
+    if result.succeeded and attempt.context.get("save_card"):
+        try:
+            card = processor.retrieve_payment_method(attempt.payment_method_id)
+        except UnknownPaymentMethod:
+            card = None
+    with services.database.transaction() as session:
+        outcome = record(session, attempt, result, card=card, recovered=True)
+    if outcome.recorded:
+        log.warning(
+            "recorded interrupted card charge %s (%s, attempt %s)",
+            result.payment_intent_id,
+            attempt.purpose,
+            attempt.id,
+        )
+    return outcome
+
+
+def open_attempts(session: Session, *, older_than: datetime, limit: int) -> list[str]:
+    """Ids of attempts open since before `older_than`, oldest first."""
+    return list(
+        session.scalars(
+            select(PaymentAttempt.id)
+            .where(
+                PaymentAttempt.state.in_(OPEN_STATES),
+                PaymentAttempt.created_at < older_than,
+            )
+            .order_by(PaymentAttempt.created_at, PaymentAttempt.id)
+            .limit(limit)
+        )
+    )
+
+
+def sweep(services: Services, *, at: datetime | None = None) -> int:
+    """Settle attempts left open past STALE_AFTER (however their own job fared); the
+    number settled."""
+    older_than = (at or now()) - STALE_AFTER
+    with services.database.read() as session:
+        stale = open_attempts(session, older_than=older_than, limit=SWEEP_BATCH)
+    settled = 0
+    for attempt_id in stale:
+        try:
+            settled += settle(services, attempt_id) is not None
+        except Exception:  # the processor may be down: the next sweep tries again
+            log.exception("could not settle payment attempt %s", attempt_id)
+    return settled
+
+
+def schedule_sweep(session: Session) -> None:
+    """Keep one sweep queued (every worker's call after the first is a no-op)."""
+    jobs.enqueue(session, kind=JANITOR_JOB, run_at=now() + SWEEP_INTERVAL, dedupe_key=_SWEEP_KEY)
+
+
+def run_janitor(services: Services, job: ClaimedJob) -> None:
+    """The janitor job: one attempt's (queued with it), or a sweep."""
+    attempt_id = job.payload.get("attempt_id")
+    if attempt_id is not None:
+        settle(services, str(attempt_id))
+    else:
+        sweep(services)
+
+
+# --- recovery jobs queued before this machine existed -------------------------------
+
+LEGACY_RECOVERY_JOB = "payments.recover_charge"
+_LEGACY_PURPOSES = {
+    "wallet_funding": AttemptPurpose.WALLET_FUNDING,
+    "subscription_charge": AttemptPurpose.CHARGE_AMOUNT,
+    "coupon_purchase": AttemptPurpose.COUPON_PURCHASE,
+    "checkout": AttemptPurpose.CHECKOUT,
+    "subscription_checkout": AttemptPurpose.CHECKOUT,
+}
+
+
+def run_legacy_recovery(services: Services, job: ClaimedJob) -> None:
+    """A recovery job of the previous design (a charge's description as payload): its
+    charge becomes an attempt, settled by the janitor like any other."""
+    charge = job.payload
+    key = str(charge["processor_key"])
+    context: dict[str, Any] = {"save_card": bool(charge.get("save_card"))}
+    for name in ("checkout_session_id", "coupon_redemption_id", "plan_id"):
+        if charge.get(name) is not None:
+            context[name] = charge[name]
+    if charge.get("checkout_session_id"):
+        context["attempt"] = int(key.rsplit(":", 1)[1])  # checkout:<session>:<n>
+    with services.database.transaction() as session:
+        attempt = begin(
+            session,
+            purpose=_LEGACY_PURPOSES[str(charge["purpose"])],
+            operation=key,
+            account_id=str(charge["account_id"]),
+            amount_micros=int(charge["amount_micros"]),
+            currency=str(charge["currency"]),
+            payment_method_id=str(charge["payment_method_id"]),
+            payment_purpose=str(charge["purpose"]),
+            context=context,
+        )
+    settle(services, attempt.id)
