@@ -9,7 +9,14 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from billfold.db import Database
-from billfold.errors import Conflict, ErrorCode, InsufficientFunds, NotFound, PaymentFailed
+from billfold.errors import (
+    Conflict,
+    ErrorCode,
+    InsufficientFunds,
+    NotFound,
+    PaymentFailed,
+    ProcessorError,
+)
 from billfold.ids import new_id
 from billfold.invoices.service import credit_note_for_refund
 from billfold.ledger import service as ledger
@@ -184,7 +191,8 @@ def charge_funding(database: Database, processor: Processor, attempt: attempts.A
         # The processor no longer has this card for this customer: nothing was charged.
         raise payments.payment_method_not_found(attempt.payment_method_id)
     payment = outcome.payment
-    assert payment is not None
+    if payment is None:  # the janitor took it for never charged meanwhile (see attempts)
+        raise ProcessorError("The card charge could not be recorded; nothing was credited.")
     with database.read() as session:
         wallet = get_wallet(session, attempt.account_id)
     if not outcome.succeeded:
