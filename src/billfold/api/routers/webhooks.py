@@ -1,7 +1,7 @@
 """Operator endpoints: register webhook endpoints, rotate secrets, inspect and redeliver.
 
-None of these writes takes an Idempotency-Key: each is the same done twice, except creating
-an endpoint, which answers a new secret each time."""
+These writes take no Idempotency-Key over HTTP (they never did); the use cases honour one
+given in their `Call` by another front end."""
 
 from __future__ import annotations
 
