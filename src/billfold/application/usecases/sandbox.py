@@ -21,6 +21,9 @@ from billfold.processors.sandbox import SandboxRequestError
 from billfold.schemas import ResponseModel
 from billfold.services import Services
 
+# Stripe's own error code for too many requests (Stripe's codes, not Billfold's catalogue).
+STRIPE_RATE_LIMIT = "rate_limit"
+
 
 class StripeError(Exception):
     """A refusal as Stripe's API answers it: `{"error": error}` with `status`."""
@@ -124,7 +127,7 @@ def _count_tokenization(app: Services, client: str) -> None:
                 "type": "invalid_request_error",
                 "message": "Too many card tokenizations from this address; retry after "
                 f"{retry_after} seconds.",
-                "code": "rate_limit",
+                "code": STRIPE_RATE_LIMIT,
             },
             headers={"Retry-After": retry_after},
         ) from None
