@@ -37,7 +37,7 @@ from billfold.migrate import upgrade
 from billfold.payments.models import Payment
 from billfold.services import Services
 from billfold.subscriptions import plans
-from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions import start as subscriptions
 from billfold.subscriptions.models import Subscription
 from usage_charges import (
     PG_ADMIN_DSN,

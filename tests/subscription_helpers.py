@@ -224,8 +224,8 @@ def retire_subscriptions(services: Services) -> None:
     from sqlalchemy import update
 
     from billfold.jobs.models import Job
+    from billfold.subscriptions.engine import RENEW_JOB
     from billfold.subscriptions.models import LIVE_STATUSES, Subscription
-    from billfold.subscriptions.service import RENEW_JOB
 
     with services.database.transaction() as session:
         session.execute(

@@ -37,9 +37,11 @@ from billfold.payments.models import (
 from billfold.payments.service import ensure_customer
 from billfold.processors.sandbox import SandboxObject, SandboxProcessor
 from billfold.services import Services
-from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions import engine
+from billfold.subscriptions import start as subscriptions
 from billfold.subscriptions.attempts import SETTLE_JOB
 from billfold.subscriptions.plans import SELF_SERVE_KINDS, subscribable_plan
+from billfold.subscriptions.states import BillingReason
 from billfold.wallet import service as wallet
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from billfold.wallet.auto_funding import run_top_up
@@ -530,16 +532,14 @@ def test_a_settle_job_queued_before_the_machine_settles_through_it(
         chosen = subscribable_plan(
             session, plan["id"], kinds=SELF_SERVE_KINDS, account_id=agent.account_id
         )
-        sub = subscriptions._new_subscription(
+        sub = subscriptions.new_subscription(
             session, account_id=agent.account_id, plan=chosen, created_by="agent", trial=False
         )
-        invoice = subscriptions._open_invoice(
+        invoice = engine.open_invoice(
             session,
             sub,
-            reason="subscription_create",
-            lines=[
-                subscriptions._period_line(chosen, sub.current_period_start, sub.current_period_end)
-            ],
+            reason=BillingReason.CREATE,
+            lines=[engine.period_line(chosen, sub.current_period_start, sub.current_period_end)],
             source=f"subscription:{sub.id}:create",
         )
         invoice.attempt_count = 1

@@ -17,6 +17,17 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ResponseModel(BaseModel):
+    """A response's shape, built from the view a service renders (`model_validate(view)`).
+
+    A key the view writes and the model does not declare fails loudly instead of vanishing,
+    and the fields are declared in the view's order: the model renders the bytes the view
+    would have, and clients see the same JSON whichever way it is produced.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Envelope(BaseModel, Generic[T]):
     data: T
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -54,6 +54,9 @@ from billfold.payments.models import (
     PaymentAttempt,
 )
 from billfold.processors.base import Card, ChargeResult, Processor, UnknownPaymentMethod
+
+if TYPE_CHECKING:
+    from billfold.services import Services
 
 log = logging.getLogger("billfold.payments")
 
@@ -146,6 +149,9 @@ class Settled:
     payment: Payment | None  # None when no charge was made
     card: Card | None = None  # a card to keep, now that it was charged
     recovered: bool = False  # recorded by the janitor
+    # What the outcome is recorded with: the janitor's, or what the request passed to
+    # `run` (a purpose whose handlers read settings, such as dunning, passes it).
+    services: Services | None = None
 
     @property
     def reason(self) -> FailureReason | None:
@@ -309,6 +315,7 @@ def run(
     *,
     description: str,
     prepare: Callable[[str], Card | None] | None = None,
+    services: Services | None = None,
 ) -> Outcome:
     """Charge the card of an attempt begun (and committed) by the caller, and record the
     outcome. An attempt already settled is answered as recorded, without a call.
@@ -324,7 +331,7 @@ def run(
     try:
         customer_id = payments.ensure_customer(database, processor, attempt.account_id)
     except Exception:
-        _not_charged(database, attempt)
+        _not_charged(database, attempt, services)
         raise
     card: Card | None = None
     if prepare is not None:
@@ -332,32 +339,32 @@ def run(
             card = prepare(customer_id)
         except UnknownPaymentMethod:
             if attempt.new:
-                return fail(database, attempt, FailureReason.CARD_UNAVAILABLE)
+                return fail(database, attempt, FailureReason.CARD_UNAVAILABLE, services=services)
             # An earlier run may have charged under this key: the processor answers that
             # charge below, or refuses the card again (then nothing was ever charged).
         except Exception:
-            _not_charged(database, attempt)
+            _not_charged(database, attempt, services)
             raise
     try:
         result = charge(processor, attempt, customer_id=customer_id, description=description)
     except UnknownPaymentMethod:
         # The processor does not have this card (for this customer): nothing was charged.
-        return fail(database, attempt, FailureReason.CARD_UNAVAILABLE)
+        return fail(database, attempt, FailureReason.CARD_UNAVAILABLE, services=services)
     except Exception:
         mark_unknown(database, attempt)
         raise
     try:
         with database.transaction() as session:
-            return record(session, attempt, result, card=card)
+            return record(session, attempt, result, card=card, services=services)
     except Exception:  # charged, and the outcome is not recorded: the janitor records it
         mark_unknown(database, attempt)
         raise
 
 
-def _not_charged(database: Database, attempt: Attempt) -> None:
+def _not_charged(database: Database, attempt: Attempt, services: Services | None) -> None:
     """Something failed before the processor call."""
     if attempt.new:
-        fail(database, attempt, FailureReason.NOT_CHARGED)
+        fail(database, attempt, FailureReason.NOT_CHARGED, services=services)
     else:  # an earlier run may have charged under this key: the janitor finds out
         mark_unknown(database, attempt)
 
@@ -395,32 +402,39 @@ def record(
     *,
     card: Card | None = None,
     recovered: bool = False,
+    services: Services | None = None,
 ) -> Outcome:
     """Record what the processor answered, once (see `_settle`)."""
+    event = Settled(attempt, None, card=card, recovered=recovered, services=services)
     if result.succeeded:
-        return _settle(session, attempt, AttemptState.SUCCEEDED, result, None, card, recovered)
-    return _settle(
-        session, attempt, AttemptState.FAILED, result, FailureReason.DECLINED, card, recovered
-    )
+        return _settle(session, event, AttemptState.SUCCEEDED, result, None)
+    return _settle(session, event, AttemptState.FAILED, result, FailureReason.DECLINED)
 
 
 def fail(
-    database: Database, attempt: Attempt, reason: FailureReason, *, recovered: bool = False
+    database: Database,
+    attempt: Attempt,
+    reason: FailureReason,
+    *,
+    recovered: bool = False,
+    services: Services | None = None,
 ) -> Outcome:
     """Settle an attempt that made no charge as failed, once."""
+    event = Settled(attempt, None, recovered=recovered, services=services)
     with database.transaction() as session:
-        return _settle(session, attempt, AttemptState.FAILED, None, reason, None, recovered)
+        return _settle(session, event, AttemptState.FAILED, None, reason)
 
 
 def _settle(
     session: Session,
-    attempt: Attempt,
+    event: Settled,
     state: AttemptState,
     result: ChargeResult | None,
     reason: FailureReason | None,
-    card: Card | None,
-    recovered: bool,
 ) -> Outcome:
+    """Move the attempt out of pending/unknown (a conditional UPDATE, after the purpose's
+    locks); if this call moved it, record the payment and run the purpose's handlers."""
+    attempt, recovered = event.attempt, event.recovered
     handlers = _HANDLERS[attempt.purpose]
     handlers.locking.publish(session, attempt)
     current = now()
@@ -463,7 +477,7 @@ def _settle(
             payment_method_id=attempt.payment_method_id,
             result=result,
         )
-    event = Settled(settled, payment, card=card, recovered=recovered)
+    event = replace(event, attempt=settled, payment=payment)
     if state == AttemptState.SUCCEEDED:
         value = handlers.succeeded.call(session, event)
     else:

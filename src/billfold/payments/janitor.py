@@ -64,7 +64,13 @@ def settle(services: Services, attempt_id: str) -> Outcome | None:
     result = processor.find_charge(attempt.key)
     if result is None:
         log.warning("payment attempt %s never reached the processor", attempt.id)
-        return fail(services.database, attempt, FailureReason.NOT_CHARGED, recovered=True)
+        return fail(
+            services.database,
+            attempt,
+            FailureReason.NOT_CHARGED,
+            recovered=True,
+            services=services,
+        )
     card: Card | None = None
     if result.succeeded and attempt.context.get("save_card"):
         try:
@@ -72,7 +78,7 @@ def settle(services: Services, attempt_id: str) -> Outcome | None:
         except UnknownPaymentMethod:
             card = None
     with services.database.transaction() as session:
-        outcome = record(session, attempt, result, card=card, recovered=True)
+        outcome = record(session, attempt, result, card=card, recovered=True, services=services)
     if outcome.recorded:
         log.warning(
             "recorded interrupted card charge %s (%s, attempt %s)",

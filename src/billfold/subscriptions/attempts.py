@@ -10,10 +10,9 @@ transaction that made the change it bills for. Paying it is three steps:
    it is set (a second worker, fix-payment, a retried request) reuses it, so the
    processor sees one charge;
 2. charge the card with that key, outside any transaction;
-3. the machine records the outcome once; its handlers here (registered with the
-   subscription engine's `Outcomes`, see `register`) post the payment, mark the invoice
-   paid or note the error, and hand it to the subscription's `Outcomes` (its new state,
-   credits, next job and events) in the same transaction.
+3. the machine records the outcome once; its handlers here (see `register`) post the
+   payment, mark the invoice paid or note the error, and hand it to the subscription's
+   `Outcomes` (its new state, credits, next job and events) in the same transaction.
 
 The machine's janitor records an outcome the process died before recording: it asks
 the processor by key and never starts a charge. A charge that never reached the
@@ -71,8 +70,31 @@ class Outcomes:
     failed: Callable[[Session, Subscription, Invoice, dict[str, Any], str], None]
     dropped: Callable[[Session, Subscription, Invoice], None]  # never reached the processor
 
-    def on_charged(self, session: Session, event: payment_attempts.Settled) -> Paid:
-        """The attempt's charge succeeded: the invoice is paid, once."""
+
+OutcomesFor = Callable[["Services"], Outcomes]
+
+
+def register(outcomes_for: OutcomesFor) -> None:
+    """Handle subscription-invoice attempts with the subscription engine's outcomes (as
+    `outcomes_for` builds them from the services the attempt is settled with); called
+    once, when the engine is imported (again: a no-op)."""
+    payment_attempts.locking(PURPOSE).subscribe(_lock_for_settling)
+    payment_attempts.on_success(PURPOSE).subscribe(_Charged(outcomes_for))
+    payment_attempts.on_failure(PURPOSE).subscribe(_NotCharged(outcomes_for))
+
+
+def _outcomes(outcomes_for: OutcomesFor, event: payment_attempts.Settled) -> Outcomes:
+    assert event.services is not None, "subscription invoice attempts are settled with services"
+    return outcomes_for(event.services)
+
+
+@dataclass(frozen=True)
+class _Charged:
+    """The attempt's charge succeeded: the invoice is paid, once."""
+
+    outcomes_for: OutcomesFor
+
+    def __call__(self, session: Session, event: payment_attempts.Settled) -> Paid:
         sub, invoice = _lock_pair_of(session, event.attempt)
         payment = event.payment
         assert payment is not None
@@ -95,15 +117,22 @@ class Outcomes:
         post_payment(session, invoice, payment)
         invoices.mark_paid(session, invoice, payment_intent_id=payment.id)
         invoice.last_payment_error = None
-        self.paid(session, sub, invoice)
+        _outcomes(self.outcomes_for, event).paid(session, sub, invoice)
         return Paid(True, payment)
 
-    def on_not_charged(self, session: Session, event: payment_attempts.Settled) -> Paid:
-        """Declined, the card gone, or never charged: the invoice stays owed."""
+
+@dataclass(frozen=True)
+class _NotCharged:
+    """Declined, the card gone, or never charged: the invoice stays owed."""
+
+    outcomes_for: OutcomesFor
+
+    def __call__(self, session: Session, event: payment_attempts.Settled) -> Paid:
         sub, invoice = _lock_pair_of(session, event.attempt)
         if invoice.attempt_key != event.attempt.key:
             return Paid(invoice.status == "paid", event.payment)
         invoice.attempt_key = None
+        outcomes = _outcomes(self.outcomes_for, event)
         trigger = str((invoice.meta or {}).get("attempt_trigger", "unknown"))
         if event.reason == FailureReason.DECLINED:
             payment = event.payment
@@ -115,30 +144,22 @@ class Outcomes:
                 "payment_intent_id": payment.id,
             }
             invoice.last_payment_error = error
-            self.failed(session, sub, invoice, error, trigger)
+            outcomes.failed(session, sub, invoice, error, trigger)
             return Paid(False, payment, error)
         if event.reason == FailureReason.CARD_UNAVAILABLE:
             return _failed_uncharged(
                 session,
                 sub,
                 invoice,
-                self,
+                outcomes,
                 trigger,
                 code=ErrorCode.PAYMENT_METHOD_UNAVAILABLE,
                 decline_code="payment_method_unavailable",
                 message="The card to charge is no longer available.",
             )
-        self.dropped(session, sub, invoice)
+        outcomes.dropped(session, sub, invoice)
         log.warning("dropped subscription payment attempt %s: never charged", event.attempt.key)
         return Paid(False, None)
-
-
-def register(outcomes: Outcomes) -> None:
-    """Make `outcomes` (the subscription engine's) the handlers of subscription-invoice
-    attempts; called once, when the engine is imported."""
-    payment_attempts.locking(PURPOSE).subscribe(_lock_for_settling)
-    payment_attempts.on_success(PURPOSE).subscribe(outcomes.on_charged)
-    payment_attempts.on_failure(PURPOSE).subscribe(outcomes.on_not_charged)
 
 
 @dataclass(frozen=True)
@@ -273,6 +294,7 @@ def pay_invoice(
         attempt.payment,
         description=_description(attempt),
         prepare=lambda _customer_id: card,  # a card not on file yet: kept once charged
+        services=services,
     )
     if outcome.recorded and isinstance(outcome.value, Paid):
         return outcome.value

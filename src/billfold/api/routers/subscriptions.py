@@ -26,7 +26,7 @@ from billfold.checkout import service as checkout
 from billfold.errors import Conflict, ErrorCode
 from billfold.money import MIN_FUNDING, from_micros, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
-from billfold.subscriptions import plans, service
+from billfold.subscriptions import changes, plans, start, views
 from billfold.subscriptions.models import Subscription
 from billfold.subscriptions.schemas import (
     CancelRequest,
@@ -40,6 +40,7 @@ from billfold.subscriptions.schemas import (
     PlansOut,
     UpdatePlanRequest,
 )
+from billfold.subscriptions.states import PlanKind, SubscriptionStatus
 from billfold.wallet import service as wallet
 
 router = APIRouter(route_class=DecimalJSONRoute, tags=["subscriptions"], responses=ERROR_RESPONSES)
@@ -60,10 +61,8 @@ AccountIdPath = Annotated[str, Path(min_length=1, max_length=40)]
 
 def _subscription(services: ServicesDep, account_id: str, subscription_id: str) -> Response:
     with services.database.read() as session:
-        sub = service.get_for_account(
-            session, account_id=account_id, subscription_id=subscription_id
-        )
-        return ok(service.view(session, sub))
+        sub = views.get_for_account(session, account_id=account_id, subscription_id=subscription_id)
+        return ok(views.view(session, sub))
 
 
 @router.get("/subscriptions/plans", response_model=Envelope[PlansOut])
@@ -87,12 +86,18 @@ def list_plans(agent: Agent, services: ServicesDep) -> Response:
 def list_subscriptions(agent: Agent, services: ServicesDep) -> Response:
     """The account's subscriptions of every kind (normal, addon, enterprise), newest first."""
     with services.database.read() as session:
-        subs = service.list_for_account(session, agent.account_id, live_only=False)
-        items = [service.view(session, s) for s in subs]
+        subs = views.list_for_account(session, agent.account_id, live_only=False)
+        items = [views.view(session, s) for s in subs]
     return ok({"items": items, "active": [i for i in items if i["status"] in ACTIVE_VIEW]})
 
 
-ACTIVE_VIEW = ("trialing", "active", "past_due", "paused", "unpaid")
+ACTIVE_VIEW = (
+    SubscriptionStatus.TRIALING,
+    SubscriptionStatus.ACTIVE,
+    SubscriptionStatus.PAST_DUE,
+    SubscriptionStatus.PAUSED,
+    SubscriptionStatus.UNPAID,
+)
 
 
 @router.post(
@@ -128,7 +133,7 @@ def create_subscription(
         return idem.atomic(link_handler)
 
     def handler() -> Outcome:
-        return 201, service.start(
+        return 201, start.start(
             services,
             account_id=agent.account_id,
             plan_id=body.plan_id,
@@ -158,10 +163,10 @@ def confirm_subscription_checkout(
                     "payment_intent_id": session_row.payment_intent_id,
                 },
             )
-        sub = service.get_for_account(
+        sub = views.get_for_account(
             session, account_id=agent.account_id, subscription_id=session_row.subscription_id
         )
-        return ok({**service.view(session, sub), "session_id": session_row.id})
+        return ok({**views.view(session, sub), "session_id": session_row.id})
 
 
 @router.post(
@@ -229,7 +234,7 @@ def change_plan(
     """Upgrade now with a prorated charge, or downgrade at the end of the period."""
 
     def handler() -> Outcome:
-        return 200, service.change_plan(
+        return 200, changes.change_plan(
             services,
             account_id=agent.account_id,
             subscription_id=subscription_id,
@@ -246,7 +251,7 @@ def _state_change(
 
     def handler(session: Session) -> Outcome:
         sub = action(session, **kwargs)
-        return 200, service.view(session, sub)
+        return 200, views.view(session, sub)
 
     return idem.atomic(handler)
 
@@ -257,7 +262,7 @@ def pause_subscription(
 ) -> Response:
     """No renewals and no credit expiry while paused; the remaining time is kept."""
     return _state_change(
-        idem, service.pause, account_id=agent.account_id, subscription_id=subscription_id
+        idem, changes.pause, account_id=agent.account_id, subscription_id=subscription_id
     )
 
 
@@ -268,7 +273,7 @@ def resume_subscription(
     """The kept time resumes: the period end moves by how long it was paused."""
     return _state_change(
         idem,
-        service.resume,
+        changes.resume,
         account_id=agent.account_id,
         subscription_id=subscription_id,
     )
@@ -285,7 +290,7 @@ def cancel_subscription(
     unused time to the wallet."""
     return _state_change(
         idem,
-        service.cancel,
+        changes.cancel,
         account_id=agent.account_id,
         subscription_id=subscription_id,
         at_period_end=body.at_period_end if body is not None else True,
@@ -303,7 +308,7 @@ def reset_cycle(
     """A new period starts now, charged in full less the unused part of the current one."""
 
     def handler() -> Outcome:
-        return 200, service.reset_cycle(
+        return 200, changes.reset_cycle(
             services, account_id=agent.account_id, subscription_id=subscription_id
         )
 
@@ -321,7 +326,7 @@ def fix_payment(
     """Retry the failed payment now with the current default card."""
 
     def handler() -> Outcome:
-        return 200, service.fix_payment(
+        return 200, changes.fix_payment(
             services, account_id=agent.account_id, subscription_id=subscription_id
         )
 
@@ -347,7 +352,7 @@ def admin_create_plan(body: CreatePlanRequest, idem: OperatorIdempotent) -> Resp
             currency=body.currency,
             period=body.period,
             features=body.features,
-            kind=body.kind,
+            kind=PlanKind(body.kind),
             included_credits_micros=(
                 to_micros(body.included_credits) if body.included_credits is not None else None
             ),
@@ -401,7 +406,7 @@ def admin_create_subscription(
         get_account(session, account_id)
 
     def handler() -> Outcome:
-        return 201, service.start(
+        return 201, start.start(
             services,
             account_id=account_id,
             plan_id=body.plan_id,
@@ -417,5 +422,5 @@ def admin_create_subscription(
 def admin_list_subscriptions(services: ServicesDep, account_id: AccountIdPath) -> Response:
     with services.database.read() as session:
         get_account(session, account_id)
-        subs = service.list_for_account(session, account_id, live_only=False)
-        return ok({"items": [service.view(session, s) for s in subs]})
+        subs = views.list_for_account(session, account_id, live_only=False)
+        return ok({"items": [views.view(session, s) for s in subs]})
