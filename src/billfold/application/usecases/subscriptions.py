@@ -114,7 +114,10 @@ def subscribe_link(
     success_url: str | None = None,
 ) -> SubscribeLinkOut:
     """A `subscribe` payment link: the plan's first period, paid by a human. The link points
-    at the configured public URL, else at `base_url` (where the front end was reached)."""
+    at the configured public URL, else at `base_url` (where the front end was reached).
+
+    Not a use case of its own: it runs in the caller's transaction (`start` below; the
+    payment-link route's `purpose: subscribe` answers the same link)."""
     plan = starting.payable_plan(session, account_id=account_id, plan_id=plan_id)
     link = checkout.create(
         session,
