@@ -21,7 +21,7 @@ from billfold.money import (
     MoneyOut,
 )
 from billfold.payments.schemas import PaymentMethodId
-from billfold.schemas import RequestModel, ResponseModel
+from billfold.schemas import PlanId, RequestModel, ResponseModel
 from billfold.subscriptions.states import PlanKind, PlanStatus, SubscriptionStatus
 from billfold.text import CleanText
 
@@ -31,7 +31,6 @@ ChargeAmount = Annotated[
     Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_AUTO_CHARGE, maximum=MAX_AUTO_CHARGE)
 ]
 Feature = Annotated[CleanText, Field(min_length=1, max_length=200)]
-PlanId = Annotated[int, Field(ge=1, le=2_147_483_647)]
 
 
 class PlanOut(ResponseModel):
