@@ -20,7 +20,17 @@ from pydantic import BaseModel
 
 import billfold.application
 from billfold.accounts import service as accounts
-from billfold.application.usecases import Call, Reply, billing, coupons, sandbox, wallet, webhooks
+from billfold.application.usecases import (
+    Call,
+    Reply,
+    billing,
+    coupons,
+    plans,
+    sandbox,
+    subscriptions,
+    wallet,
+    webhooks,
+)
 from billfold.billing.schemas import BillingInfoOut
 from billfold.coupons import service as coupon_service
 from billfold.coupons.schemas import (
@@ -34,6 +44,18 @@ from billfold.coupons.schemas import (
 from billfold.errors import BillfoldError, ErrorCode
 from billfold.jsonenc import render
 from billfold.services import Services
+from billfold.subscriptions import views as subscription_views
+from billfold.subscriptions.schemas import (
+    CancelRequest,
+    ChangePlanRequest,
+    CreatePlanRequest,
+    CreateSubscriptionRequest,
+    PlanOut,
+    PlansOut,
+    SubscribeLinkOut,
+    SubscriptionListOut,
+    SubscriptionOut,
+)
 from billfold.wallet import service as wallet_service
 from billfold.wallet.schemas import (
     BalanceOut,
@@ -44,7 +66,7 @@ from billfold.wallet.schemas import (
 )
 from billfold.webhooks import service as webhook_service
 from billfold.webhooks.schemas import CreateEndpoint, EndpointOut
-from tests.helpers import CARD_OK
+from tests.helpers import CARD_DECLINED, CARD_OK
 
 WEB_FRAMEWORKS = ("fastapi", "starlette")
 
@@ -276,3 +298,146 @@ def test_response_models_render_their_views_byte_for_byte(services: Services) ->
         _same_json(BalanceOut, wallet_service.balance_view(session, wallet_row))
         row = webhook_service.get_endpoint(session, _data(endpoint)["id"])
         _same_json(EndpointOut, webhook_service.endpoint_view(row))
+
+
+def _plan(services: Services, price: int, **fields: Any) -> int:
+    body = {"name": f"UC {uuid.uuid4().hex[:6]}", "price": price, "period": "month", **fields}
+    created = plans.create(services, call=Call(), body=CreatePlanRequest.model_validate(body))
+    assert created.status_code == 201
+    plan_id: int = _data(created)["id"]
+    return plan_id
+
+
+def test_a_subscription_flow_without_http(services: Services) -> None:
+    """Start (charged now), read, pause under a key (replayed), schedule a downgrade, cancel;
+    and a start without a card answers a payment link."""
+    account_id = _account(services)
+    dear, cheap = _plan(services, 30), _plan(services, 12)
+    assert isinstance(plans.get(services, plan_id=dear), PlanOut)
+    catalogue = plans.catalogue(services)
+    assert isinstance(catalogue, PlansOut)
+    assert {dear, cheap} <= {p.id for p in catalogue.subscription_plans}
+
+    args = {"plan_id": dear, "payment_method_id": _card(services)}
+    started = subscriptions.start(
+        services,
+        call=Call.of("subscriptions.start", args),
+        account_id=account_id,
+        body=CreateSubscriptionRequest.model_validate(args),
+        base_url="http://unused.example",
+    )
+    assert started.status_code == 201
+    sub_id = _data(started)["id"]
+    sub = subscriptions.get(services, account_id=account_id, subscription_id=sub_id)
+    assert isinstance(sub, SubscriptionOut)
+    assert (sub.status, sub.plan.id, sub.payment_status) == ("active", dear, "paid")
+    assert sub.latest_invoice is not None and sub.latest_invoice.amount_paid == 30
+    assert wallet.balance(services, account_id=account_id).balance == 0
+
+    key = f"pause-{uuid.uuid4().hex}"
+    paused = subscriptions.pause(
+        services,
+        call=Call.of("subscriptions.pause", {"id": sub_id}, key=key),
+        account_id=account_id,
+        subscription_id=sub_id,
+    )
+    assert (paused.status_code, _data(paused)["status"]) == (200, "paused")
+    again = subscriptions.pause(
+        services,
+        call=Call.of("subscriptions.pause", {"id": sub_id}, key=key),
+        account_id=account_id,
+        subscription_id=sub_id,
+    )
+    assert again.replayed and again.body == paused.body
+    with pytest.raises(BillfoldError) as refused:  # the transition table, without a key
+        subscriptions.pause(services, call=Call(), account_id=account_id, subscription_id=sub_id)
+    assert refused.value.code == ErrorCode.SUBSCRIPTION_ALREADY_PAUSED
+    subscriptions.resume(services, call=Call(), account_id=account_id, subscription_id=sub_id)
+
+    downgraded = subscriptions.change_plan(
+        services,
+        call=Call(),
+        account_id=account_id,
+        subscription_id=sub_id,
+        body=ChangePlanRequest(new_plan_id=cheap),
+    )
+    assert _data(downgraded)["scheduled_change"]["plan_id"] == cheap
+    canceled = subscriptions.cancel(
+        services,
+        call=Call(),
+        account_id=account_id,
+        subscription_id=sub_id,
+        body=CancelRequest(at_period_end=False),
+    )
+    assert _data(canceled)["status"] == "canceled"
+    listed = subscriptions.list_for_account(services, account_id=account_id)
+    assert isinstance(listed, SubscriptionListOut)
+    assert ([s.id for s in listed.items], listed.active) == ([sub_id], [])
+    assert billing.overview(services, account_id=account_id).active_subscriptions == []
+
+    link_args = {"plan_id": cheap}
+    link = subscriptions.start(
+        services,
+        call=Call.of("subscriptions.start", link_args),
+        account_id=account_id,
+        body=CreateSubscriptionRequest.model_validate(link_args),
+        base_url="http://front.example/",
+    )
+    assert link.status_code == 201
+    out = SubscribeLinkOut.model_validate(_data(link))
+    expected_url = (services.settings.public_url or "http://front.example").rstrip("/")
+    assert out.payment_url == out.checkout_url == f"{expected_url}/pay/{out.session_id}"
+    assert (out.plan_id, out.amount) == (cheap, 12)
+
+
+def test_subscription_models_render_their_views_byte_for_byte(services: Services) -> None:
+    """Trialing, active with a scheduled change, and incomplete after a declined card (the
+    latest invoice with its payment error): each renders exactly as the view it is built
+    from, and the billing overview carries them typed."""
+    account_id = _account(services)
+    normal, cheaper = _plan(services, 25), _plan(services, 10)
+    addon = _plan(services, 5, kind="addon", trial_days=7, included_credits="1.5")
+    for plan_id in (normal, addon):
+        args = {"plan_id": plan_id, "payment_method_id": _card(services)}
+        reply = subscriptions.start(
+            services,
+            call=Call(),
+            account_id=account_id,
+            body=CreateSubscriptionRequest.model_validate(args),
+            base_url="http://unused.example",
+        )
+        assert reply.status_code == 201
+    subs = subscriptions.list_for_account(services, account_id=account_id).items
+    assert [s.status for s in subs] == ["trialing", "active"]
+    subscriptions.change_plan(
+        services,
+        call=Call(),
+        account_id=account_id,
+        subscription_id=subs[1].id,
+        body=ChangePlanRequest(new_plan_id=cheaper),
+    )
+    declined_account = _account(services)
+    args = {"plan_id": normal, "payment_method_id": _card(services, CARD_DECLINED)}
+    with pytest.raises(BillfoldError) as declined:
+        subscriptions.start(
+            services,
+            call=Call(),
+            account_id=declined_account,
+            body=CreateSubscriptionRequest.model_validate(args),
+            base_url="http://unused.example",
+        )
+    assert declined.value.status_code == 402
+
+    with services.database.read() as session:
+        rows = [
+            *subscription_views.list_for_account(session, account_id, live_only=False),
+            *subscription_views.list_for_account(session, declined_account, live_only=False),
+        ]
+        views = [subscription_views.view(session, row) for row in rows]
+    assert [v["status"] for v in views] == ["trialing", "active", "incomplete"]
+    assert views[1]["scheduled_change"] is not None
+    assert views[2]["latest_invoice"]["last_payment_error"]["decline_code"]
+    for view in views:
+        _same_json(SubscriptionOut, view)
+    overview = billing.overview(services, account_id=account_id)
+    assert [render(s) for s in overview.active_subscriptions] == [render(v) for v in views[:2]]

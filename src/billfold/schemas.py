@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from billfold.errors import ErrorCode
 
 T = TypeVar("T")
+
+# Plans are numbered by the database (a 32-bit integer key): a larger id names no plan.
+PlanId = Annotated[int, Field(ge=1, le=2_147_483_647)]
 
 
 class RequestModel(BaseModel):

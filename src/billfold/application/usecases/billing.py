@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from billfold.application import overview as overview_read
@@ -16,6 +16,7 @@ from billfold.money import MoneyOut
 from billfold.payments.schemas import PaymentMethodOut
 from billfold.schemas import ResponseModel
 from billfold.services import Services
+from billfold.subscriptions.schemas import SubscriptionOut
 from billfold.wallet.schemas import AutoFundingOut, Breakdown, TransactionOut
 
 
@@ -35,8 +36,9 @@ class BillingOverviewOut(ResponseModel):
     balance_breakdown: Breakdown
     auto_funding: AutoFundingOut
     default_payment_method: PaymentMethodOut | None
-    # Each as GET /subscriptions/{id} answers it (typed when the subscriptions routes are).
-    active_subscriptions: list[dict[str, Any]]
+    active_subscriptions: list[SubscriptionOut] = Field(
+        description="Each as GET /subscriptions/{id} answers it"
+    )
     recent_charges: list[PaymentSummaryOut]
     recent_transactions: list[TransactionOut]
 
