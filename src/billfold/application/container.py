@@ -9,7 +9,6 @@ from billfold.processors.sandbox import SandboxProcessor
 from billfold.security import hash_secret
 from billfold.services import Services
 from billfold.subscriptions import dunning
-from billfold.testclock import service as testclock
 
 __all__ = ["WIRED", "build_services"]
 
@@ -21,8 +20,6 @@ def build_services(settings: Settings, admin_key: str) -> Services:
         max_overflow=settings.db_max_overflow,
     )
     processor = SandboxProcessor(database, publishable_key=settings.sandbox_publishable_key)
-    if settings.processor == "sandbox":
-        testclock.load(database)
     dunning.configure(
         dunning.DunningPolicy(
             retry_days=tuple(settings.dunning_retry_days),

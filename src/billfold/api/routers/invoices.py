@@ -16,7 +16,7 @@ from billfold.api.deps import Agent, Operator, ServicesDep
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
 from billfold.billing.schemas import Country
-from billfold.clock import now
+from billfold.clock import wall_now
 from billfold.errors import ErrorCode, Forbidden, Gone, InvalidRequest
 from billfold.invoices import pdf, service
 from billfold.invoices.models import Invoice
@@ -81,7 +81,7 @@ def invoice_pdf_link(
         invoice = service.get_for_account(
             session, account_id=agent.account_id, invoice_id=invoice_id
         )
-    expires_at = now() + LINK_LIFETIME
+    expires_at = wall_now() + LINK_LIFETIME  # signed links live on real time
     expires = int(expires_at.timestamp())
     signature = pdf.link_signature(_link_secret(services), invoice.id, expires)
     base = (services.settings.public_url or str(request.base_url)).rstrip("/")
@@ -103,7 +103,7 @@ def download_invoice_pdf(
 ) -> Response:
     if not pdf.signature_valid(_link_secret(services), invoice_id, expires, signature):
         raise Forbidden("This invoice link is not valid.", code=ErrorCode.INVALID_SIGNATURE)
-    if expires < now().timestamp():
+    if expires < wall_now().timestamp():
         raise Gone("This invoice link has expired; ask for a new one.", code=ErrorCode.LINK_EXPIRED)
     with services.database.read() as session:
         invoice = session.get(Invoice, invoice_id)
