@@ -166,3 +166,30 @@ def test_test_clocks_are_sandbox_only(services: Services) -> None:
             test_clock_id="clock_any",
         )
     assert refused.value.code == ErrorCode.TEST_CLOCK_UNAVAILABLE
+
+
+def test_operator_requests_and_hosted_pages_run_on_the_accounts_time(api: Api) -> None:
+    """Whatever names the account (the agent's token, an admin body's account_id or
+    payment_intent_id, a payment link's page), its records are on its clock's time."""
+    start = wall_now() - timedelta(days=30)  # a clock behind real time
+    clock = api.new_clock(start)
+    agent = api.new_agent(clock=clock)
+    funded = agent.fund(20)
+    assert funded.status_code == 200, funded.text
+    credit = {"account_id": agent.account_id, "amount": 5, "reason": "on the clock"}
+    assert api.admin_post("/adjustments", credit).status_code == 201
+    assert api.charge_usage(agent.account_id, 1).status_code == 201
+    refund = {"payment_intent_id": funded.json()["data"]["payment_intent_id"], "reason": "r"}
+    assert api.admin_post("/refunds", {**refund, "amount": 2}).status_code == 201
+    items = agent.get("/wallet/transactions").json()["data"]["items"]
+    assert len(items) == 4
+    for item in items:
+        assert start <= instant(item["created_at"]) < start + timedelta(minutes=5), item
+
+    # The link expires an hour after it was made on the clock, which real time has passed;
+    # its page still takes a payment, as it is open on the account's time.
+    link = agent.post("/billing/payment-link", {"purpose": "fund", "amount": 10})
+    assert link.status_code == 201, link.text
+    assert instant(link.json()["data"]["expires_at"]) < wall_now()
+    page = api.session.get(link.json()["data"]["payment_url"])
+    assert page.status_code == 200, page.text

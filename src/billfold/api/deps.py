@@ -2,12 +2,12 @@
 the account's time.
 
 A request for an account on a sandbox test clock runs on the clock's time
-(`billfold.clock`): the agent dependency sets it from the token's account, the operator
-dependency from the account the request names (an `{account_id}` in the path, or an
-`account_id` in the JSON body), and `checkout_page_clock` from a hosted page's payment
-link. They are async so that the time they set is seen by the sync route and the
-dependencies after them (FastAPI copies the request's context into its thread pool).
-Any other request is on real time.
+(`billfold.clock`): the agent dependency sets it from the token's account; the operator
+dependency from the account the request names (an `{account_id}` in the path, an
+`account_id` in the JSON body, or the account of its `payment_intent_id`); and
+`checkout_page_clock` from a hosted page's payment link. They are async so that the
+time they set is seen by the sync route and the dependencies after them (FastAPI copies
+the request's context into its thread pool). Any other request is on real time.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from billfold.application.idempotent import (
 from billfold.application.testclock import account_clock
 from billfold.checkout.models import CheckoutSession
 from billfold.errors import Unauthenticated
+from billfold.payments.models import Payment
 from billfold.security import secret_matches
 from billfold.services import Services
 
@@ -83,24 +84,37 @@ async def agent_context(
 ) -> AgentContext:
     """The agent's account, and the request on its time."""
     agent = await run_in_threadpool(_authenticate, services, _bearer_token(credentials))
-    clock.use(agent.clock)
+    if services.settings.processor == "sandbox":
+        clock.use(agent.clock)
     return agent
 
 
-async def _named_account(request: Request) -> str | None:
-    """The account an admin request acts on: `{account_id}` in its path, or a string
-    `account_id` in its JSON body."""
+async def _named_account(request: Request) -> tuple[str, str] | None:
+    """What names the account an admin request acts on: `{account_id}` in its path, or a
+    string `account_id` or `payment_intent_id` in its JSON body (kind, value)."""
     named = request.path_params.get("account_id")
     if isinstance(named, str):
-        return named
+        return "account_id", named
     if "json" not in request.headers.get("content-type", ""):
         return None
     try:
         body = json.loads(await request.body())
     except ValueError:
         return None
-    named = body.get("account_id") if isinstance(body, dict) else None
-    return named if isinstance(named, str) else None
+    if not isinstance(body, dict):
+        return None
+    for kind in ("account_id", "payment_intent_id"):
+        if isinstance(body.get(kind), str):
+            return kind, body[kind]
+    return None
+
+
+def _clock_of_named(services: Services, kind: str, value: str) -> clock.ClockTime | None:
+    account_id: str | None = value
+    if kind == "payment_intent_id":
+        with services.database.read() as session:
+            account_id = session.scalar(select(Payment.account_id).where(Payment.id == value))
+    return account_clock(services, account_id) if account_id is not None else None
 
 
 async def require_operator(
@@ -113,9 +127,9 @@ async def require_operator(
         raise Unauthenticated("Invalid admin key.", headers={"WWW-Authenticate": "Bearer"})
     if services.settings.processor != "sandbox":
         return  # no test clocks: every account is on real time
-    account_id = await _named_account(request)
-    if account_id is not None:
-        clock.use(await run_in_threadpool(account_clock, services, account_id))
+    named = await _named_account(request)
+    if named is not None:
+        clock.use(await run_in_threadpool(_clock_of_named, services, *named))
 
 
 def _checkout_clock(services: Services, session_id: str) -> clock.ClockTime | None:
