@@ -17,7 +17,7 @@ LinkAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_
 class PaymentLinkRequest(RequestModel):
     purpose: Literal["fund", "subscribe"]
     amount: LinkAmount | None = None
-    plan_id: int | None = Field(default=None, ge=1)
+    plan_id: int | None = Field(default=None, ge=1, le=2_147_483_647)  # an INTEGER key
     # Named only to refuse it with a clear message (the reference says it is not accepted).
     success_url: Any = Field(default=None, json_schema_extra={"deprecated": True})
 
