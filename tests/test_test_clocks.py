@@ -14,7 +14,7 @@ import pytest
 
 from billfold.application import testclock as test_clocks
 from billfold.application.jobs import Worker
-from billfold.clock import wall_now
+from billfold.clock import now, wall_now
 from billfold.errors import ErrorCode, Forbidden
 from billfold.services import Services
 from tests.helpers import CARD_ATTACH_THEN_FAIL, Agent, Api, TestClock, assert_error
@@ -136,7 +136,7 @@ def test_real_time_workers_leave_a_clocks_jobs_alone(api: Api, services: Service
     assert len(invoices_of(services, agent.account_id)) == 2
 
 
-def test_accounts_on_clocks_are_shown_and_found(api: Api) -> None:
+def test_accounts_on_clocks_are_shown_and_found(api: Api, services: Services) -> None:
     start = wall_now() + timedelta(days=365)
     clock = api.new_clock(start)
     state = clock.state()
@@ -148,6 +148,12 @@ def test_accounts_on_clocks_are_shown_and_found(api: Api) -> None:
     assert start <= instant(account["created_at"]) < start + timedelta(minutes=5)
     real = api.new_agent()
     assert api.admin_get(f"/accounts/{real.account_id}").json()["data"]["test_clock_id"] is None
+    # A front end without HTTP (CLI, MCP) runs a use case on the account's time the same way.
+    with test_clocks.on_account_clock(services, agent.account_id):
+        assert start <= now() < start + timedelta(minutes=5)
+        with test_clocks.on_account_clock(services, real.account_id):
+            assert abs(now() - wall_now()) < timedelta(seconds=5)
+    assert abs(now() - wall_now()) < timedelta(seconds=5)
     assert_error(api.admin_post("/test-clocks", {"frozen_time": "tomorrow"}), 422)
 
 

@@ -100,13 +100,15 @@ def open_account(
     require_sandbox(services)
     time = testclock.time_of(testclock.get(session, test_clock_id))
     with clock.on_test_clock(time.test_clock_id, time.offset):
-        return accounts.create_account(
+        account = accounts.create_account(
             session,
             email=email,
             password=password,
             currency=currency,
             test_clock_id=test_clock_id,
         )
+        session.flush()  # column defaults (the wallet's times) are taken on the clock's time
+    return account
 
 
 def advance(services: Services, test_clock_id: str, by: timedelta) -> dict[str, Any]:
