@@ -38,7 +38,7 @@ from billfold.migrate import upgrade
 from billfold.payments.models import Payment
 from billfold.services import Services
 from billfold.subscriptions import plans
-from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions import start as subscriptions
 from billfold.subscriptions.models import Subscription
 from billfold.testclock import service as testclock
 from usage_charges import (

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from billfold.application.jobs import Worker
 from billfold.application.testclock import clock_time
 from billfold.clock import as_utc, on_test_clock, wall_now
 from billfold.invoices.models import Invoice, InvoiceLine
@@ -228,3 +229,21 @@ def events_of(services: Services, account_id: str, prefix: str = "subscription."
             .order_by(WebhookEvent.created_at, WebhookEvent.id)
         ).all()
         return [row.type for row in rows if row.type.startswith(prefix)]
+
+
+def listen_to_every_event(api: Api, services: Services, url: str) -> Iterator[None]:
+    """For a module's fixture: an endpoint for every event while the module runs, so
+    events are written and can be asserted. Then it is disabled, and the deliveries it
+    was sent (on real time: no test clock's advance runs them) are worked off, finding
+    it disabled: later tests' workers do not start on a backlog."""
+    created = api.admin_post("/webhook-endpoints", {"url": url, "event_types": ["*"]})
+    assert created.status_code == 201, created.text
+    yield
+    disabled = api.session.put(
+        api.admin_url(f"/webhook-endpoints/{created.json()['data']['id']}"),
+        json={"enabled": False},
+        headers=api.admin_headers,
+    )
+    assert disabled.status_code == 200, disabled.text
+    while Worker(services).drain():
+        pass

@@ -152,3 +152,14 @@ def test_body_that_is_not_utf8_is_invalid_json(funded: Agent) -> None:
         headers={**funded.headers, "Content-Type": "application/json"},
     )
     assert_error(response, 422, "invalid_request")
+
+
+@pytest.mark.parametrize("plan_id", ["740703001332989165568", "2147483648", "0", "-1"])
+def test_payment_link_plan_id_out_of_range_is_refused(funded: Agent, plan_id: str) -> None:
+    """Found by fuzzing: a plan id past the database's integer answered 500."""
+    response = _raw(
+        funded, "/billing/payment-link", f'{{"purpose": "subscribe", "plan_id": {plan_id}}}'
+    )
+    error = assert_error(response, 422, "invalid_request")
+    assert error["details"]["field"] in {"plan_id", "body"}
+    _unchanged(funded)

@@ -27,7 +27,7 @@ from billfold.payments.models import Payment
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.subscriptions.models import LIVE_STATUSES, Subscription
-from billfold.subscriptions.service import PAYMENT_PURPOSES
+from billfold.subscriptions.outcomes import PAYMENT_PURPOSES
 from tests.helpers import CARD_ATTACH_THEN_FAIL, CARD_OK, Agent, Api, TestClock
 from tests.subscription_helpers import (
     advance,

@@ -15,7 +15,7 @@ import pytest
 
 from billfold.services import Services
 from billfold.subscriptions.periods import add_periods
-from tests.conftest import Receiver
+from tests.conftest import LiveServer, Receiver
 from tests.helpers import (
     CARD_ATTACH_THEN_FAIL,
     CARD_DECLINED,
@@ -34,6 +34,7 @@ from tests.subscription_helpers import (
     instant,
     invoices_of,
     ledger_of,
+    listen_to_every_event,
     next_occurrence,
     payments_of,
     set_default_card,
@@ -47,17 +48,10 @@ D = Decimal
 
 
 @pytest.fixture(scope="module", autouse=True)
-def listening(api_module: Api, receiver: Receiver) -> Iterator[None]:
+def listening(api_module: Api, live_server: LiveServer, receiver: Receiver) -> Iterator[None]:
     """An endpoint for every event, so events are written and can be asserted."""
-    created = api_module.admin_post(
-        "/webhook-endpoints", {"url": receiver.url + receiver.path(), "event_types": ["*"]}
-    )
-    assert created.status_code == 201, created.text
-    yield
-    api_module.session.put(
-        api_module.admin_url(f"/webhook-endpoints/{created.json()['data']['id']}"),
-        json={"enabled": False},
-        headers=api_module.admin_headers,
+    yield from listen_to_every_event(
+        api_module, live_server.services, receiver.url + receiver.path()
     )
 
 

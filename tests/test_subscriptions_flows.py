@@ -18,9 +18,9 @@ from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
-from billfold.subscriptions import attempts, dunning
-from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions import attempts, engine, renewal, start
 from billfold.subscriptions.models import Subscription
+from billfold.subscriptions.states import BillingReason
 from tests import reference as ref
 from tests.helpers import CARD_OK, Api, assert_error, decimal_json
 from tests.subscription_helpers import (
@@ -229,7 +229,7 @@ def test_two_workers_renewing_at_once_charge_once(api: Api, services: Services) 
     with on_clock(services, clock), services.database.transaction() as session:
         jobs.enqueue(
             session,
-            kind=subscriptions.RENEW_JOB,
+            kind=engine.RENEW_JOB,
             account_id=agent.account_id,
             payload={"subscription_id": sub["id"], "period_end": end.isoformat()},
             run_at=end,
@@ -247,14 +247,14 @@ def test_two_workers_renewing_at_once_charge_once(api: Api, services: Services) 
             barrier.wait()
             job = ClaimedJob(
                 0,
-                subscriptions.RENEW_JOB,
+                engine.RENEW_JOB,
                 agent.account_id,
                 {"subscription_id": sub["id"], "period_end": end.isoformat()},
                 1,
                 1,
                 clock.id,
             )
-            subscriptions.run_renewal(services, job)
+            renewal.run_renewal(services, job)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
     threads += [threading.Thread(target=handler) for _ in range(2)]
@@ -290,9 +290,7 @@ def test_a_renewal_interrupted_after_the_charge_is_recorded_once(
         with services.database.transaction() as session:
             row = session.get(Subscription, sub["id"])
             assert row is not None
-            invoice_id = subscriptions._roll_period(
-                session, subscriptions._lock(session, sub["id"]), end
-            )
+            invoice_id = renewal.roll_period(session, engine.lock(session, sub["id"]), end)
             assert invoice_id is not None
             invoice = attempts.lock_invoice(session, invoice_id)
             attempt = attempts.reserve(session, invoice, payment_method_id=pm, trigger="renewal")
@@ -357,7 +355,10 @@ def test_dunning_can_end_unpaid(api: Api, services: Services, final: str) -> Non
     from tests.helpers import CARD_ATTACH_THEN_FAIL
     from tests.subscription_helpers import set_default_card
 
-    dunning.configure(dunning.DunningPolicy((1,), final))
+    settings = services.settings
+    services.settings = settings.model_copy(
+        update={"dunning_retry_days": [1], "dunning_final_status": final}
+    )
     try:
         plan = create_plan(api, price=8)
         clock = api.new_clock()
@@ -374,7 +375,7 @@ def test_dunning_can_end_unpaid(api: Api, services: Services, final: str) -> Non
         assert fixed.status_code == 200, fixed.text
         assert fixed.json()["data"]["status"] == "active"
     finally:
-        dunning.configure(dunning.DunningPolicy())
+        services.settings = settings
 
 
 def _start_without_recording(services: Services, agent_id: str, plan_id: int, pm: str) -> str:
@@ -383,16 +384,14 @@ def _start_without_recording(services: Services, agent_id: str, plan_id: int, pm
 
     with services.database.transaction() as session:
         plan = subscribable_plan(session, plan_id, kinds=SELF_SERVE_KINDS, account_id=agent_id)
-        sub = subscriptions._new_subscription(
+        sub = start.new_subscription(
             session, account_id=agent_id, plan=plan, created_by="agent", trial=False
         )
-        invoice = subscriptions._open_invoice(
+        invoice = engine.open_invoice(
             session,
             sub,
-            reason="subscription_create",
-            lines=[
-                subscriptions._period_line(plan, sub.current_period_start, sub.current_period_end)
-            ],
+            reason=BillingReason.CREATE,
+            lines=[engine.period_line(plan, sub.current_period_start, sub.current_period_end)],
             source=f"subscription:{sub.id}:create",
         )
         attempt = attempts.reserve(session, invoice, payment_method_id=pm, trigger="create")

@@ -14,6 +14,7 @@ from billfold.money import to_micros
 from billfold.services import Services
 from billfold.subscriptions import plans
 from billfold.subscriptions.models import Plan
+from billfold.subscriptions.states import PlanKind
 from billfold.wallet import service as wallet
 
 DEMO_EMAIL = "demo@example.com"
@@ -33,7 +34,7 @@ class DemoPlan:
     name: str
     price: Decimal
     period: str
-    kind: str
+    kind: PlanKind
     included_credits: Decimal
     features: tuple[str, ...]
 
@@ -43,7 +44,7 @@ DEMO_PLANS = (
         "Starter",
         Decimal(9),
         "month",
-        "normal",
+        PlanKind.NORMAL,
         Decimal(5),
         ("1,000 image generations", "Community support"),
     ),
@@ -51,7 +52,7 @@ DEMO_PLANS = (
         "Pro",
         Decimal(29),
         "month",
-        "normal",
+        PlanKind.NORMAL,
         Decimal(25),
         ("5,000 image generations", "Priority queue", "Email support"),
     ),
@@ -59,7 +60,7 @@ DEMO_PLANS = (
         "Pro (yearly)",
         Decimal(290),
         "year",
-        "normal",
+        PlanKind.NORMAL,
         Decimal(300),
         ("Everything in Pro", "Two months free"),
     ),
@@ -67,7 +68,7 @@ DEMO_PLANS = (
         "Extra credits",
         Decimal(10),
         "month",
-        "addon",
+        PlanKind.ADDON,
         Decimal(12),
         ("$12 of usage credit every month",),
     ),
@@ -75,7 +76,7 @@ DEMO_PLANS = (
         "Enterprise",
         Decimal(999),
         "month",
-        "enterprise",
+        PlanKind.ENTERPRISE,
         Decimal(1000),
         ("Dedicated capacity", "SLA", "Set up by the operator"),
     ),

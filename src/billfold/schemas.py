@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,9 +10,23 @@ from billfold.errors import ErrorCode
 
 T = TypeVar("T")
 
+# Plans are numbered by the database (a 32-bit integer key): a larger id names no plan.
+PlanId = Annotated[int, Field(ge=1, le=2_147_483_647)]
+
 
 class RequestModel(BaseModel):
     """Request bodies refuse unknown fields: a misspelled field must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResponseModel(BaseModel):
+    """A response's shape, built from the view a service renders (`model_validate(view)`).
+
+    A key the view writes and the model does not declare fails loudly instead of vanishing,
+    and the fields are declared in the view's order: the model renders the bytes the view
+    would have, and clients see the same JSON whichever way it is produced.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

@@ -35,13 +35,14 @@ from billfold.application.idempotent import (
     request_fingerprint,
 )
 from billfold.application.testclock import account_clock
+from billfold.application.usecases import Call
 from billfold.checkout.models import CheckoutSession
 from billfold.errors import Unauthenticated
 from billfold.payments.models import Payment
 from billfold.security import secret_matches
 from billfold.services import Services
 
-__all__ = ["Outcome", "Services", "request_fingerprint"]
+__all__ = ["Call", "Outcome", "Services", "request_fingerprint"]
 
 log = logging.getLogger("billfold.api")
 
@@ -160,36 +161,43 @@ class Idempotent:
     def key(self) -> str | None:
         return self.run.key
 
-    @staticmethod
-    def _respond(reply: idempotent.Reply) -> Response:
-        headers = dict(reply.headers)
-        if reply.replayed:
-            headers["Idempotency-Replayed"] = "true"
-        return Response(
-            reply.body,
-            status_code=reply.status_code,
-            media_type="application/json",
-            headers=headers,
-        )
-
     def atomic(self, handler: Callable[[Session], Outcome]) -> Response:
-        return self._respond(self.run.atomic(handler))
+        return respond(self.run.atomic(handler))
 
     def phased(self, handler: Callable[[], Outcome]) -> Response:
-        return self._respond(self.run.phased(handler))
+        return respond(self.run.phased(handler))
+
+
+def respond(reply: idempotent.Reply) -> Response:
+    """A write use case's reply as the HTTP response (a replay says so in a header)."""
+    headers = dict(reply.headers)
+    if reply.replayed:
+        headers["Idempotency-Replayed"] = "true"
+    return Response(
+        reply.body,
+        status_code=reply.status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _call(request: Request, key: str | None, body: bytes) -> Call:
+    """The request as a use case's `Call`: the key checked, the fingerprint of the request."""
+    fingerprint = request_fingerprint(request.method, request.url.path, request.url.query, body)
+    return Call(key=checked_key(key), fingerprint=fingerprint, request_id=request_id_of(request))
 
 
 def _run(
     services: Services, request: Request, scope: str, key: str | None, body: bytes
 ) -> Idempotent:
-    fingerprint = request_fingerprint(request.method, request.url.path, request.url.query, body)
+    call = _call(request, key, body)
     return Idempotent(
         idempotent.Idempotent(
             services,
             scope=scope,
-            key=checked_key(key),
-            fingerprint=fingerprint,
-            request_id=request_id_of(request),
+            key=call.key,
+            fingerprint=call.fingerprint,
+            request_id=call.request_id,
         )
     )
 
@@ -218,3 +226,17 @@ async def operator_idempotency(
 
 AgentIdempotent = Annotated[Idempotent, Depends(agent_idempotency)]
 OperatorIdempotent = Annotated[Idempotent, Depends(operator_idempotency)]
+
+
+async def agent_call(request: Request, agent: Agent, key: IdempotencyKeyHeader = None) -> Call:
+    return _call(request, key, await request.body())
+
+
+async def operator_call(request: Request, key: IdempotencyKeyHeader = None) -> Call:
+    return _call(request, key, await request.body())
+
+
+# A write use case's call from an HTTP request: with the Idempotency-Key header (agent or
+# operator), or `Call()` for the writes that take no key.
+AgentCall = Annotated[Call, Depends(agent_call)]
+OperatorCall = Annotated[Call, Depends(operator_call)]

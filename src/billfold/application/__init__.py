@@ -2,6 +2,7 @@
 
 `build_services` makes the container, `jobs` holds the job-handler registry and the
 worker, `idempotent` runs a write at most once per idempotency key, `events` connects
-each domain's published outcomes to the higher domain that reacts to them. Nothing in
+each domain's published outcomes to the higher domain that reacts to them, and
+`usecases` holds what front ends call (its docstring states the convention). Nothing in
 here imports FastAPI: the HTTP API, and later MCP and the CLI, sit on top.
 """

@@ -8,7 +8,6 @@ from billfold.db import Database
 from billfold.processors.sandbox import SandboxProcessor
 from billfold.security import hash_secret
 from billfold.services import Services
-from billfold.subscriptions import dunning
 
 __all__ = ["WIRED", "build_services"]
 
@@ -20,12 +19,6 @@ def build_services(settings: Settings, admin_key: str) -> Services:
         max_overflow=settings.db_max_overflow,
     )
     processor = SandboxProcessor(database, publishable_key=settings.sandbox_publishable_key)
-    dunning.configure(
-        dunning.DunningPolicy(
-            retry_days=tuple(settings.dunning_retry_days),
-            final_status=settings.dunning_final_status,
-        )
-    )
     return Services(
         settings=settings,
         database=database,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from billfold import events
 from billfold.checkout import service as checkout
 from billfold.coupons import service as coupons
-from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions import start as subscriptions
 
 WIRED = (checkout, coupons, subscriptions)
 

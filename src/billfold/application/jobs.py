@@ -31,8 +31,7 @@ from billfold.jobs.models import Lane
 from billfold.jobs.service import ClaimedJob
 from billfold.payments import recovery
 from billfold.services import Services
-from billfold.subscriptions import attempts, credits, dunning
-from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions import attempts, credits, dunning, engine, outcomes, renewal, start
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from billfold.wallet.auto_funding import run_top_up
 from billfold.webhooks import service as webhooks
@@ -51,10 +50,10 @@ def handlers() -> dict[str, Handler]:
         recovery.JOB_KIND: recovery.run_recovery,
         coupons.RELEASE_JOB: coupons.run_release,
         webhooks.JOB_KIND: webhooks.run_delivery,
-        subscriptions.RENEW_JOB: subscriptions.run_renewal,
-        dunning.RETRY_JOB: subscriptions.run_retry,
-        attempts.SETTLE_JOB: subscriptions.run_settle,
-        subscriptions.EXPIRE_INCOMPLETE_JOB: subscriptions.run_expire_incomplete,
+        engine.RENEW_JOB: renewal.run_renewal,
+        dunning.RETRY_JOB: outcomes.run_retry,
+        attempts.SETTLE_JOB: outcomes.run_settle,
+        start.EXPIRE_INCOMPLETE_JOB: start.run_expire_incomplete,
         credits.JOB_KIND: credits.run_expiry,
     }
 

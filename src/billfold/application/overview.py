@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from billfold.payments import service as payments
 from billfold.payments.models import Payment
-from billfold.subscriptions import service as subscriptions
+from billfold.subscriptions import views as subscriptions
+from billfold.subscriptions.states import SubscriptionStatus
 from billfold.wallet import service as wallet_service
 
 RECENT = 10
@@ -53,7 +54,7 @@ def overview(session: Session, account_id: str) -> dict[str, Any]:
         "active_subscriptions": [
             subscriptions.view(session, sub)
             for sub in subscriptions.list_for_account(session, account_id, live_only=True)
-            if sub.status != "incomplete"
+            if sub.status != SubscriptionStatus.INCOMPLETE
         ],
         "recent_charges": [payment_summary(p) for p in recent],
         "recent_transactions": [wallet_service.transaction_view(t) for t in transactions],

@@ -1,13 +1,13 @@
-"""Request and response shapes of billing info and the overview."""
+"""Request and response shapes of billing info."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import pycountry
-from pydantic import AfterValidator, BaseModel, EmailStr, Field
+from pydantic import AfterValidator, EmailStr, Field
 
-from billfold.schemas import RequestModel
+from billfold.schemas import RequestModel, ResponseModel
 from billfold.text import CleanText
 
 
@@ -39,7 +39,16 @@ class BillingInfoUpdate(RequestModel):
     address_country: Country | None = None
 
 
-class BillingInfoOut(BaseModel):
+class AddressOut(ResponseModel):
+    line1: str | None
+    line2: str | None
+    city: str | None
+    state: str | None
+    postal_code: str | None
+    country: str | None
+
+
+class BillingInfoOut(ResponseModel):
     name: str | None
     email: str | None
     tax_id: str | None
@@ -50,4 +59,4 @@ class BillingInfoOut(BaseModel):
     address_state: str | None
     address_postal_code: str | None
     address_country: str | None
-    address: dict[str, Any]
+    address: AddressOut

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from billfold.money import CARD_DECIMALS, MIN_FUNDING, AmountRules, MoneyOut
-from billfold.schemas import RequestModel
+from billfold.schemas import PlanId, RequestModel
 
 LinkAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
 
@@ -17,7 +17,7 @@ LinkAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_
 class PaymentLinkRequest(RequestModel):
     purpose: Literal["fund", "subscribe"]
     amount: LinkAmount | None = None
-    plan_id: int | None = Field(default=None, ge=1, le=2_147_483_647)  # an INTEGER key
+    plan_id: PlanId | None = None
     # Named only to refuse it with a clear message (the reference says it is not accepted).
     success_url: Any = Field(default=None, json_schema_extra={"deprecated": True})
 

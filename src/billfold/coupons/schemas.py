@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, RootModel, model_validator
 
 from billfold.errors import ErrorCode
 from billfold.money import (
@@ -20,7 +20,7 @@ from billfold.money import (
     MoneyOut,
 )
 from billfold.payments.schemas import PaymentMethodId
-from billfold.schemas import RequestModel
+from billfold.schemas import RequestModel, ResponseModel
 
 CouponCode = Annotated[str, Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 PurchaseAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
@@ -70,7 +70,7 @@ class RedeemCouponRequest(RequestModel):
     purchase_amount: PurchaseAmount | None = None
 
 
-class CouponOut(BaseModel):
+class CouponOut(ResponseModel):
     id: str
     code: str
     kind: str
@@ -86,28 +86,39 @@ class CouponOut(BaseModel):
     status: str
 
 
-class CouponErrorOut(BaseModel):
+class CouponErrorOut(ResponseModel):
     code: ErrorCode
     message: str
     details: dict[str, Any]
 
 
-class CouponValidationOut(BaseModel):
-    valid: bool
+class InvalidCouponOut(ResponseModel):
+    """The coupon cannot be redeemed by this account now: why, as an error object."""
+
+    valid: Literal[False]
     code: str
-    error: CouponErrorOut | None
-    kind: str | None = None
-    credit_amount: MoneyOut | None = None
-    bonus_amount: MoneyOut | None = None
-    bonus_percent: MoneyOut | None = None
-    purchase_amount: MoneyOut | None = None
-    total_credit: MoneyOut | None = None
-    min_purchase: MoneyOut | None = None
-    expires_at: datetime | None = None
-    remaining_redemptions: int | None = None
+    error: CouponErrorOut
 
 
-class RedemptionOut(BaseModel):
+class ValidCouponOut(CouponOut):
+    """The coupon, redeemable now."""
+
+    valid: Literal[True]
+    error: None
+
+
+class ValidBonusCouponOut(ValidCouponOut):
+    """A bonus coupon, redeemable with this purchase: the bonus it adds and the total."""
+
+    purchase_amount: MoneyOut
+    total_credit: MoneyOut
+
+
+class CouponValidationOut(RootModel[InvalidCouponOut | ValidBonusCouponOut | ValidCouponOut]):
+    """Whether a coupon can be redeemed: `valid` says which shape the answer has."""
+
+
+class RedemptionOut(ResponseModel):
     redemption_id: str
     code: str
     kind: str

@@ -23,6 +23,7 @@ from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
 from billfold.subscriptions.models import CreditGrant, Subscription
+from billfold.subscriptions.states import GrantStatus, SubscriptionStatus
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -48,7 +49,7 @@ def grant(
         subscription_id=subscription.id,
         amount_micros=amount_micros,
         expired_micros=0,
-        status="active",
+        status=GrantStatus.ACTIVE,
         granted_at=now(),
         expires_at=expires_at,
         meta={"plan_id": subscription.plan_id},
@@ -91,7 +92,7 @@ def active_grants(session: Session, account_id: str) -> list[CreditGrant]:
     return list(
         session.scalars(
             select(CreditGrant)
-            .where(CreditGrant.account_id == account_id, CreditGrant.status == "active")
+            .where(CreditGrant.account_id == account_id, CreditGrant.status == GrantStatus.ACTIVE)
             .order_by(CreditGrant.expires_at, CreditGrant.id)
         )
     )
@@ -121,7 +122,8 @@ def expire_due(session: Session, account_id: str) -> int:
     paused = set(
         session.scalars(
             select(Subscription.id).where(
-                Subscription.account_id == account_id, Subscription.status == "paused"
+                Subscription.account_id == account_id,
+                Subscription.status == SubscriptionStatus.PAUSED,
             )
         )
     )
@@ -149,7 +151,7 @@ def expire_due(session: Session, account_id: str) -> int:
             )
             bucket -= unspent
             taken += unspent
-        row.status = "expired"
+        row.status = GrantStatus.EXPIRED
         row.expired_micros = unspent
         row.expired_at = current
     session.flush()

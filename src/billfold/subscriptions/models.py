@@ -10,10 +10,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.clock import now
 from billfold.db import Base, Micros
+from billfold.subscriptions.states import LIVE_STATUSES, GrantStatus, PlanKind, PlanStatus
 
-# Statuses in which a subscription still holds its place (one normal one per account).
-LIVE_STATUSES = ("incomplete", "trialing", "active", "past_due", "paused", "unpaid")
-_LIVE_SQL = "status IN ('incomplete', 'trialing', 'active', 'past_due', 'paused', 'unpaid')"
+__all__ = ["LIVE_STATUSES", "CreditGrant", "Plan", "Subscription"]
+
+# "status IN ('incomplete', 'trialing', 'active', 'past_due', 'paused', 'unpaid')"
+_LIVE_SQL = "status IN ({})".format(", ".join(f"'{status}'" for status in LIVE_STATUSES))
 
 
 class Plan(Base):
@@ -26,10 +28,10 @@ class Plan(Base):
     currency: Mapped[str] = mapped_column(String(3))
     period: Mapped[str] = mapped_column(String(8))  # month, year
     features: Mapped[list[str]] = mapped_column(JSON, default=list)
-    kind: Mapped[str] = mapped_column(String(12))  # normal, addon, enterprise
+    kind: Mapped[str] = mapped_column(String(12))  # a PlanKind
     included_credits_micros: Mapped[int | None] = mapped_column(Micros)
     trial_days: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(12), default="active")  # active, archived
+    status: Mapped[str] = mapped_column(String(12), default=PlanStatus.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(default=now)
     updated_at: Mapped[datetime] = mapped_column(default=now)
 
@@ -40,9 +42,8 @@ class Subscription(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # sub_…
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
-    kind: Mapped[str] = mapped_column(String(12))
-    # Stripe's vocabulary: incomplete, incomplete_expired, trialing, active, past_due,
-    # paused, canceled, unpaid.
+    kind: Mapped[str] = mapped_column(String(12))  # its plan's PlanKind
+    # A SubscriptionStatus (Stripe's vocabulary), changed only by `states.transition`.
     status: Mapped[str] = mapped_column(String(20))
     # Period n runs from anchor + n periods to anchor + n+1 periods (month arithmetic
     # clamps to the month's last day, so a Jan 31 anchor renews Feb 28, then Mar 31).
@@ -71,8 +72,8 @@ class Subscription(Base):
             "uq_subscriptions_one_live_normal",
             "account_id",
             unique=True,
-            sqlite_where=text(f"kind = 'normal' AND {_LIVE_SQL}"),
-            postgresql_where=text(f"kind = 'normal' AND {_LIVE_SQL}"),
+            sqlite_where=text(f"kind = '{PlanKind.NORMAL}' AND {_LIVE_SQL}"),
+            postgresql_where=text(f"kind = '{PlanKind.NORMAL}' AND {_LIVE_SQL}"),
         ),
         Index(
             "uq_subscriptions_live_plan",
@@ -95,7 +96,7 @@ class CreditGrant(Base):
     subscription_id: Mapped[str] = mapped_column(String(40))
     amount_micros: Mapped[int] = mapped_column(Micros)
     expired_micros: Mapped[int] = mapped_column(Micros, default=0)
-    status: Mapped[str] = mapped_column(String(12), default="active")  # active, expired
+    status: Mapped[str] = mapped_column(String(12), default=GrantStatus.ACTIVE)
     granted_at: Mapped[datetime] = mapped_column(default=now)
     expires_at: Mapped[datetime]
     expired_at: Mapped[datetime | None]

@@ -12,11 +12,12 @@ from billfold.errors import ErrorCode, InvalidRequest, NotFound
 from billfold.ledger.models import Wallet
 from billfold.money import from_micros
 from billfold.subscriptions.models import Plan
+from billfold.subscriptions.states import PlanKind, PlanStatus
 
-PLAN_KINDS = ("normal", "addon", "enterprise")
+PLAN_KINDS = tuple(PlanKind)
 PERIODS = ("month", "year")
 # Kinds an agent may subscribe to itself; enterprise subscriptions are the operator's.
-SELF_SERVE_KINDS = ("normal", "addon")
+SELF_SERVE_KINDS = (PlanKind.NORMAL, PlanKind.ADDON)
 
 
 def plan_not_found(plan_id: int) -> NotFound:
@@ -31,7 +32,7 @@ def get_plan(session: Session, plan_id: int) -> Plan:
 
 
 def subscribable_plan(
-    session: Session, plan_id: int, *, kinds: tuple[str, ...], account_id: str
+    session: Session, plan_id: int, *, kinds: tuple[PlanKind, ...], account_id: str
 ) -> Plan:
     """An active plan of one of `kinds` in the account's currency; archived plans, other
     kinds and other currencies are refused clearly (Billfold does no currency exchange)."""
@@ -43,7 +44,7 @@ def subscribable_plan(
             code=ErrorCode.CURRENCY_MISMATCH,
             details={"plan_id": plan_id, "plan_currency": plan.currency, "currency": currency},
         )
-    if plan.status != "active":
+    if plan.status != PlanStatus.ACTIVE:
         raise InvalidRequest(
             "This plan is archived and takes no new subscriptions.",
             code=ErrorCode.PLAN_NOT_AVAILABLE,
@@ -66,14 +67,14 @@ def plan_view(plan: Plan) -> dict[str, Any]:
         "currency": plan.currency,
         "period": plan.period,
         "features": list(plan.features),
-        "kind": plan.kind,
+        "kind": str(plan.kind),
         "included_credits": (
             from_micros(plan.included_credits_micros)
             if plan.included_credits_micros is not None
             else None
         ),
         "trial_days": plan.trial_days,
-        "status": plan.status,
+        "status": str(plan.status),
     }
 
 
@@ -81,9 +82,9 @@ def list_plans(session: Session, *, public: bool) -> list[Plan]:
     """Public: the active plans an agent can pick (normal, then addons, cheapest first)."""
     query = select(Plan)
     if public:
-        query = query.where(Plan.status == "active", Plan.kind.in_(SELF_SERVE_KINDS))
+        query = query.where(Plan.status == PlanStatus.ACTIVE, Plan.kind.in_(SELF_SERVE_KINDS))
     plans = list(session.scalars(query))
-    order = {kind: position for position, kind in enumerate(PLAN_KINDS)}
+    order: dict[str, int] = {kind: position for position, kind in enumerate(PLAN_KINDS)}
     return sorted(plans, key=lambda p: (order[p.kind], p.price_micros, p.id))
 
 
@@ -95,7 +96,7 @@ def create_plan(
     currency: str,
     period: str,
     features: list[str],
-    kind: str,
+    kind: PlanKind,
     included_credits_micros: int | None,
     trial_days: int | None,
 ) -> Plan:
@@ -108,7 +109,7 @@ def create_plan(
         kind=kind,
         included_credits_micros=included_credits_micros,
         trial_days=trial_days,
-        status="active",
+        status=PlanStatus.ACTIVE,
         created_at=now(),
         updated_at=now(),
     )
@@ -134,7 +135,7 @@ def update_plan(
 def archive_plan(session: Session, plan_id: int) -> Plan:
     """No new subscriptions; existing ones keep renewing on it."""
     plan = get_plan(session, plan_id)
-    plan.status = "archived"
+    plan.status = PlanStatus.ARCHIVED
     plan.updated_at = now()
     session.flush()
     return plan

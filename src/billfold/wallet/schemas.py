@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, Field
 
 from billfold.money import (
     CARD_DECIMALS,
@@ -21,7 +21,7 @@ from billfold.money import (
     MoneyOut,
 )
 from billfold.payments.schemas import PaymentMethodId
-from billfold.schemas import RequestModel
+from billfold.schemas import RequestModel, ResponseModel
 from billfold.text import CleanText
 
 FundingAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
@@ -35,6 +35,7 @@ AdjustmentAmount = Annotated[
     AmountRules(decimals=USAGE_DECIMALS, minimum=-MAX_AMOUNT, nonzero=True),
 ]
 UsageAmount = Annotated[Decimal, AmountRules(decimals=USAGE_DECIMALS, minimum=ONE_MICRO)]
+TransactionType = Literal["credit", "debit"]
 
 
 class FundRequest(RequestModel):
@@ -53,7 +54,7 @@ class AutoFundingRequest(RequestModel):
     )
 
 
-class AutoFundingOut(BaseModel):
+class AutoFundingOut(ResponseModel):
     enabled: bool
     auto_charge_amount: MoneyOut | None
     charge_threshold: MoneyOut | None
@@ -85,13 +86,13 @@ class AdjustmentRequest(RequestModel):
     reason: CleanText = Field(min_length=1, max_length=500)
 
 
-class Breakdown(BaseModel):
+class Breakdown(ResponseModel):
     subscription: MoneyOut
     promotional: MoneyOut
     purchased: MoneyOut
 
 
-class BalanceOut(BaseModel):
+class BalanceOut(ResponseModel):
     auto_funding: AutoFundingOut
     balance: MoneyOut
     currency: str
@@ -99,10 +100,11 @@ class BalanceOut(BaseModel):
     withdrawable: MoneyOut
 
 
-class TransactionOut(BaseModel):
+class TransactionOut(ResponseModel):
     id: str
     created_at: datetime
-    type: Literal["credit", "debit"]
+    type: TransactionType
+    status: str
     kind: str
     amount: MoneyOut
     usecase: str
@@ -112,12 +114,12 @@ class TransactionOut(BaseModel):
     metadata: dict[str, Any]
 
 
-class WalletSummary(BaseModel):
+class WalletSummary(ResponseModel):
     balance: MoneyOut
     currency: str
 
 
-class TransactionPage(BaseModel):
+class TransactionPage(ResponseModel):
     items: list[TransactionOut]
     wallet: WalletSummary
     total: int
@@ -126,7 +128,7 @@ class TransactionPage(BaseModel):
     has_more: bool
 
 
-class FundOut(BaseModel):
+class FundOut(ResponseModel):
     payment_intent_id: str
     status: str
     amount: MoneyOut
@@ -136,14 +138,14 @@ class FundOut(BaseModel):
     balance: MoneyOut
 
 
-class RefundOut(BaseModel):
+class RefundOut(ResponseModel):
     id: str
     payment_intent_id: str
     amount: MoneyOut
     status: str
 
 
-class WithdrawOut(BaseModel):
+class WithdrawOut(ResponseModel):
     withdrawal_id: str
     amount: MoneyOut
     balance: MoneyOut
@@ -151,7 +153,7 @@ class WithdrawOut(BaseModel):
     refunds: list[RefundOut]
 
 
-class UsageChargeOut(BaseModel):
+class UsageChargeOut(ResponseModel):
     id: str
     account_id: str
     amount: MoneyOut
@@ -160,14 +162,14 @@ class UsageChargeOut(BaseModel):
     created_at: datetime
 
 
-class LedgerCheckOut(BaseModel):
+class LedgerCheckOut(ResponseModel):
     account_id: str
     cached: dict[str, MoneyOut]
     postings: dict[str, MoneyOut]
     consistent: bool
 
 
-class OperatorRefundOut(BaseModel):
+class OperatorRefundOut(ResponseModel):
     id: str
     amount: MoneyOut
     reason: str

@@ -121,6 +121,47 @@ def get_endpoint(session: Session, endpoint_id: str) -> WebhookEndpoint:
     return endpoint
 
 
+def list_endpoints(session: Session) -> list[WebhookEndpoint]:
+    return list(session.scalars(select(WebhookEndpoint).order_by(WebhookEndpoint.created_at)))
+
+
+def update_endpoint(
+    session: Session,
+    endpoint_id: str,
+    *,
+    url: str | None,
+    event_types: list[str] | None,
+    enabled: bool | None,
+    allow_private: bool,
+) -> WebhookEndpoint:
+    """Change what is given (None: keep it); enabling clears the disabled reason."""
+    endpoint = get_endpoint(session, endpoint_id)
+    if url is not None:
+        egress.check_url(url, allow_private=allow_private)
+        endpoint.url = url
+    if event_types is not None:
+        endpoint.event_types = event_types
+    if enabled is not None:
+        endpoint.enabled = enabled
+        endpoint.disabled_reason = None if enabled else "Disabled by the operator."
+    return endpoint
+
+
+def rotate_secret(session: Session, endpoint_id: str) -> WebhookEndpoint:
+    endpoint = get_endpoint(session, endpoint_id)
+    endpoint.secret = new_webhook_secret()
+    return endpoint
+
+
+def delete_endpoint(session: Session, endpoint_id: str) -> WebhookEndpoint:
+    """Stop delivering to it; the row and its delivery log are kept."""
+    endpoint = get_endpoint(session, endpoint_id)
+    endpoint.enabled = False
+    endpoint.disabled_reason = "Deleted by the operator."
+    endpoint.event_types = []
+    return endpoint
+
+
 def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> None:
     """Write an event and queue its deliveries, in the caller's transaction. `data` may be
     a callable: it is rendered only when some endpoint listens."""
@@ -276,6 +317,26 @@ def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
     delivery.next_attempt_at = wall_now()
     _schedule(session, delivery, attempt=delivery.attempts, delay=timedelta(0))
     return delivery
+
+
+def list_deliveries(
+    session: Session, endpoint_id: str, *, limit: int
+) -> list[tuple[WebhookDelivery, str]]:
+    """An endpoint's deliveries with their event types, newest first."""
+    get_endpoint(session, endpoint_id)
+    rows = session.execute(
+        select(WebhookDelivery, WebhookEvent.type)
+        .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.endpoint_id == endpoint_id)
+        .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+        .limit(limit)
+    ).all()
+    return [(delivery, event_type) for delivery, event_type in rows]
+
+
+def event_type_of(session: Session, delivery: WebhookDelivery) -> str:
+    event = session.get(WebhookEvent, delivery.event_id)
+    return event.type if event else ""
 
 
 def delivery_view(delivery: WebhookDelivery, event_type: str) -> dict[str, Any]:

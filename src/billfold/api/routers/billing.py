@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from billfold.api.deps import Agent, ServicesDep
+from billfold.api.deps import Agent, Call, ServicesDep, respond
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
-from billfold.application import overview
-from billfold.billing import service
+from billfold.application.usecases import billing
+from billfold.application.usecases.billing import BillingOverviewOut
 from billfold.billing.schemas import BillingInfoOut, BillingInfoUpdate
 from billfold.schemas import ERROR_RESPONSES, Envelope
 
 router = APIRouter(route_class=DecimalJSONRoute, tags=["billing"], responses=ERROR_RESPONSES)
 
 
-@router.get("/billing/overview", response_model=Envelope[dict[str, Any]])
+@router.get("/billing/overview", response_model=Envelope[BillingOverviewOut])
 def billing_overview(agent: Agent, services: ServicesDep) -> Response:
     """Wallet balance, auto-funding, default card, subscriptions and recent charges."""
-    with services.database.read() as session:
-        return ok(overview.overview(session, agent.account_id))
+    return ok(billing.overview(services, account_id=agent.account_id))
 
 
 @router.get("/billing/info", response_model=Envelope[BillingInfoOut])
 def get_billing_info(agent: Agent, services: ServicesDep) -> Response:
-    with services.database.read() as session:
-        return ok(service.info_view(service.get_info(session, agent.account_id)))
+    return ok(billing.info(services, account_id=agent.account_id))
 
 
 @router.put("/billing/info", response_model=Envelope[BillingInfoOut])
 def update_billing_info(body: BillingInfoUpdate, agent: Agent, services: ServicesDep) -> Response:
     """Update the fields given; the others keep their values (null clears a field)."""
-    changes = body.model_dump(include=body.model_fields_set)
-    with services.database.transaction() as session:
-        info = service.update_info(session, account_id=agent.account_id, changes=changes)
-        return ok(service.info_view(info))
+    # This route takes no Idempotency-Key: setting the same fields twice is the same.
+    return respond(
+        billing.update_info(services, call=Call(), account_id=agent.account_id, body=body)
+    )

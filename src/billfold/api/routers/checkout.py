@@ -90,7 +90,7 @@ def subscribe_link(
     success_url: str | None = None,
 ) -> dict[str, object]:
     """A `subscribe` payment link: the plan's first period, paid by a human."""
-    from billfold.subscriptions.service import payable_plan  # subscriptions build on this
+    from billfold.subscriptions.start import payable_plan  # subscriptions build on this
 
     plan = payable_plan(session, account_id=account_id, plan_id=plan_id)
     checkout = service.create(

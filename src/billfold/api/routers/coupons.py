@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from billfold.api.deps import (
     Agent,
-    AgentIdempotent,
+    AgentCall,
+    Call,
     Operator,
-    OperatorIdempotent,
-    Outcome,
+    OperatorCall,
     ServicesDep,
+    respond,
 )
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
-from billfold.coupons import service
-from billfold.coupons.models import Coupon
+from billfold.application.usecases import coupons
 from billfold.coupons.schemas import (
     CouponCode,
     CouponOut,
@@ -28,7 +26,6 @@ from billfold.coupons.schemas import (
     RedeemCouponRequest,
     RedemptionOut,
 )
-from billfold.money import percent_to_basis_points, to_micros
 from billfold.schemas import ERROR_RESPONSES, Envelope
 
 router = APIRouter(route_class=DecimalJSONRoute, tags=["coupons"], responses=ERROR_RESPONSES)
@@ -48,15 +45,14 @@ def validate_coupon(
     purchase_amount: PurchaseAmount | None = Query(default=None),
 ) -> Response:
     """Whether a coupon can be redeemed by this account; a refusal is data, not an error."""
-    with services.database.read() as session:
-        return ok(
-            service.validate(
-                session,
-                account_id=agent.account_id,
-                code=coupon_code,
-                purchase_micros=to_micros(purchase_amount) if purchase_amount else None,
-            )
+    return ok(
+        coupons.validate(
+            services,
+            account_id=agent.account_id,
+            code=coupon_code,
+            purchase_amount=purchase_amount,
         )
+    )
 
 
 @router.post(
@@ -65,58 +61,24 @@ def validate_coupon(
     responses={402: {"description": "The purchase's card was declined"}},
 )
 def redeem_coupon(
-    body: RedeemCouponRequest, agent: Agent, services: ServicesDep, idem: AgentIdempotent
+    body: RedeemCouponRequest, agent: Agent, services: ServicesDep, call: AgentCall
 ) -> Response:
     """Redeem a coupon: credit now, or a bonus on a card purchase of purchase_amount."""
-
-    def handler() -> Outcome:
-        result = service.redeem(
-            services.database,
-            services.processor,
-            account_id=agent.account_id,
-            code=body.coupon_code,
-            purchase_micros=to_micros(body.purchase_amount) if body.purchase_amount else None,
-            payment_method_id=body.payment_method_id,
-            idempotency_key=idem.key,
-        )
-        return 200, service.redemption_view(result)
-
-    return idem.phased(handler)
+    return respond(coupons.redeem(services, call=call, account_id=agent.account_id, body=body))
 
 
 @admin_router.post("/coupons", response_model=Envelope[CouponOut], status_code=201)
-def create_coupon(body: CreateCouponRequest, idem: OperatorIdempotent) -> Response:
-    def handler(session: Session) -> Outcome:
-        coupon = service.create(
-            session,
-            values={
-                "code": body.code,
-                "kind": body.kind,
-                "amount_micros": to_micros(body.amount) if body.amount is not None else None,
-                "percent_basis_points": percent_to_basis_points(body.percent)
-                if body.percent
-                else None,
-                "min_purchase_micros": to_micros(body.min_purchase) if body.min_purchase else 0,
-                "currency": body.currency,
-                "valid_from": body.valid_from,
-                "valid_until": body.valid_until,
-                "max_redemptions": body.max_redemptions,
-            },
-        )
-        return 201, service.coupon_view(coupon)
-
-    return idem.atomic(handler)
+def create_coupon(body: CreateCouponRequest, services: ServicesDep, call: OperatorCall) -> Response:
+    return respond(coupons.create(services, call=call, body=body))
 
 
 @admin_router.get("/coupons", response_model=Envelope[list[CouponOut]])
 def list_coupons(services: ServicesDep) -> Response:
-    with services.database.read() as session:
-        coupons = session.scalars(select(Coupon).order_by(Coupon.created_at.desc()))
-        return ok([service.coupon_view(c) for c in coupons])
+    return ok(coupons.list_all(services))
 
 
 @admin_router.post("/coupons/{code}/archive", response_model=Envelope[CouponOut])
 def archive_coupon(code: str, services: ServicesDep) -> Response:
     """Stop a coupon from being redeemed (redemptions already made stay)."""
-    with services.database.transaction() as session:
-        return ok(service.coupon_view(service.archive(session, code=code)))
+    # This route takes no Idempotency-Key: archiving twice is archiving once.
+    return respond(coupons.archive(services, call=Call(), code=code))

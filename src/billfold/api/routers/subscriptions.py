@@ -2,45 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
-from sqlalchemy.orm import Session
 
-from billfold.accounts.service import get_account
-from billfold.api.deps import (
-    Agent,
-    AgentIdempotent,
-    Operator,
-    OperatorIdempotent,
-    Outcome,
-    ServicesDep,
-)
+from billfold.api.deps import Agent, AgentCall, Operator, OperatorCall, ServicesDep, respond
 from billfold.api.responses import ok
-from billfold.api.routers.checkout import public_base, subscribe_link
 from billfold.api.routing import DecimalJSONRoute
-from billfold.checkout import service as checkout
-from billfold.errors import Conflict, ErrorCode
-from billfold.money import MIN_FUNDING, from_micros, to_micros
+from billfold.application.usecases import plans, subscriptions
 from billfold.schemas import ERROR_RESPONSES, Envelope
-from billfold.subscriptions import plans, service
-from billfold.subscriptions.models import Subscription
 from billfold.subscriptions.schemas import (
+    AccountSubscriptionsOut,
     CancelRequest,
     ChangePlanRequest,
+    ChargeAmountOut,
     ChargeAmountRequest,
+    ConfirmedSubscriptionOut,
     ConfirmSubscriptionCheckoutRequest,
     CreatePlanRequest,
     CreateSubscriptionRequest,
     OperatorSubscriptionRequest,
     PlanOut,
     PlansOut,
+    SubscribeLinkOut,
+    SubscriptionListOut,
+    SubscriptionOut,
     UpdatePlanRequest,
 )
-from billfold.wallet import service as wallet
 
 router = APIRouter(route_class=DecimalJSONRoute, tags=["subscriptions"], responses=ERROR_RESPONSES)
 admin_router = APIRouter(
@@ -58,46 +47,21 @@ PlanIdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]
 AccountIdPath = Annotated[str, Path(min_length=1, max_length=40)]
 
 
-def _subscription(services: ServicesDep, account_id: str, subscription_id: str) -> Response:
-    with services.database.read() as session:
-        sub = service.get_for_account(
-            session, account_id=account_id, subscription_id=subscription_id
-        )
-        return ok(service.view(session, sub))
-
-
 @router.get("/subscriptions/plans", response_model=Envelope[PlansOut])
 def list_plans(agent: Agent, services: ServicesDep) -> Response:
     """The plans an agent can subscribe to, and the pay-as-you-go wallet option."""
-    with services.database.read() as session:
-        items = [plans.plan_view(p) for p in plans.list_plans(session, public=True)]
-    return ok(
-        {
-            "subscription_plans": items,
-            "pay_as_you_go": {
-                "available": True,
-                "minimum_topup_usd": MIN_FUNDING,
-                "auto_payments": {"supported": True},
-            },
-        }
-    )
+    return ok(plans.catalogue(services))
 
 
-@router.get("/subscriptions", response_model=Envelope[dict[str, Any]])
+@router.get("/subscriptions", response_model=Envelope[SubscriptionListOut])
 def list_subscriptions(agent: Agent, services: ServicesDep) -> Response:
     """The account's subscriptions of every kind (normal, addon, enterprise), newest first."""
-    with services.database.read() as session:
-        subs = service.list_for_account(session, agent.account_id, live_only=False)
-        items = [service.view(session, s) for s in subs]
-    return ok({"items": items, "active": [i for i in items if i["status"] in ACTIVE_VIEW]})
-
-
-ACTIVE_VIEW = ("trialing", "active", "past_due", "paused", "unpaid")
+    return ok(subscriptions.list_for_account(services, account_id=agent.account_id))
 
 
 @router.post(
     "/subscriptions",
-    response_model=Envelope[dict[str, Any]],
+    response_model=Envelope[SubscriptionOut | SubscribeLinkOut],
     status_code=201,
     responses=PAYMENT_RESPONSES,
 )
@@ -106,226 +70,165 @@ def create_subscription(
     agent: Agent,
     services: ServicesDep,
     request: Request,
-    idem: AgentIdempotent,
+    call: AgentCall,
 ) -> Response:
     """With payment_method_id: the first period is charged now (headless) and the answer is
     the subscription. Without: a checkout_url for a human; confirm with session_id."""
-    if body.payment_method_id is None:
-        ttl = timedelta(minutes=services.settings.payment_link_ttl_minutes)
-        base = public_base(services, request)
-        success_url = str(body.success_url) if body.success_url else None
-
-        def link_handler(session: Session) -> Outcome:
-            return 201, subscribe_link(
-                session,
-                account_id=agent.account_id,
-                plan_id=body.plan_id,
-                ttl=ttl,
-                base=base,
-                success_url=success_url,
-            )
-
-        return idem.atomic(link_handler)
-
-    def handler() -> Outcome:
-        return 201, service.start(
+    return respond(
+        subscriptions.start(
             services,
+            call=call,
             account_id=agent.account_id,
-            plan_id=body.plan_id,
-            payment_method_id=body.payment_method_id,
+            body=body,
+            base_url=str(request.base_url),
         )
+    )
 
-    return idem.phased(handler)
 
-
-@router.post("/subscriptions/confirm-checkout", response_model=Envelope[dict[str, Any]])
+@router.post("/subscriptions/confirm-checkout", response_model=Envelope[ConfirmedSubscriptionOut])
 def confirm_subscription_checkout(
     body: ConfirmSubscriptionCheckoutRequest, agent: Agent, services: ServicesDep
 ) -> Response:
     """The subscription started when the human paid; this reports it, the same every time.
     409 checkout_not_completed until then, 410 once the link expired unpaid."""
-    with services.database.read() as session:
-        session_row = checkout.confirm(
-            session, account_id=agent.account_id, session_id=body.session_id, purpose="subscribe"
-        )
-        if session_row.subscription_id is None:
-            raise Conflict(
-                "The payment was taken after this account had already subscribed in this "
-                "place, so it was credited to the wallet instead.",
-                code=ErrorCode.SUBSCRIPTION_EXISTS,
-                details={
-                    "session_id": session_row.id,
-                    "payment_intent_id": session_row.payment_intent_id,
-                },
-            )
-        sub = service.get_for_account(
-            session, account_id=agent.account_id, subscription_id=session_row.subscription_id
-        )
-        return ok({**service.view(session, sub), "session_id": session_row.id})
+    return ok(subscriptions.confirm_checkout(services, account_id=agent.account_id, body=body))
 
 
 @router.post(
     "/subscriptions/charge-amount",
-    response_model=Envelope[dict[str, Any]],
+    response_model=Envelope[ChargeAmountOut],
     status_code=201,
     responses=PAYMENT_RESPONSES,
 )
 def charge_amount(
-    body: ChargeAmountRequest, agent: Agent, services: ServicesDep, idem: AgentIdempotent
+    body: ChargeAmountRequest, agent: Agent, services: ServicesDep, call: AgentCall
 ) -> Response:
     """A one-off charge of $5 to $10,000 to the default card (or the card given), credited
     to the wallet as purchased credit and invoiced."""
-
-    def handler() -> Outcome:
-        funded = wallet.fund_wallet(
-            services.database,
-            services.processor,
-            account_id=agent.account_id,
-            amount_micros=to_micros(body.amount),
-            payment_method_id=body.payment_method_id,
-            idempotency_key=idem.key,
-            purpose="subscription_charge",
-        )
-        return 201, {
-            "payment_intent_id": funded.payment.id,
-            "status": funded.payment.status,
-            "amount": from_micros(funded.payment.amount_micros),
-            "currency": funded.payment.currency,
-            "balance": from_micros(funded.wallet.balance_micros),
-            "transaction_id": funded.transaction_id,
-        }
-
-    return idem.phased(handler)
+    return respond(
+        subscriptions.charge_amount(services, call=call, account_id=agent.account_id, body=body)
+    )
 
 
-@router.get("/subscriptions/{subscription_id}", response_model=Envelope[dict[str, Any]])
+@router.get("/subscriptions/{subscription_id}", response_model=Envelope[SubscriptionOut])
 def get_subscription(
     agent: Agent, services: ServicesDep, subscription_id: SubscriptionId
 ) -> Response:
-    return _subscription(services, agent.account_id, subscription_id)
+    return ok(
+        subscriptions.get(services, account_id=agent.account_id, subscription_id=subscription_id)
+    )
 
 
-@router.get("/subscriptions/{subscription_id}/status", response_model=Envelope[dict[str, Any]])
+@router.get("/subscriptions/{subscription_id}/status", response_model=Envelope[SubscriptionOut])
 def subscription_status(
     agent: Agent, services: ServicesDep, subscription_id: SubscriptionId
 ) -> Response:
     """Status, plan, current period, scheduled change, latest invoice and its payment,
     next retry time."""
-    return _subscription(services, agent.account_id, subscription_id)
+    return ok(
+        subscriptions.get(services, account_id=agent.account_id, subscription_id=subscription_id)
+    )
 
 
 @router.put(
     "/subscriptions/{subscription_id}",
-    response_model=Envelope[dict[str, Any]],
+    response_model=Envelope[SubscriptionOut],
     responses=PAYMENT_RESPONSES,
 )
 def change_plan(
     body: ChangePlanRequest,
     agent: Agent,
     services: ServicesDep,
-    idem: AgentIdempotent,
+    call: AgentCall,
     subscription_id: SubscriptionId,
 ) -> Response:
     """Upgrade now with a prorated charge, or downgrade at the end of the period."""
-
-    def handler() -> Outcome:
-        return 200, service.change_plan(
+    return respond(
+        subscriptions.change_plan(
             services,
+            call=call,
             account_id=agent.account_id,
             subscription_id=subscription_id,
-            new_plan_id=body.new_plan_id,
+            body=body,
         )
-
-    return idem.phased(handler)
-
-
-def _state_change(
-    idem: AgentIdempotent, action: Callable[..., Subscription], **kwargs: Any
-) -> Response:
-    """A change made in one transaction (no card involved), answered with the result."""
-
-    def handler(session: Session) -> Outcome:
-        sub = action(session, **kwargs)
-        return 200, service.view(session, sub)
-
-    return idem.atomic(handler)
+    )
 
 
-@router.post("/subscriptions/{subscription_id}/pause", response_model=Envelope[dict[str, Any]])
+@router.post("/subscriptions/{subscription_id}/pause", response_model=Envelope[SubscriptionOut])
 def pause_subscription(
-    agent: Agent, idem: AgentIdempotent, subscription_id: SubscriptionId
+    agent: Agent, services: ServicesDep, call: AgentCall, subscription_id: SubscriptionId
 ) -> Response:
     """No renewals and no credit expiry while paused; the remaining time is kept."""
-    return _state_change(
-        idem, service.pause, account_id=agent.account_id, subscription_id=subscription_id
+    return respond(
+        subscriptions.pause(
+            services, call=call, account_id=agent.account_id, subscription_id=subscription_id
+        )
     )
 
 
-@router.post("/subscriptions/{subscription_id}/resume", response_model=Envelope[dict[str, Any]])
+@router.post("/subscriptions/{subscription_id}/resume", response_model=Envelope[SubscriptionOut])
 def resume_subscription(
-    agent: Agent, idem: AgentIdempotent, subscription_id: SubscriptionId
+    agent: Agent, services: ServicesDep, call: AgentCall, subscription_id: SubscriptionId
 ) -> Response:
     """The kept time resumes: the period end moves by how long it was paused."""
-    return _state_change(
-        idem,
-        service.resume,
-        account_id=agent.account_id,
-        subscription_id=subscription_id,
+    return respond(
+        subscriptions.resume(
+            services, call=call, account_id=agent.account_id, subscription_id=subscription_id
+        )
     )
 
 
-@router.post("/subscriptions/{subscription_id}/cancel", response_model=Envelope[dict[str, Any]])
+@router.post("/subscriptions/{subscription_id}/cancel", response_model=Envelope[SubscriptionOut])
 def cancel_subscription(
     agent: Agent,
-    idem: AgentIdempotent,
+    services: ServicesDep,
+    call: AgentCall,
     subscription_id: SubscriptionId,
     body: CancelRequest | None = None,
 ) -> Response:
     """at_period_end (default true): renewals stop then. false: ends now and credits the
     unused time to the wallet."""
-    return _state_change(
-        idem,
-        service.cancel,
-        account_id=agent.account_id,
-        subscription_id=subscription_id,
-        at_period_end=body.at_period_end if body is not None else True,
+    return respond(
+        subscriptions.cancel(
+            services,
+            call=call,
+            account_id=agent.account_id,
+            subscription_id=subscription_id,
+            body=body if body is not None else CancelRequest(),
+        )
     )
 
 
 @router.post(
     "/subscriptions/{subscription_id}/reset-cycle",
-    response_model=Envelope[dict[str, Any]],
+    response_model=Envelope[SubscriptionOut],
     responses=PAYMENT_RESPONSES,
 )
 def reset_cycle(
-    agent: Agent, services: ServicesDep, idem: AgentIdempotent, subscription_id: SubscriptionId
+    agent: Agent, services: ServicesDep, call: AgentCall, subscription_id: SubscriptionId
 ) -> Response:
     """A new period starts now, charged in full less the unused part of the current one."""
-
-    def handler() -> Outcome:
-        return 200, service.reset_cycle(
-            services, account_id=agent.account_id, subscription_id=subscription_id
+    return respond(
+        subscriptions.reset_cycle(
+            services, call=call, account_id=agent.account_id, subscription_id=subscription_id
         )
-
-    return idem.phased(handler)
+    )
 
 
 @router.post(
     "/subscriptions/{subscription_id}/fix-payment",
-    response_model=Envelope[dict[str, Any]],
+    response_model=Envelope[SubscriptionOut],
     responses=PAYMENT_RESPONSES,
 )
 def fix_payment(
-    agent: Agent, services: ServicesDep, idem: AgentIdempotent, subscription_id: SubscriptionId
+    agent: Agent, services: ServicesDep, call: AgentCall, subscription_id: SubscriptionId
 ) -> Response:
     """Retry the failed payment now with the current default card."""
-
-    def handler() -> Outcome:
-        return 200, service.fix_payment(
-            services, account_id=agent.account_id, subscription_id=subscription_id
+    return respond(
+        subscriptions.fix_payment(
+            services, call=call, account_id=agent.account_id, subscription_id=subscription_id
         )
-
-    return idem.phased(handler)
+    )
 
 
 # --- operator -----------------------------------------------------------------------
@@ -333,89 +236,54 @@ def fix_payment(
 
 @admin_router.get("/plans", response_model=Envelope[list[PlanOut]])
 def admin_list_plans(services: ServicesDep) -> Response:
-    with services.database.read() as session:
-        return ok([plans.plan_view(p) for p in plans.list_plans(session, public=False)])
+    return ok(plans.list_all(services))
 
 
 @admin_router.post("/plans", response_model=Envelope[PlanOut], status_code=201)
-def admin_create_plan(body: CreatePlanRequest, idem: OperatorIdempotent) -> Response:
-    def handler(session: Session) -> Outcome:
-        plan = plans.create_plan(
-            session,
-            name=body.name,
-            price_micros=to_micros(body.price),
-            currency=body.currency,
-            period=body.period,
-            features=body.features,
-            kind=body.kind,
-            included_credits_micros=(
-                to_micros(body.included_credits) if body.included_credits is not None else None
-            ),
-            trial_days=body.trial_days,
-        )
-        return 201, plans.plan_view(plan)
-
-    return idem.atomic(handler)
+def admin_create_plan(
+    body: CreatePlanRequest, services: ServicesDep, call: OperatorCall
+) -> Response:
+    return respond(plans.create(services, call=call, body=body))
 
 
 @admin_router.get("/plans/{plan_id}", response_model=Envelope[PlanOut])
 def admin_get_plan(services: ServicesDep, plan_id: PlanIdPath) -> Response:
-    with services.database.read() as session:
-        return ok(plans.plan_view(plans.get_plan(session, plan_id)))
+    return ok(plans.get(services, plan_id=plan_id))
 
 
 @admin_router.patch("/plans/{plan_id}", response_model=Envelope[PlanOut])
 def admin_update_plan(
-    body: UpdatePlanRequest, idem: OperatorIdempotent, plan_id: PlanIdPath
+    body: UpdatePlanRequest, services: ServicesDep, call: OperatorCall, plan_id: PlanIdPath
 ) -> Response:
-    def handler(session: Session) -> Outcome:
-        plan = plans.update_plan(session, plan_id, name=body.name, features=body.features)
-        return 200, plans.plan_view(plan)
-
-    return idem.atomic(handler)
+    return respond(plans.update(services, call=call, plan_id=plan_id, body=body))
 
 
 @admin_router.post("/plans/{plan_id}/archive", response_model=Envelope[PlanOut])
-def admin_archive_plan(idem: OperatorIdempotent, plan_id: PlanIdPath) -> Response:
-    def handler(session: Session) -> Outcome:
-        return 200, plans.plan_view(plans.archive_plan(session, plan_id))
-
-    return idem.atomic(handler)
+def admin_archive_plan(services: ServicesDep, call: OperatorCall, plan_id: PlanIdPath) -> Response:
+    return respond(plans.archive(services, call=call, plan_id=plan_id))
 
 
 @admin_router.post(
     "/accounts/{account_id}/subscriptions",
-    response_model=Envelope[dict[str, Any]],
+    response_model=Envelope[SubscriptionOut],
     status_code=201,
     responses=PAYMENT_RESPONSES,
 )
 def admin_create_subscription(
     body: OperatorSubscriptionRequest,
     services: ServicesDep,
-    idem: OperatorIdempotent,
+    call: OperatorCall,
     account_id: AccountIdPath,
 ) -> Response:
     """Subscribe an account to any plan, enterprise included, charged to its default card
     (or the card given)."""
-    with services.database.read() as session:
-        get_account(session, account_id)
-
-    def handler() -> Outcome:
-        return 201, service.start(
-            services,
-            account_id=account_id,
-            plan_id=body.plan_id,
-            payment_method_id=body.payment_method_id,
-            created_by="operator",
-            kinds=plans.PLAN_KINDS,
-        )
-
-    return idem.phased(handler)
+    return respond(
+        subscriptions.operator_start(services, call=call, account_id=account_id, body=body)
+    )
 
 
-@admin_router.get("/accounts/{account_id}/subscriptions", response_model=Envelope[dict[str, Any]])
+@admin_router.get(
+    "/accounts/{account_id}/subscriptions", response_model=Envelope[AccountSubscriptionsOut]
+)
 def admin_list_subscriptions(services: ServicesDep, account_id: AccountIdPath) -> Response:
-    with services.database.read() as session:
-        get_account(session, account_id)
-        subs = service.list_for_account(session, account_id, live_only=False)
-        return ok({"items": [service.view(session, s) for s in subs]})
+    return ok(subscriptions.operator_list(services, account_id=account_id))

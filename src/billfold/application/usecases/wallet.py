@@ -1,0 +1,217 @@
+"""Wallet use cases: the balance and its ledger, card funding and withdrawals, auto-funding,
+and the operator's usage charges, refunds, adjustments and ledger check."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from billfold.application.idempotent import Outcome, Reply
+from billfold.application.usecases.base import Call, for_account, for_operator
+from billfold.ledger.models import BUCKETS
+from billfold.ledger.service import ledger_balances
+from billfold.money import from_micros, to_micros
+from billfold.services import Services
+from billfold.wallet import auto_funding, service
+from billfold.wallet.schemas import (
+    AdjustmentRequest,
+    AutoFundingOut,
+    AutoFundingRequest,
+    BalanceOut,
+    FundOut,
+    FundRequest,
+    LedgerCheckOut,
+    OperatorRefundOut,
+    OperatorRefundRequest,
+    RefundOut,
+    TransactionOut,
+    TransactionPage,
+    TransactionType,
+    UsageChargeOut,
+    UsageChargeRequest,
+    WalletSummary,
+    WithdrawOut,
+    WithdrawRequest,
+)
+
+
+def balance(app: Services, *, account_id: str) -> BalanceOut:
+    with app.database.read() as session:
+        wallet = service.get_wallet(session, account_id)
+        return BalanceOut.model_validate(service.balance_view(session, wallet))
+
+
+def transactions(
+    app: Services,
+    *,
+    account_id: str,
+    type: TransactionType | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> TransactionPage:
+    """The wallet's ledger, newest first."""
+    with app.database.read() as session:
+        items, total = service.list_transactions(
+            session, account_id=account_id, type=type, limit=limit, offset=offset
+        )
+        wallet = service.get_wallet(session, account_id)
+        return TransactionPage(
+            items=[TransactionOut.model_validate(service.transaction_view(t)) for t in items],
+            wallet=WalletSummary(
+                balance=from_micros(wallet.balance_micros), currency=wallet.currency
+            ),
+            total=total,
+            limit=limit,
+            offset=offset,
+            has_more=offset + len(items) < total,
+        )
+
+
+def enable_auto_funding(
+    app: Services, *, call: Call, account_id: str, body: AutoFundingRequest
+) -> Reply:
+    def handler(session: Session) -> Outcome:
+        wallet = auto_funding.enable(
+            session,
+            account_id=account_id,
+            auto_charge_amount_micros=to_micros(body.auto_charge_amount),
+            charge_threshold_micros=to_micros(body.charge_threshold),
+        )
+        return 200, AutoFundingOut.model_validate(auto_funding.state_view(wallet))
+
+    return for_account(app, call, account_id).atomic(handler)
+
+
+def disable_auto_funding(app: Services, *, call: Call, account_id: str) -> Reply:
+    def handler(session: Session) -> Outcome:
+        wallet = auto_funding.disable(session, account_id=account_id)
+        return 200, AutoFundingOut.model_validate(auto_funding.state_view(wallet))
+
+    return for_account(app, call, account_id).atomic(handler)
+
+
+def fund(app: Services, *, call: Call, account_id: str, body: FundRequest) -> Reply:
+    """Charge a card (the given one, or the default) and credit the wallet."""
+
+    def handler() -> Outcome:
+        funded = service.fund_wallet(
+            app.database,
+            app.processor,
+            account_id=account_id,
+            amount_micros=to_micros(body.amount),
+            payment_method_id=body.payment_method_id,
+            idempotency_key=call.key,
+        )
+        payment = funded.payment
+        return 200, FundOut(
+            payment_intent_id=payment.id,
+            status=payment.status,
+            amount=from_micros(payment.amount_micros),
+            currency=payment.currency,
+            payment_method_id=payment.payment_method_id,
+            transaction_id=funded.transaction_id,
+            balance=from_micros(funded.wallet.balance_micros),
+        )
+
+    return for_account(app, call, account_id).phased(handler)
+
+
+def withdraw(app: Services, *, call: Call, account_id: str, body: WithdrawRequest) -> Reply:
+    """Refund purchased credit to the cards it came from, newest payment first."""
+
+    def handler() -> Outcome:
+        result = service.withdraw(
+            app.database,
+            app.processor,
+            account_id=account_id,
+            amount_micros=to_micros(body.amount),
+        )
+        return 200, WithdrawOut(
+            withdrawal_id=result.id,
+            amount=from_micros(result.amount_micros),
+            balance=from_micros(result.wallet.balance_micros),
+            currency=result.wallet.currency,
+            refunds=[RefundOut.model_validate(service.refund_view(r)) for r in result.refunds],
+        )
+
+    return for_account(app, call, account_id).phased(handler)
+
+
+def charge_usage(app: Services, *, call: Call, body: UsageChargeRequest) -> Reply:
+    """Debit an account's wallet for usage (the platform's hot path)."""
+
+    def handler(session: Session) -> Outcome:
+        txn = service.charge_usage(
+            session,
+            account_id=body.account_id,
+            amount_micros=to_micros(body.amount),
+            usecase=body.usecase,
+            description=body.description,
+            metadata=body.metadata,
+        )
+        return 201, UsageChargeOut(
+            id=txn.id,
+            account_id=txn.account_id,
+            amount=from_micros(txn.amount_micros),
+            usecase=txn.usecase,
+            balance_after=from_micros(txn.balance_after_micros),
+            created_at=txn.created_at,
+        )
+
+    return for_operator(app, call).atomic(handler)
+
+
+def ledger_check(app: Services, *, account_id: str) -> LedgerCheckOut:
+    """Compare the wallet's cached balances with the sums of its ledger postings."""
+    with app.database.read() as session:
+        wallet = service.get_wallet(session, account_id)
+        sums = ledger_balances(session, account_id)
+    cached = {bucket: getattr(wallet, f"{bucket}_micros") for bucket in BUCKETS}
+    cached["balance"] = wallet.balance_micros
+    consistent = (
+        all(sums.get(f"wallet:{b}", 0) == cached[b] for b in BUCKETS)
+        and cached["balance"] == sum(cached[b] for b in BUCKETS)
+        and sum(sums.values()) == 0
+    )
+    return LedgerCheckOut(
+        account_id=account_id,
+        cached={k: from_micros(v) for k, v in cached.items()},
+        postings={k: from_micros(v) for k, v in sums.items()},
+        consistent=consistent,
+    )
+
+
+def refund_payment(app: Services, *, call: Call, body: OperatorRefundRequest) -> Reply:
+    """Refund a card payment (whole or part); the money leaves the wallet's purchased credit."""
+
+    def handler() -> Outcome:
+        result = service.refund_payment(
+            app.database,
+            app.processor,
+            payment_intent_id=body.payment_intent_id,
+            amount_micros=to_micros(body.amount) if body.amount is not None else None,
+            reason="operator_refund",
+        )
+        return 201, OperatorRefundOut(
+            id=result.id,
+            amount=from_micros(result.amount_micros),
+            reason=body.reason,
+            balance=from_micros(result.wallet.balance_micros),
+            refunds=[RefundOut.model_validate(service.refund_view(r)) for r in result.refunds],
+        )
+
+    return for_operator(app, call).phased(handler)
+
+
+def adjust(app: Services, *, call: Call, body: AdjustmentRequest) -> Reply:
+    """Credit (as promotional credit) or debit a wallet by hand, with a reason."""
+
+    def handler(session: Session) -> Outcome:
+        txn = service.adjust(
+            session,
+            account_id=body.account_id,
+            amount_micros=to_micros(body.amount),
+            reason=body.reason,
+        )
+        return 201, TransactionOut.model_validate(service.transaction_view(txn))
+
+    return for_operator(app, call).atomic(handler)

@@ -1,0 +1,443 @@
+"""Use cases called directly, as an MCP tool or a CLI command would: a `Services`, no HTTP.
+
+Writes answer a `Reply` and honour an idempotency key; reads answer typed models that render
+the same JSON as the views they are built from; nothing under `application/` imports a web
+framework.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import uuid
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import billfold.application
+from billfold.accounts import service as accounts
+from billfold.application.usecases import (
+    Call,
+    Reply,
+    billing,
+    coupons,
+    plans,
+    sandbox,
+    subscriptions,
+    wallet,
+    webhooks,
+)
+from billfold.billing.schemas import BillingInfoOut
+from billfold.coupons import service as coupon_service
+from billfold.coupons.schemas import (
+    CouponValidationOut,
+    CreateCouponRequest,
+    InvalidCouponOut,
+    RedeemCouponRequest,
+    ValidBonusCouponOut,
+    ValidCouponOut,
+)
+from billfold.errors import BillfoldError, ErrorCode
+from billfold.jsonenc import render
+from billfold.services import Services
+from billfold.subscriptions import views as subscription_views
+from billfold.subscriptions.schemas import (
+    CancelRequest,
+    ChangePlanRequest,
+    CreatePlanRequest,
+    CreateSubscriptionRequest,
+    PlanOut,
+    PlansOut,
+    SubscribeLinkOut,
+    SubscriptionListOut,
+    SubscriptionOut,
+)
+from billfold.wallet import service as wallet_service
+from billfold.wallet.schemas import (
+    BalanceOut,
+    FundRequest,
+    TransactionOut,
+    TransactionPage,
+    UsageChargeRequest,
+)
+from billfold.webhooks import service as webhook_service
+from billfold.webhooks.schemas import CreateEndpoint, EndpointOut
+from tests.helpers import CARD_DECLINED, CARD_OK
+
+WEB_FRAMEWORKS = ("fastapi", "starlette")
+
+
+def _account(services: Services) -> str:
+    with services.database.transaction() as session:
+        account = accounts.create_account(
+            session, email=f"uc-{uuid.uuid4().hex[:12]}@example.com", password="long enough"
+        )
+        return account.id
+
+
+def _card(services: Services, number: str = CARD_OK) -> str:
+    payment_method = sandbox.create_payment_method(
+        services,
+        form={
+            "type": "card",
+            "card[number]": number,
+            "card[exp_month]": "12",
+            "card[exp_year]": str(date.today().year + 2),
+            "card[cvc]": "123",
+        },
+        client=f"test-{uuid.uuid4().hex[:8]}",
+    )
+    return payment_method.id
+
+
+def _data(reply: Reply) -> Any:
+    return json.loads(reply.body, parse_float=Decimal)["data"]
+
+
+def _fund(services: Services, account_id: str, amount: int, key: str | None) -> Reply:
+    args = {"amount": amount, "payment_method_id": _card(services)}
+    return wallet.fund(
+        services,
+        call=Call.of("wallet.fund", args, key=key),
+        account_id=account_id,
+        body=FundRequest.model_validate(args),
+    )
+
+
+def test_nothing_under_application_imports_a_web_framework() -> None:
+    """Every import statement counts, function-local and TYPE_CHECKING ones included."""
+    root = Path(billfold.application.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in WEB_FRAMEWORKS or name.startswith("billfold.api"):
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno} imports {name}")
+    assert len(list(root.rglob("usecases/*.py"))) >= 7
+    assert found == []
+
+
+def test_a_write_with_a_key_runs_once_and_replays_its_reply(services: Services) -> None:
+    account_id = _account(services)
+    args = {"amount": 25, "payment_method_id": _card(services)}
+    key = f"fund-{uuid.uuid4().hex}"
+
+    def fund(arguments: dict[str, Any]) -> Reply:
+        return wallet.fund(
+            services,
+            call=Call.of("wallet.fund", arguments, key=key),
+            account_id=account_id,
+            body=FundRequest.model_validate(arguments),
+        )
+
+    first = fund(args)
+    assert first.status_code == 200
+    assert not first.replayed
+    assert _data(first)["balance"] == 25
+    # The same arguments, written differently (a number is the same number however written).
+    again = fund({"payment_method_id": args["payment_method_id"], "amount": Decimal("25.00")})
+    assert again.replayed
+    assert (again.status_code, again.body) == (first.status_code, first.body)
+    assert wallet.balance(services, account_id=account_id).balance == 25
+
+    with pytest.raises(BillfoldError) as refused:
+        fund({**args, "amount": 30})
+    assert refused.value.code == ErrorCode.IDEMPOTENCY_KEY_REUSED
+    # Keys are the account's own: another account's same key runs afresh.
+    other = _account(services)
+    theirs = {**args, "payment_method_id": _card(services)}
+    elsewhere = wallet.fund(
+        services,
+        call=Call.of("wallet.fund", theirs, key=key),
+        account_id=other,
+        body=FundRequest.model_validate(theirs),
+    )
+    assert not elsewhere.replayed
+    assert elsewhere.status_code == 200
+
+
+def test_a_refusal_is_raised_or_under_a_key_stored_as_the_error_envelope(
+    services: Services,
+) -> None:
+    account_id = _account(services)
+    args = {"account_id": account_id, "amount": "5", "usecase": "inference"}
+    body = UsageChargeRequest.model_validate(args)
+
+    with pytest.raises(BillfoldError) as raised:
+        wallet.charge_usage(services, call=Call(), body=body)
+    assert raised.value.code == ErrorCode.INSUFFICIENT_FUNDS
+    assert raised.value.status_code == 402
+
+    call = Call.of("usage.charge", args, key=f"usage-{uuid.uuid4().hex}")
+    assert call.request_id.startswith("req_")
+    stored = wallet.charge_usage(services, call=call, body=body)
+    assert stored.status_code == 402
+    assert not stored.replayed
+    error = json.loads(stored.body)["error"]
+    assert error["code"] == "insufficient_funds"
+    assert error["request_id"] == call.request_id
+    assert set(error) == {"code", "message", "details", "request_id"}
+    # Funding the wallet now does not change the stored answer of that key.
+    assert _fund(services, account_id, 10, None).status_code == 200
+    replay = wallet.charge_usage(services, call=call, body=body)
+    assert replay.replayed
+    assert (replay.status_code, replay.body) == (stored.status_code, stored.body)
+    charged = wallet.charge_usage(services, call=Call(), body=body)
+    assert charged.status_code == 201
+    assert _data(charged)["balance_after"] == 5
+
+
+def test_a_key_must_be_printable_ascii() -> None:
+    with pytest.raises(BillfoldError) as refused:
+        Call.of("wallet.fund", {}, key="")
+    assert refused.value.code == ErrorCode.INVALID_REQUEST
+    assert refused.value.details == {"field": "idempotency_key"}
+    assert Call.of("a", {"x": 1}).fingerprint != Call.of("b", {"x": 1}).fingerprint
+    assert (
+        Call.of("a", {"x": 1, "y": 2}).fingerprint == Call.of("a", {"y": 2, "x": 1.0}).fingerprint
+    )
+
+
+def test_reads_answer_typed_models(services: Services) -> None:
+    account_id = _account(services)
+    assert _fund(services, account_id, 20, None).status_code == 200
+
+    balance = wallet.balance(services, account_id=account_id)
+    assert isinstance(balance, BalanceOut)
+    assert (balance.balance, balance.breakdown.purchased) == (20, 20)
+    page = wallet.transactions(services, account_id=account_id, limit=1)
+    assert isinstance(page, TransactionPage)
+    assert isinstance(page.items[0], TransactionOut)
+    assert (page.items[0].type, page.items[0].amount, page.has_more) == ("credit", 20, False)
+
+    overview = billing.overview(services, account_id=account_id)
+    assert overview.wallet_balance == 20
+    assert [charge.amount for charge in overview.recent_charges] == [20]
+    assert overview.default_payment_method is not None
+    assert overview.default_payment_method.last4 == "4242"
+    assert isinstance(billing.info(services, account_id=account_id), BillingInfoOut)
+
+    unknown = coupons.validate(services, account_id=account_id, code="NO-SUCH-CODE")
+    assert isinstance(unknown.root, InvalidCouponOut)
+    assert unknown.root.error.code == ErrorCode.COUPON_NOT_FOUND
+
+    with pytest.raises(BillfoldError) as missing:
+        wallet.balance(services, account_id="acct_missing")
+    assert missing.value.code == ErrorCode.ACCOUNT_NOT_FOUND
+
+
+def test_a_coupon_flow_without_http(services: Services) -> None:
+    account_id = _account(services)
+    code = f"UC{uuid.uuid4().hex[:10]}".upper()
+    created = coupons.create(
+        services,
+        call=Call(),
+        body=CreateCouponRequest.model_validate({"code": code, "kind": "credit", "amount": 3}),
+    )
+    assert created.status_code == 201
+    valid = coupons.validate(services, account_id=account_id, code=code)
+    assert isinstance(valid.root, ValidCouponOut)
+    assert valid.root.credit_amount == 3
+    redeemed = coupons.redeem(
+        services,
+        call=Call(),
+        account_id=account_id,
+        body=RedeemCouponRequest.model_validate({"coupon_code": code}),
+    )
+    assert _data(redeemed)["balance"] == 3
+    assert wallet.balance(services, account_id=account_id).breakdown.promotional == 3
+
+
+def _same_json(model: type[BaseModel], view: Any) -> None:
+    assert render(model.model_validate(view).model_dump()) == render(view)
+
+
+def test_response_models_render_their_views_byte_for_byte(services: Services) -> None:
+    """Key order and values: a typed read answers exactly what the view answered."""
+    account_id = _account(services)
+    assert _fund(services, account_id, 30, None).status_code == 200
+    bonus = f"UCB{uuid.uuid4().hex[:10]}".upper()
+    credit = f"UCC{uuid.uuid4().hex[:10]}".upper()
+    for request in (
+        {"code": bonus, "kind": "bonus_percent", "percent": "12.5", "max_redemptions": 9},
+        {"code": credit, "kind": "credit", "amount": "0.5"},
+    ):
+        body = CreateCouponRequest.model_validate(request)
+        assert coupons.create(services, call=Call(), body=body).status_code == 201
+    endpoint = webhooks.create_endpoint(
+        services,
+        call=Call(),
+        body=CreateEndpoint.model_validate({"url": "http://127.0.0.1:9/hook", "enabled": False}),
+    )
+    with services.database.read() as session:
+        views = [
+            coupon_service.validate(session, account_id=account_id, code=code, purchase_micros=p)
+            for code, p in ((bonus, 20_000_000), (credit, None), ("NOPE-NOPE", None))
+        ]
+        for view in views:
+            _same_json(CouponValidationOut, view)
+        kinds = [type(CouponValidationOut.model_validate(v).root) for v in views]
+        assert kinds == [ValidBonusCouponOut, ValidCouponOut, InvalidCouponOut]
+        items, _ = wallet_service.list_transactions(
+            session, account_id=account_id, type=None, limit=5, offset=0
+        )
+        for txn in items:
+            _same_json(TransactionOut, wallet_service.transaction_view(txn))
+        wallet_row = wallet_service.get_wallet(session, account_id)
+        _same_json(BalanceOut, wallet_service.balance_view(session, wallet_row))
+        row = webhook_service.get_endpoint(session, _data(endpoint)["id"])
+        _same_json(EndpointOut, webhook_service.endpoint_view(row))
+
+
+def _plan(services: Services, price: int, **fields: Any) -> int:
+    body = {"name": f"UC {uuid.uuid4().hex[:6]}", "price": price, "period": "month", **fields}
+    created = plans.create(services, call=Call(), body=CreatePlanRequest.model_validate(body))
+    assert created.status_code == 201
+    plan_id: int = _data(created)["id"]
+    return plan_id
+
+
+def test_a_subscription_flow_without_http(services: Services) -> None:
+    """Start (charged now), read, pause under a key (replayed), schedule a downgrade, cancel;
+    and a start without a card answers a payment link."""
+    account_id = _account(services)
+    dear, cheap = _plan(services, 30), _plan(services, 12)
+    assert isinstance(plans.get(services, plan_id=dear), PlanOut)
+    catalogue = plans.catalogue(services)
+    assert isinstance(catalogue, PlansOut)
+    assert {dear, cheap} <= {p.id for p in catalogue.subscription_plans}
+
+    args = {"plan_id": dear, "payment_method_id": _card(services)}
+    started = subscriptions.start(
+        services,
+        call=Call.of("subscriptions.start", args),
+        account_id=account_id,
+        body=CreateSubscriptionRequest.model_validate(args),
+        base_url="http://unused.example",
+    )
+    assert started.status_code == 201
+    sub_id = _data(started)["id"]
+    sub = subscriptions.get(services, account_id=account_id, subscription_id=sub_id)
+    assert isinstance(sub, SubscriptionOut)
+    assert (sub.status, sub.plan.id, sub.payment_status) == ("active", dear, "paid")
+    assert sub.latest_invoice is not None and sub.latest_invoice.amount_paid == 30
+    assert wallet.balance(services, account_id=account_id).balance == 0
+
+    key = f"pause-{uuid.uuid4().hex}"
+    paused = subscriptions.pause(
+        services,
+        call=Call.of("subscriptions.pause", {"id": sub_id}, key=key),
+        account_id=account_id,
+        subscription_id=sub_id,
+    )
+    assert (paused.status_code, _data(paused)["status"]) == (200, "paused")
+    again = subscriptions.pause(
+        services,
+        call=Call.of("subscriptions.pause", {"id": sub_id}, key=key),
+        account_id=account_id,
+        subscription_id=sub_id,
+    )
+    assert again.replayed and again.body == paused.body
+    with pytest.raises(BillfoldError) as refused:  # the transition table, without a key
+        subscriptions.pause(services, call=Call(), account_id=account_id, subscription_id=sub_id)
+    assert refused.value.code == ErrorCode.SUBSCRIPTION_ALREADY_PAUSED
+    subscriptions.resume(services, call=Call(), account_id=account_id, subscription_id=sub_id)
+
+    downgraded = subscriptions.change_plan(
+        services,
+        call=Call(),
+        account_id=account_id,
+        subscription_id=sub_id,
+        body=ChangePlanRequest(new_plan_id=cheap),
+    )
+    assert _data(downgraded)["scheduled_change"]["plan_id"] == cheap
+    canceled = subscriptions.cancel(
+        services,
+        call=Call(),
+        account_id=account_id,
+        subscription_id=sub_id,
+        body=CancelRequest(at_period_end=False),
+    )
+    assert _data(canceled)["status"] == "canceled"
+    listed = subscriptions.list_for_account(services, account_id=account_id)
+    assert isinstance(listed, SubscriptionListOut)
+    assert ([s.id for s in listed.items], listed.active) == ([sub_id], [])
+    assert billing.overview(services, account_id=account_id).active_subscriptions == []
+
+    link_args = {"plan_id": cheap}
+    link = subscriptions.start(
+        services,
+        call=Call.of("subscriptions.start", link_args),
+        account_id=account_id,
+        body=CreateSubscriptionRequest.model_validate(link_args),
+        base_url="http://front.example/",
+    )
+    assert link.status_code == 201
+    out = SubscribeLinkOut.model_validate(_data(link))
+    expected_url = (services.settings.public_url or "http://front.example").rstrip("/")
+    assert out.payment_url == out.checkout_url == f"{expected_url}/pay/{out.session_id}"
+    assert (out.plan_id, out.amount) == (cheap, 12)
+
+
+def test_subscription_models_render_their_views_byte_for_byte(services: Services) -> None:
+    """Trialing, active with a scheduled change, and incomplete after a declined card (the
+    latest invoice with its payment error): each renders exactly as the view it is built
+    from, and the billing overview carries them typed."""
+    account_id = _account(services)
+    normal, cheaper = _plan(services, 25), _plan(services, 10)
+    addon = _plan(services, 5, kind="addon", trial_days=7, included_credits="1.5")
+    for plan_id in (normal, addon):
+        args = {"plan_id": plan_id, "payment_method_id": _card(services)}
+        reply = subscriptions.start(
+            services,
+            call=Call(),
+            account_id=account_id,
+            body=CreateSubscriptionRequest.model_validate(args),
+            base_url="http://unused.example",
+        )
+        assert reply.status_code == 201
+    subs = subscriptions.list_for_account(services, account_id=account_id).items
+    assert [s.status for s in subs] == ["trialing", "active"]
+    subscriptions.change_plan(
+        services,
+        call=Call(),
+        account_id=account_id,
+        subscription_id=subs[1].id,
+        body=ChangePlanRequest(new_plan_id=cheaper),
+    )
+    declined_account = _account(services)
+    args = {"plan_id": normal, "payment_method_id": _card(services, CARD_DECLINED)}
+    with pytest.raises(BillfoldError) as declined:
+        subscriptions.start(
+            services,
+            call=Call(),
+            account_id=declined_account,
+            body=CreateSubscriptionRequest.model_validate(args),
+            base_url="http://unused.example",
+        )
+    assert declined.value.status_code == 402
+
+    with services.database.read() as session:
+        rows = [
+            *subscription_views.list_for_account(session, account_id, live_only=False),
+            *subscription_views.list_for_account(session, declined_account, live_only=False),
+        ]
+        views = [subscription_views.view(session, row) for row in rows]
+    assert [v["status"] for v in views] == ["trialing", "active", "incomplete"]
+    assert views[1]["scheduled_change"] is not None
+    assert views[2]["latest_invoice"]["last_payment_error"]["decline_code"]
+    for view in views:
+        _same_json(SubscriptionOut, view)
+    overview = billing.overview(services, account_id=account_id)
+    assert [render(s) for s in overview.active_subscriptions] == [render(v) for v in views[:2]]
