@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -10,6 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 import requests
+
+from billfold.clock import wall_now
 
 CARD_OK = "4242424242424242"
 CARD_DECLINED = "4000000000000002"
@@ -225,3 +228,10 @@ def assert_error(
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+def fresh_window(window_seconds: int, need_seconds: int) -> None:
+    """Wait, if need be, so the next `need_seconds` fall in one fixed counting window."""
+    left = window_seconds - int(wall_now().timestamp()) % window_seconds
+    if left < need_seconds:
+        time.sleep(left + 0.5)

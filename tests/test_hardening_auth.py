@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -35,7 +34,7 @@ from billfold.payments import attempts
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from tests.conftest import LiveServer
-from tests.helpers import CARD_DECLINED, CARD_OK, Agent, Api, assert_error
+from tests.helpers import CARD_DECLINED, CARD_OK, Agent, Api, assert_error, fresh_window
 
 # --- clients at their own addresses ---------------------------------------------------------
 
@@ -62,13 +61,6 @@ def client_at(address: str) -> requests.Session:
     session.trust_env = False
     session.mount("http://", _FromAddress(address))
     return session
-
-
-def fresh_window(window_seconds: int, need_seconds: int) -> None:
-    """Wait, if need be, so the next `need_seconds` fall in one fixed counting window."""
-    left = window_seconds - int(wall_now().timestamp()) % window_seconds
-    if left < need_seconds:
-        time.sleep(left + 0.5)
 
 
 def login(client: requests.Session, api: Api, email: str, password: str, **kw: Any) -> Any:
