@@ -1,8 +1,9 @@
 """Benchmark of subscription renewals: the job queue renewing many subscriptions at once.
 
-Creates N accounts with a saved sandbox card and a monthly subscription (with included
-credits) in a fresh PostgreSQL database, moves the clock past the period end without
-running anything, then times W worker threads draining the renewal jobs (each renewal:
+Creates N accounts on one test clock, each with a saved sandbox card and a monthly
+subscription (with included credits), in a fresh PostgreSQL database, looks 32 days
+ahead on the clock without running anything, then times W worker threads draining the
+renewal jobs (each renewal:
 roll the period and finalize its invoice, charge the card through the sandbox processor,
 record payment + ledger + credit grant + next job). The expiry of the old credits runs
 in the same drain. As a baseline it runs pgbench's tpcb-like script on the same server
@@ -39,6 +40,7 @@ from billfold.services import Services
 from billfold.subscriptions import plans
 from billfold.subscriptions import start as subscriptions
 from billfold.subscriptions.models import Subscription
+from billfold.testclock import service as testclock
 from usage_charges import (
     PG_ADMIN_DSN,
     PGBENCH_DB,
@@ -52,7 +54,16 @@ from usage_charges import (
 BENCH_DB = "billfold_bench_renewals"
 
 
-def provision(services: Services, count: int) -> None:
+def provision(services: Services, count: int) -> clock.ClockTime:
+    """The subscriptions, on a new test clock; the clock."""
+    with services.database.transaction() as session:
+        time = testclock.time_of(testclock.create(session, name="Bench renewals"))
+    with clock.on_test_clock(time.test_clock_id, time.offset):
+        _provision(services, count, time.test_clock_id)
+    return time
+
+
+def _provision(services: Services, count: int, test_clock_id: str) -> None:
     with services.database.transaction() as session:
         plan = plans.create_plan(
             session,
@@ -69,7 +80,10 @@ def provision(services: Services, count: int) -> None:
     for n in range(count):
         with services.database.transaction() as session:
             account = accounts.create_account(
-                session, email=f"bench-{n}@example.com", password="bench-password"
+                session,
+                email=f"bench-{n}@example.com",
+                password="bench-password",
+                test_clock_id=test_clock_id,
             )
             account_id = account.id
         card = services.processor.tokenize_card(
@@ -80,14 +94,16 @@ def provision(services: Services, count: int) -> None:
         )
 
 
-def drain(services: Services, workers: int) -> float:
+def drain(services: Services, workers: int, at: clock.ClockTime) -> float:
+    """W worker threads run the clock's due jobs on its time `at`, as an advance would."""
     barrier = threading.Barrier(workers + 1)
 
     def run(n: int) -> None:
-        barrier.wait()
-        worker = Worker(services, worker_id=f"bench-{n}")
-        while worker.run_once(limit=10):
-            pass
+        with clock.on_test_clock(at.test_clock_id, at.offset):
+            barrier.wait()
+            worker = Worker(services, worker_id=f"bench-{n}", test_clock_id=at.test_clock_id)
+            while worker.run_once(limit=10):
+                pass
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(workers)]
     for thread in threads:
@@ -120,18 +136,16 @@ def bench(count: int, workers: int) -> tuple[float, float]:
     url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     url = f"{url}/{BENCH_DB}"
     upgrade(url)
-    clock.set_offset(timedelta(0))
     services = build_services(Settings(database_url=url, admin_key="bench"), "bench")
     try:
         log(f"provisioning {count} subscriptions")
-        provision(services, count)
-        clock.set_offset(clock.offset() + timedelta(days=32))
+        time = provision(services, count)
+        later = clock.ClockTime(time.test_clock_id, time.offset + timedelta(days=32))
         log(f"draining with {workers} worker thread(s)")
-        seconds = drain(services, workers)
+        seconds = drain(services, workers, later)
         check(services, count)
     finally:
         services.database.dispose()
-        clock.set_offset(timedelta(0))
     rate = count / seconds
     log(f"{count} renewals in {seconds:.2f} s: {rate:.1f}/s")
     baseline = pgbench_run(workers, max(5, round(seconds))).tps

@@ -3,6 +3,13 @@ uvicorn server in a background thread, as clients would reach it.
 
 PostgreSQL unreachable: the PostgreSQL half skips locally with the reason, and fails
 in CI (CI=true), so CI proves both databases.
+
+Isolation: the suite runs in random order (pytest-randomly) and in parallel
+(`pytest -n 2`, pytest-xdist). Each xdist worker is its own process with its own
+servers, on databases of its own (named after the worker) and ports the OS picks. Within
+a worker, tests share a server but not time: a test that moves time makes a test clock
+of its own and puts its accounts on it (tests/helpers.py `Api.new_clock`), and every
+other account lives on real time, so no test can move another's.
 """
 
 from __future__ import annotations
@@ -53,12 +60,17 @@ def postgres_reachable() -> str | None:
         return f"PostgreSQL is not reachable at {PG_ADMIN_DSN}: {exc}"
 
 
+def xdist_worker(request: pytest.FixtureRequest) -> str:
+    """This process's xdist worker id (gw0, gw1, …), "main" without xdist."""
+    return str(getattr(request.config, "workerinput", {}).get("workerid", "main"))
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     problem = postgres_reachable()
     if problem:
         require_service(problem)
-    name = f"billfold_test_{uuid.uuid4().hex[:10]}"
+    name = f"billfold_test_{xdist_worker(request)}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
@@ -70,7 +82,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("sqlite") / "billfold.db"
+        path = tmp_path_factory.mktemp(f"sqlite-{xdist_worker(request)}") / "billfold.db"
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_url")
     return url

@@ -49,7 +49,7 @@ from billfold.ledger.models import LedgerTransaction
 from billfold.money import to_micros
 from billfold.payments.models import Payment, Refund
 from billfold.services import Services
-from tests.helpers import Agent, Api, assert_error, decimal_json
+from tests.helpers import Agent, Api, TestClock, assert_error, decimal_json
 from tests.subscription_helpers import FAR_EXPIRY
 
 CENT = 10_000  # micros
@@ -101,12 +101,15 @@ class Books:
         )
 
 
-def new_account(api: Api, *, card: str) -> Agent:
-    """An account with `card` as its default, through the operator's API: created, and
-    given a token that outlives the test clock without a login (saves a password check)."""
+def new_account(api: Api, *, card: str, clock: TestClock | None = None) -> Agent:
+    """An account (on `clock`, or real time) with `card` as its default, through the
+    operator's API: created, and given a token without a login (saves a password check)."""
     email = f"conserve-{uuid.uuid4().hex[:12]}@example.com"
     password = "correct horse battery staple"
-    created = api.admin_post("/accounts", {"email": email, "password": password})
+    body = {"email": email, "password": password}
+    if clock is not None:
+        body["test_clock_id"] = clock.id
+    created = api.admin_post("/accounts", body)
     assert created.status_code == 201, created.text
     account_id = created.json()["data"]["id"]
     token = api.admin_post(f"/accounts/{account_id}/tokens", {"expires_in": "never"})

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -81,6 +82,39 @@ class Agent:
         return int(response.json()["data"]["total"])
 
 
+@dataclass
+class TestClock:
+    """A sandbox test clock of the operator's API: its accounts live on its time."""
+
+    __test__ = False  # not a pytest class
+
+    api: Api
+    id: str
+
+    def state(self) -> dict[str, Any]:
+        response = self.api.admin_get(f"/test-clocks/{self.id}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    def now(self) -> datetime:
+        return datetime.fromisoformat(self.state()["now"])
+
+    def advance(self, *, key: str | None = None, **amount: int) -> dict[str, Any]:
+        """Move the clock forward by days/hours/seconds, running its due jobs on the way."""
+        response = self.api.admin_post(f"/test-clocks/{self.id}/advance", amount, key=key)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    def advance_to(self, moment: datetime) -> dict[str, Any]:
+        """Move the clock to `moment` (it must be ahead), running what falls due on the way."""
+        current = self.now()
+        seconds = math.ceil((moment - current).total_seconds())
+        assert seconds > 0, f"{moment} is not ahead of the clock ({current})"
+        return self.advance(seconds=seconds)
+
+
 class Api:
     def __init__(self, base_url: str, admin_key: str) -> None:
         self.base_url = base_url
@@ -108,10 +142,23 @@ class Api:
     def admin_get(self, path: str, **kwargs: Any) -> requests.Response:
         return self.session.get(self.admin_url(path), headers=self.admin_headers, **kwargs)
 
-    def new_agent(self, *, expires_in: str = "1_month") -> Agent:
+    def new_clock(self, frozen_time: datetime | None = None) -> TestClock:
+        """A test clock of the caller's own (at `frozen_time`, or now)."""
+        body: dict[str, Any] = {"name": f"clock {uuid.uuid4().hex[:8]}"}
+        if frozen_time is not None:
+            body["frozen_time"] = frozen_time.isoformat()
+        created = self.admin_post("/test-clocks", body)
+        assert created.status_code == 201, created.text
+        return TestClock(self, created.json()["data"]["id"])
+
+    def new_agent(self, *, expires_in: str = "1_month", clock: TestClock | None = None) -> Agent:
+        """A new account (on `clock`, or on real time) and an agent token for it."""
         email = f"agent-{uuid.uuid4().hex[:12]}@example.com"
         password = "correct horse battery staple"
-        created = self.admin_post("/accounts", {"email": email, "password": password})
+        body = {"email": email, "password": password}
+        if clock is not None:
+            body["test_clock_id"] = clock.id
+        created = self.admin_post("/accounts", body)
         assert created.status_code == 201, created.text
         login = self.session.post(
             self.agent_url("/auth/login"),

@@ -1,10 +1,14 @@
-"""Driving subscriptions through time in tests: the test clock, plans, and what the
-database recorded (invoices with lines, ledger transactions, credit grants, events)."""
+"""Driving subscriptions through time in tests: test clocks, plans, and what the
+database recorded (invoices with lines, ledger transactions, credit grants, events).
+
+Every test that moves time makes a test clock of its own and puts its accounts on it,
+so tests can run in any order and in parallel: moving one clock touches nobody else."""
 
 from __future__ import annotations
 
-import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,7 +16,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from billfold.clock import as_utc, now
+from billfold.application.jobs import Worker
+from billfold.application.testclock import clock_time
+from billfold.clock import as_utc, on_test_clock, wall_now
 from billfold.invoices.models import Invoice, InvoiceLine
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.money import from_micros
@@ -20,33 +26,40 @@ from billfold.payments.models import Payment
 from billfold.services import Services
 from billfold.subscriptions.models import CreditGrant
 from billfold.webhooks.models import WebhookEvent
-from tests.helpers import CARD_OK, Agent, Api, decimal_json
+from tests.helpers import CARD_OK, Agent, Api, TestClock, decimal_json
 
 FAR_EXPIRY = 2045  # cards must outlive the years the test clock moves through
 
 
-def advance(api: Api, **amount: int) -> dict[str, Any]:
-    response = api.admin_post("/test-clock/advance", amount)
-    assert response.status_code == 200, response.text
-    data: dict[str, Any] = response.json()["data"]
-    return data
+def advance(clock: TestClock, **amount: int) -> dict[str, Any]:
+    """Move `clock` forward by days/hours/seconds, running its accounts' due jobs."""
+    return clock.advance(**amount)
 
 
-def advance_to(api: Api, moment: datetime) -> None:
-    """Move the clock to `moment` (it must be ahead), running what falls due on the way."""
-    seconds = math.ceil((moment - now()).total_seconds())
-    assert seconds > 0, f"{moment} is not ahead of the clock ({now()})"
-    advance(api, seconds=seconds)
+def advance_to(clock: TestClock, moment: datetime) -> None:
+    """Move `clock` to `moment` (it must be ahead), running what falls due on the way."""
+    clock.advance_to(moment)
 
 
 def next_occurrence(month: int, day: int, hour: int = 9) -> datetime:
-    """The next `month`-`day` `hour`:00 UTC ahead of the clock, at least a day ahead."""
-    year = now().year
+    """The next `month`-`day` `hour`:00 UTC, at least a day ahead of real time."""
+    year = wall_now().year
     while True:
         candidate = datetime(year, month, day, hour, tzinfo=UTC)
-        if candidate > now() + timedelta(days=1):
+        if candidate > wall_now() + timedelta(days=1):
             return candidate
         year += 1
+
+
+@contextmanager
+def on_clock(
+    services: Services, clock: TestClock, ahead: timedelta = timedelta(0)
+) -> Iterator[None]:
+    """Run the block in this process on `clock`'s time (`ahead` of it, as if it had moved
+    on without running anything), as the server runs its accounts' use cases."""
+    time = clock_time(services, clock.id)
+    with on_test_clock(time.test_clock_id, time.offset + ahead):
+        yield
 
 
 def create_plan(api: Api, **fields: Any) -> dict[str, Any]:
@@ -64,9 +77,9 @@ def create_plan(api: Api, **fields: Any) -> dict[str, Any]:
     return data
 
 
-def subscriber(api: Api, card: str = CARD_OK) -> tuple[Agent, str]:
-    """An agent whose token outlives the test clock, with `card` saved as its default."""
-    agent = api.new_agent(expires_in="never")
+def subscriber(api: Api, clock: TestClock | None = None, card: str = CARD_OK) -> tuple[Agent, str]:
+    """An agent on `clock` (or real time), with `card` saved as its default."""
+    agent = api.new_agent(clock=clock)
     pm = api.tokenize(card, exp_year=FAR_EXPIRY)
     added = agent.post("/billing/payment-methods", {"payment_method_id": pm})
     assert added.status_code == 201, added.text
@@ -218,23 +231,19 @@ def events_of(services: Services, account_id: str, prefix: str = "subscription."
         return [row.type for row in rows if row.type.startswith(prefix)]
 
 
-def retire_subscriptions(services: Services) -> None:
-    """After a test: end every live subscription and drop their queued renewals, so the
-    next test's clock advances do not keep renewing earlier tests' subscriptions."""
-    from sqlalchemy import update
-
-    from billfold.jobs.models import Job
-    from billfold.subscriptions.engine import RENEW_JOB
-    from billfold.subscriptions.models import LIVE_STATUSES, Subscription
-
-    with services.database.transaction() as session:
-        session.execute(
-            update(Subscription)
-            .where(Subscription.status.in_(LIVE_STATUSES))
-            .values(status="canceled", ended_at=now())
-        )
-        session.execute(
-            update(Job)
-            .where(Job.kind == RENEW_JOB, Job.status == "queued")
-            .values(status="succeeded", finished_at=now(), last_error="retired by the tests")
-        )
+def listen_to_every_event(api: Api, services: Services, url: str) -> Iterator[None]:
+    """For a module's fixture: an endpoint for every event while the module runs, so
+    events are written and can be asserted. Then it is disabled, and the deliveries it
+    was sent (on real time: no test clock's advance runs them) are worked off, finding
+    it disabled: later tests' workers do not start on a backlog."""
+    created = api.admin_post("/webhook-endpoints", {"url": url, "event_types": ["*"]})
+    assert created.status_code == 201, created.text
+    yield
+    disabled = api.session.put(
+        api.admin_url(f"/webhook-endpoints/{created.json()['data']['id']}"),
+        json={"enabled": False},
+        headers=api.admin_headers,
+    )
+    assert disabled.status_code == 200, disabled.text
+    while Worker(services).drain():
+        pass

@@ -9,7 +9,7 @@ refused without changing anything.
 A hypothesis state machine draws sequences of what 2-3 accounts, the operator and time can do (card
 fundings with good and declining cards, payment links, usage charges, withdrawals,
 coupons of every kind, operator adjustments and refunds, subscriptions: start, renew
-through the test clock, change plan, reset the cycle, pause, resume, cancel now or at
+through their test clock, change plan, reset the cycle, pause, resume, cancel now or at
 period end, a failing card and fix-payment, charge-amount). After every step, for every
 account: no answer was a 5xx, the ledger check is consistent with no bucket below zero,
 the books conserve value, and what the test itself saw accepted (usage charges,
@@ -23,7 +23,6 @@ cent, which no withdrawal accepts).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -61,12 +60,12 @@ from tests.helpers import (
     CARD_OK,
     Agent,
     Api,
+    TestClock,
     decimal_json,
 )
 from tests.subscription_helpers import (
     FAR_EXPIRY,
     create_plan,
-    retire_subscriptions,
     set_default_card,
     subscribe,
 )
@@ -89,12 +88,10 @@ def plan_ids(live_server: Any) -> list[int]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated(api: Api, services: Services) -> Iterator[None]:
+def _isolated(api: Api) -> None:
     # A fresh connection per request: after answering a 500 (an exception in the app)
     # uvicorn closes the connection, and reusing it would fail the next request instead.
     api.session.headers["Connection"] = "close"
-    yield
-    retire_subscriptions(services)  # later clock moves must not renew these
 
 
 def _cents(low: int, high: int) -> st.SearchStrategy[Decimal]:
@@ -161,6 +158,7 @@ class World:
     api: Api
     services: Services
     plans: list[int]
+    clock: TestClock  # the accounts' own: time moves for them only
     agents: list[Agent]
     seen: list[Seen]
 
@@ -177,7 +175,7 @@ class World:
         """Do one step; its answer (None when there was nothing to do)."""
         name = step[0]
         if name == "advance":
-            moved = self.api.admin_post("/test-clock/advance", {"hours": step[1]})
+            moved = self.api.admin_post(f"/test-clocks/{self.clock.id}/advance", {"hours": step[1]})
             assert moved.status_code == 200, moved.text
             return moved
         index = step[1] % len(self.agents)
@@ -390,8 +388,10 @@ class Lives(RuleBasedStateMachine):
 
     @initialize(accounts=st.integers(2, 3))
     def open_accounts(self, accounts: int) -> None:
-        agents = [new_account(self.api, card=CARD_OK) for _ in range(accounts)]
-        self.world = World(self.api, self.services, self.plans, agents, [Seen() for _ in agents])
+        clock = self.api.new_clock()
+        agents = [new_account(self.api, card=CARD_OK, clock=clock) for _ in range(accounts)]
+        seen = [Seen() for _ in agents]
+        self.world = World(self.api, self.services, self.plans, clock, agents, seen)
 
     def do(self, step: tuple[Any, ...]) -> None:
         assert self.world is not None
@@ -399,9 +399,6 @@ class Lives(RuleBasedStateMachine):
         if response is not None:
             assert response.status_code < 500, (step, response.text)
         self.world.check(step)
-
-    def teardown(self) -> None:
-        retire_subscriptions(self.services)  # later examples' clock moves skip these
 
 
 def _step_rule(name: str, strategy: st.SearchStrategy[tuple[Any, ...]]) -> Any:

@@ -89,7 +89,7 @@ def test_unknown_and_not_yet_valid(api: Api) -> None:
     agent = api.new_agent()
     assert _validate(agent, "NOSUCHCODE")["error"]["code"] == "coupon_not_found"
     assert_error(_redeem(agent, "NOSUCHCODE"), 404, "coupon_not_found")
-    # Two days after the service's clock (sandbox tests may have moved it ahead).
+    # Two days from now: the agent lives on real time (it is on no test clock).
     later = (now() + timedelta(days=2)).isoformat()
     coupon = _coupon(api, kind="credit", amount=3, valid_from=later)
     assert _validate(agent, coupon)["error"]["code"] == "coupon_not_yet_valid"

@@ -4,7 +4,7 @@ The table (`billfold.subscriptions.states`): every status is reachable from a st
 ends have no exits, every live subscription can end, the values are the strings the API
 has always answered, and refusals keep the API's codes and messages.
 
-Random lives (hypothesis, through the HTTP API and the test clock): an event the table
+Random lives (hypothesis, through the HTTP API and a test clock of its own): an event the table
 refuses answers 409 with its refusal and changes nothing (the row and the view are the
 same before and after); every status a subscription reaches, read from the webhook
 events each change writes, is the table's move from the status before it.
@@ -47,12 +47,12 @@ from billfold.subscriptions.states import (
     transition,
 )
 from billfold.webhooks.models import WebhookEvent
-from tests.conftest import Receiver
-from tests.helpers import CARD_ATTACH_THEN_FAIL, CARD_OK, Agent, Api
+from tests.conftest import LiveServer, Receiver
+from tests.helpers import CARD_ATTACH_THEN_FAIL, CARD_OK, Agent, Api, TestClock
 from tests.subscription_helpers import (
     advance,
     create_plan,
-    retire_subscriptions,
+    listen_to_every_event,
     set_default_card,
     subscriber,
 )
@@ -242,17 +242,10 @@ def api_states(live_server: Any) -> Api:
 
 
 @pytest.fixture(scope="module")
-def listening(api_states: Api, receiver: Receiver) -> Iterator[None]:
+def listening(api_states: Api, live_server: LiveServer, receiver: Receiver) -> Iterator[None]:
     """An endpoint for every event, so each status change writes an event to read."""
-    created = api_states.admin_post(
-        "/webhook-endpoints", {"url": receiver.url + receiver.path(), "event_types": ["*"]}
-    )
-    assert created.status_code == 201, created.text
-    yield
-    api_states.session.put(
-        api_states.admin_url(f"/webhook-endpoints/{created.json()['data']['id']}"),
-        json={"enabled": False},
-        headers=api_states.admin_headers,
+    yield from listen_to_every_event(
+        api_states, live_server.services, receiver.url + receiver.path()
     )
 
 
@@ -337,11 +330,18 @@ def account_action(step: tuple[Any, ...]) -> tuple[str, str, dict[str, Any] | No
     return "POST", path, None, [event]
 
 
-def act(api: Api, services: Services, agent: Agent, plans: Plans, step: tuple[Any, ...]) -> None:
-    """Do one step and check what the table says of it."""
+def act(
+    api: Api,
+    services: Services,
+    agent: Agent,
+    plans: Plans,
+    step: tuple[Any, ...],
+    clock: TestClock,
+) -> None:
+    """Do one step and check what the table says of it (time passes on the agent's clock)."""
     name = step[0]
     if name == "advance":
-        advance(api, hours=step[1])
+        advance(clock, hours=step[1])
         return
     if name == "card":
         set_default_card(api, agent, CARD_OK if step[1] else CARD_ATTACH_THEN_FAIL)
@@ -517,11 +517,12 @@ def test_random_lives_move_only_by_the_table(
     services.settings = original.model_copy(
         update={"dunning_final_status": final, "dunning_retry_days": retry_days}
     )
-    agent, _ = subscriber(api_states)
+    clock = api_states.new_clock()  # each example's time moves on its own
+    agent, _ = subscriber(api_states, clock)
     starts: dict[str, S] = {}
     try:
         for step in [*first, *script]:
-            act(api_states, services, agent, plans, step)
+            act(api_states, services, agent, plans, step, clock)
             for sub_id, row in rows(services, agent.account_id).items():
                 if sub_id not in starts:
                     trial = row["plan_id"] == plans.trial_id
@@ -530,4 +531,3 @@ def test_random_lives_move_only_by_the_table(
             check_histories(services, agent.account_id, starts)
     finally:
         services.settings = original
-        retire_subscriptions(services)  # later examples' clock moves skip this one

@@ -5,6 +5,7 @@ Both databases."""
 from __future__ import annotations
 
 import calendar
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,7 +15,7 @@ import pytest
 
 from billfold.services import Services
 from billfold.subscriptions.periods import add_periods
-from tests.conftest import Receiver
+from tests.conftest import LiveServer, Receiver
 from tests.helpers import (
     CARD_ATTACH_THEN_FAIL,
     CARD_DECLINED,
@@ -33,9 +34,9 @@ from tests.subscription_helpers import (
     instant,
     invoices_of,
     ledger_of,
+    listen_to_every_event,
     next_occurrence,
     payments_of,
-    retire_subscriptions,
     set_default_card,
     status,
     subscribe,
@@ -46,24 +47,11 @@ from tests.test_invoices import _pdf_text
 D = Decimal
 
 
-@pytest.fixture(autouse=True)
-def retired(services: Services) -> Iterator[None]:
-    yield
-    retire_subscriptions(services)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def listening(api_module: Api, receiver: Receiver) -> Iterator[None]:
+def listening(api_module: Api, live_server: LiveServer, receiver: Receiver) -> Iterator[None]:
     """An endpoint for every event, so events are written and can be asserted."""
-    created = api_module.admin_post(
-        "/webhook-endpoints", {"url": receiver.url + receiver.path(), "event_types": ["*"]}
-    )
-    assert created.status_code == 201, created.text
-    yield
-    api_module.session.put(
-        api_module.admin_url(f"/webhook-endpoints/{created.json()['data']['id']}"),
-        json={"enabled": False},
-        headers=api_module.admin_headers,
+    yield from listen_to_every_event(
+        api_module, live_server.services, receiver.url + receiver.path()
     )
 
 
@@ -86,8 +74,8 @@ def month_end_dates(start: datetime, count: int) -> list[datetime]:
 
 def test_a_year_of_a_monthly_subscription_from_jan_31(api: Api, services: Services) -> None:
     plan = create_plan(api, name="Monthly 20", price=20, included_credits=10)
-    agent, pm = subscriber(api)
-    advance_to(api, next_occurrence(1, 31))
+    clock = api.new_clock(next_occurrence(1, 31))
+    agent, pm = subscriber(api, clock)
 
     sub = subscribe(agent, plan["id"], pm)
     assert sub["status"] == "active"
@@ -120,7 +108,7 @@ def test_a_year_of_a_monthly_subscription_from_jan_31(api: Api, services: Servic
 
     period_start = start
     for month, end in enumerate(ends[:12], start=1):
-        advance_to(api, end + timedelta(hours=1))
+        advance_to(clock, end + timedelta(hours=1))
         current = status(agent, sub["id"])
         assert current["status"] == "active", (month, current)
         assert instant(current["current_period_start"]) == end
@@ -180,17 +168,18 @@ def test_a_year_of_a_monthly_subscription_from_jan_31(api: Api, services: Servic
 
 def test_yearly_plan_renews_once_a_year(api: Api, services: Services) -> None:
     plan = create_plan(api, name="Yearly", price=200, period="year", included_credits=100)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     start = instant(sub["current_period_start"])
     end = add_periods(start, "year", 1)
     assert instant(sub["current_period_end"]) == end
 
-    advance_to(api, end - timedelta(days=1))
+    advance_to(clock, end - timedelta(days=1))
     assert len(invoices_of(services, agent.account_id)) == 1
     assert status(agent, sub["id"])["current_period_end"] == sub["current_period_end"]
 
-    advance_to(api, end + timedelta(minutes=5))
+    advance_to(clock, end + timedelta(minutes=5))
     invoices = invoices_of(services, agent.account_id)
     assert [(i.billing_reason, i.total, i.status) for i in invoices] == [
         ("subscription_create", D(200), "paid"),
@@ -225,11 +214,12 @@ def test_upgrade_now_prorated_to_the_second_and_downgrade_at_period_end(
 ) -> None:
     basic = create_plan(api, name="Basic", price=30, included_credits=10)
     pro = create_plan(api, name="Pro", price=60, included_credits=40)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, basic["id"], pm)
     start, end = instant(sub["current_period_start"]), instant(sub["current_period_end"])
 
-    advance(api, days=10)
+    advance(clock, days=10)
     upgraded = agent.put(f"/subscriptions/{sub['id']}", {"new_plan_id": pro["id"]})
     assert upgraded.status_code == 200, upgraded.text
     data = decimal_json(upgraded)["data"]
@@ -273,7 +263,7 @@ def test_upgrade_now_prorated_to_the_second_and_downgrade_at_period_end(
     assert instant(data["scheduled_change"]["effective_at"]) == end
     assert len(invoices_of(services, agent.account_id)) == 2  # nothing billed now
 
-    advance_to(api, end + timedelta(hours=1))
+    advance_to(clock, end + timedelta(hours=1))
     after = status(agent, sub["id"])
     assert (after["plan_id"], after["scheduled_change"]) == (basic["id"], None)
     renewal = invoices_of(services, agent.account_id)[-1]
@@ -289,18 +279,19 @@ def test_upgrade_now_prorated_to_the_second_and_downgrade_at_period_end(
 
 def test_pause_across_a_renewal_then_resume(api: Api, services: Services) -> None:
     plan = create_plan(api, price=25, included_credits=5)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     end = instant(sub["current_period_end"])
 
-    advance(api, days=10)
+    advance(clock, days=10)
     paused = agent.post(f"/subscriptions/{sub['id']}/pause")
     assert paused.status_code == 200, paused.text
     paused_at = instant(paused.json()["data"]["paused_at"])
     again = agent.post(f"/subscriptions/{sub['id']}/pause")
     assert_error(again, 409, "subscription_already_paused")
 
-    advance_to(api, end + timedelta(days=15))  # well past the period end
+    advance_to(clock, end + timedelta(days=15))  # well past the period end
     assert len(invoices_of(services, agent.account_id)) == 1  # no renewal while paused
     assert agent.balance() == D(5)  # no credit expiry while paused
     assert status(agent, sub["id"])["status"] == "paused"
@@ -315,9 +306,9 @@ def test_pause_across_a_renewal_then_resume(api: Api, services: Services) -> Non
     assert data["status"] == "active"
     assert_error(agent.post(f"/subscriptions/{sub['id']}/resume"), 409, "subscription_not_paused")
 
-    advance_to(api, new_end - timedelta(hours=1))
+    advance_to(clock, new_end - timedelta(hours=1))
     assert len(invoices_of(services, agent.account_id)) == 1
-    advance_to(api, new_end + timedelta(hours=1))
+    advance_to(clock, new_end + timedelta(hours=1))
     invoices = invoices_of(services, agent.account_id)
     assert [i.billing_reason for i in invoices] == ["subscription_create", "subscription_cycle"]
     assert invoices[-1].lines[0].period_start == new_end
@@ -335,10 +326,11 @@ def test_pause_across_a_renewal_then_resume(api: Api, services: Services) -> Non
 
 def test_reset_cycle_credits_the_unused_time(api: Api, services: Services) -> None:
     plan = create_plan(api, price=30, included_credits=10)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     start, end = instant(sub["current_period_start"]), instant(sub["current_period_end"])
-    advance(api, days=12)
+    advance(clock, days=12)
     assert api.charge_usage(agent.account_id, 3).status_code == 201
 
     reset = agent.post(f"/subscriptions/{sub['id']}/reset-cycle")
@@ -366,12 +358,13 @@ def test_reset_cycle_credits_the_unused_time(api: Api, services: Services) -> No
 
 def test_dunning_retries_then_cancels(api: Api, services: Services) -> None:
     plan = create_plan(api, price=15, included_credits=5)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     end = instant(sub["current_period_end"])
     set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
 
-    advance_to(api, end + timedelta(minutes=10))
+    advance_to(clock, end + timedelta(minutes=10))
     current = status(agent, sub["id"])
     assert current["status"] == "past_due"
     assert current["payment_status"] == "failed"
@@ -385,7 +378,7 @@ def test_dunning_retries_then_cancels(api: Api, services: Services) -> None:
 
     expected_attempts = 1
     for days in (1, 3, 5):
-        advance_to(api, renewal_at + timedelta(days=days, minutes=10))
+        advance_to(clock, renewal_at + timedelta(days=days, minutes=10))
         expected_attempts += 1
         current = status(agent, sub["id"])
         assert current["latest_invoice"]["attempt_count"] == expected_attempts
@@ -403,7 +396,7 @@ def test_dunning_retries_then_cancels(api: Api, services: Services) -> None:
         "subscription.payment_failed",
         "subscription.canceled",
     ]
-    advance(api, days=40)  # nothing more happens to a canceled subscription
+    advance(clock, days=40)  # nothing more happens to a canceled subscription
     assert len(payments_of(services, agent.account_id)) == 5
 
 
@@ -411,11 +404,12 @@ def test_fix_payment_after_a_card_change_rescues_a_past_due_subscription(
     api: Api, services: Services
 ) -> None:
     plan = create_plan(api, price=15, included_credits=5)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     end = instant(sub["current_period_end"])
     set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
-    advance_to(api, end + timedelta(minutes=10))
+    advance_to(clock, end + timedelta(minutes=10))
     assert status(agent, sub["id"])["status"] == "past_due"
 
     declined = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
@@ -432,11 +426,11 @@ def test_fix_payment_after_a_card_change_rescues_a_past_due_subscription(
     assert agent.balance() == D(5)
     assert_error(agent.post(f"/subscriptions/{sub['id']}/fix-payment"), 409, "nothing_to_fix")
 
-    advance(api, days=6)  # the dunning retries that were scheduled find nothing to do
+    advance(clock, days=6)  # the dunning retries that were scheduled find nothing to do
     assert len(payments_of(services, agent.account_id)) == 4
     assert status(agent, sub["id"])["status"] == "active"
     next_end = instant(data["current_period_end"])
-    advance_to(api, next_end + timedelta(minutes=10))
+    advance_to(clock, next_end + timedelta(minutes=10))
     assert invoices_of(services, agent.account_id)[-1].status == "paid"
     assert events_of(services, agent.account_id)[-2:] == [
         "subscription.renewed",
@@ -446,7 +440,8 @@ def test_fix_payment_after_a_card_change_rescues_a_past_due_subscription(
 
 def test_headless_decline_leaves_incomplete_that_expires(api: Api, services: Services) -> None:
     plan = create_plan(api, price=12)
-    agent = api.new_agent(expires_in="never")
+    clock = api.new_clock()
+    agent = api.new_agent(clock=clock)
     declined = agent.post(
         "/subscriptions",
         {"plan_id": plan["id"], "payment_method_id": api.tokenize(CARD_DECLINED)},
@@ -459,7 +454,7 @@ def test_headless_decline_leaves_incomplete_that_expires(api: Api, services: Ser
     assert data["payment"]["status"] != "succeeded"
     assert data["latest_invoice"]["status"] == "open"
 
-    advance(api, hours=23, seconds=60)
+    advance(clock, hours=23, seconds=60)
     expired = status(agent, data["id"])
     assert expired["status"] == "incomplete_expired"
     assert expired["latest_invoice"]["status"] == "void"
@@ -531,13 +526,14 @@ def test_one_normal_subscription_addons_and_enterprise(api: Api, services: Servi
 
 def test_cancel_at_period_end_and_immediately(api: Api, services: Services) -> None:
     plan = create_plan(api, price=30, included_credits=10)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     start, end = instant(sub["current_period_start"]), instant(sub["current_period_end"])
     scheduled = agent.post(f"/subscriptions/{sub['id']}/cancel", {"at_period_end": True})
     assert scheduled.status_code == 200, scheduled.text
     assert scheduled.json()["data"]["cancel_at_period_end"] is True
-    advance_to(api, end + timedelta(minutes=5))
+    advance_to(clock, end + timedelta(minutes=5))
     ended = status(agent, sub["id"])
     assert ended["status"] == "canceled"
     assert len(invoices_of(services, agent.account_id)) == 1  # no renewal
@@ -545,7 +541,7 @@ def test_cancel_at_period_end_and_immediately(api: Api, services: Services) -> N
 
     second = subscribe(agent, plan["id"], pm)
     start, end = instant(second["current_period_start"]), instant(second["current_period_end"])
-    advance(api, days=10)
+    advance(clock, days=10)
     now_cancel = agent.post(f"/subscriptions/{second['id']}/cancel", {"at_period_end": False})
     assert now_cancel.status_code == 200, now_cancel.text
     assert now_cancel.json()["data"]["status"] == "canceled"
@@ -607,54 +603,72 @@ def test_starting_twice_with_one_idempotency_key_charges_once(api: Api, services
 
 
 def test_test_clock_is_validated(api: Api) -> None:
+    clock = api.new_clock()
+    path = f"/test-clocks/{clock.id}/advance"
     for body in ({}, {"days": 0}, {"days": -1}, {"days": 4000}, {"weeks": 1}, {"days": "x"}):
-        response = api.admin_post("/test-clock/advance", body)
+        response = api.admin_post(path, body)
         assert_error(response, 422)
     agent = api.new_agent()
-    response = api.session.post(
-        api.admin_url("/test-clock/advance"), json={"days": 1}, headers=agent.headers
-    )
+    response = api.session.post(api.admin_url(path), json={"days": 1}, headers=agent.headers)
     assert_error(response, 401)
-    before = api.admin_get("/test-clock").json()["data"]
-    moved = advance(api, hours=2)
-    assert moved["offset_seconds"] >= before["offset_seconds"] + 7200
+    before = clock.state()
+    moved = clock.advance(hours=2)
+    assert (moved["id"], moved["advanced_seconds"]) == (clock.id, 7200)
     assert instant(moved["now"]) >= instant(before["now"]) + timedelta(hours=2)
     assert instant(moved["now"]).tzinfo is not None
     assert datetime.now(UTC) < instant(moved["now"])
-    once = api.admin_post("/test-clock/advance", {"hours": 1}, key="advance-once")
-    again = api.admin_post("/test-clock/advance", {"hours": 1}, key="advance-once")
+    once = api.admin_post(path, {"hours": 1}, key="advance-once")
+    again = api.admin_post(path, {"hours": 1}, key="advance-once")
     assert once.status_code == again.status_code == 200
     assert again.json() == once.json()
-    offset = api.admin_get("/test-clock").json()["data"]["offset_seconds"]
-    assert moved["offset_seconds"] + 3600 <= offset < moved["offset_seconds"] + 7200
+    ahead = instant(clock.state()["now"]) - instant(moved["now"])
+    assert timedelta(hours=1) <= ahead < timedelta(hours=2)  # moved once, not twice
+
+    # Unknown clocks, bad start times, and the removed global clock.
+    assert_error(api.admin_get("/test-clocks/clock_nope"), 404, "test_clock_not_found")
+    assert_error(api.admin_post("/test-clocks/clock_nope/advance", {"days": 1}), 404)
+    for body in (
+        {"frozen_time": "2030-01-01T00:00:00"},  # no time zone
+        {"frozen_time": "2300-01-01T00:00:00Z"},  # over 100 years away
+        {"name": ""},
+        {"name": "x", "extra": 1},
+    ):
+        assert_error(api.admin_post("/test-clocks", body), 422)
+    email = f"noclock-{uuid.uuid4().hex[:8]}@example.com"
+    unknown = {"email": email, "password": "long enough", "test_clock_id": "clock_nope"}
+    error = assert_error(api.admin_post("/accounts", unknown), 404, "test_clock_not_found")
+    assert error["details"] == {"test_clock_id": "clock_nope"}
+    assert_error(api.admin_get("/test-clock"), 410, "gone")
+    assert_error(api.admin_post("/test-clock/advance", {"days": 1}), 410, "gone")
 
 
-def test_an_advance_made_by_another_process_is_seen_within_a_second(
-    api: Api, services: Services
-) -> None:
-    import time
+def test_an_advance_made_by_another_process_is_seen_at_once(api: Api, services: Services) -> None:
+    from billfold.testclock import service as testclock
 
-    from billfold import clock
-    from billfold.testclock.models import TestClock
-
-    before = clock.offset()
+    clock = api.new_clock()
+    agent = api.new_agent(clock=clock)
+    before = clock.now()
     with services.database.transaction() as session:  # as another process's advance would
-        row = session.get(TestClock, 1, with_for_update=True)
-        if row is None:
-            row = TestClock(id=1, offset_micros=before // timedelta(microseconds=1))
-            session.add(row)
-        row.offset_micros += 3_600_000_000
-    time.sleep(1.1)
-    assert api.new_agent().get("/wallet/balance").status_code == 200
-    assert clock.offset() >= before + timedelta(hours=1)
+        testclock.move_forward(session, clock.id, timedelta(hours=1))
+    assert agent.get("/wallet/balance").status_code == 200
+    assert clock.now() >= before + timedelta(hours=1)
+    # The account's next request is on the moved time (nothing is cached per process).
+    link = agent.post("/billing/payment-link", {"purpose": "fund", "amount": 10})
+    assert link.status_code == 201, link.text
+    assert instant(link.json()["data"]["expires_at"]) >= before + timedelta(hours=1)
+    credit = {"account_id": agent.account_id, "amount": 5, "reason": "clock"}
+    credited = api.admin_post("/adjustments", credit)
+    assert credited.status_code == 201, credited.text
+    assert instant(credited.json()["data"]["created_at"]) >= before + timedelta(hours=1)
 
 
 def test_a_renewal_without_a_card_goes_past_due(api: Api, services: Services) -> None:
     plan = create_plan(api, price=6)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     assert agent.delete(f"/billing/payment-methods/{pm}").status_code == 200
-    advance_to(api, instant(sub["current_period_end"]) + timedelta(minutes=5))
+    advance_to(clock, instant(sub["current_period_end"]) + timedelta(minutes=5))
     current = status(agent, sub["id"])
     assert current["status"] == "past_due"
     assert current["latest_invoice"]["last_payment_error"]["decline_code"] == "no_payment_method"

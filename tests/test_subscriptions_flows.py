@@ -4,7 +4,7 @@ in real Chromium, the operator's plans, and the engine under concurrency and cra
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +13,6 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from billfold import clock
 from billfold.application.jobs import Worker
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
@@ -31,20 +30,14 @@ from tests.subscription_helpers import (
     create_plan,
     instant,
     invoices_of,
+    on_clock,
     payments_of,
-    retire_subscriptions,
     status,
     subscribe,
     subscriber,
 )
 
 D = Decimal
-
-
-@pytest.fixture(autouse=True)
-def retired(services: Services) -> Iterator[None]:
-    yield
-    retire_subscriptions(services)
 
 
 def test_plans_as_the_reference_reads_them(api: Api) -> None:
@@ -163,7 +156,8 @@ def test_subscription_checkout_in_chromium(
 ) -> None:
     ref.configure(api.base_url)
     plan = create_plan(api, name="Browser Plan", price="19.50", included_credits=7)
-    agent = api.new_agent(expires_in="never")
+    clock = api.new_clock()
+    agent = api.new_agent(clock=clock)
     started = ref.create_subscription(
         agent.token, plan["id"], success_url="https://example.com/done"
     )
@@ -201,7 +195,7 @@ def test_subscription_checkout_in_chromium(
     methods = agent.get("/billing/payment-methods").json()["data"]
     assert methods["default_payment_method_id"] is not None  # kept for renewals
 
-    advance_to(api, instant(result["current_period_end"]) + timedelta(minutes=5))
+    advance_to(clock, instant(result["current_period_end"]) + timedelta(minutes=5))
     renewed = status(agent, result["id"])
     assert renewed["status"] == "active"
     assert invoices_of(services, agent.account_id)[-1].billing_reason == "subscription_cycle"
@@ -226,12 +220,13 @@ def _renewal_charges(services: Services, subscription_id: str) -> int:
 
 def test_two_workers_renewing_at_once_charge_once(api: Api, services: Services) -> None:
     plan = create_plan(api, price=20, included_credits=3)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     end = instant(sub["current_period_end"])
-    advance_to(api, end - timedelta(minutes=1))
+    advance_to(clock, end - timedelta(minutes=1))
     # A second renewal job for the same period (as a lease takeover would produce).
-    with services.database.transaction() as session:
+    with on_clock(services, clock), services.database.transaction() as session:
         jobs.enqueue(
             session,
             kind=engine.RENEW_JOB,
@@ -239,24 +234,27 @@ def test_two_workers_renewing_at_once_charge_once(api: Api, services: Services) 
             payload={"subscription_id": sub["id"], "period_end": end.isoformat()},
             run_at=end,
         )
-    clock.set_offset(clock.offset() + timedelta(minutes=2))  # due, but not run yet
     barrier = threading.Barrier(4)
+    due = timedelta(minutes=2)  # both renewal jobs due on the clock, but not run yet
 
     def worker(n: int) -> None:
-        barrier.wait()
-        Worker(services, worker_id=f"race-{n}").drain()
+        with on_clock(services, clock, ahead=due):
+            barrier.wait()
+            Worker(services, worker_id=f"race-{n}", test_clock_id=clock.id).drain()
 
     def handler() -> None:
-        barrier.wait()
-        job = ClaimedJob(
-            0,
-            engine.RENEW_JOB,
-            agent.account_id,
-            {"subscription_id": sub["id"], "period_end": end.isoformat()},
-            1,
-            1,
-        )
-        renewal.run_renewal(services, job)
+        with on_clock(services, clock, ahead=due):
+            barrier.wait()
+            job = ClaimedJob(
+                0,
+                engine.RENEW_JOB,
+                agent.account_id,
+                {"subscription_id": sub["id"], "period_end": end.isoformat()},
+                1,
+                1,
+                clock.id,
+            )
+            renewal.run_renewal(services, job)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
     threads += [threading.Thread(target=handler) for _ in range(2)]
@@ -281,23 +279,25 @@ def test_a_renewal_interrupted_after_the_charge_is_recorded_once(
     api: Api, services: Services
 ) -> None:
     plan = create_plan(api, price=20, included_credits=3)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     end = instant(sub["current_period_end"])
-    advance_to(api, end - timedelta(minutes=1))
-    clock.set_offset(clock.offset() + timedelta(minutes=2))
-    # The worker rolls the period and charges, then dies before recording the outcome.
-    with services.database.transaction() as session:
-        row = session.get(Subscription, sub["id"])
-        assert row is not None
-        invoice_id = renewal.roll_period(session, engine.lock(session, sub["id"]), end)
-        assert invoice_id is not None
-        invoice = attempts.lock_invoice(session, invoice_id)
-        attempt = attempts.reserve(session, invoice, payment_method_id=pm, trigger="renewal")
-    attempts.charge(services, attempt)
+    advance_to(clock, end - timedelta(minutes=1))
+    # On the clock 2 minutes on, the worker rolls the period and charges, then dies
+    # before recording the outcome.
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        with services.database.transaction() as session:
+            row = session.get(Subscription, sub["id"])
+            assert row is not None
+            invoice_id = renewal.roll_period(session, engine.lock(session, sub["id"]), end)
+            assert invoice_id is not None
+            invoice = attempts.lock_invoice(session, invoice_id)
+            attempt = attempts.reserve(session, invoice, payment_method_id=pm, trigger="renewal")
+        attempts.charge(services, attempt)
     assert status(agent, sub["id"])["payment_status"] == "processing"
 
-    advance(api, seconds=600)  # the settle job runs 5 minutes after the attempt
+    advance(clock, seconds=600)  # the settle job runs 5 minutes after the attempt
     current = status(agent, sub["id"])
     assert (current["status"], current["payment_status"]) == ("active", "paid")
     assert len(payments_of(services, agent.account_id)) == 2
@@ -307,7 +307,8 @@ def test_a_renewal_interrupted_after_the_charge_is_recorded_once(
 
 def test_trial_then_first_charge(api: Api, services: Services) -> None:
     plan = create_plan(api, price=12, trial_days=14, included_credits=2)
-    agent, pm = subscriber(api)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], pm)
     assert sub["status"] == "trialing"
     trial_end = instant(sub["trial_end"])
@@ -315,7 +316,7 @@ def test_trial_then_first_charge(api: Api, services: Services) -> None:
     assert invoices_of(services, agent.account_id) == []
     assert payments_of(services, agent.account_id) == []
 
-    advance_to(api, trial_end + timedelta(minutes=5))
+    advance_to(clock, trial_end + timedelta(minutes=5))
     current = status(agent, sub["id"])
     assert current["status"] == "active"
     [invoice] = invoices_of(services, agent.account_id)
@@ -360,11 +361,12 @@ def test_dunning_can_end_unpaid(api: Api, services: Services, final: str) -> Non
     )
     try:
         plan = create_plan(api, price=8)
-        agent, pm = subscriber(api)
+        clock = api.new_clock()
+        agent, pm = subscriber(api, clock)
         sub = subscribe(agent, plan["id"], pm)
         end = instant(sub["current_period_end"])
         set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
-        advance_to(api, end + timedelta(days=1, minutes=10))
+        advance_to(clock, end + timedelta(days=1, minutes=10))
         current = status(agent, sub["id"])
         assert current["status"] == "unpaid"
         assert current["latest_invoice"]["status"] == "open"
@@ -402,15 +404,17 @@ def test_a_start_interrupted_after_the_charge_is_completed_by_the_settle_job(
     api: Api, services: Services
 ) -> None:
     plan = create_plan(api, price=14, included_credits=6)
-    agent, pm = subscriber(api)
-    sub_id = _start_without_recording(services, agent.account_id, plan["id"], pm)
+    clock = api.new_clock()
+    agent, pm = subscriber(api, clock)
+    with on_clock(services, clock):  # as the server runs the account's use cases
+        sub_id = _start_without_recording(services, agent.account_id, plan["id"], pm)
     current = status(agent, sub_id)
     assert (current["status"], current["payment_status"]) == ("incomplete", "processing")
     # While the charge is in flight the place is held: a second start is refused.
     refused = agent.post("/subscriptions", {"plan_id": plan["id"], "payment_method_id": pm})
     assert_error(refused, 409, "subscription_exists")
 
-    advance(api, seconds=600)
+    advance(clock, seconds=600)
     current = status(agent, sub_id)
     assert (current["status"], current["payment_status"]) == ("active", "paid")
     assert agent.balance() == D(6)

@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     ACCOUNT_EXISTS = "account_exists"
     ACCOUNT_NOT_FOUND = "account_not_found"
     TEST_CLOCK_UNAVAILABLE = "test_clock_unavailable"
+    TEST_CLOCK_NOT_FOUND = "test_clock_not_found"
     SANDBOX_ONLY = "sandbox_only"
     # Idempotency
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
@@ -158,7 +159,8 @@ _SPECS = [
     ErrorSpec(_C.ACCOUNT_SUSPENDED, 401, "The account is suspended: its tokens and logins fail."),
     ErrorSpec(_C.ACCOUNT_EXISTS, 409, "An account with this email already exists."),
     ErrorSpec(_C.ACCOUNT_NOT_FOUND, 404, "No such account."),
-    ErrorSpec(_C.TEST_CLOCK_UNAVAILABLE, 403, "The test clock only runs in sandbox mode."),
+    ErrorSpec(_C.TEST_CLOCK_UNAVAILABLE, 403, "Test clocks only run in sandbox mode."),
+    ErrorSpec(_C.TEST_CLOCK_NOT_FOUND, 404, "No such test clock.", ("test_clock_id",)),
     ErrorSpec(_C.SANDBOX_ONLY, 403, "Only the sandbox processor offers this (test cards)."),
     ErrorSpec(
         _C.IDEMPOTENCY_KEY_REUSED,

@@ -7,6 +7,7 @@ count = count + 1 WHERE count < limit` per key, which the database serializes on
 counter row, so N concurrent attempts can never all pass a limit of n < N (a check
 followed by a later write could). Keys of one attempt are taken all or nothing and in
 sorted order, so two attempts never wait on each other's rows in opposite orders.
+Windows are real time (`wall_now`), whatever test clock an account is on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Index, Integer, String, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from billfold.clock import now
+from billfold.clock import wall_now
 from billfold.db import Base, insert_or_ignore
 from billfold.errors import RateLimited
 
@@ -70,7 +71,7 @@ def take(session: Session, limits: Iterable[Limit], *, message: str) -> list[Tak
     Run it in a transaction of its own: the caller's transaction rolling back on the
     raise is what undoes the keys already counted.
     """
-    current = now()
+    current = wall_now()
     taken: list[Taken] = []
     for limit in sorted(limits, key=lambda limit: limit.key):
         start = window_start(current, limit.window_seconds)
@@ -131,5 +132,5 @@ def clear(session: Session, taken: Taken) -> None:
 
 def count(session: Session, key: str, window_seconds: int) -> int:
     """Attempts counted under `key` in the current window (for tests and operators)."""
-    row = session.get(RateLimitCounter, (stored_key(key), window_start(now(), window_seconds)))
+    row = session.get(RateLimitCounter, (stored_key(key), window_start(wall_now(), window_seconds)))
     return row.count if row is not None else 0

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billfold.clock import now
+from billfold.clock import now, wall_now
 from billfold.db import Base
 
 
@@ -20,6 +20,8 @@ class Account(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     currency: Mapped[str] = mapped_column(String(3), default="USD")
     processor_customer_id: Mapped[str | None] = mapped_column(String(64))
+    # Sandbox only: the test clock whose time the account lives on (None: real time).
+    test_clock_id: Mapped[str | None] = mapped_column(ForeignKey("test_clocks.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
@@ -32,6 +34,7 @@ class AgentToken(Base):
     # the database never holds a usable credential.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     token_prefix: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(default=now)
+    # Tokens live on real time, whatever clock their account is on.
+    created_at: Mapped[datetime] = mapped_column(default=wall_now)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]

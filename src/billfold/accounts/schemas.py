@@ -29,6 +29,12 @@ class CreateAccountRequest(RequestModel):
     email: EmailStr
     password: str = Field(min_length=8, max_length=1024)
     currency: Literal["USD", "EUR", "GBP"] = "USD"
+    test_clock_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description="Sandbox only: the test clock the account lives on (real time if none).",
+    )
 
 
 class IssueTokenRequest(RequestModel):
@@ -40,4 +46,5 @@ class AccountOut(BaseModel):
     email: str
     status: str
     currency: str
+    test_clock_id: str | None = None
     created_at: datetime

@@ -10,13 +10,15 @@ from sqlalchemy.orm import Session
 
 from billfold import ratelimit
 from billfold.accounts.models import Account, AgentToken
-from billfold.clock import now
+from billfold.clock import ClockTime, now, wall_now
 from billfold.config import Settings
 from billfold.db import insert_or_ignore
 from billfold.errors import Conflict, ErrorCode, NotFound, Unauthenticated
 from billfold.ids import new_id
 from billfold.ledger.models import Wallet
 from billfold.security import hash_password, hash_secret, new_secret, verify_password
+from billfold.testclock import service as testclock
+from billfold.testclock.models import TestClock
 
 TOKEN_LIFETIMES: dict[str, timedelta | None] = {
     "1_week": timedelta(weeks=1),
@@ -31,8 +33,15 @@ def normalize_email(email: str) -> str:
 
 
 def create_account(
-    session: Session, *, email: str, password: str, currency: str = "USD"
+    session: Session,
+    *,
+    email: str,
+    password: str,
+    currency: str = "USD",
+    test_clock_id: str | None = None,
 ) -> Account:
+    """A new account with its empty wallet; on `test_clock_id`'s time if given (the caller
+    checks the clock exists, and runs this on its time)."""
     email = normalize_email(email)
     account_id = new_id("acct")
     inserted = insert_or_ignore(
@@ -44,6 +53,7 @@ def create_account(
             "password_hash": hash_password(password),
             "status": "active",
             "currency": currency,
+            "test_clock_id": test_clock_id,
             "created_at": now(),
         },
         ["email"],
@@ -78,7 +88,7 @@ class IssuedToken:
 def issue_token(session: Session, *, account_id: str, expires_in: str = "1_month") -> IssuedToken:
     token = new_secret("bf_at")
     lifetime = TOKEN_LIFETIMES[expires_in]
-    issued_at = now()
+    issued_at = wall_now()  # token lifetimes are real time, whatever the account's clock
     record = AgentToken(
         id=new_id("tok"),
         account_id=account_id,
@@ -96,32 +106,52 @@ class AgentContext:
     account_id: str
     token_id: str
     currency: str
+    # The account's test clock as of authentication (None: the account lives on real time).
+    clock: ClockTime | None = None
+
+
+def clock_of(session: Session, account_id: str) -> ClockTime | None:
+    """The test clock an account lives on, with its current offset; None on real time
+    (an unknown account, too: its use case will say it does not exist)."""
+    row = session.execute(
+        select(TestClock)
+        .join(Account, Account.test_clock_id == TestClock.id)
+        .where(Account.id == account_id)
+    ).scalar_one_or_none()
+    return testclock.time_of(row) if row is not None else None
 
 
 def authenticate_token(session: Session, token: str) -> AgentContext:
-    """The account behind a bearer token; 401 if unknown, expired, revoked or suspended."""
+    """The account behind a bearer token; 401 if unknown, expired, revoked or suspended.
+    Expiry is judged on real time."""
     row = session.execute(
-        select(AgentToken, Account)
+        select(AgentToken, Account, TestClock)
         .join(Account, Account.id == AgentToken.account_id)
+        .outerjoin(TestClock, TestClock.id == Account.test_clock_id)
         .where(AgentToken.token_hash == hash_secret(token))
     ).first()
     if row is None:
         raise Unauthenticated("Invalid access token.")
-    record, account = row
+    record, account, test_clock = row
     if record.revoked_at is not None:
         raise Unauthenticated("This access token has been revoked.", code=ErrorCode.TOKEN_REVOKED)
-    if record.expires_at is not None and record.expires_at <= now():
+    if record.expires_at is not None and record.expires_at <= wall_now():
         raise Unauthenticated("This access token has expired.", code=ErrorCode.TOKEN_EXPIRED)
     if account.status != "active":
         raise Unauthenticated("This account is suspended.", code=ErrorCode.ACCOUNT_SUSPENDED)
-    return AgentContext(account_id=account.id, token_id=record.id, currency=account.currency)
+    return AgentContext(
+        account_id=account.id,
+        token_id=record.id,
+        currency=account.currency,
+        clock=testclock.time_of(test_clock) if test_clock is not None else None,
+    )
 
 
 def revoke_token(session: Session, *, token_id: str) -> None:
     session.execute(
         update(AgentToken)
         .where(AgentToken.id == token_id, AgentToken.revoked_at.is_(None))
-        .values(revoked_at=now())
+        .values(revoked_at=wall_now())
     )
 
 

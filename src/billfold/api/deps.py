@@ -1,15 +1,29 @@
-"""Request-scoped plumbing shared by routers: services, auth, idempotent execution."""
+"""Request-scoped plumbing shared by routers: services, auth, idempotent execution, and
+the account's time.
+
+A request for an account on a sandbox test clock runs on the clock's time
+(`billfold.clock`): the agent dependency sets it from the token's account; the operator
+dependency from the account the request names (an `{account_id}` in the path, an
+`account_id` in the JSON body, or the account of its `payment_intent_id`); and
+`checkout_page_clock` from a hosted page's payment link. They are async so that the
+time they set is seen by the sync route and the dependencies after them (FastAPI copies
+the request's context into its thread pool). Any other request is on real time.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from billfold import clock
 from billfold.accounts.service import AgentContext, authenticate_token
 from billfold.api.errors import request_id_of
 from billfold.application import idempotent
@@ -20,21 +34,21 @@ from billfold.application.idempotent import (
     operator_scope,
     request_fingerprint,
 )
+from billfold.application.testclock import account_clock
 from billfold.application.usecases import Call
+from billfold.checkout.models import CheckoutSession
 from billfold.errors import Unauthenticated
+from billfold.payments.models import Payment
 from billfold.security import secret_matches
 from billfold.services import Services
-from billfold.testclock.service import sync_if_stale
 
 __all__ = ["Call", "Outcome", "Services", "request_fingerprint"]
 
 log = logging.getLogger("billfold.api")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
-    if services.settings.processor == "sandbox":
-        sync_if_stale(services.database)
     return services
 
 
@@ -60,21 +74,77 @@ def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-def agent_context(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_agent_bearer)],
-) -> AgentContext:
-    token = _bearer_token(credentials)
+def _authenticate(services: Services, token: str) -> AgentContext:
     with services.database.read() as session:
         return authenticate_token(session, token)
 
 
-def require_operator(
+async def agent_context(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_agent_bearer)],
+) -> AgentContext:
+    """The agent's account, and the request on its time."""
+    agent = await run_in_threadpool(_authenticate, services, _bearer_token(credentials))
+    if services.settings.processor == "sandbox":
+        clock.use(agent.clock)
+    return agent
+
+
+async def _named_account(request: Request) -> tuple[str, str] | None:
+    """What names the account an admin request acts on: `{account_id}` in its path, or a
+    string `account_id` or `payment_intent_id` in its JSON body (kind, value)."""
+    named = request.path_params.get("account_id")
+    if isinstance(named, str):
+        return "account_id", named
+    if "json" not in request.headers.get("content-type", ""):
+        return None
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    for kind in ("account_id", "payment_intent_id"):
+        if isinstance(body.get(kind), str):
+            return kind, body[kind]
+    return None
+
+
+def _clock_of_named(services: Services, kind: str, value: str) -> clock.ClockTime | None:
+    account_id: str | None = value
+    if kind == "payment_intent_id":
+        with services.database.read() as session:
+            account_id = session.scalar(select(Payment.account_id).where(Payment.id == value))
+    return account_clock(services, account_id) if account_id is not None else None
+
+
+async def require_operator(
+    request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
 ) -> None:
+    """The admin key, and the request on the time of the account it names (if any)."""
     if not secret_matches(_bearer_token(credentials), services.admin_key_hash):
         raise Unauthenticated("Invalid admin key.", headers={"WWW-Authenticate": "Bearer"})
+    if services.settings.processor != "sandbox":
+        return  # no test clocks: every account is on real time
+    named = await _named_account(request)
+    if named is not None:
+        clock.use(await run_in_threadpool(_clock_of_named, services, *named))
+
+
+def _checkout_clock(services: Services, session_id: str) -> clock.ClockTime | None:
+    with services.database.read() as session:
+        account_id = session.scalar(
+            select(CheckoutSession.account_id).where(CheckoutSession.id == session_id)
+        )
+    return account_clock(services, account_id) if account_id is not None else None
+
+
+async def checkout_page_clock(session_id: str, services: ServicesDep) -> None:
+    """A hosted payment page runs on the time of the account its link belongs to."""
+    if services.settings.processor == "sandbox":
+        clock.use(await run_in_threadpool(_checkout_clock, services, session_id))
 
 
 Agent = Annotated[AgentContext, Depends(agent_context)]

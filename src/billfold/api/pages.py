@@ -6,13 +6,13 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from billfold import ratelimit
-from billfold.api.deps import Services, ServicesDep, client_address
+from billfold.api.deps import Services, ServicesDep, checkout_page_clock, client_address
 from billfold.checkout import service
 from billfold.checkout.models import CheckoutSession
 from billfold.clock import now
@@ -20,7 +20,8 @@ from billfold.errors import RateLimited
 from billfold.money import format_money
 from billfold.subscriptions.models import Plan
 
-router = APIRouter(include_in_schema=False)
+# Each page runs on the time of the account its link belongs to (a sandbox test clock's).
+router = APIRouter(include_in_schema=False, dependencies=[Depends(checkout_page_clock)])
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),

@@ -8,7 +8,6 @@ from billfold.db import Database
 from billfold.processors.sandbox import SandboxProcessor
 from billfold.security import hash_secret
 from billfold.services import Services
-from billfold.testclock import service as testclock
 
 __all__ = ["WIRED", "build_services"]
 
@@ -20,8 +19,6 @@ def build_services(settings: Settings, admin_key: str) -> Services:
         max_overflow=settings.db_max_overflow,
     )
     processor = SandboxProcessor(database, publishable_key=settings.sandbox_publishable_key)
-    if settings.processor == "sandbox":
-        testclock.load(database)
     return Services(
         settings=settings,
         database=database,

@@ -3,6 +3,11 @@
 Each lane has its own pool of threads (`BILLFOLD_JOB_THREADS` for money work,
 `BILLFOLD_WEBHOOK_DELIVERY_THREADS` for deliveries) and its own claim loop, so a slow
 webhook receiver cannot delay a top-up, a renewal or a dunning retry.
+
+A worker runs real-time jobs on real time. A worker made for one sandbox test clock
+(`test_clock_id`) runs only that clock's jobs, on the clock's time that its caller set
+(`billfold.clock.on_test_clock`): the clock's advance does so at each step
+(`billfold.application.testclock`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 
+from billfold import clock
 from billfold.checkout.service import EXPIRE_JOB, run_expiry
 from billfold.coupons import service as coupons
 from billfold.ids import new_id
@@ -26,7 +32,6 @@ from billfold.jobs.service import ClaimedJob
 from billfold.payments import janitor as payment_janitor
 from billfold.services import Services
 from billfold.subscriptions import attempts, credits, dunning, engine, outcomes, renewal, start
-from billfold.testclock import service as testclock
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from billfold.wallet.auto_funding import run_top_up
 from billfold.webhooks import service as webhooks
@@ -55,9 +60,16 @@ def handlers() -> dict[str, Handler]:
 
 
 class Worker:
-    def __init__(self, services: Services, *, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        worker_id: str | None = None,
+        test_clock_id: str | None = None,
+    ) -> None:
         self.services = services
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id('w', 8)}"
+        self.test_clock_id = test_clock_id
         self.handlers = handlers()
         self._next_schedule = 0.0
 
@@ -74,8 +86,17 @@ class Worker:
     def _claim(
         self, *, limit: int, at: datetime | None = None, lane: Lane | None = None
     ) -> list[ClaimedJob]:
+        if self.test_clock_id is not None:
+            assert clock.current_test_clock() == self.test_clock_id, "run me on my clock"
         with self.services.database.transaction() as session:
-            return jobs.claim(session, worker_id=self.worker_id, limit=limit, lane=lane, at=at)
+            return jobs.claim(
+                session,
+                worker_id=self.worker_id,
+                limit=limit,
+                lane=lane,
+                at=at,
+                test_clock_id=self.test_clock_id,
+            )
 
     def drain(self, *, at: datetime | None = None, max_batches: int = 100) -> int:
         """Run due jobs until none is left (tests and the CLI's one-shot mode)."""
@@ -88,6 +109,13 @@ class Worker:
         return total
 
     def _run(self, job: ClaimedJob) -> None:
+        if job.test_clock_id is None:
+            with clock.real_time():
+                self._run_on_its_time(job)
+        else:
+            self._run_on_its_time(job)  # on the clock's time, set by this worker's caller
+
+    def _run_on_its_time(self, job: ClaimedJob) -> None:
         handler = self.handlers.get(job.kind)
         try:
             if handler is None:
@@ -165,8 +193,6 @@ class Worker:
                 maintenance.schedule(session)
                 payment_janitor.schedule_sweep(session)
             self._next_schedule = time.monotonic() + 60
-        if self.services.settings.processor == "sandbox":
-            testclock.sync(self.services.database)  # another process may advance it
 
 
 def start_in_thread(services: Services) -> tuple[threading.Thread, threading.Event]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billfold.clock import now
+from billfold.clock import wall_now
 from billfold.db import Base
 
 
@@ -21,8 +21,8 @@ class IdempotencyKey(Base):
     status: Mapped[str] = mapped_column(String(12))  # in_progress, completed
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=now)
-    locked_at: Mapped[datetime] = mapped_column(default=now)
+    created_at: Mapped[datetime] = mapped_column(default=wall_now)
+    locked_at: Mapped[datetime] = mapped_column(default=wall_now)
     expires_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)

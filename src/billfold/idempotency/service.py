@@ -4,7 +4,8 @@ A key is claimed by inserting its row; the primary key (scope, key) decides betw
 concurrent requests, never a check-then-insert. The stored outcome is replayed for
 the same payload; a different payload is refused; a request still running answers
 409. A claim left "in progress" longer than the lock timeout (a crashed process) may
-be taken over: every effect beneath it carries its own idempotency key.
+be taken over: every effect beneath it carries its own idempotency key. Retention and
+lock timeouts are real time (`wall_now`), whatever test clock an account is on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import timedelta
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
-from billfold.clock import now
+from billfold.clock import wall_now
 from billfold.db import insert_or_ignore
 from billfold.errors import IdempotencyInProgress, IdempotencyKeyReused
 from billfold.idempotency.models import IdempotencyKey
@@ -43,7 +44,7 @@ def claim(
     Raises IdempotencyKeyReused / IdempotencyInProgress. Returns None when the caller
     now holds the claim and must go on to do the work.
     """
-    current = now()
+    current = wall_now()
     values = {
         "scope": scope,
         "key": key,
@@ -102,7 +103,7 @@ def store_completed(
     policy: KeyPolicy,
 ) -> bool:
     """Insert the key already completed; False if any row (live or expired) holds it."""
-    current = now()
+    current = wall_now()
     return insert_or_ignore(
         session,
         IdempotencyKey,
@@ -145,5 +146,5 @@ def release(session: Session, *, scope: str, key: str) -> None:
 
 
 def purge_expired(session: Session) -> int:
-    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= now()))
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= wall_now()))
     return int(result.rowcount)  # type: ignore[attr-defined]

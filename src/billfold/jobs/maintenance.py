@@ -1,4 +1,6 @@
-"""Housekeeping on the job queue: forget expired idempotency keys and old rate-limit counters."""
+"""Housekeeping on the job queue: forget expired idempotency keys and old rate-limit counters.
+
+All on real time: idempotency retention and rate-limit windows know no test clock."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from billfold.clock import now
+from billfold.clock import wall_now
 from billfold.idempotency import service as idempotency
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
@@ -27,7 +29,7 @@ COUNTER_RETENTION = timedelta(days=1)
 
 def schedule(session: Session) -> None:
     """Keep one purge queued (the dedupe key makes every worker's call after the first a no-op)."""
-    jobs.enqueue(session, kind=JOB_KIND, run_at=now() + INTERVAL, dedupe_key=JOB_KIND)
+    jobs.enqueue(session, kind=JOB_KIND, run_at=wall_now() + INTERVAL, dedupe_key=JOB_KIND)
 
 
 def run_purge(services: Services, job: ClaimedJob) -> None:
@@ -35,7 +37,7 @@ def run_purge(services: Services, job: ClaimedJob) -> None:
         keys = idempotency.purge_expired(session)
         counters = session.execute(
             delete(RateLimitCounter).where(
-                RateLimitCounter.window_start < now() - COUNTER_RETENTION
+                RateLimitCounter.window_start < wall_now() - COUNTER_RETENTION
             )
         ).rowcount  # type: ignore[attr-defined]
     log.info("purged %s expired idempotency keys and %s rate-limit counters", keys, counters)

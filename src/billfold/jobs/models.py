@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billfold.clock import now
+from billfold.clock import wall_now
 from billfold.db import Base
 
 
@@ -28,6 +28,9 @@ class Job(Base):
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     account_id: Mapped[str | None] = mapped_column(String(40))
+    # A job of an account on a sandbox test clock: `run_at` is on that clock's time, and
+    # only the clock's advance runs it (None: real time, any worker).
+    test_clock_id: Mapped[str | None] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(60))
     lane: Mapped[str] = mapped_column(
         String(20), default=Lane.DEFAULT, server_default=Lane.DEFAULT.value
@@ -36,7 +39,7 @@ class Job(Base):
     # queued → running → succeeded | dead (retries exhausted); running past its lease
     # (a crashed worker) is claimable again.
     status: Mapped[str] = mapped_column(String(12), default="queued")
-    run_at: Mapped[datetime] = mapped_column(default=now)
+    run_at: Mapped[datetime] = mapped_column(default=wall_now)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=8)
     locked_by: Mapped[str | None] = mapped_column(String(80))
@@ -49,12 +52,13 @@ class Job(Base):
     # index below lets no two running jobs hold the same slot of a key.
     concurrency_key: Mapped[str | None] = mapped_column(String(100))
     slot: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(default=now)
+    created_at: Mapped[datetime] = mapped_column(default=wall_now)
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index("ix_jobs_due", "status", "run_at"),
         Index("ix_jobs_lane_due", "lane", "status", "run_at"),
+        Index("ix_jobs_clock_due", "test_clock_id", "status", "run_at"),
         Index(
             "uq_jobs_running_slot",
             "concurrency_key",

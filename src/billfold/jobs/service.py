@@ -13,6 +13,13 @@ claim gives such a job the lowest free slot number of its key (one job per key p
 claim), and a unique index on (key, slot) over running jobs makes two workers that
 picked the same slot at the same moment collide in the database: the second one skips
 that job.
+
+Time: a job enqueued while a use case runs on an account's sandbox test clock
+(`billfold.clock`) belongs to that clock. Its `run_at` is on the clock's time, and only
+a claim for that clock takes it (the clock's advance, stepping through its due jobs in
+time order), so real-time workers never run it early or late. Every other job, and every
+webhook delivery (they talk to other servers, on real time), is on real time. Leases are
+always real time: they time out crashed workers.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from billfold.clock import now
+from billfold.clock import current_test_clock, now, wall_now
 from billfold.db import insert_or_ignore
 from billfold.jobs.models import Job, Lane
 
@@ -50,6 +57,7 @@ class ClaimedJob:
     payload: dict[str, Any]
     attempts: int
     max_attempts: int
+    test_clock_id: str | None = None
 
 
 def enqueue(
@@ -64,19 +72,24 @@ def enqueue(
     lane: Lane = Lane.DEFAULT,
     concurrency_key: str | None = None,
 ) -> bool:
-    """Add a job to the caller's transaction. False if an active job has the same dedupe key."""
+    """Add a job to the caller's transaction. False if an active job has the same dedupe key.
+
+    The job is on the test clock the caller runs on (see the module docstring), unless it
+    is a webhook delivery; `run_at` is on that time."""
+    test_clock_id = current_test_clock() if lane != Lane.WEBHOOKS else None
     values = {
         "kind": kind,
         "lane": lane,
         "concurrency_key": concurrency_key,
         "account_id": account_id,
+        "test_clock_id": test_clock_id,
         "payload": payload or {},
         "status": "queued",
-        "run_at": run_at or now(),
+        "run_at": run_at or (now() if test_clock_id else wall_now()),
         "attempts": 0,
         "max_attempts": max_attempts,
         "dedupe_key": dedupe_key,
-        "created_at": now(),
+        "created_at": wall_now(),
     }
     if dedupe_key is None:
         session.add(Job(**values))
@@ -90,7 +103,15 @@ def enqueue(
     )
 
 
-_CLAIMED = (Job.id, Job.kind, Job.account_id, Job.payload, Job.attempts, Job.max_attempts)
+_CLAIMED = (
+    Job.id,
+    Job.kind,
+    Job.account_id,
+    Job.payload,
+    Job.attempts,
+    Job.max_attempts,
+    Job.test_clock_id,
+)
 
 
 def claim(
@@ -100,10 +121,17 @@ def claim(
     limit: int,
     lane: Lane | None = None,
     at: datetime | None = None,
+    test_clock_id: str | None = None,
 ) -> list[ClaimedJob]:
     """Take up to `limit` due jobs of `lane` (every lane: None) for this worker, skipping
-    those whose concurrency key has no free slot (the caller commits the claim)."""
-    current = at or now()
+    those whose concurrency key has no free slot (the caller commits the claim).
+
+    Real-time jobs due at `at` (default: now), or with `test_clock_id` that clock's jobs
+    due at `at` on its time (default: `now()`, which the caller runs on the clock's time)."""
+    if test_clock_id is None:
+        current = lease_cutoff = at or wall_now()
+    else:
+        current, lease_cutoff = at or now(), wall_now()
     other = aliased(Job)
     running_with_same_key = (
         select(func.count())
@@ -120,9 +148,12 @@ def claim(
         .where(
             or_(
                 (Job.status == "queued") & (Job.run_at <= current),
-                (Job.status == "running") & (Job.locked_until < current),
+                (Job.status == "running") & (Job.locked_until < lease_cutoff),
             ),
             or_(Job.concurrency_key.is_(None), running_with_same_key < MAX_RUNNING_PER_KEY),
+            Job.test_clock_id.is_(None)
+            if test_clock_id is None
+            else Job.test_clock_id == test_clock_id,
         )
         .order_by(Job.run_at, Job.id)
         .limit(limit)
@@ -135,7 +166,7 @@ def claim(
         "status": "running",
         "attempts": Job.attempts + 1,
         "locked_by": worker_id,
-        "locked_until": current + LEASE,
+        "locked_until": lease_cutoff + LEASE,
     }
     rows: list[Any] = []
     free = [job_id for job_id, key, _ in candidates if key is None]
@@ -187,17 +218,22 @@ def succeed(session: Session, job: ClaimedJob, *, worker_id: str) -> bool:
         update(Job)
         .where(Job.id == job.id, Job.status == "running", Job.locked_by == worker_id)
         .values(
-            status="succeeded", finished_at=now(), locked_until=None, slot=None, last_error=None
+            status="succeeded",
+            finished_at=wall_now(),
+            locked_until=None,
+            slot=None,
+            last_error=None,
         )
     ).rowcount  # type: ignore[attr-defined]
     return bool(done)
 
 
 def fail(session: Session, job: ClaimedJob, *, worker_id: str, error: str) -> None:
-    """Schedule a retry with backoff, or bury the job once its attempts are spent."""
-    current = now()
+    """Schedule a retry with backoff (on the job's clock's time: the caller runs a clock's
+    job on it), or bury the job once its attempts are spent."""
+    current = now() if job.test_clock_id is not None else wall_now()
     if job.attempts >= job.max_attempts:
-        values: dict[str, Any] = {"status": "dead", "finished_at": current}
+        values: dict[str, Any] = {"status": "dead", "finished_at": wall_now()}
     else:
         delay = BACKOFF[job.attempts - 1] if job.attempts - 1 < len(BACKOFF) else LAST_BACKOFF
         values = {"status": "queued", "run_at": current + delay}
@@ -213,5 +249,5 @@ def cancel(session: Session, *, dedupe_key: str) -> None:
     session.execute(
         update(Job)
         .where(Job.dedupe_key == dedupe_key, Job.status == "queued")
-        .values(status="succeeded", finished_at=now(), last_error="cancelled: not needed")
+        .values(status="succeeded", finished_at=wall_now(), last_error="cancelled: not needed")
     )

@@ -1,60 +1,95 @@
-"""The sandbox test clock: move the service's time forward and run what fell due.
+"""Sandbox test clocks (Stripe's model): an account created on a clock lives on its time.
 
-The offset is stored in the database (one row) so every process on it agrees; each
-process applies it to `billfold.clock` at start-up and its worker re-reads it on every
-poll. Advancing walks through the due jobs in time order, stopping the clock at each
-one's due time, so a renewal runs at its period's end and the dunning retry it
-schedules a day later runs a day later, even when one call moves a whole year.
+A clock is stored as its offset from real time, so every process on the database reads
+the same time from one row and nothing is cached in a process. Its time runs on at real
+speed and jumps forward when it is advanced (`billfold.application.testclock`), never
+back. Accounts not on a clock live on real time. `billfold.clock` says which time each
+piece of work reads.
 """
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from billfold import clock
-from billfold.db import Database
+from sqlalchemy.orm import Session
+
+from billfold.clock import ClockTime, wall_now
+from billfold.errors import ErrorCode, InvalidRequest, NotFound
+from billfold.ids import new_id
 from billfold.testclock.models import TestClock
+
+# How far from real time a clock may be (a start time, or after advances), so that
+# every date a clock's accounts compute stays far inside what datetimes can hold.
+MAX_DISTANCE = timedelta(days=100 * 366)
 
 
 def micros(delta: timedelta) -> int:
     return delta // timedelta(microseconds=1)
 
 
-_last_sync = 0.0
-SYNC_INTERVAL = 1.0  # seconds: how stale another process's advance may be seen here
+def offset_of(row: TestClock) -> timedelta:
+    return timedelta(microseconds=row.offset_micros)
 
 
-def _stored(database: Database) -> timedelta:
-    with database.read() as session:
-        row = session.get(TestClock, 1)
-        return timedelta(microseconds=row.offset_micros) if row else timedelta(0)
+def time_of(row: TestClock) -> ClockTime:
+    """The clock as `billfold.clock.on_test_clock` takes it."""
+    return ClockTime(row.id, offset_of(row))
 
 
-def sync(database: Database) -> None:
-    """Apply the stored offset to this process's clock (never moving it back)."""
-    global _last_sync
-    stored = _stored(database)
-    if stored > clock.offset():
-        clock.set_offset(stored)
-    _last_sync = time.monotonic()
+def _within_reach(offset: timedelta, field: str) -> None:
+    if abs(offset) > MAX_DISTANCE:
+        raise InvalidRequest(
+            "A test clock may be at most 100 years from real time.", details={"field": field}
+        )
 
 
-def sync_if_stale(database: Database) -> None:
-    """For API processes in sandbox mode: pick up another process's advance within a
-    second, at the cost of one primary-key read a second."""
-    if time.monotonic() - _last_sync >= SYNC_INTERVAL:
-        sync(database)
+def create(session: Session, *, name: str, starts_at: datetime | None = None) -> TestClock:
+    """A new clock at `starts_at` (real time if None), running on from there."""
+    created = wall_now()
+    offset = starts_at - created if starts_at is not None else timedelta(0)
+    _within_reach(offset, "frozen_time")
+    row = TestClock(
+        id=new_id("clock"),
+        name=name,
+        offset_micros=micros(offset),
+        created_at=created,
+        updated_at=created,
+    )
+    session.add(row)
+    session.flush()
+    return row
 
 
-def load(database: Database) -> None:
-    """At start-up: this database's clock, whatever this process ran before."""
-    clock.set_offset(_stored(database))
+def get(session: Session, test_clock_id: str, *, for_update: bool = False) -> TestClock:
+    row = session.get(TestClock, test_clock_id, with_for_update=for_update)
+    if row is None:
+        raise NotFound(
+            "No such test clock.",
+            code=ErrorCode.TEST_CLOCK_NOT_FOUND,
+            details={"test_clock_id": test_clock_id},
+        )
+    return row
 
 
-def state() -> dict[str, Any]:
+def move_forward(
+    session: Session, test_clock_id: str, by: timedelta
+) -> tuple[ClockTime, ClockTime]:
+    """Add `by` to the clock's offset, under its row lock (two advances add up); the
+    clock before and after."""
+    row = get(session, test_clock_id, for_update=True)
+    before = time_of(row)
+    after = before.offset + by
+    _within_reach(after, "days")
+    row.offset_micros = micros(after)
+    row.updated_at = wall_now()
+    return before, ClockTime(row.id, after)
+
+
+def view(row: TestClock) -> dict[str, Any]:
     return {
-        "now": clock.now(),
-        "offset_seconds": int(clock.offset().total_seconds()),
+        "id": row.id,
+        "name": row.name,
+        "now": time_of(row).now(),
+        "created_at": row.created_at,
     }

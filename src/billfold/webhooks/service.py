@@ -192,8 +192,8 @@ def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> N
             account_id=account_id,
             status="pending",
             attempts=0,
-            next_attempt_at=created,
-            created_at=created,
+            next_attempt_at=wall_now(),
+            created_at=wall_now(),
             log=[],
         )
         session.add(delivery)
@@ -204,12 +204,14 @@ def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> N
 def _schedule(
     session: Session, delivery: WebhookDelivery, *, attempt: int, delay: timedelta
 ) -> None:
-    """Queue an attempt in the webhooks lane, at most MAX_RUNNING_PER_KEY per endpoint."""
+    """Queue an attempt in the webhooks lane, at most MAX_RUNNING_PER_KEY per endpoint.
+    Deliveries run on real time, whatever test clock their account is on: they talk to
+    other servers (an event's own timestamp is its account's time)."""
     jobs.enqueue(
         session,
         kind=JOB_KIND,
         payload={"delivery_id": delivery.id, "attempt": attempt},
-        run_at=now() + delay,
+        run_at=wall_now() + delay,
         max_attempts=3,
         lane=Lane.WEBHOOKS,
         concurrency_key=f"webhook_endpoint:{delivery.endpoint_id}",
@@ -243,7 +245,7 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
         event_id, body = event.id, event.payload
     response: httpx.Response | None = None
     error: str | None = None
-    started = now()
+    started = wall_now()
     # Signatures carry the machine's time: receivers check it against their own clocks.
     signed_at = wall_now()
     if not enabled:
@@ -267,7 +269,7 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
             )
         except (httpx.HTTPError, httpx.InvalidURL, InvalidRequest) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
-    elapsed_ms = int((now() - started).total_seconds() * 1000)
+    elapsed_ms = int((wall_now() - started).total_seconds() * 1000)
     succeeded = response is not None and 200 <= response.status_code < 300
     gone = response is not None and response.status_code == 410
     with services.database.transaction() as session:
@@ -302,7 +304,7 @@ def run_delivery(services: Services, job: ClaimedJob) -> None:
         if delay is None:
             row.status, row.next_attempt_at = "failed", None
             return
-        row.next_attempt_at = now() + delay
+        row.next_attempt_at = wall_now() + delay
         _schedule(session, row, attempt=attempt + 1, delay=delay)
 
 
@@ -312,7 +314,7 @@ def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
     if delivery is None:
         raise NotFound("No such webhook delivery.", code=ErrorCode.WEBHOOK_DELIVERY_NOT_FOUND)
     delivery.status = "pending"
-    delivery.next_attempt_at = now()
+    delivery.next_attempt_at = wall_now()
     _schedule(session, delivery, attempt=delivery.attempts, delay=timedelta(0))
     return delivery
 

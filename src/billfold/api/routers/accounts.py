@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
@@ -25,8 +27,9 @@ from billfold.api.deps import (
 )
 from billfold.api.responses import ok
 from billfold.api.routing import DecimalJSONRoute
+from billfold.application import testclock as test_clocks
 from billfold.errors import ErrorCode, Unauthenticated
-from billfold.schemas import ERROR_RESPONSES, Envelope
+from billfold.schemas import ERROR_RESPONSES, Envelope, ErrorEnvelope
 
 agent_router = APIRouter(route_class=DecimalJSONRoute, tags=["auth"], responses=ERROR_RESPONSES)
 admin_router = APIRouter(
@@ -35,6 +38,9 @@ admin_router = APIRouter(
     dependencies=[Operator],
     responses=ERROR_RESPONSES,
 )
+SANDBOX_ONLY_RESPONSE: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorEnvelope, "description": "test_clock_unavailable: not in sandbox mode"}
+}
 
 
 def _account_out(account: Account) -> AccountOut:
@@ -84,15 +90,26 @@ def revoke_current_token(agent: Agent, services: ServicesDep) -> Response:
     return ok({"revoked": True})
 
 
-@admin_router.post("/accounts", response_model=Envelope[AccountOut], status_code=201)
+@admin_router.post(
+    "/accounts",
+    response_model=Envelope[AccountOut],
+    status_code=201,
+    responses=SANDBOX_ONLY_RESPONSE,
+)
 def create_account(
     body: CreateAccountRequest, services: ServicesDep, idem: OperatorIdempotent
 ) -> Response:
-    """Create an account with its empty wallet."""
+    """Create an account with its empty wallet; in sandbox mode, on a test clock if
+    `test_clock_id` names one (the account then lives on the clock's time)."""
 
     def handler(session: Session) -> Outcome:
-        account = service.create_account(
-            session, email=body.email, password=body.password, currency=body.currency
+        account = test_clocks.open_account(
+            services,
+            session,
+            email=body.email,
+            password=body.password,
+            currency=body.currency,
+            test_clock_id=body.test_clock_id,
         )
         return 201, _account_out(account)
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.usecases.base import Call, for_operator
 from billfold.billing.schemas import Country
-from billfold.clock import now
+from billfold.clock import wall_now
 from billfold.errors import ErrorCode, Forbidden, Gone, InvalidRequest
 from billfold.invoices import pdf, service
 from billfold.invoices.models import Invoice
@@ -70,7 +70,7 @@ def pdf_link(
     was reached)."""
     with app.database.read() as session:
         invoice = service.get_for_account(session, account_id=account_id, invoice_id=invoice_id)
-    expires_at = now() + LINK_LIFETIME
+    expires_at = wall_now() + LINK_LIFETIME  # signed links live on real time
     expires = int(expires_at.timestamp())
     signature = pdf.link_signature(link_secret(app), invoice.id, expires)
     base = (app.settings.public_url or base_url).rstrip("/")
@@ -91,7 +91,7 @@ def pdf_file(app: Services, *, invoice_id: str, expires: int, signature: str) ->
     """The PDF a signed link opens: 403 for a bad signature, 410 once the link expired."""
     if not pdf.signature_valid(link_secret(app), invoice_id, expires, signature):
         raise Forbidden("This invoice link is not valid.", code=ErrorCode.INVALID_SIGNATURE)
-    if expires < now().timestamp():
+    if expires < wall_now().timestamp():
         raise Gone("This invoice link has expired; ask for a new one.", code=ErrorCode.LINK_EXPIRED)
     with app.database.read() as session:
         invoice = session.get(Invoice, invoice_id)

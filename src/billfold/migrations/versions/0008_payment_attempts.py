@@ -5,7 +5,7 @@ Recovery jobs ("payments.recover_charge") and subscription settle jobs
 charges through the new attempts.
 
 Revision ID: 0008_payment_attempts
-Revises: 0006_job_lanes
+Revises: 0007_test_clocks
 Create Date: 2026-12-10
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_payment_attempts"
-down_revision: str | None = "0006_job_lanes"
+down_revision: str | None = "0007_test_clocks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
