@@ -24,7 +24,9 @@ from billfold.application.usecases import (
     Call,
     Reply,
     billing,
+    checkout,
     coupons,
+    payments,
     plans,
     sandbox,
     subscriptions,
@@ -32,6 +34,13 @@ from billfold.application.usecases import (
     webhooks,
 )
 from billfold.billing.schemas import BillingInfoOut
+from billfold.checkout import service as checkout_service
+from billfold.checkout.schemas import (
+    ConfirmCheckoutRequest,
+    ConfirmedCheckoutOut,
+    FundLinkOut,
+    PaymentLinkRequest,
+)
 from billfold.coupons import service as coupon_service
 from billfold.coupons.schemas import (
     CouponValidationOut,
@@ -43,6 +52,14 @@ from billfold.coupons.schemas import (
 )
 from billfold.errors import BillfoldError, ErrorCode
 from billfold.jsonenc import render
+from billfold.payments import service as payment_service
+from billfold.payments.schemas import (
+    AttachPaymentMethodRequest,
+    PaymentMethodList,
+    PaymentMethodOut,
+    PaymentOut,
+    StripeConfigOut,
+)
 from billfold.services import Services
 from billfold.subscriptions import views as subscription_views
 from billfold.subscriptions.schemas import (
@@ -441,3 +458,135 @@ def test_subscription_models_render_their_views_byte_for_byte(services: Services
         _same_json(SubscriptionOut, view)
     overview = billing.overview(services, account_id=account_id)
     assert [render(s) for s in overview.active_subscriptions] == [render(v) for v in views[:2]]
+
+
+def test_cards_and_payments_without_http(services: Services) -> None:
+    """Attach (201, then 200 when it is already here), list, make default, read a payment,
+    remove (the removed card, deleted: true), a setup intent; the card and payment models
+    render their views byte for byte."""
+    account_id = _account(services)
+    config = payments.stripe_config(services, base_url="http://front.example/")
+    assert isinstance(config, StripeConfigOut)
+    expected = (services.settings.public_url or "http://front.example").rstrip("/")
+    assert config.api_base == f"{expected}/sandbox"
+
+    first, second = _card(services), _card(services)
+    for pm_id, make_default in ((first, True), (second, False)):
+        args = {"payment_method_id": pm_id, "make_default": make_default}
+        added = payments.add_payment_method(
+            services,
+            call=Call.of("payments.add", args),
+            account_id=account_id,
+            body=AttachPaymentMethodRequest.model_validate(args),
+        )
+        assert (added.status_code, _data(added)["id"]) == (201, pm_id)
+    again = payments.add_payment_method(
+        services,
+        call=Call(),
+        account_id=account_id,
+        body=AttachPaymentMethodRequest(payment_method_id=second, make_default=False),
+    )
+    assert (again.status_code, _data(again)["is_default"]) == (200, False)
+    listed = payments.payment_methods(services, account_id=account_id)
+    assert isinstance(listed, PaymentMethodList)
+    assert (listed.default_payment_method_id, len(listed.items)) == (first, 2)
+
+    made = payments.set_default_payment_method(
+        services, call=Call(), account_id=account_id, payment_method_id=second
+    )
+    assert _data(made)["is_default"] is True
+    funded = _data(_fund(services, account_id, 25, None))
+    payment = payments.payment_status(
+        services, account_id=account_id, payment_intent_id=funded["payment_intent_id"]
+    )
+    assert isinstance(payment, PaymentOut)
+    assert (payment.status, payment.amount) == ("succeeded", 25)
+    with services.database.read() as session:
+        for pm in payment_service.list_payment_methods(session, account_id):
+            _same_json(PaymentMethodOut, payment_service.payment_method_view(pm))
+        row = payment_service.get_payment(
+            session, account_id=account_id, payment_intent_id=payment.payment_intent_id
+        )
+        _same_json(PaymentOut, payment_service.payment_view(row))
+
+    removed = payments.remove_payment_method(
+        services, call=Call(), account_id=account_id, payment_method_id=second
+    )
+    assert (removed.status_code, _data(removed)["id"], _data(removed)["deleted"]) == (
+        200,
+        second,
+        True,
+    )
+    assert list(_data(removed))[-1] == "deleted"
+    assert payments.payment_methods(services, account_id=account_id).default_payment_method_id
+    with pytest.raises(BillfoldError) as gone:
+        payments.set_default_payment_method(
+            services, call=Call(), account_id=account_id, payment_method_id=second
+        )
+    assert gone.value.status_code == 404
+
+    setup = payments.create_setup_intent(
+        services, call=Call(), account_id=account_id, base_url="http://front.example"
+    )
+    assert setup.status_code == 201
+    assert f"{expected}/sandbox/v1/setup_intents/" in _data(setup)["instructions"]
+
+
+def test_payment_links_without_http(services: Services) -> None:
+    """A fund link (paid on the hosted page, then confirmed the same every time) and a
+    subscribe link, which is the subscriptions' own link."""
+    account_id = _account(services)
+    args = {"purpose": "fund", "amount": 15}
+    key = f"link-{uuid.uuid4().hex}"
+    link = checkout.create_payment_link(
+        services,
+        call=Call.of("checkout.link", args, key=key),
+        account_id=account_id,
+        body=PaymentLinkRequest.model_validate(args),
+        base_url="http://front.example/",
+    )
+    assert link.status_code == 201
+    out = FundLinkOut.model_validate(_data(link))
+    expected = (services.settings.public_url or "http://front.example").rstrip("/")
+    assert out.payment_url == f"{expected}/pay/{out.session_id}"
+    assert list(_data(link)) == list(FundLinkOut.model_fields)
+    again = checkout.create_payment_link(
+        services,
+        call=Call.of("checkout.link", args, key=key),
+        account_id=account_id,
+        body=PaymentLinkRequest.model_validate(args),
+        base_url="http://front.example/",
+    )
+    assert again.replayed and again.body == link.body
+
+    confirm = ConfirmCheckoutRequest(session_id=out.session_id)
+    with pytest.raises(BillfoldError) as unpaid:
+        checkout.confirm_wallet_checkout(services, account_id=account_id, body=confirm)
+    assert unpaid.value.code == ErrorCode.CHECKOUT_NOT_COMPLETED
+    paid = checkout_service.pay_with_card(
+        services.database,
+        services.sandbox,
+        session_id=out.session_id,
+        number=CARD_OK,
+        exp_month="12",
+        exp_year=str(date.today().year + 2),
+        cvc="123",
+    )
+    assert paid.status == "complete"
+    _fund(services, account_id, 20, None)  # a later credit does not change the answer
+    confirmed = checkout.confirm_wallet_checkout(services, account_id=account_id, body=confirm)
+    assert isinstance(confirmed, ConfirmedCheckoutOut)
+    assert (confirmed.status, confirmed.amount, confirmed.balance) == ("complete", 15, 15)
+
+    plan_id = _plan(services, 9)
+    sub_args = {"purpose": "subscribe", "plan_id": plan_id}
+    sub_link = checkout.create_payment_link(
+        services,
+        call=Call.of("checkout.link", sub_args),
+        account_id=account_id,
+        body=PaymentLinkRequest.model_validate(sub_args),
+        base_url="http://front.example/",
+    )
+    sub_out = SubscribeLinkOut.model_validate(_data(sub_link))
+    assert (sub_out.plan_id, sub_out.amount) == (plan_id, 9)
+    assert sub_out.payment_url == sub_out.checkout_url == f"{expected}/pay/{sub_out.session_id}"

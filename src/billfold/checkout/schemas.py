@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from billfold.money import CARD_DECIMALS, MIN_FUNDING, AmountRules, MoneyOut
-from billfold.schemas import PlanId, RequestModel
+from billfold.schemas import PlanId, RequestModel, ResponseModel
 
 LinkAmount = Annotated[Decimal, AmountRules(decimals=CARD_DECIMALS, minimum=MIN_FUNDING)]
 
@@ -42,7 +42,21 @@ class PaymentLinkRequest(RequestModel):
         return self
 
 
+class FundLinkOut(ResponseModel):
+    """A `fund` payment link: an amount for the wallet, paid by a human."""
+
+    payment_url: str
+    session_id: str
+    purpose: Literal["fund"]
+    amount: MoneyOut
+    currency: str
+    expires_at: datetime
+    instructions: str
+
+
 class PaymentLinkOut(BaseModel):
+    """Either link's fields (`fund`: FundLinkOut; `subscribe`: the subscriptions' link)."""
+
     payment_url: str
     session_id: str
     purpose: str
@@ -58,7 +72,7 @@ class ConfirmCheckoutRequest(RequestModel):
     session_id: str = Field(min_length=1, max_length=64)
 
 
-class ConfirmedCheckoutOut(BaseModel):
+class ConfirmedCheckoutOut(ResponseModel):
     session_id: str
     status: str
     purpose: str

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from billfold.checkout.models import CheckoutSession
@@ -23,7 +23,7 @@ from billfold.events import Topic
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
-from billfold.ledger.models import Wallet
+from billfold.ledger.models import LedgerTransaction, Wallet
 from billfold.payments import attempts
 from billfold.payments import service as payments
 from billfold.payments.models import AttemptPurpose, FailureReason, Payment
@@ -133,6 +133,18 @@ def confirm(session: Session, *, account_id: str, session_id: str, purpose: str)
         "The payment has not been completed yet. Poll again after the human pays.",
         details={"session_id": session_id, "status": status},
     )
+
+
+def balance_after_credit(session: Session, checkout: CheckoutSession) -> int:
+    """The wallet's balance right after a completed `fund` link's credit (so every confirm
+    answers the same)."""
+    credit = session.scalars(
+        select(LedgerTransaction).where(
+            LedgerTransaction.account_id == checkout.account_id,
+            LedgerTransaction.reference == f"payment:{checkout.payment_intent_id}",
+        )
+    ).one()
+    return credit.balance_after_micros
 
 
 @dataclass(frozen=True)

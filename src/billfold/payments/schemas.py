@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from billfold.money import MoneyOut
-from billfold.schemas import RequestModel
+from billfold.schemas import RequestModel, ResponseModel
 
 PaymentMethodId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
 
@@ -18,7 +18,7 @@ class AttachPaymentMethodRequest(RequestModel):
     make_default: bool = True
 
 
-class PaymentMethodOut(BaseModel):
+class PaymentMethodOut(ResponseModel):
     id: str
     type: str
     brand: str
@@ -29,19 +29,25 @@ class PaymentMethodOut(BaseModel):
     created_at: datetime
 
 
-class PaymentMethodList(BaseModel):
+class RemovedPaymentMethodOut(PaymentMethodOut):
+    """A saved card as it was when it was removed."""
+
+    deleted: bool
+
+
+class PaymentMethodList(ResponseModel):
     items: list[PaymentMethodOut]
     default_payment_method_id: str | None
 
 
-class StripeConfigOut(BaseModel):
+class StripeConfigOut(ResponseModel):
     publishable_key: str
     api_base: str
     processor: str
     instructions: str
 
 
-class PaymentOut(BaseModel):
+class PaymentOut(ResponseModel):
     payment_intent_id: str
     status: str
     purpose: str
@@ -55,7 +61,7 @@ class PaymentOut(BaseModel):
     created_at: datetime
 
 
-class SetupIntentOut(BaseModel):
+class SetupIntentOut(ResponseModel):
     setup_intent_id: str
     client_secret: str
     status: str
