@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import EmailStr, Field
 
-from billfold.schemas import RequestModel
+from billfold.schemas import RequestModel, ResponseModel
 
 ExpiresIn = Literal["1_week", "1_month", "3_months", "never"]
 
@@ -18,7 +18,7 @@ class LoginRequest(RequestModel):
     expires_in: ExpiresIn = "1_month"
 
 
-class TokenOut(BaseModel):
+class TokenOut(ResponseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth token type
     expires_at: datetime | None
@@ -41,10 +41,14 @@ class IssueTokenRequest(RequestModel):
     expires_in: ExpiresIn = "1_month"
 
 
-class AccountOut(BaseModel):
+class AccountOut(ResponseModel):
     id: str
     email: str
     status: str
     currency: str
     test_clock_id: str | None = None
     created_at: datetime
+
+
+class RevokedTokenOut(ResponseModel):
+    revoked: bool

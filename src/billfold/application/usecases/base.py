@@ -61,6 +61,12 @@ def for_operator(app: Services, call: Call) -> Idempotent:
     return _runner(app, call, operator_scope())
 
 
+def unkeyed(app: Services) -> Idempotent:
+    """The runner of a write that never runs under a key (a login: a replay would hand its
+    fresh token out again): it just runs, and a refusal is raised."""
+    return Idempotent(app, scope=None, key=None, fingerprint="")
+
+
 def _runner(app: Services, call: Call, scope: str) -> Idempotent:
     return Idempotent(
         app, scope=scope, key=call.key, fingerprint=call.fingerprint, request_id=call.request_id
