@@ -20,6 +20,13 @@ from pydantic import BaseModel
 
 import billfold.application
 from billfold.accounts import service as accounts
+from billfold.accounts.schemas import (
+    AccountOut,
+    CreateAccountRequest,
+    IssueTokenRequest,
+    LoginRequest,
+)
+from billfold.application.testclock import on_account_clock
 from billfold.application.usecases import (
     Call,
     Reply,
@@ -30,8 +37,12 @@ from billfold.application.usecases import (
     plans,
     sandbox,
     subscriptions,
+    testclock,
     wallet,
     webhooks,
+)
+from billfold.application.usecases import (
+    accounts as account_usecases,
 )
 from billfold.billing.schemas import BillingInfoOut
 from billfold.checkout import service as checkout_service
@@ -73,6 +84,7 @@ from billfold.subscriptions.schemas import (
     SubscriptionListOut,
     SubscriptionOut,
 )
+from billfold.testclock.schemas import AdvanceRequest, CreateTestClockRequest, TestClockOut
 from billfold.wallet import service as wallet_service
 from billfold.wallet.schemas import (
     BalanceOut,
@@ -590,3 +602,98 @@ def test_payment_links_without_http(services: Services) -> None:
     sub_out = SubscribeLinkOut.model_validate(_data(sub_link))
     assert (sub_out.plan_id, sub_out.amount) == (plan_id, 9)
     assert sub_out.payment_url == sub_out.checkout_url == f"{expected}/pay/{sub_out.session_id}"
+
+
+def test_accounts_and_tokens_without_http(services: Services) -> None:
+    email = f"uc-{uuid.uuid4().hex[:12]}@example.com"
+    args = {"email": email, "password": "long enough"}
+    key = f"acct-{uuid.uuid4().hex}"
+    created = account_usecases.create_account(
+        services,
+        call=Call.of("accounts.create", args, key=key),
+        body=CreateAccountRequest.model_validate(args),
+    )
+    assert created.status_code == 201
+    account_id = _data(created)["id"]
+    again = account_usecases.create_account(
+        services,
+        call=Call.of("accounts.create", args, key=key),
+        body=CreateAccountRequest.model_validate(args),
+    )
+    assert again.replayed and again.body == created.body
+    read = account_usecases.get_account(services, account_id=account_id)
+    assert isinstance(read, AccountOut)
+    assert (read.email, read.status, read.test_clock_id) == (email, "active", None)
+
+    login = LoginRequest.model_validate({**args, "expires_in": "1_week"})
+    token = _data(account_usecases.login(services, body=login, client="uc-test"))
+    assert token["account_id"] == account_id and token["token_type"] == "bearer"
+    with services.database.read() as session:
+        agent = accounts.authenticate_token(session, token["access_token"])
+    revoked = account_usecases.revoke_token(
+        services, call=Call(), account_id=account_id, token_id=agent.token_id
+    )
+    assert (revoked.status_code, _data(revoked)) == (200, {"revoked": True})
+    with pytest.raises(BillfoldError) as wrong:
+        account_usecases.login(
+            services,
+            body=LoginRequest.model_validate({**args, "password": "not it"}),
+            client="uc-test",
+        )
+    assert wrong.value.code == ErrorCode.INVALID_CREDENTIALS
+
+    suspended = account_usecases.suspend_account(services, call=Call(), account_id=account_id)
+    assert _data(suspended)["status"] == "suspended"
+    with pytest.raises(BillfoldError) as refused:
+        account_usecases.login(services, body=login, client="uc-test")
+    assert refused.value.code == ErrorCode.ACCOUNT_SUSPENDED
+    account_usecases.reactivate_account(services, call=Call(), account_id=account_id)
+    minted = account_usecases.issue_token(
+        services,
+        call=Call(),
+        account_id=account_id,
+        body=IssueTokenRequest.model_validate({"expires_in": "never"}),
+    )
+    assert minted.status_code == 201
+    assert _data(minted)["expires_at"] is None
+
+
+def test_an_account_on_a_test_clock_without_http(services: Services) -> None:
+    created = testclock.create_clock(
+        services, call=Call(), body=CreateTestClockRequest.model_validate({"name": "uc"})
+    )
+    assert created.status_code == 201
+    clock_id = _data(created)["id"]
+    args = {"email": f"uc-{uuid.uuid4().hex[:12]}@example.com", "password": "long enough"}
+    account = account_usecases.create_account(
+        services,
+        call=Call(),
+        body=CreateAccountRequest.model_validate({**args, "test_clock_id": clock_id}),
+    )
+    account_id = _data(account)["id"]
+    key = f"adv-{uuid.uuid4().hex}"
+    before = testclock.get_clock(services, test_clock_id=clock_id)
+    assert isinstance(before, TestClockOut)
+    advanced = testclock.advance(
+        services,
+        call=Call.of("testclock.advance", {"days": 3}, key=key),
+        test_clock_id=clock_id,
+        body=AdvanceRequest.model_validate({"days": 3}),
+    )
+    assert _data(advanced)["advanced_seconds"] == 3 * 86_400
+    replay = testclock.advance(
+        services,
+        call=Call.of("testclock.advance", {"days": 3}, key=key),
+        test_clock_id=clock_id,
+        body=AdvanceRequest.model_validate({"days": 3}),
+    )
+    assert replay.replayed  # the clock did not move twice
+    after = testclock.get_clock(services, test_clock_id=clock_id)
+    moved = after.now - before.now
+    assert moved.days == 3
+    with on_account_clock(services, account_id):
+        read = account_usecases.get_account(services, account_id=account_id)
+    assert read.test_clock_id == clock_id
+    with pytest.raises(BillfoldError) as gone:
+        testclock.global_clock_removed()
+    assert gone.value.code == ErrorCode.GONE
