@@ -1,5 +1,5 @@
-"""Request-scoped plumbing shared by routers: services, auth, idempotent execution, and
-the account's time.
+"""Request-scoped plumbing shared by routers: services, auth, a write's `Call` (its
+Idempotency-Key) and how its `Reply` answers, and the account's time.
 
 A request for an account on a sandbox test clock runs on the clock's time
 (`billfold.clock`): the agent dependency sets it from the token's account; the operator
@@ -14,26 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from billfold import clock
 from billfold.accounts.service import AgentContext, authenticate_token
 from billfold.api.errors import request_id_of
-from billfold.application import idempotent
-from billfold.application.idempotent import (
-    Outcome,
-    account_scope,
-    checked_key,
-    operator_scope,
-    request_fingerprint,
-)
+from billfold.application.idempotent import Reply, checked_key, request_fingerprint
 from billfold.application.testclock import account_clock
 from billfold.application.usecases import Call
 from billfold.checkout.models import CheckoutSession
@@ -42,7 +33,7 @@ from billfold.payments.models import Payment
 from billfold.security import secret_matches
 from billfold.services import Services
 
-__all__ = ["Call", "Outcome", "Services", "request_fingerprint"]
+__all__ = ["Call", "Services", "request_fingerprint"]
 
 log = logging.getLogger("billfold.api")
 
@@ -151,24 +142,7 @@ Agent = Annotated[AgentContext, Depends(agent_context)]
 Operator = Depends(require_operator)
 
 
-class Idempotent:
-    """The HTTP face of `application.idempotent.Idempotent`: same calls, answers a Response."""
-
-    def __init__(self, run: idempotent.Idempotent) -> None:
-        self.run = run
-
-    @property
-    def key(self) -> str | None:
-        return self.run.key
-
-    def atomic(self, handler: Callable[[Session], Outcome]) -> Response:
-        return respond(self.run.atomic(handler))
-
-    def phased(self, handler: Callable[[], Outcome]) -> Response:
-        return respond(self.run.phased(handler))
-
-
-def respond(reply: idempotent.Reply) -> Response:
+def respond(reply: Reply) -> Response:
     """A write use case's reply as the HTTP response (a replay says so in a header)."""
     headers = dict(reply.headers)
     if reply.replayed:
@@ -187,21 +161,6 @@ def _call(request: Request, key: str | None, body: bytes) -> Call:
     return Call(key=checked_key(key), fingerprint=fingerprint, request_id=request_id_of(request))
 
 
-def _run(
-    services: Services, request: Request, scope: str, key: str | None, body: bytes
-) -> Idempotent:
-    call = _call(request, key, body)
-    return Idempotent(
-        idempotent.Idempotent(
-            services,
-            scope=scope,
-            key=call.key,
-            fingerprint=call.fingerprint,
-            request_id=call.request_id,
-        )
-    )
-
-
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
@@ -210,22 +169,6 @@ IdempotencyKeyHeader = Annotated[
         "first response; keys are kept 24 hours.",
     ),
 ]
-
-
-async def agent_idempotency(
-    request: Request, agent: Agent, services: ServicesDep, key: IdempotencyKeyHeader = None
-) -> Idempotent:
-    return _run(services, request, account_scope(agent.account_id), key, await request.body())
-
-
-async def operator_idempotency(
-    request: Request, services: ServicesDep, key: IdempotencyKeyHeader = None
-) -> Idempotent:
-    return _run(services, request, operator_scope(), key, await request.body())
-
-
-AgentIdempotent = Annotated[Idempotent, Depends(agent_idempotency)]
-OperatorIdempotent = Annotated[Idempotent, Depends(operator_idempotency)]
 
 
 async def agent_call(request: Request, agent: Agent, key: IdempotencyKeyHeader = None) -> Call:
