@@ -45,7 +45,6 @@ from billfold.application.usecases import (
     accounts as account_usecases,
 )
 from billfold.billing.schemas import BillingInfoOut
-from billfold.checkout import service as checkout_service
 from billfold.checkout.schemas import (
     ConfirmCheckoutRequest,
     ConfirmedCheckoutOut,
@@ -575,16 +574,21 @@ def test_payment_links_without_http(services: Services) -> None:
     with pytest.raises(BillfoldError) as unpaid:
         checkout.confirm_wallet_checkout(services, account_id=account_id, body=confirm)
     assert unpaid.value.code == ErrorCode.CHECKOUT_NOT_COMPLETED
-    paid = checkout_service.pay_with_card(
-        services.database,
-        services.sandbox,
+    assert checkout.hosted_link(services, session_id="cs_unknown") is None
+    page = checkout.hosted_link(services, session_id=out.session_id)
+    assert page is not None and page.status == "open"
+    paid = checkout.pay_hosted_link(
+        services,
         session_id=out.session_id,
         number=CARD_OK,
         exp_month="12",
         exp_year=str(date.today().year + 2),
         cvc="123",
+        client=f"uc-{uuid.uuid4().hex[:8]}",
     )
-    assert paid.status == "complete"
+    assert paid.result is not None and paid.result.status == "complete"
+    assert paid.retry_after is None and paid.link is not None
+    assert paid.link.status == "complete"
     _fund(services, account_id, 20, None)  # a later credit does not change the answer
     confirmed = checkout.confirm_wallet_checkout(services, account_id=account_id, body=confirm)
     assert isinstance(confirmed, ConfirmedCheckoutOut)

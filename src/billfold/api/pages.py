@@ -11,12 +11,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from billfold import ratelimit
 from billfold.api.deps import Services, ServicesDep, checkout_page_clock, client_address
-from billfold.checkout import service
+from billfold.application.usecases import checkout as usecases
 from billfold.checkout.models import CheckoutSession
 from billfold.clock import now
-from billfold.errors import RateLimited
 from billfold.money import format_money
 from billfold.subscriptions.models import Plan
 
@@ -84,10 +82,11 @@ def _pay_page(
     )
 
 
-def _show(checkout: CheckoutSession | None, plan: Plan | None = None) -> HTMLResponse:
-    if checkout is None:
+def _show(link: usecases.HostedLink | None) -> HTMLResponse:
+    if link is None:
         return _closed("Payment link not found", "Check the link you were given.", 404)
-    status = service.effective_status(checkout)
+    checkout, plan = link.checkout, link.plan
+    status = link.status
     if status == "complete":
         return _page(
             "success.html",
@@ -111,16 +110,9 @@ def _show(checkout: CheckoutSession | None, plan: Plan | None = None) -> HTMLRes
     return _pay_page(checkout, plan)
 
 
-def _load(services: Services, session_id: str) -> tuple[CheckoutSession | None, Plan | None]:
-    with services.database.read() as session:
-        checkout = session.get(CheckoutSession, session_id)
-        plan = session.get(Plan, checkout.plan_id) if checkout and checkout.plan_id else None
-        return checkout, plan
-
-
 @router.get("/pay/{session_id}")
 def show_payment_page(session_id: str, services: ServicesDep) -> Response:
-    return _show(*_load(services, session_id))
+    return _show(usecases.hosted_link(services, session_id=session_id))
 
 
 def _split_expiry(value: str) -> tuple[str, str]:
@@ -138,63 +130,40 @@ async def submit_payment(session_id: str, request: Request, services: ServicesDe
     return await run_in_threadpool(_submit, services, session_id, form, client_address(request))
 
 
-def _too_many_attempts(services: Services, session_id: str, client: str) -> Response | None:
-    """Count this payment attempt per client address and per payment link (each one
-    tokenizes a card and may charge it); the page to answer when over a limit."""
-    settings = services.settings
-    checkout, plan = _load(services, session_id)
-    limits = [
-        ratelimit.Limit(
-            f"pay:client:{client}",
-            settings.pay_max_attempts_per_client,
-            settings.client_window_seconds,
-        )
-    ]
-    if checkout is not None:  # unknown links cost no counter of their own
-        limits.append(
-            ratelimit.Limit(
-                f"pay:session:{checkout.id}",
-                settings.pay_max_attempts_per_session,
-                settings.pay_session_window_seconds,
-            )
-        )
-    try:
-        with services.database.transaction() as session:
-            ratelimit.take(session, limits, message="Too many payment attempts.")
-    except RateLimited as exc:
-        minutes = -(-int(exc.headers["Retry-After"]) // 60)
-        message = (
-            f"Too many payment attempts. Nothing was charged; try again in {minutes} "
-            f"minute{'s' if minutes != 1 else ''}."
-        )
-        if checkout is not None and service.effective_status(checkout) == "open":
-            page = _pay_page(checkout, plan, error=message, status_code=429)
-        else:
-            page = _closed("Too many attempts", message, 429)
-        page.headers["Retry-After"] = exc.headers["Retry-After"]
-        return page
-    return None if checkout is not None else _show(None)
+def _too_many_attempts(link: usecases.HostedLink | None, retry_after: str) -> HTMLResponse:
+    minutes = -(-int(retry_after) // 60)
+    message = (
+        f"Too many payment attempts. Nothing was charged; try again in {minutes} "
+        f"minute{'s' if minutes != 1 else ''}."
+    )
+    if link is not None and link.status == "open":
+        page = _pay_page(link.checkout, link.plan, error=message, status_code=429)
+    else:
+        page = _closed("Too many attempts", message, 429)
+    page.headers["Retry-After"] = retry_after
+    return page
 
 
 def _submit(services: Services, session_id: str, form: dict[str, str], client: str) -> Response:
-    refused = _too_many_attempts(services, session_id, client)
-    if refused is not None:
-        return refused
     month, year = _split_expiry(form.get("card_expiry", ""))
-    result = service.pay_with_card(
-        services.database,
-        services.sandbox,
+    paid = usecases.pay_hosted_link(
+        services,
         session_id=session_id,
         number=form.get("card_number", ""),
         exp_month=month,
         exp_year=year,
         cvc=form.get("card_cvc", ""),
+        client=client,
     )
-    checkout, plan = _load(services, session_id)
-    if result.status in ("declined", "invalid_card", "unavailable") and checkout is not None:
+    if paid.retry_after is not None:
+        return _too_many_attempts(paid.link, paid.retry_after)
+    result, link = paid.result, paid.link
+    if result is None:
+        return _show(None)
+    if result.status in ("declined", "invalid_card", "unavailable") and link is not None:
         return _pay_page(
-            checkout,
-            plan,
+            link.checkout,
+            link.plan,
             error=result.message,
             field=result.field,
             status_code=409 if result.status == "unavailable" else 402,
@@ -202,4 +171,4 @@ def _submit(services: Services, session_id: str, form: dict[str, str], client: s
     if result.status == "complete":
         # Post/Redirect/Get: reloading the success page does not resubmit the form.
         return RedirectResponse(f"/pay/{session_id}", status_code=303)
-    return _show(checkout, plan)
+    return _show(link)

@@ -1,27 +1,34 @@
 """Payment-link use cases: create a link a human pays on the hosted page (`fund`: an amount
-for the wallet; `subscribe`: a plan's first period), and confirm a paid `fund` link.
+for the wallet; `subscribe`: a plan's first period), and confirm a paid `fund` link; the
+hosted page's own: read a link, and pay it with a card (counted per client address and per
+link).
 
 Confirming a `subscribe` link is `subscriptions.confirm_checkout`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from billfold import ratelimit
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.usecases.base import Call, for_account
 from billfold.application.usecases.subscriptions import subscribe_link
 from billfold.checkout import service
+from billfold.checkout.models import CheckoutSession
 from billfold.checkout.schemas import (
     ConfirmCheckoutRequest,
     ConfirmedCheckoutOut,
     FundLinkOut,
     PaymentLinkRequest,
 )
+from billfold.errors import RateLimited
 from billfold.money import from_micros, to_micros
 from billfold.services import Services
+from billfold.subscriptions.models import Plan
 
 
 def create_payment_link(
@@ -91,3 +98,95 @@ def confirm_wallet_checkout(
             balance=from_micros(service.balance_after_credit(session, link)),
             completed_at=link.completed_at,
         )
+
+
+@dataclass(frozen=True)
+class HostedLink:
+    """A payment link as its hosted page shows it: the link, and its plan (`subscribe`)."""
+
+    checkout: CheckoutSession
+    plan: Plan | None
+
+    @property
+    def status(self) -> str:
+        """open, processing, complete or expired (on the time the caller runs on)."""
+        return service.effective_status(self.checkout)
+
+
+@dataclass(frozen=True)
+class HostedPayment:
+    """What came of a card payment on the hosted page. `link` is the link as it is now
+    (None: no such link); `result` is None when nothing was tried: no such link, or over
+    the attempt limits (`retry_after`: seconds, as the Retry-After header says them)."""
+
+    link: HostedLink | None
+    result: service.PayResult | None = None
+    retry_after: str | None = None
+
+
+def hosted_link(app: Services, *, session_id: str) -> HostedLink | None:
+    """The payment link behind a hosted page (None: no such link)."""
+    with app.database.read() as session:
+        checkout = session.get(CheckoutSession, session_id)
+        if checkout is None:
+            return None
+        plan = session.get(Plan, checkout.plan_id) if checkout.plan_id else None
+        return HostedLink(checkout, plan)
+
+
+def _count_payment_attempt(app: Services, link: HostedLink | None, client: str) -> str | None:
+    """Count a payment attempt per client address and per payment link (each one tokenizes
+    a card and may charge it); the seconds to wait when over a limit."""
+    settings = app.settings
+    limits = [
+        ratelimit.Limit(
+            f"pay:client:{client}",
+            settings.pay_max_attempts_per_client,
+            settings.client_window_seconds,
+        )
+    ]
+    if link is not None:  # unknown links cost no counter of their own
+        limits.append(
+            ratelimit.Limit(
+                f"pay:session:{link.checkout.id}",
+                settings.pay_max_attempts_per_session,
+                settings.pay_session_window_seconds,
+            )
+        )
+    try:
+        with app.database.transaction() as session:
+            ratelimit.take(session, limits, message="Too many payment attempts.")
+    except RateLimited as exc:
+        return exc.headers["Retry-After"]
+    return None
+
+
+def pay_hosted_link(
+    app: Services,
+    *,
+    session_id: str,
+    number: str,
+    exp_month: str,
+    exp_year: str,
+    cvc: str,
+    client: str,
+) -> HostedPayment:
+    """Pay a link with a card on its hosted page (sandbox): counted first (`client`: where
+    the attempt comes from), then tokenized and charged; a `subscribe` link starts its
+    subscription when paid."""
+    link = hosted_link(app, session_id=session_id)
+    retry_after = _count_payment_attempt(app, link, client)
+    if retry_after is not None:
+        return HostedPayment(link, retry_after=retry_after)
+    if link is None:
+        return HostedPayment(None)
+    result = service.pay_with_card(
+        app.database,
+        app.sandbox,
+        session_id=session_id,
+        number=number,
+        exp_month=exp_month,
+        exp_year=exp_year,
+        cvc=cvc,
+    )
+    return HostedPayment(hosted_link(app, session_id=session_id), result)
