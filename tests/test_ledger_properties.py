@@ -18,6 +18,8 @@ from billfold.errors import BillfoldError, InsufficientFunds, PaymentFailed
 from billfold.ledger.models import BUCKETS
 from billfold.ledger.service import ledger_balances
 from billfold.services import Services
+from billfold.wallet import funding as wallet_funding
+from billfold.wallet import refunds as wallet_refunds
 from billfold.wallet import service as wallet
 from tests.conftest import LiveServer
 
@@ -94,7 +96,7 @@ def test_random_operations_keep_invariants(
 
     for op, amount in ops:
         if op == "fund":
-            funded = wallet.fund_wallet(
+            funded = wallet_funding.fund_wallet(
                 database,
                 processor,
                 account_id=account_id,
@@ -106,7 +108,7 @@ def test_random_operations_keep_invariants(
             model.refundable.insert(0, (funded.payment.id, amount))
         elif op == "fund_declined":
             try:
-                wallet.fund_wallet(
+                wallet_funding.fund_wallet(
                     database,
                     processor,
                     account_id=account_id,
@@ -144,7 +146,9 @@ def test_random_operations_keep_invariants(
         elif op == "withdraw":
             expected = model.buckets["purchased"] >= amount
             try:
-                wallet.withdraw(database, processor, account_id=account_id, amount_micros=amount)
+                wallet_refunds.withdraw(
+                    database, processor, account_id=account_id, amount_micros=amount
+                )
                 assert expected
                 model.buckets["purchased"] -= amount
                 left = amount
@@ -158,7 +162,7 @@ def test_random_operations_keep_invariants(
             payment_id, available = model.refundable[0]
             expected = 0 < amount <= available and model.buckets["purchased"] >= amount
             try:
-                wallet.refund_payment(
+                wallet_refunds.refund_payment(
                     database,
                     processor,
                     payment_intent_id=payment_id,

@@ -10,7 +10,7 @@ from typing import Any
 from billfold.processors.base import RefundResult
 from billfold.processors.sandbox import SandboxProcessor
 from billfold.services import Services
-from billfold.wallet import service as wallet_service
+from billfold.wallet import refunds as wallet_refunds
 from tests.helpers import Agent, Api, assert_error, decimal_json
 from tests.subscription_helpers import (
     create_plan,
@@ -230,7 +230,7 @@ def test_refused_refund_gives_the_bonus_back(api: Api, services: Services) -> No
     processor = services.processor
     assert isinstance(processor, SandboxProcessor)
     refusing = RefusingRefunds(services.database, publishable_key=processor.publishable_key)
-    batch = wallet_service.withdraw(
+    batch = wallet_refunds.withdraw(
         services.database, refusing, account_id=agent.account_id, amount_micros=5_000_000
     )
     assert [r.status for r in batch.refunds] == ["failed"]

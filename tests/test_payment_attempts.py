@@ -42,7 +42,7 @@ from billfold.subscriptions import start as subscriptions
 from billfold.subscriptions.attempts import SETTLE_JOB
 from billfold.subscriptions.plans import SELF_SERVE_KINDS, subscribable_plan
 from billfold.subscriptions.states import BillingReason
-from billfold.wallet import service as wallet
+from billfold.wallet import funding as wallet_funding
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from billfold.wallet.auto_funding import run_top_up
 from tests.helpers import CARD_OK, Agent, Api, decimal_json
@@ -92,7 +92,7 @@ class Case:
 def _fund(api: Api, services: Services, processor: SandboxProcessor) -> Case:
     agent = api.new_agent()
     with pytest.raises((ProcessorTimeout, ProcessDied)):
-        wallet.fund_wallet(
+        wallet_funding.fund_wallet(
             services.database,
             processor,
             account_id=agent.account_id,
@@ -112,7 +112,7 @@ def _charge_amount(api: Api, services: Services, processor: SandboxProcessor) ->
     agent = api.new_agent()
     agent.post("/billing/payment-methods", {"payment_method_id": agent.card()})
     with pytest.raises((ProcessorTimeout, ProcessDied)):
-        wallet.fund_wallet(
+        wallet_funding.fund_wallet(
             services.database,
             processor,
             account_id=agent.account_id,
@@ -457,7 +457,7 @@ def test_a_retried_request_reuses_its_attempt_and_the_processor_sees_one_charge(
     agent = api.new_agent()
     pm = agent.card()
     with pytest.raises(ProcessorTimeout):
-        wallet.fund_wallet(
+        wallet_funding.fund_wallet(
             services.database,
             FailingProcessor(services, "timeout"),
             account_id=agent.account_id,

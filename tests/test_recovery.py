@@ -19,7 +19,7 @@ from billfold.payments import attempts
 from billfold.payments.models import Payment
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
-from billfold.wallet import service as wallet
+from billfold.wallet import funding as wallet_funding
 from tests.helpers import Api
 
 AFTER_RECOVERY_DELAY = attempts.STALE_AFTER + timedelta(seconds=5)
@@ -64,7 +64,7 @@ def test_charge_made_before_the_crash_is_recorded_once(api: Api, services: Servi
     pm = agent.card()
     dying = DyingProcessor(services.processor, charge_reaches_processor=True)
     with pytest.raises(ProcessDied):
-        wallet.fund_wallet(
+        wallet_funding.fund_wallet(
             services.database,
             dying,
             account_id=agent.account_id,
@@ -102,7 +102,7 @@ def test_charge_that_never_reached_the_processor_is_not_made(api: Api, services:
     agent = api.new_agent()
     dying = DyingProcessor(services.processor, charge_reaches_processor=False)
     with pytest.raises(ProcessDied):
-        wallet.fund_wallet(
+        wallet_funding.fund_wallet(
             services.database,
             dying,
             account_id=agent.account_id,

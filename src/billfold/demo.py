@@ -15,7 +15,7 @@ from billfold.services import Services
 from billfold.subscriptions import plans
 from billfold.subscriptions.models import Plan
 from billfold.subscriptions.states import PlanKind
-from billfold.wallet import service as wallet
+from billfold.wallet import funding
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - a published demo credential, sandbox only
@@ -120,7 +120,7 @@ def seed(services: Services) -> DemoAccess:
             exp_year=str(date.today().year + 3),
             cvc="123",
         )
-        wallet.fund_wallet(
+        funding.fund_wallet(
             database,
             services.processor,
             account_id=account_id,

@@ -30,7 +30,7 @@ from billfold.payments.models import AttemptPurpose, FailureReason, Payment
 from billfold.processors.base import Card
 from billfold.processors.cards import InvalidCard
 from billfold.processors.sandbox import SandboxProcessor
-from billfold.wallet import service as wallet_service
+from billfold.wallet import funding
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -359,9 +359,7 @@ def _on_link_paid(session: Session, event: attempts.Settled) -> str | None:
         # The account took this subscription's place meanwhile: the money is credited,
         # as a payment-link funding (purchased credit, refundable to the card).
         payment.purpose = "checkout"
-    transaction_id = wallet_service.credit_card_funding(
-        session, event, meta={"session_id": session_id}
-    )
+    transaction_id = funding.credit_card_funding(session, event, meta={"session_id": session_id})
     complete_session(session, session_id, payment.id)
     return transaction_id
 

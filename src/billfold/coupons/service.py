@@ -33,7 +33,7 @@ from billfold.payments import attempts
 from billfold.payments import service as payments
 from billfold.payments.models import AttemptPurpose
 from billfold.processors.base import Processor
-from billfold.wallet import service as wallet_service
+from billfold.wallet import funding
 from billfold.webhooks import service as webhooks
 
 if TYPE_CHECKING:
@@ -312,16 +312,16 @@ def redeem(
         redemption = reserved.redemption
         # The purchase's charge, written with the reservation: its outcome finishes the
         # redemption or gives it back (see _on_purchase_paid, _on_purchase_failed).
-        attempt = wallet_service.begin_funding(
+        attempt = funding.begin_funding(
             session,
             account_id=account_id,
             amount_micros=purchase_micros,
-            card=wallet_service.card_to_charge(session, account_id, payment_method_id),
+            card=funding.card_to_charge(session, account_id, payment_method_id),
             idempotency_key=reserved.funding_key,
             purpose="coupon_purchase",
             context={"coupon_redemption_id": redemption.id},
         )
-    wallet_service.charge_funding(database, processor, attempt)
+    funding.charge_funding(database, processor, attempt)
     with database.read() as session:
         row = session.get(CouponRedemption, redemption.id)
         assert row is not None
@@ -349,7 +349,7 @@ def reserve_purchase(
     the janitor that releases it if it is ever left behind."""
     redemption = _reserve(session, coupon, account_id=account_id, purchase_micros=purchase_micros)
     funding_key = f"coupon:{redemption.id}:{idempotency_key or ''}"
-    processor_key = wallet_service.funding_key(account_id, funding_key)
+    processor_key = funding.funding_key(account_id, funding_key)
     _watch_reservation(session, redemption.id, processor_key)
     return PurchaseReservation(redemption, funding_key, processor_key)
 
@@ -429,7 +429,7 @@ def redemption_view(result: Redeemed) -> dict[str, Any]:
 def _on_purchase_paid(session: Session, event: attempts.Settled) -> str:
     """The purchase is credited, then its bonus granted, in the transaction recording it."""
     assert event.payment is not None
-    transaction_id = wallet_service.credit_card_funding(session, event)
+    transaction_id = funding.credit_card_funding(session, event)
     finish_redemption(session, str(event.attempt.context["coupon_redemption_id"]), event.payment.id)
     return transaction_id
 

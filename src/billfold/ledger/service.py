@@ -180,6 +180,14 @@ def spend_split(buckets: dict[str, int], amount_micros: int) -> list[Posting]:
     return postings
 
 
+def get_wallet(session: Session, account_id: str) -> Wallet:
+    """The wallet row, read; 404 for an account that has none."""
+    wallet = session.get(Wallet, account_id)
+    if wallet is None:
+        raise NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND)
+    return wallet
+
+
 def lock_wallet(session: Session, account_id: str) -> Wallet:
     """The wallet row, locked for the rest of the transaction (SQLite: already exclusive)."""
     wallet = session.scalars(

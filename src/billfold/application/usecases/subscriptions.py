@@ -38,7 +38,7 @@ from billfold.subscriptions.schemas import (
     SubscriptionOut,
 )
 from billfold.subscriptions.states import SubscriptionStatus
-from billfold.wallet import service as wallet
+from billfold.wallet import funding
 
 # The subscriptions an agent's list calls `active` (a live one whose first payment is done).
 ACTIVE_VIEW = (
@@ -186,7 +186,7 @@ def charge_amount(
     to the wallet as purchased credit and invoiced."""
 
     def handler() -> Outcome:
-        funded = wallet.fund_wallet(
+        funded = funding.fund_wallet(
             app.database,
             app.processor,
             account_id=account_id,

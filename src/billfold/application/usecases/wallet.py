@@ -11,7 +11,7 @@ from billfold.ledger.models import BUCKETS
 from billfold.ledger.service import ledger_balances
 from billfold.money import from_micros, to_micros
 from billfold.services import Services
-from billfold.wallet import auto_funding, service
+from billfold.wallet import auto_funding, funding, refunds, service
 from billfold.wallet.schemas import (
     AdjustmentRequest,
     AutoFundingOut,
@@ -93,7 +93,7 @@ def fund(app: Services, *, call: Call, account_id: str, body: FundRequest) -> Re
     """Charge a card (the given one, or the default) and credit the wallet."""
 
     def handler() -> Outcome:
-        funded = service.fund_wallet(
+        funded = funding.fund_wallet(
             app.database,
             app.processor,
             account_id=account_id,
@@ -119,7 +119,7 @@ def withdraw(app: Services, *, call: Call, account_id: str, body: WithdrawReques
     """Refund purchased credit to the cards it came from, newest payment first."""
 
     def handler() -> Outcome:
-        result = service.withdraw(
+        result = refunds.withdraw(
             app.database,
             app.processor,
             account_id=account_id,
@@ -130,7 +130,7 @@ def withdraw(app: Services, *, call: Call, account_id: str, body: WithdrawReques
             amount=from_micros(result.amount_micros),
             balance=from_micros(result.wallet.balance_micros),
             currency=result.wallet.currency,
-            refunds=[RefundOut.model_validate(service.refund_view(r)) for r in result.refunds],
+            refunds=[RefundOut.model_validate(refunds.refund_view(r)) for r in result.refunds],
         )
 
     return for_account(app, call, account_id).phased(handler)
@@ -184,7 +184,7 @@ def refund_payment(app: Services, *, call: Call, body: OperatorRefundRequest) ->
     """Refund a card payment (whole or part); the money leaves the wallet's purchased credit."""
 
     def handler() -> Outcome:
-        result = service.refund_payment(
+        result = refunds.refund_payment(
             app.database,
             app.processor,
             payment_intent_id=body.payment_intent_id,
@@ -196,7 +196,7 @@ def refund_payment(app: Services, *, call: Call, body: OperatorRefundRequest) ->
             amount=from_micros(result.amount_micros),
             reason=body.reason,
             balance=from_micros(result.wallet.balance_micros),
-            refunds=[RefundOut.model_validate(service.refund_view(r)) for r in result.refunds],
+            refunds=[RefundOut.model_validate(refunds.refund_view(r)) for r in result.refunds],
         )
 
     return for_operator(app, call).phased(handler)
