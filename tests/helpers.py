@@ -235,3 +235,20 @@ def fresh_window(window_seconds: int, need_seconds: int) -> None:
     left = window_seconds - int(wall_now().timestamp()) % window_seconds
     if left < need_seconds:
         time.sleep(left + 0.5)
+
+
+def bonus_coupon(api: Api, *, max_redemptions: int, min_purchase: int = 10) -> str:
+    """A new coupon giving a $5 bonus on a card purchase of at least `min_purchase`."""
+    code = f"B{uuid.uuid4().hex[:10].upper()}"
+    created = api.admin_post(
+        "/coupons",
+        {
+            "code": code,
+            "kind": "bonus_fixed",
+            "amount": 5,
+            "min_purchase": min_purchase,
+            "max_redemptions": max_redemptions,
+        },
+    )
+    assert created.status_code == 201, created.text
+    return code

@@ -34,7 +34,15 @@ from billfold.payments import attempts
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from tests.conftest import LiveServer
-from tests.helpers import CARD_DECLINED, CARD_OK, Agent, Api, assert_error, fresh_window
+from tests.helpers import (
+    CARD_DECLINED,
+    CARD_OK,
+    Agent,
+    Api,
+    assert_error,
+    bonus_coupon,
+    fresh_window,
+)
 
 # --- clients at their own addresses ---------------------------------------------------------
 
@@ -263,7 +271,7 @@ def test_a_card_the_processor_no_longer_has_is_a_4xx(api: Api, services: Service
         )
     assert queued == 0
     # A coupon purchase with it gives the coupon back.
-    code = _coupon(api, max_redemptions=1)
+    code = bonus_coupon(api, max_redemptions=1)
     assert_error(_redeem(agent, code, pm), 404, "payment_method_not_found")
     assert _remaining(api, code) == 1
     # Removing it still works, though the processor has nothing to detach.
@@ -290,22 +298,6 @@ def test_auto_funding_with_a_card_the_processor_lost_switches_off(
 # --- coupon reservations (defect 9) ----------------------------------------------------------
 
 
-def _coupon(api: Api, *, max_redemptions: int, min_purchase: int = 10) -> str:
-    code = f"H{uuid.uuid4().hex[:10].upper()}"
-    created = api.admin_post(
-        "/coupons",
-        {
-            "code": code,
-            "kind": "bonus_fixed",
-            "amount": 5,
-            "min_purchase": min_purchase,
-            "max_redemptions": max_redemptions,
-        },
-    )
-    assert created.status_code == 201, created.text
-    return code
-
-
 def _redeem(agent: Agent, code: str, pm: str, amount: object = 20) -> requests.Response:
     return agent.post(
         "/wallet/coupons/redeem",
@@ -322,7 +314,7 @@ def _remaining(api: Api, code: str) -> int:
 
 def test_an_unknown_card_does_not_burn_the_coupon(api: Api) -> None:
     agent = api.new_agent()
-    code = _coupon(api, max_redemptions=1)
+    code = bonus_coupon(api, max_redemptions=1)
     assert_error(_redeem(agent, code, "pm_doesnotexist"), 404, "payment_method_not_found")
     assert _remaining(api, code) == 1
     redeemed = _redeem(agent, code, agent.card())
@@ -334,7 +326,7 @@ def test_an_unknown_card_does_not_burn_the_coupon(api: Api) -> None:
 @pytest.mark.parametrize("failure", ["declined", "unknown_card"])
 def test_a_failed_redemption_leaves_the_last_one_to_others(api: Api, failure: str) -> None:
     first, second = api.new_agent(), api.new_agent()
-    code = _coupon(api, max_redemptions=1)
+    code = bonus_coupon(api, max_redemptions=1)
     pm = first.card(CARD_DECLINED) if failure == "declined" else "pm_nope"
     assert _redeem(first, code, pm).status_code == (402 if failure == "declined" else 404)
     redeemed = _redeem(second, code, second.card())
@@ -344,7 +336,7 @@ def test_a_failed_redemption_leaves_the_last_one_to_others(api: Api, failure: st
 
 def test_the_janitor_releases_a_reservation_left_by_a_crash(api: Api, services: Services) -> None:
     agent, other = api.new_agent(), api.new_agent()
-    code = _coupon(api, max_redemptions=1)
+    code = bonus_coupon(api, max_redemptions=1)
     # The process reserved the last redemption and died before charging anything.
     with services.database.transaction() as session:
         coupon = coupons.find(session, code)
@@ -392,7 +384,7 @@ def test_no_reservation_stays_stuck(
     if live_server.url not in _pools:
         _pools[live_server.url] = [api.new_agent() for _ in range(3)]
     pool = _pools[live_server.url]
-    code = _coupon(api, max_redemptions=limit, min_purchase=15)
+    code = bonus_coupon(api, max_redemptions=limit, min_purchase=15)
     redeemed: set[int] = set()
     for who, mode in attempts:
         agent = pool[who]

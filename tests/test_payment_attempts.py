@@ -45,7 +45,7 @@ from billfold.subscriptions.states import BillingReason
 from billfold.wallet import funding as wallet_funding
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from billfold.wallet.auto_funding import run_top_up
-from tests.helpers import CARD_OK, Agent, Api, decimal_json
+from tests.helpers import CARD_OK, Agent, Api, bonus_coupon, decimal_json
 from tests.subscription_helpers import create_plan, payments_of, status, subscriber
 
 AFTER_STALE = attempts.STALE_AFTER + timedelta(seconds=5)
@@ -130,18 +130,7 @@ def _charge_amount(api: Api, services: Services, processor: SandboxProcessor) ->
 
 
 def _coupon_purchase(api: Api, services: Services, processor: SandboxProcessor) -> Case:
-    code = f"PA{uuid.uuid4().hex[:8].upper()}"
-    created = api.admin_post(
-        "/coupons",
-        {
-            "code": code,
-            "kind": "bonus_fixed",
-            "amount": 5,
-            "min_purchase": 10,
-            "max_redemptions": 1,
-        },
-    )
-    assert created.status_code == 201, created.text
+    code = bonus_coupon(api, max_redemptions=1)
     agent = api.new_agent()
     with pytest.raises((ProcessorTimeout, ProcessDied)):
         coupons.redeem(

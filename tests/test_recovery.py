@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +19,7 @@ from billfold.payments.models import Payment
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.wallet import funding as wallet_funding
-from tests.helpers import Api
+from tests.helpers import Api, bonus_coupon
 
 AFTER_RECOVERY_DELAY = attempts.STALE_AFTER + timedelta(seconds=5)
 
@@ -159,18 +158,7 @@ def test_payment_link_paid_before_the_crash_completes_later(api: Api, services: 
 def test_interrupted_coupon_purchase_is_finished_or_given_back(
     api: Api, services: Services, charged: bool
 ) -> None:
-    code = f"R{uuid.uuid4().hex[:8].upper()}"
-    created = api.admin_post(
-        "/coupons",
-        {
-            "code": code,
-            "kind": "bonus_fixed",
-            "amount": 5,
-            "min_purchase": 10,
-            "max_redemptions": 1,
-        },
-    )
-    assert created.status_code == 201, created.text
+    code = bonus_coupon(api, max_redemptions=1)
     agent = api.new_agent()
     dying = DyingProcessor(services.processor, charge_reaches_processor=charged)
     with pytest.raises(ProcessDied):
