@@ -112,15 +112,23 @@ def test_charge_that_never_reached_the_processor_is_not_made(api: Api, services:
     Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
     assert agent.balance() == 0
     assert _payments(services, agent.account_id) == []
-    assert [job.status for job in _recovery_jobs(services, agent.account_id)] == ["succeeded"]
+    # The janitor's first look (nothing found yet) and its check at STALE_AFTER (never
+    # charged: settled failed), each done once.
+    jobs = _recovery_jobs(services, agent.account_id)
+    assert sorted((job.payload.get("found_only", False), job.status) for job in jobs) == [
+        (False, "succeeded"),
+        (True, "succeeded"),
+    ]
 
 
 def test_a_recorded_charge_cancels_its_recovery(api: Api, services: Services) -> None:
     agent = api.new_agent()
     assert agent.fund(25).status_code == 200
-    [job] = _recovery_jobs(services, agent.account_id)
-    assert job.status == "succeeded"
-    assert job.attempts == 0  # never ran
+    jobs = _recovery_jobs(services, agent.account_id)
+    assert len(jobs) == 2  # the first look and the check at STALE_AFTER
+    for job in jobs:
+        assert job.status == "succeeded"
+        assert job.attempts == 0  # never ran
     Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
     assert agent.balance() == 25
 

@@ -16,6 +16,7 @@ from billfold.application import testclock as test_clocks
 from billfold.application.jobs import Worker
 from billfold.clock import now, wall_now
 from billfold.errors import ErrorCode, Forbidden
+from billfold.processors.stripe import StripeProcessor
 from billfold.services import Services
 from tests.helpers import CARD_ATTACH_THEN_FAIL, Agent, Api, TestClock, assert_error
 from tests.subscription_helpers import (
@@ -157,8 +158,15 @@ def test_accounts_on_clocks_are_shown_and_found(api: Api, services: Services) ->
     assert_error(api.admin_post("/test-clocks", {"frozen_time": "tomorrow"}), 422)
 
 
-def test_test_clocks_are_sandbox_only(services: Services) -> None:
-    live = replace(services, settings=services.settings.model_copy(update={"processor": "live"}))
+def _stripe(secret_key: str) -> StripeProcessor:
+    return StripeProcessor(secret_key=secret_key, publishable_key="pk_x", webhook_secret=None)
+
+
+def test_test_clocks_run_in_test_mode_only(services: Services) -> None:
+    """The sandbox and Stripe test keys run test clocks; Stripe live keys never do."""
+    assert _stripe("sk_test_abc").test_mode
+    assert not _stripe("sk_live_abc").test_mode
+    live = replace(services, processor=_stripe("sk_live_abc"))
     with pytest.raises(Forbidden) as refused:
         test_clocks.get_clock(live, "clock_any")
     assert refused.value.code == ErrorCode.TEST_CLOCK_UNAVAILABLE

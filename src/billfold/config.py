@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_PATH = Path("var") / "billfold.db"
@@ -23,7 +23,17 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer key of the operator API; generated into var/admin_key if unset.",
     )
-    processor: Literal["sandbox"] = "sandbox"
+    processor: Literal["sandbox", "stripe"] = "sandbox"
+    # Stripe (processor=stripe): the account's keys and the signing secret of the webhook
+    # endpoint (/webhooks/stripe). `stripe_api_base` points the SDK at another server (a
+    # test server); `stripe_public_api_base` is where clients tokenize cards, as
+    # /billing/stripe-config tells them (Stripe's own API unless testing).
+    stripe_secret_key: str | None = None
+    stripe_publishable_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    stripe_public_api_base: str = "https://api.stripe.com"
+    stripe_timeout_seconds: float = Field(default=30.0, gt=0, le=120)
     public_url: str = Field(
         default="http://127.0.0.1:8000",
         description="Base URL clients reach this server at (used in links it hands out).",
@@ -69,6 +79,18 @@ class Settings(BaseSettings):
 
     db_pool_size: int = 20
     db_max_overflow: int = 20
+
+    @model_validator(mode="after")
+    def _stripe_keys_given(self) -> Settings:
+        if self.processor == "stripe" and not (
+            self.stripe_secret_key and self.stripe_publishable_key
+        ):
+            raise ValueError(
+                "BILLFOLD_PROCESSOR=stripe needs BILLFOLD_STRIPE_SECRET_KEY and "
+                "BILLFOLD_STRIPE_PUBLISHABLE_KEY (and BILLFOLD_STRIPE_WEBHOOK_SECRET for "
+                "/webhooks/stripe)."
+            )
+        return self
 
 
 @lru_cache

@@ -159,7 +159,11 @@ _SPECS = [
     ErrorSpec(_C.ACCOUNT_SUSPENDED, 401, "The account is suspended: its tokens and logins fail."),
     ErrorSpec(_C.ACCOUNT_EXISTS, 409, "An account with this email already exists."),
     ErrorSpec(_C.ACCOUNT_NOT_FOUND, 404, "No such account."),
-    ErrorSpec(_C.TEST_CLOCK_UNAVAILABLE, 403, "Test clocks only run in sandbox mode."),
+    ErrorSpec(
+        _C.TEST_CLOCK_UNAVAILABLE,
+        403,
+        "Test clocks only run in test mode (the sandbox or Stripe test keys).",
+    ),
     ErrorSpec(_C.TEST_CLOCK_NOT_FOUND, 404, "No such test clock.", ("test_clock_id",)),
     ErrorSpec(_C.SANDBOX_ONLY, 403, "Only the sandbox processor offers this (test cards)."),
     ErrorSpec(

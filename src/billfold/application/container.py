@@ -5,7 +5,9 @@ from __future__ import annotations
 from billfold.application.events import WIRED
 from billfold.config import Settings
 from billfold.db import Database
+from billfold.processors.base import Processor
 from billfold.processors.sandbox import SandboxProcessor
+from billfold.processors.stripe import StripeProcessor
 from billfold.security import hash_secret
 from billfold.services import Services
 
@@ -18,10 +20,23 @@ def build_services(settings: Settings, admin_key: str) -> Services:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
     )
-    processor = SandboxProcessor(database, publishable_key=settings.sandbox_publishable_key)
     return Services(
         settings=settings,
         database=database,
-        processor=processor,
+        processor=build_processor(settings, database),
         admin_key_hash=hash_secret(admin_key),
     )
+
+
+def build_processor(settings: Settings, database: Database) -> Processor:
+    if settings.processor == "stripe":
+        assert settings.stripe_secret_key and settings.stripe_publishable_key  # validated
+        return StripeProcessor(
+            secret_key=settings.stripe_secret_key,
+            publishable_key=settings.stripe_publishable_key,
+            webhook_secret=settings.stripe_webhook_secret,
+            api_base=settings.stripe_api_base,
+            public_api_base=settings.stripe_public_api_base,
+            timeout_seconds=settings.stripe_timeout_seconds,
+        )
+    return SandboxProcessor(database, publishable_key=settings.sandbox_publishable_key)

@@ -34,10 +34,12 @@ from billfold.testclock import service as testclock
 MAX_JOBS_PER_ADVANCE = 20_000
 
 
-def require_sandbox(services: Services) -> None:
-    if services.settings.processor != "sandbox":
+def require_test_mode(services: Services) -> None:
+    """Test clocks run in test mode only: the sandbox, or Stripe with test keys."""
+    if not services.processor.test_mode:
         raise Forbidden(
-            "Test clocks only run in sandbox mode.", code=ErrorCode.TEST_CLOCK_UNAVAILABLE
+            "Test clocks only run in test mode (the sandbox or Stripe test keys).",
+            code=ErrorCode.TEST_CLOCK_UNAVAILABLE,
         )
 
 
@@ -46,19 +48,19 @@ def create_clock(
 ) -> dict[str, Any]:
     """A new clock at `frozen_time` (now if None), running on from there (an atomic use
     case: in the caller's transaction)."""
-    require_sandbox(services)
+    require_test_mode(services)
     return testclock.view(testclock.create(session, name=name, starts_at=frozen_time))
 
 
 def get_clock(services: Services, test_clock_id: str) -> dict[str, Any]:
-    require_sandbox(services)
+    require_test_mode(services)
     with services.database.read() as session:
         return testclock.view(testclock.get(session, test_clock_id))
 
 
 def clock_time(services: Services, test_clock_id: str) -> clock.ClockTime:
     """A clock's current time (404 if there is no such clock)."""
-    require_sandbox(services)
+    require_test_mode(services)
     with services.database.read() as session:
         return testclock.time_of(testclock.get(session, test_clock_id))
 
@@ -97,7 +99,7 @@ def open_account(
     sandbox, 404 if there is no such clock): born on the clock's time."""
     if test_clock_id is None:
         return accounts.create_account(session, email=email, password=password, currency=currency)
-    require_sandbox(services)
+    require_test_mode(services)
     time = testclock.time_of(testclock.get(session, test_clock_id))
     with clock.on_test_clock(time.test_clock_id, time.offset):
         account = accounts.create_account(
@@ -113,7 +115,7 @@ def open_account(
 
 def advance(services: Services, test_clock_id: str, by: timedelta) -> dict[str, Any]:
     """Move one clock forward by `by`, running its jobs as their due times are reached."""
-    require_sandbox(services)
+    require_test_mode(services)
     database = services.database
     with database.transaction() as session:
         before, after = testclock.move_forward(session, test_clock_id, by)

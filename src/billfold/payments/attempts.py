@@ -64,8 +64,11 @@ JANITOR_JOB = "payments.settle_attempts"  # see billfold.payments.janitor
 # How long an attempt may stay open before the janitor settles it: far beyond any
 # processor call's timeout, so a request still running is never taken for a dead one.
 STALE_AFTER = timedelta(minutes=5)
+# The janitor's first look, which only records a charge the processor already knows.
+FIRST_LOOK_AFTER = timedelta(minutes=1)
 
 __all__ = [
+    "FIRST_LOOK_AFTER",
     "JANITOR_JOB",
     "STALE_AFTER",
     "Attempt",
@@ -228,6 +231,10 @@ def _janitor_key(attempt_id: str) -> str:
     return f"attempt:{attempt_id}"
 
 
+def _first_look_key(attempt_id: str) -> str:
+    return f"attempt:{attempt_id}:first-look"
+
+
 def begin(
     session: Session,
     *,
@@ -280,6 +287,16 @@ def begin(
         .execution_options(populate_existing=True)
     ).one()
     if inserted:
+        # A first look after a minute records a charge the processor already knows; the
+        # check at STALE_AFTER also settles one it never saw (see billfold.payments.janitor).
+        jobs.enqueue(
+            session,
+            kind=JANITOR_JOB,
+            account_id=account_id,
+            payload={"attempt_id": row.id, "found_only": True},
+            run_at=current + FIRST_LOOK_AFTER,
+            dedupe_key=_first_look_key(row.id),
+        )
         jobs.enqueue(
             session,
             kind=JANITOR_JOB,
@@ -466,6 +483,7 @@ def _settle(
         payment = session.get(Payment, settled.payment_id) if settled.payment_id else None
         return Outcome(settled, payment, recorded=False)
     jobs.cancel(session, dedupe_key=_janitor_key(attempt.id))
+    jobs.cancel(session, dedupe_key=_first_look_key(attempt.id))
     payment = None
     if result is not None:
         payment, _ = payments.record_payment(

@@ -8,10 +8,12 @@ purpose's handler runs once, in the recording transaction; `recovered` marks it)
 charge the processor never saw is settled failed (`not_charged`), and the purpose's
 failure handlers give back what was reserved. It never starts a charge.
 
-Each attempt queues its own janitor job `STALE_AFTER` after it is written (cancelled
-when its outcome is recorded); a sweep, kept queued by the worker's housekeeping every
-`SWEEP_INTERVAL`, settles whatever else is open past `STALE_AFTER` (say a job whose
-retries ran out while the processor was down).
+Each attempt queues its own janitor jobs when it is written (cancelled when its outcome
+is recorded): a first look after `FIRST_LOOK_AFTER`, and the check at `STALE_AFTER`;
+while the processor cannot answer, rechecks follow (`run_janitor`). A processor webhook
+(`payment_intent.succeeded`, …) settles an attempt the same way, sooner. A sweep, kept
+queued by the worker's housekeeping every `SWEEP_INTERVAL`, settles whatever else is
+open past `STALE_AFTER` (say a job whose retries ran out while the processor was down).
 """
 
 from __future__ import annotations
@@ -23,20 +25,23 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billfold.accounts.models import Account
 from billfold.clock import now
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.payments.attempts import (
     JANITOR_JOB,
     STALE_AFTER,
+    Attempt,
     Outcome,
     begin,
     fail,
     get,
+    mark_unknown,
     record,
 )
 from billfold.payments.models import OPEN_STATES, AttemptPurpose, FailureReason, PaymentAttempt
-from billfold.processors.base import Card, UnknownPaymentMethod
+from billfold.processors.base import Card, ChargeResult, UnknownPaymentMethod
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -44,25 +49,46 @@ if TYPE_CHECKING:
 log = logging.getLogger("billfold.payments")
 
 SWEEP_INTERVAL = timedelta(minutes=10)
+# When an attempt the processor could not answer for is checked again (from its start).
+RECHECKS = (timedelta(hours=1), *(timedelta(days=day) for day in range(1, 8)))
 SWEEP_BATCH = 100
 _SWEEP_KEY = "payments.settle_attempts:sweep"
 
-__all__ = ["JANITOR_JOB", "STALE_AFTER", "run_janitor", "schedule_sweep", "settle", "sweep"]
+__all__ = [
+    "JANITOR_JOB",
+    "RECHECKS",
+    "STALE_AFTER",
+    "record_found",
+    "run_janitor",
+    "schedule_sweep",
+    "settle",
+    "sweep",
+]
 
 
 # --- the janitor --------------------------------------------------------------------
 
 
-def settle(services: Services, attempt_id: str) -> Outcome | None:
+def settle(services: Services, attempt_id: str, *, found_only: bool = False) -> Outcome | None:
     """Settle an open attempt from what the processor knows (never starts a charge);
-    None if it is settled already."""
+    None if it is settled already, or (`found_only`) the processor has no charge for it
+    yet. Raises what the processor raises (unreachable, or the payment still in flight)."""
     with services.database.read() as session:
         attempt = get(session, attempt_id)
-    if attempt is None or attempt.state.settled:
-        return None
+        if attempt is None or attempt.state.settled:
+            return None
+        customer_id = session.scalar(
+            select(Account.processor_customer_id).where(Account.id == attempt.account_id)
+        )
     processor = services.processor
-    result = processor.find_charge(attempt.key)
+    result = (
+        processor.find_charge(attempt.key, customer_id=customer_id, since=attempt.created_at)
+        if customer_id is not None  # no customer at the processor: nothing was ever charged
+        else None
+    )
     if result is None:
+        if found_only:
+            return None
         log.warning("payment attempt %s never reached the processor", attempt.id)
         return fail(
             services.database,
@@ -71,6 +97,13 @@ def settle(services: Services, attempt_id: str) -> Outcome | None:
             recovered=True,
             services=services,
         )
+    return record_found(services, attempt, result)
+
+
+def record_found(services: Services, attempt: Attempt, result: ChargeResult) -> Outcome:
+    """Record a charge the processor reports for an open attempt (the janitor's look, or a
+    processor webhook), as the request would have recorded it."""
+    processor = services.processor
     card: Card | None = None
     if result.succeeded and attempt.context.get("save_card"):
         try:
@@ -125,12 +158,47 @@ def schedule_sweep(session: Session) -> None:
 
 
 def run_janitor(services: Services, job: ClaimedJob) -> None:
-    """The janitor job: one attempt's (queued with it), or a sweep."""
+    """The janitor job: one attempt's (queued with it, or a later check), or a sweep.
+
+    An attempt's checks: a first look after a minute (records a charge the processor
+    knows), then at STALE_AFTER (also settles one it never saw). While the processor
+    cannot answer (unreachable, or the payment still in flight), the attempt is
+    `unknown` and checked again after an hour, then daily for a week (`RECHECKS`); past
+    that it stays `unknown`, listed for the operator (GET /api/admin/v1/payment-attempts
+    ?state=unknown), and the sweep keeps trying."""
     attempt_id = job.payload.get("attempt_id")
-    if attempt_id is not None:
-        settle(services, str(attempt_id))
-    else:
+    if attempt_id is None:
         sweep(services)
+        return
+    found_only = bool(job.payload.get("found_only"))
+    try:
+        settle(services, str(attempt_id), found_only=found_only)
+    except Exception:
+        log.exception("could not settle payment attempt %s", attempt_id)
+        if found_only:
+            return  # the check at STALE_AFTER follows anyway
+        with services.database.read() as session:
+            attempt = get(session, str(attempt_id))
+        if attempt is None:
+            return
+        mark_unknown(services.database, attempt)
+        recheck = int(job.payload.get("recheck", -1)) + 1
+        if recheck < len(RECHECKS):
+            with services.database.transaction() as session:
+                jobs.enqueue(
+                    session,
+                    kind=JANITOR_JOB,
+                    account_id=attempt.account_id,
+                    payload={"attempt_id": attempt.id, "recheck": recheck},
+                    run_at=attempt.created_at + RECHECKS[recheck],
+                    dedupe_key=f"attempt:{attempt.id}:recheck:{recheck}",
+                )
+        else:
+            log.error(
+                "payment attempt %s is still unknown after a week: see "
+                "GET /api/admin/v1/payment-attempts?state=unknown",
+                attempt.id,
+            )
 
 
 # --- recovery jobs queued before this machine existed -------------------------------

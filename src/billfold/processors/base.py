@@ -8,6 +8,7 @@ calls), each with an idempotency key so a retried step never moves money twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -48,6 +49,25 @@ class SetupIntent:
     status: str
 
 
+@dataclass(frozen=True)
+class HostedCheckout:
+    """A payment page the processor hosts (Stripe Checkout) for one payment link."""
+
+    id: str  # cs_… at the processor
+    url: str
+
+
+@dataclass(frozen=True)
+class HostedCheckoutState:
+    """What the processor says of a hosted checkout: `paid` once its payment succeeded."""
+
+    id: str
+    paid: bool
+    expired: bool
+    payment_intent_id: str | None
+    payment_method_id: str | None
+
+
 class CardError(Exception):
     """The processor refused the card itself (on attach), Stripe's `card_error`."""
 
@@ -65,6 +85,10 @@ class UnknownPaymentMethod(Exception):
 class Processor(Protocol):
     name: str
     publishable_key: str
+    # Where clients tokenize cards (Stripe's API), or None: Billfold's own sandbox API.
+    api_base: str | None
+    # Test mode (the sandbox, or Stripe test keys): test clocks may run.
+    test_mode: bool
 
     def create_customer(self, *, email: str, account_id: str) -> str: ...
 
@@ -87,10 +111,32 @@ class Processor(Protocol):
         description: str,
     ) -> ChargeResult: ...
 
-    def find_charge(self, idempotency_key: str) -> ChargeResult | None:
-        """The charge made under this idempotency key, if the processor ever saw it."""
+    def find_charge(
+        self, idempotency_key: str, *, customer_id: str, since: datetime
+    ) -> ChargeResult | None:
+        """The charge made for `customer_id` under this idempotency key (not before `since`,
+        when the attempt was written), if the processor ever saw it."""
         ...
 
     def refund(
         self, *, payment_intent_id: str, amount_cents: int, idempotency_key: str
     ) -> RefundResult: ...
+
+    def create_hosted_checkout(
+        self,
+        *,
+        customer_id: str,
+        amount_cents: int,
+        currency: str,
+        description: str,
+        success_url: str,
+        cancel_url: str,
+        expires_at: datetime,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> HostedCheckout | None:
+        """A page the processor hosts to take this payment from a human (saving the card
+        for off-session use), or None when Billfold's own page takes the card (sandbox)."""
+        ...
+
+    def retrieve_hosted_checkout(self, checkout_id: str) -> HostedCheckoutState: ...

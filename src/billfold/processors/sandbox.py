@@ -24,6 +24,8 @@ from billfold.processors.base import (
     Card,
     CardError,
     ChargeResult,
+    HostedCheckout,
+    HostedCheckoutState,
     RefundResult,
     SetupIntent,
     UnknownPaymentMethod,
@@ -82,6 +84,8 @@ def _card_of(obj: SandboxObject) -> Card:
 
 class SandboxProcessor:
     name = "sandbox"
+    api_base: str | None = None  # cards are tokenized at Billfold's own /sandbox API
+    test_mode = True
 
     def __init__(self, database: Database, *, publishable_key: str) -> None:
         self.database = database
@@ -370,11 +374,16 @@ class SandboxProcessor:
             return self._charge_result(SandboxObject(id=intent_id, data=data))
 
     def _replay(self, idempotency_key: str) -> ChargeResult:
-        found = self.find_charge(idempotency_key)
+        found = self._charge_by_key(idempotency_key)
         assert found is not None
         return found
 
-    def find_charge(self, idempotency_key: str) -> ChargeResult | None:
+    def find_charge(
+        self, idempotency_key: str, *, customer_id: str, since: datetime
+    ) -> ChargeResult | None:
+        return self._charge_by_key(idempotency_key)
+
+    def _charge_by_key(self, idempotency_key: str) -> ChargeResult | None:
         with self.database.read() as session:
             obj = session.scalars(
                 select(SandboxObject).where(
@@ -431,3 +440,23 @@ class SandboxProcessor:
             )
             session.add(refund)
         return RefundResult(refund_id=refund.id, status=status)
+
+    # --- hosted checkout: the sandbox has none; Billfold's own page takes the card -------
+
+    def create_hosted_checkout(
+        self,
+        *,
+        customer_id: str,
+        amount_cents: int,
+        currency: str,
+        description: str,
+        success_url: str,
+        cancel_url: str,
+        expires_at: datetime,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> HostedCheckout | None:
+        return None
+
+    def retrieve_hosted_checkout(self, checkout_id: str) -> HostedCheckoutState:
+        raise UnknownPaymentMethod(checkout_id)

@@ -37,7 +37,7 @@ admin_router = APIRouter(
     responses=ERROR_RESPONSES,
 )
 SANDBOX_ONLY_RESPONSE: dict[int | str, dict[str, Any]] = {
-    403: {"model": ErrorEnvelope, "description": "test_clock_unavailable: not in sandbox mode"}
+    403: {"model": ErrorEnvelope, "description": "test_clock_unavailable: not in test mode"}
 }
 
 
@@ -70,7 +70,7 @@ def revoke_current_token(agent: Agent, services: ServicesDep) -> Response:
 def create_account(
     body: CreateAccountRequest, services: ServicesDep, call: OperatorCall
 ) -> Response:
-    """Create an account with its empty wallet; in sandbox mode, on a test clock if
+    """Create an account with its empty wallet; in test mode, on a test clock if
     `test_clock_id` names one (the account then lives on the clock's time)."""
     return respond(accounts.create_account(services, call=call, body=body))
 

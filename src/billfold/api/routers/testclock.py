@@ -24,7 +24,7 @@ router = APIRouter(
     dependencies=[Operator],
     responses={
         **ERROR_RESPONSES,
-        403: {"model": ErrorEnvelope, "description": "test_clock_unavailable: not in sandbox mode"},
+        403: {"model": ErrorEnvelope, "description": "test_clock_unavailable: not in test mode"},
     },
 )
 

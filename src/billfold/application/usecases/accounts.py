@@ -80,7 +80,7 @@ def revoke_token(app: Services, *, call: Call, account_id: str, token_id: str) -
 
 
 def create_account(app: Services, *, call: Call, body: CreateAccountRequest) -> Reply:
-    """Create an account with its empty wallet; in sandbox mode, on a test clock if
+    """Create an account with its empty wallet; in test mode, on a test clock if
     `test_clock_id` names one (the account then lives on the clock's time)."""
 
     def handler(session: Session) -> Outcome:

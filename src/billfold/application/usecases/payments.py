@@ -28,8 +28,11 @@ from billfold.services import Services
 
 
 def tokenization_base(app: Services, *, base_url: str) -> str:
-    """Where the Stripe-compatible tokenization API is served (the sandbox processor): under
-    the configured public URL, else under `base_url` (where the front end was reached)."""
+    """Where cards are tokenized: the processor's API (Stripe's), or for the sandbox its
+    Stripe-compatible API under the configured public URL, else under `base_url` (where the
+    front end was reached)."""
+    if app.processor.api_base is not None:
+        return app.processor.api_base.rstrip("/")
     return (app.settings.public_url or base_url).rstrip("/") + "/sandbox"
 
 
