@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     HTTP_ERROR = "http_error"
     INTERNAL_ERROR = "internal_error"
     PROCESSOR_ERROR = "processor_error"
+    WEBHOOK_SIGNATURE_INVALID = "webhook_signature_invalid"
     # Accounts, tokens and logins
     INVALID_CREDENTIALS = "invalid_credentials"
     TOKEN_REVOKED = "token_revoked"  # noqa: S105 (a code, not a secret)
@@ -51,6 +52,7 @@ class ErrorCode(StrEnum):
     # Wallet, cards and payments
     INSUFFICIENT_FUNDS = "insufficient_funds"
     PAYMENT_DECLINED = "payment_declined"
+    AUTHENTICATION_REQUIRED = "authentication_required"
     CARD_DECLINED = "card_declined"
     INVALID_CARD = "invalid_card"
     PAYMENT_METHOD_REQUIRED = "payment_method_required"
@@ -165,6 +167,12 @@ _SPECS = [
         "Test clocks only run in test mode (the sandbox or Stripe test keys).",
     ),
     ErrorSpec(_C.TEST_CLOCK_NOT_FOUND, 404, "No such test clock.", ("test_clock_id",)),
+    ErrorSpec(
+        _C.WEBHOOK_SIGNATURE_INVALID,
+        400,
+        "A processor webhook whose Stripe-Signature does not verify (wrong secret, "
+        "tampered body, or older than 5 minutes); nothing was processed.",
+    ),
     ErrorSpec(_C.SANDBOX_ONLY, 403, "Only the sandbox processor offers this (test cards)."),
     ErrorSpec(
         _C.IDEMPOTENCY_KEY_REUSED,
@@ -191,6 +199,14 @@ _SPECS = [
         "A card payment was attempted and failed; `data` holds what was recorded and "
         "`decline_code` says why. Also the code of an invoice's `last_payment_error`.",
         ("decline_code",),
+    ),
+    ErrorSpec(
+        _C.AUTHENTICATION_REQUIRED,
+        402,
+        "The card needs its holder to authenticate (3-D Secure), which an off-session "
+        "charge cannot do; nothing was charged. `payment_url` (with `session_id` and "
+        "`expires_at`) is a payment link for the same amount the human can pay.",
+        ("decline_code", "payment_url", "session_id", "expires_at"),
     ),
     ErrorSpec(
         _C.CARD_DECLINED,

@@ -9,7 +9,14 @@ from billfold.idempotency.models import IdempotencyKey
 from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries, OperatorSettings
 from billfold.jobs.models import Job
 from billfold.ledger.models import LedgerPosting, LedgerTransaction, Wallet
-from billfold.payments.models import Payment, PaymentAttempt, PaymentMethod, Refund
+from billfold.payments.models import (
+    Dispute,
+    Payment,
+    PaymentAttempt,
+    PaymentMethod,
+    ProcessorEvent,
+    Refund,
+)
 from billfold.processors.sandbox import SandboxObject
 from billfold.ratelimit import RateLimitCounter
 from billfold.subscriptions.models import CreditGrant, Plan, Subscription
@@ -25,6 +32,7 @@ __all__ = [
     "Coupon",
     "CouponRedemption",
     "CreditGrant",
+    "Dispute",
     "IdempotencyKey",
     "Invoice",
     "InvoiceLine",
@@ -37,6 +45,7 @@ __all__ = [
     "PaymentAttempt",
     "PaymentMethod",
     "Plan",
+    "ProcessorEvent",
     "RateLimitCounter",
     "Refund",
     "SandboxObject",

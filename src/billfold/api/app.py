@@ -27,8 +27,10 @@ from billfold.api.routers.coupons import router as coupons_router
 from billfold.api.routers.invoices import admin_router as invoices_admin_router
 from billfold.api.routers.invoices import files_router as invoice_files_router
 from billfold.api.routers.invoices import router as invoices_router
+from billfold.api.routers.payment_attempts import admin_router as payment_attempts_admin_router
 from billfold.api.routers.payments import router as payments_router
 from billfold.api.routers.sandbox import router as sandbox_router
+from billfold.api.routers.stripe_webhooks import router as stripe_webhooks_router
 from billfold.api.routers.subscriptions import admin_router as subscriptions_admin_router
 from billfold.api.routers.subscriptions import router as subscriptions_router
 from billfold.api.routers.testclock import router as testclock_router
@@ -238,10 +240,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(usage_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(coupons_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(invoices_admin_router, prefix=ADMIN_PREFIX)
+    app.include_router(payment_attempts_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(webhooks_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(subscriptions_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(testclock_router, prefix=ADMIN_PREFIX)
     app.include_router(sandbox_router)
+    app.include_router(stripe_webhooks_router)
     app.include_router(checkout_pages)
     app.mount("/checkout/static", StaticFiles(directory=CHECKOUT_STATIC), name="checkout-static")
     app.include_router(invoice_files_router)

@@ -1,4 +1,5 @@
-"""The hosted payment page a human opens from a payment link (sandbox mode)."""
+"""The page a human opens from a payment link: the card form (sandbox), or a redirect to
+the processor's own payment page (Stripe Checkout), and the success page either way."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def _pay_page(
     )
 
 
-def _show(link: usecases.HostedLink | None) -> HTMLResponse:
+def _show(link: usecases.HostedLink | None) -> Response:
     if link is None:
         return _closed("Payment link not found", "Check the link you were given.", 404)
     checkout, plan = link.checkout, link.plan
@@ -107,12 +108,16 @@ def _show(link: usecases.HostedLink | None) -> HTMLResponse:
             "A payment for this link is being processed. Reload shortly.",
             409,
         )
+    if link.pay_at is not None:  # the processor's own page takes the card (Stripe Checkout)
+        return RedirectResponse(link.pay_at, status_code=303, headers=_HEADERS)
     return _pay_page(checkout, plan)
 
 
 @router.get("/pay/{session_id}")
-def show_payment_page(session_id: str, services: ServicesDep) -> Response:
-    return _show(usecases.hosted_link(services, session_id=session_id))
+def show_payment_page(session_id: str, request: Request, services: ServicesDep) -> Response:
+    return _show(
+        usecases.open_hosted_link(services, session_id=session_id, base_url=str(request.base_url))
+    )
 
 
 def _split_expiry(value: str) -> tuple[str, str]:

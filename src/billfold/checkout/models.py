@@ -28,6 +28,10 @@ class CheckoutSession(Base):
     status: Mapped[str] = mapped_column(String(12), default="open")
     processing_until: Mapped[datetime | None]
     payment_intent_id: Mapped[str | None] = mapped_column(String(64))
+    # A processor that hosts the payment page (Stripe Checkout): its session, made when
+    # the human first opens the link, and where to send them.
+    processor_checkout_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    processor_checkout_url: Mapped[str | None] = mapped_column(String(2000))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     expires_at: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=now)

@@ -8,6 +8,7 @@ payment is attempted, so a double-submitted form cannot charge twice.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from billfold.checkout.models import CheckoutSession
-from billfold.clock import now
+from billfold.clock import now, wall_now
 from billfold.db import Database
 from billfold.errors import BillfoldError, Conflict, ErrorCode, Gone, NotFound
 from billfold.events import Topic
@@ -24,10 +25,17 @@ from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger.models import LedgerTransaction, Wallet
+from billfold.money import micros_to_cents
 from billfold.payments import attempts
 from billfold.payments import service as payments
 from billfold.payments.models import AttemptPurpose, FailureReason, Payment
-from billfold.processors.base import Card
+from billfold.processors.base import (
+    Card,
+    ChargeResult,
+    HostedCheckoutState,
+    Processor,
+    UnknownPaymentMethod,
+)
 from billfold.processors.cards import InvalidCard
 from billfold.processors.sandbox import SandboxProcessor
 from billfold.wallet import funding
@@ -270,11 +278,7 @@ def pay_with_card(
             database,
             processor,
             attempt,
-            description=(
-                "Wallet funding (payment link)"
-                if plan_id is None
-                else f"Subscription to plan {plan_id} (payment link)"
-            ),
+            description=_link_description(plan_id),
             prepare=card_to_keep,
         )
     except Exception:
@@ -329,9 +333,145 @@ def _decline_message(message: str | None, decline_code: str | None) -> str:
 
 
 def run_expiry(services: Services, job: ClaimedJob) -> None:
-    """The job scheduled at a link's expiry: an unpaid session becomes expired."""
+    """The job scheduled at a link's expiry: an unpaid session becomes expired (a link paid
+    on the processor's page, whose news has not come, is recorded first)."""
+    session_id = str(job.payload["session_id"])
+    sync_hosted(services.database, services.processor, session_id=session_id)
     with services.database.transaction() as session:
-        expire(session, str(job.payload["session_id"]))
+        expire(session, session_id)
+
+
+# --- links paid on the processor's own page (Stripe Checkout) -------------------------
+
+
+def hosted_checkout_url(
+    database: Database, processor: Processor, *, session_id: str, base_url: str
+) -> str | None:
+    """Where a human pays an open link on a processor that hosts the payment page: its
+    checkout, made on the first visit (once, under a key derived from the link) and sent
+    back to Billfold's page for the link (`base_url`/pay/<id>). None: Billfold's own page
+    takes the card (sandbox), or the link is not open."""
+    if not processor.hosts_checkout:
+        return None
+    with database.read() as session:
+        checkout = session.get(CheckoutSession, session_id)
+        if checkout is None or effective_status(checkout) != "open":
+            return None
+        if checkout.processor_checkout_url is not None:
+            return checkout.processor_checkout_url
+        account_id, plan_id = checkout.account_id, checkout.plan_id
+        amount, currency = checkout.amount_micros, checkout.currency
+        expires_in = checkout.expires_at - now()
+    customer_id = payments.ensure_customer(database, processor, account_id)
+    page = f"{base_url.rstrip('/')}/pay/{session_id}"
+    hosted = processor.create_hosted_checkout(
+        customer_id=customer_id,
+        amount_cents=micros_to_cents(amount),
+        currency=currency,
+        description=_link_description(plan_id),
+        success_url=page,
+        cancel_url=page,
+        expires_at=wall_now() + expires_in,
+        idempotency_key=f"checkout:{session_id}",
+        metadata={"billfold_session_id": session_id, "billfold_account_id": account_id},
+    )
+    if hosted is None:
+        return None
+    with database.transaction() as session:
+        session.execute(
+            update(CheckoutSession)
+            .where(
+                CheckoutSession.id == session_id,
+                CheckoutSession.processor_checkout_id.is_(None),
+            )
+            .values(processor_checkout_id=hosted.id, processor_checkout_url=hosted.url)
+        )
+        stored = session.get(CheckoutSession, session_id, populate_existing=True)
+        assert stored is not None
+        return stored.processor_checkout_url
+
+
+def sync_hosted(
+    database: Database,
+    processor: Processor,
+    *,
+    session_id: str | None = None,
+    processor_checkout_id: str | None = None,
+    account_id: str | None = None,
+) -> None:
+    """Record a link paid on the processor's page, if the processor says it was paid
+    (asked when the human comes back, when the agent confirms, by the processor's
+    webhook and at expiry). Only `account_id`'s link, when given; nothing for a link the
+    processor does not host, or one already complete."""
+    if not processor.hosts_checkout:
+        return
+    with database.read() as session:
+        if session_id is not None:
+            checkout = session.get(CheckoutSession, session_id)
+        else:
+            checkout = session.scalars(
+                select(CheckoutSession).where(
+                    CheckoutSession.processor_checkout_id == processor_checkout_id
+                )
+            ).first()
+        if (
+            checkout is None
+            or checkout.processor_checkout_id is None
+            or checkout.status == "complete"
+            or (account_id is not None and checkout.account_id != account_id)
+        ):
+            return
+        hosted_id, link_id = checkout.processor_checkout_id, checkout.id
+    state = processor.retrieve_hosted_checkout(hosted_id)
+    if state.paid and state.payment_intent_id is not None:
+        _record_hosted_payment(database, processor, link_id, state)
+
+
+def _record_hosted_payment(
+    database: Database, processor: Processor, session_id: str, state: HostedCheckoutState
+) -> None:
+    """The payment attempt of a link paid on the processor's page, recorded as succeeded
+    once, whoever records it first (webhook, confirm, the human's return): they all meet
+    at the same attempt, and only one conditional UPDATE moves it."""
+    assert state.payment_intent_id is not None
+    with database.transaction() as session:
+        checkout = session.get(CheckoutSession, session_id)
+        assert checkout is not None
+        attempt = attempts.begin(
+            session,
+            purpose=AttemptPurpose.CHECKOUT,
+            operation=f"checkout:{session_id}:hosted",
+            account_id=checkout.account_id,
+            amount_micros=checkout.amount_micros,
+            currency=checkout.currency,
+            payment_method_id=state.payment_method_id or "",
+            payment_purpose="checkout" if checkout.plan_id is None else "subscription_checkout",
+            context={
+                "checkout_session_id": session_id,
+                "attempt": 0,
+                "plan_id": checkout.plan_id,
+                "save_card": True,  # saved for renewals and auto-funding
+            },
+        )
+    if attempt.state.settled:
+        return
+    card: Card | None = None
+    if state.payment_method_id:
+        with suppress(UnknownPaymentMethod):
+            card = processor.retrieve_payment_method(state.payment_method_id)
+    with database.transaction() as session:
+        attempts.record(
+            session,
+            attempt,
+            ChargeResult(payment_intent_id=state.payment_intent_id, status="succeeded"),
+            card=card,
+        )
+
+
+def _link_description(plan_id: int | None) -> str:
+    if plan_id is None:
+        return "Wallet funding (payment link)"
+    return f"Subscription to plan {plan_id} (payment link)"
 
 
 @attempts.on_success(AttemptPurpose.CHECKOUT).subscribe

@@ -58,6 +58,8 @@ class Payment(Base):
     decline_code: Mapped[str | None] = mapped_column(String(64))
     failure_message: Mapped[str | None] = mapped_column(String(500))
     refunded_micros: Mapped[int] = mapped_column(Micros, default=0)
+    # The cardholder disputed it: its credit is no longer withdrawable (see Dispute).
+    disputed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(default=now)
 
     __table_args__ = (
@@ -154,3 +156,29 @@ class PaymentAttempt(Base):
         Index("ix_payment_attempts_operation", "operation", "number"),
         Index("ix_payment_attempts_open", "state", "created_at"),
     )
+
+
+class Dispute(Base):
+    """A cardholder's dispute of a card payment, as the processor reported it."""
+
+    __tablename__ = "disputes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the processor's dp_…
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id"))
+    amount_micros: Mapped[int] = mapped_column(Micros)
+    reason: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+    __table_args__ = (Index("ix_disputes_account_id", "account_id"),)
+
+
+class ProcessorEvent(Base):
+    """A processor webhook event already processed (its id), so a replay does nothing."""
+
+    __tablename__ = "processor_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # evt_…
+    type: Mapped[str] = mapped_column(String(80))
+    received_at: Mapped[datetime] = mapped_column(default=now)

@@ -66,3 +66,28 @@ class SetupIntentOut(ResponseModel):
     client_secret: str
     status: str
     instructions: str
+
+
+class PaymentAttemptOut(ResponseModel):
+    """One card charge as the payment-attempt machine recorded it (operator view)."""
+
+    id: str
+    account_id: str
+    purpose: str
+    state: str
+    amount: MoneyOut
+    currency: str
+    payment_method_id: str
+    payment_id: str | None
+    failure_reason: str | None
+    failure_message: str | None
+    settled_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    settled_at: datetime | None
+
+
+class PaymentAttemptList(ResponseModel):
+    items: list[PaymentAttemptOut]
+    limit: int
+    has_more: bool

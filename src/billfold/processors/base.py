@@ -89,6 +89,9 @@ class Processor(Protocol):
     api_base: str | None
     # Test mode (the sandbox, or Stripe test keys): test clocks may run.
     test_mode: bool
+    # The processor hosts the page where a human pays a payment link (Stripe Checkout);
+    # else Billfold's own page takes the card (sandbox).
+    hosts_checkout: bool
 
     def create_customer(self, *, email: str, account_id: str) -> str: ...
 

@@ -86,6 +86,7 @@ class SandboxProcessor:
     name = "sandbox"
     api_base: str | None = None  # cards are tokenized at Billfold's own /sandbox API
     test_mode = True
+    hosts_checkout = False
 
     def __init__(self, database: Database, *, publishable_key: str) -> None:
         self.database = database

@@ -118,6 +118,7 @@ class PaymentInFlight(Exception):
 
 class StripeProcessor:
     name = "stripe"
+    hosts_checkout = True
 
     def __init__(
         self,
@@ -313,6 +314,19 @@ class StripeProcessor:
             return RefundResult(refund_id="", status="failed")
         status = "failed" if refund["status"] in ("failed", "canceled") else "succeeded"
         return RefundResult(refund_id=refund["id"], status=status)
+
+    def refunds_made_elsewhere(self, payment_intent_id: str) -> list[tuple[str, int]]:
+        """(refund id, cents) of the succeeded refunds of a payment not made by Billfold
+        (Stripe's dashboard); Billfold's own carry `billfold_refund_id` metadata."""
+        page = self._raw(self.client.v1.refunds.list, payment_intent=payment_intent_id, limit=100)
+        found = []
+        for item in page.auto_paging_iter():
+            refund = item.to_dict()
+            if refund.get("status") in ("succeeded", "pending") and not (
+                refund.get("metadata") or {}
+            ).get("billfold_refund_id"):
+                found.append((str(refund["id"]), int(refund["amount"])))
+        return found
 
     # --- hosted checkout --------------------------------------------------------------
 

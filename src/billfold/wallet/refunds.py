@@ -24,6 +24,7 @@ from billfold.ledger.service import get_wallet
 from billfold.money import floor_to_cent, from_micros, micros_to_cents
 from billfold.payments.models import Payment, Refund
 from billfold.processors.base import Processor
+from billfold.webhooks import service as webhooks
 
 REFUNDABLE_PURPOSES = (
     "wallet_funding",
@@ -141,6 +142,7 @@ def _refundable_payments(session: Session, account_id: str) -> list[Payment]:
                 Payment.status == "succeeded",
                 Payment.purpose.in_(REFUNDABLE_PURPOSES),
                 Payment.refunded_micros < Payment.amount_micros,
+                Payment.disputed.is_(False),  # the bank may take it back: not ours to refund
             )
             .order_by(Payment.created_at.desc(), Payment.id.desc())
         )
@@ -387,3 +389,62 @@ def refund_view(refund: Refund) -> dict[str, Any]:
         "amount": from_micros(refund.amount_micros),
         "status": refund.status,
     }
+
+
+def record_processor_refund(
+    session: Session, *, payment_intent_id: str, processor_refund_id: str, amount_micros: int
+) -> Refund | None:
+    """A refund made at the processor, not by Billfold (Stripe's dashboard), recorded once
+    (None: not a payment of Billfold's, or recorded already): the money leaves the wallet's
+    purchased credit, the operator bearing what was already spent; with a credit note."""
+    payment = session.get(Payment, payment_intent_id)
+    if payment is None or payment.status != "succeeded":
+        return None
+    known = session.scalars(
+        select(Refund).where(Refund.processor_refund_id == processor_refund_id)
+    ).first()
+    if known is not None:
+        return None
+    wallet = ledger.lock_wallet(session, payment.account_id)
+    session.refresh(payment)
+    amount = min(amount_micros, payment.amount_micros - payment.refunded_micros)
+    if amount <= 0:
+        return None
+    refund = Refund(
+        id=new_id("re"),
+        account_id=payment.account_id,
+        payment_id=payment.id,
+        amount_micros=amount,
+        status="succeeded",
+        reason="processor_refund",
+        processor_refund_id=processor_refund_id,
+    )
+    session.add(refund)
+    session.flush()
+    _reserve_refund(session, payment.id, amount)
+    from_purchased = min(amount, wallet.purchased_micros)
+    postings = [ledger.Posting(ledger.PROCESSOR_CLEARING, amount)]
+    if from_purchased:
+        postings.append(ledger.Posting(ledger.wallet_account("purchased"), -from_purchased))
+    if amount > from_purchased:  # already spent: the operator bears it
+        postings.append(ledger.Posting(ledger.OPERATOR_ADJUSTMENTS, from_purchased - amount))
+    ledger.post(
+        session,
+        account_id=payment.account_id,
+        kind="processor_refund",
+        usecase="refund",
+        description="Refunded at the payment processor",
+        payment_id=payment.id,
+        reference=f"processor_refund:{processor_refund_id}",
+        postings=postings,
+    )
+    credit_note_for_refund(
+        session, refund_id=refund.id, payment_intent_id=payment.id, amount_micros=amount
+    )
+    webhooks.emit(
+        session,
+        type="payment.refunded",
+        account_id=payment.account_id,
+        data={**refund_view(refund), "currency": payment.currency, "source": "processor"},
+    )
+    return refund

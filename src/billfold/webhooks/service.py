@@ -45,6 +45,8 @@ EVENT_TYPES = frozenset(
         "wallet.auto_funding_disabled",
         "payment.succeeded",
         "payment.failed",
+        "payment.disputed",
+        "payment.refunded",
         "invoice.finalized",
         "invoice.paid",
         "coupon.redeemed",

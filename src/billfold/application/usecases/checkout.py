@@ -8,7 +8,7 @@ Confirming a `subscribe` link is `subscriptions.confirm_checkout`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from sqlalchemy.orm import Session
@@ -83,7 +83,11 @@ def confirm_wallet_checkout(
 ) -> ConfirmedCheckoutOut:
     """The wallet was credited when the human paid; this reports it, the same every time
     (the balance right after that credit). 409 checkout_not_completed until then, 410 once
-    the link expired unpaid."""
+    the link expired unpaid. A link paid on the processor's page is recorded first, if the
+    processor says it was paid."""
+    service.sync_hosted(
+        app.database, app.processor, session_id=body.session_id, account_id=account_id
+    )
     with app.database.read() as session:
         link = service.confirm(
             session, account_id=account_id, session_id=body.session_id, purpose="fund"
@@ -102,10 +106,12 @@ def confirm_wallet_checkout(
 
 @dataclass(frozen=True)
 class HostedLink:
-    """A payment link as its hosted page shows it: the link, and its plan (`subscribe`)."""
+    """A payment link as its hosted page shows it: the link, its plan (`subscribe`), and
+    where the human pays it when the processor hosts the payment page (Stripe Checkout)."""
 
     checkout: CheckoutSession
     plan: Plan | None
+    pay_at: str | None = None
 
     @property
     def status(self) -> str:
@@ -122,6 +128,20 @@ class HostedPayment:
     link: HostedLink | None
     result: service.PayResult | None = None
     retry_after: str | None = None
+
+
+def open_hosted_link(app: Services, *, session_id: str, base_url: str) -> HostedLink | None:
+    """The payment link behind its page, as a human opening it finds it: paid on the
+    processor's page (recorded now if the processor says so), or where to pay it there
+    (`pay_at`); None: no such link. The processor's page sends the human back to the link's
+    page under the configured public URL, else under `base_url`."""
+    base = (app.settings.public_url or base_url).rstrip("/")
+    service.sync_hosted(app.database, app.processor, session_id=session_id)
+    pay_at = service.hosted_checkout_url(
+        app.database, app.processor, session_id=session_id, base_url=base
+    )
+    link = hosted_link(app, session_id=session_id)
+    return replace(link, pay_at=pay_at) if link is not None else None
 
 
 def hosted_link(app: Services, *, session_id: str) -> HostedLink | None:

@@ -1,5 +1,6 @@
 """Payment use cases: the processor configuration for client-side tokenization, saved cards
-(attach, make default, remove, list), setup intents, and one payment's recorded status.
+(attach, make default, remove, list), setup intents, one payment's recorded status, and
+the operator's listing of payment attempts.
 
 Attaching a new card and removing one call the processor between transactions (phased);
 making a card the default is atomic.
@@ -8,14 +9,20 @@ making a card the default is atomic.
 from __future__ import annotations
 
 from contextlib import suppress
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.usecases.base import Call, for_account
+from billfold.money import from_micros
 from billfold.payments import service
+from billfold.payments.models import AttemptState, PaymentAttempt
 from billfold.payments.schemas import (
     AttachPaymentMethodRequest,
+    PaymentAttemptList,
+    PaymentAttemptOut,
     PaymentMethodList,
     PaymentMethodOut,
     PaymentOut,
@@ -172,3 +179,50 @@ def create_setup_intent(app: Services, *, call: Call, account_id: str, base_url:
         )
 
     return for_account(app, call, account_id).phased(handler)
+
+
+# --- operator reads ------------------------------------------------------------------
+
+
+def _attempt_view(row: PaymentAttempt) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "account_id": row.account_id,
+        "purpose": row.purpose,
+        "state": row.state,
+        "amount": from_micros(row.amount_micros),
+        "currency": row.currency,
+        "payment_method_id": row.payment_method_id,
+        "payment_id": row.payment_id,
+        "failure_reason": row.failure_reason,
+        "failure_message": row.failure_message,
+        "settled_by": row.settled_by,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "settled_at": row.settled_at,
+    }
+
+
+def payment_attempts(
+    app: Services,
+    *,
+    state: AttemptState | None = None,
+    account_id: str | None = None,
+    limit: int = 50,
+) -> PaymentAttemptList:
+    """Payment attempts, newest first: with `state=unknown`, the card charges whose outcome
+    the processor could not tell yet (the janitor settles them; nothing is credited until
+    then)."""
+    query = select(PaymentAttempt)
+    if state is not None:
+        query = query.where(PaymentAttempt.state == AttemptState(state).value)
+    if account_id is not None:
+        query = query.where(PaymentAttempt.account_id == account_id)
+    query = query.order_by(PaymentAttempt.created_at.desc(), PaymentAttempt.id.desc())
+    with app.database.read() as session:
+        rows = list(session.scalars(query.limit(limit + 1)))
+        return PaymentAttemptList(
+            items=[PaymentAttemptOut.model_validate(_attempt_view(r)) for r in rows[:limit]],
+            limit=limit,
+            has_more=len(rows) > limit,
+        )

@@ -78,7 +78,11 @@ def confirm_checkout(
     app: Services, *, account_id: str, body: ConfirmSubscriptionCheckoutRequest
 ) -> ConfirmedSubscriptionOut:
     """The subscription started when the human paid; this reports it, the same every time.
-    409 checkout_not_completed until then, 410 once the link expired unpaid."""
+    409 checkout_not_completed until then, 410 once the link expired unpaid. A link paid
+    on the processor's page is recorded first, if the processor says it was paid."""
+    checkout.sync_hosted(
+        app.database, app.processor, session_id=body.session_id, account_id=account_id
+    )
     with app.database.read() as session:
         session_row = checkout.confirm(
             session, account_id=account_id, session_id=body.session_id, purpose="subscribe"

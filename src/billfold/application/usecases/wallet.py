@@ -3,10 +3,14 @@ and the operator's usage charges, refunds, adjustments and ledger check."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy.orm import Session
 
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.usecases.base import Call, for_account, for_operator
+from billfold.checkout import service as checkout
+from billfold.errors import ErrorCode, PaymentFailed
 from billfold.ledger.models import BUCKETS
 from billfold.ledger.service import ledger_balances
 from billfold.money import from_micros, to_micros
@@ -92,15 +96,20 @@ def disable_auto_funding(app: Services, *, call: Call, account_id: str) -> Reply
 def fund(app: Services, *, call: Call, account_id: str, body: FundRequest) -> Reply:
     """Charge a card (the given one, or the default) and credit the wallet."""
 
+    amount_micros = to_micros(body.amount)
+
     def handler() -> Outcome:
-        funded = funding.fund_wallet(
-            app.database,
-            app.processor,
-            account_id=account_id,
-            amount_micros=to_micros(body.amount),
-            payment_method_id=body.payment_method_id,
-            idempotency_key=call.key,
-        )
+        try:
+            funded = funding.fund_wallet(
+                app.database,
+                app.processor,
+                account_id=account_id,
+                amount_micros=amount_micros,
+                payment_method_id=body.payment_method_id,
+                idempotency_key=call.key,
+            )
+        except PaymentFailed as declined:
+            raise authentication_link(app, declined, account_id, amount_micros) from None
         payment = funded.payment
         return 200, FundOut(
             payment_intent_id=payment.id,
@@ -113,6 +122,37 @@ def fund(app: Services, *, call: Call, account_id: str, body: FundRequest) -> Re
         )
 
     return for_account(app, call, account_id).phased(handler)
+
+
+def authentication_link(
+    app: Services, declined: PaymentFailed, account_id: str, amount_micros: int
+) -> PaymentFailed:
+    """A charge the cardholder must authenticate (3-D Secure) becomes 402
+    `authentication_required` carrying a payment link for the same amount, which the human
+    pays (and authenticates) on the payment page; any other decline stays as it is."""
+    if declined.decline_code != "authentication_required":
+        return declined
+    with app.database.transaction() as session:
+        link = checkout.create(
+            session,
+            account_id=account_id,
+            purpose="fund",
+            amount_micros=amount_micros,
+            ttl=timedelta(minutes=app.settings.payment_link_ttl_minutes),
+        )
+    needs_you = PaymentFailed(
+        "The card needs its holder to authenticate this payment, which cannot be done "
+        "off-session; nothing was charged. Send payment_url to the human to pay it.",
+        decline_code=declined.decline_code,
+        payment=declined.payment,
+        code=ErrorCode.AUTHENTICATION_REQUIRED,
+    )
+    needs_you.details.update(
+        payment_url=f"{app.settings.public_url.rstrip('/')}/pay/{link.id}",
+        session_id=link.id,
+        expires_at=link.expires_at.isoformat(),
+    )
+    return needs_you
 
 
 def withdraw(app: Services, *, call: Call, account_id: str, body: WithdrawRequest) -> Reply:
