@@ -10,17 +10,28 @@ servers, on databases of its own (named after the worker) and ports the OS picks
 a worker, tests share a server but not time: a test that moves time makes a test clock
 of its own and puts its accounts on it (tests/helpers.py `Api.new_clock`), and every
 other account lives on real time, so no test can move another's.
+
+Processors: every live server runs the sandbox, and a module declaring
+`PROCESSORS = ("sandbox", "stripe")` also runs on a stripe server, whose Stripe is
+tests/stripe_fake.py (localstripe) started for it alone (`pytest_generate_tests`,
+`live_server`; `@pytest.mark.sandbox_only` keeps one test on the sandbox). Each
+(database, processor) pair has a database and a server of its own.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +39,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 import uvicorn
 
 from billfold.api.app import create_app
@@ -42,7 +54,13 @@ PG_ADMIN_DSN = os.environ.get(
 )
 ADMIN_KEY = "bf_admin_test_key"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+# The Stripe keys the stripe live servers use against tests/stripe_fake.py (localstripe).
+STRIPE_SECRET_KEY = "sk_test_billfold"
+STRIPE_PUBLISHABLE_KEY = "pk_test_billfold"
+STRIPE_WEBHOOK_SECRET = "whsec_billfold_test"
+PROCESSORS = ("sandbox", "stripe")
 
 
 def require_service(reason: str) -> None:
@@ -66,11 +84,12 @@ def xdist_worker(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest, processor_name: str) -> Iterator[str]:
     problem = postgres_reachable()
     if problem:
         require_service(problem)
-    name = f"billfold_test_{xdist_worker(request)}_{uuid.uuid4().hex[:10]}"
+    worker = xdist_worker(request)
+    name = f"billfold_test_{worker}_{processor_name}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
@@ -79,10 +98,97 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module declaring `PROCESSORS = ("sandbox", "stripe")` runs its live-server tests
+    on each processor (ids `test_x[sqlite-stripe]`, `test_x[sqlite-sandbox]`); a test
+    marked `sandbox_only`, and every other module, on the sandbox alone."""
+    if "processor_name" not in metafunc.fixturenames:
+        return
+    # Every live-server test is parametrized, "sandbox" included, so the sandbox server
+    # is one fixture instance (one cache key) for all modules, never set up twice.
+    wanted = tuple(getattr(metafunc.module, "PROCESSORS", ("sandbox",)))
+    unknown = set(wanted) - set(PROCESSORS)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.module.__name__}: unknown PROCESSORS {unknown}")
+    if metafunc.definition.get_closest_marker("sandbox_only") is not None:
+        wanted = ("sandbox",)
+    metafunc.parametrize("processor_name", wanted, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def processor_name(request: pytest.FixtureRequest) -> str:
+    """The processor the live server runs ("sandbox" unless parametrized, see above)."""
+    return str(getattr(request, "param", "sandbox"))
+
+
+def _answers_http(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def start_stripe_fake() -> tuple[subprocess.Popen[bytes], str]:
+    """tests/stripe_fake.py (localstripe) on a free port; its process and URL. Its output
+    goes to a temporary file (a pipe nobody reads would fill and block it)."""
+    if importlib.util.find_spec("localstripe") is None:
+        require_service("localstripe is not installed (pip install localstripe)")
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as output:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.stripe_fake", "--port", str(port)],
+            cwd=REPO_ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while not _answers_http(url):
+            if process.poll() is not None:
+                output.seek(0)
+                said = output.read().decode(errors="replace")[-4000:]
+                raise RuntimeError(f"tests/stripe_fake.py exited ({process.returncode}):\n{said}")
+            if time.monotonic() > deadline:
+                stop_process(process)
+                raise RuntimeError("tests/stripe_fake.py did not answer HTTP within 20 s")
+            time.sleep(0.1)
+    return process, url
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def stripe_fake_for(processor_name: str) -> Iterator[str | None]:
+    """A tests/stripe_fake.py of its own for a stripe live server (None on the sandbox)."""
+    if processor_name != "stripe":
+        yield None
+        return
+    process, url = start_stripe_fake()
+    try:
+        yield url
+    finally:
+        stop_process(process)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, processor_name: str
+) -> str:
+    """A database of its own for each database kind and processor: a stripe server never
+    works off (runs the jobs of, counts the rows of) a sandbox server's accounts."""
     if request.param == "sqlite":
-        path = tmp_path_factory.mktemp(f"sqlite-{xdist_worker(request)}") / "billfold.db"
+        folder = f"sqlite-{xdist_worker(request)}-{processor_name}"
+        path = tmp_path_factory.mktemp(folder) / "billfold.db"
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_url")
     return url
@@ -104,13 +210,47 @@ def free_socket() -> socket.socket:
 class LiveServer:
     url: str
     services: Services
+    processor: str = "sandbox"
+    stripe_fake_url: str | None = None  # tests/stripe_fake.py of this server (stripe only)
+
+    @property
+    def tokenize_base(self) -> str:
+        """Where clients tokenize cards for this server."""
+        return self.stripe_fake_url or f"{self.url}/sandbox"
+
+    @property
+    def publishable_key(self) -> str:
+        return self.services.processor.publishable_key
+
+
+def processor_settings(processor_name: str, fake_url: str | None) -> dict[str, Any]:
+    if processor_name == "sandbox":
+        return {"processor": "sandbox"}
+    return {
+        "processor": "stripe",
+        "stripe_secret_key": STRIPE_SECRET_KEY,
+        "stripe_publishable_key": STRIPE_PUBLISHABLE_KEY,
+        "stripe_webhook_secret": STRIPE_WEBHOOK_SECRET,
+        "stripe_api_base": fake_url,
+        "stripe_public_api_base": fake_url,
+    }
 
 
 @pytest.fixture(scope="session")
-def live_server(database_url: str) -> Iterator[LiveServer]:
+def live_server(database_url: str, processor_name: str) -> Iterator[LiveServer]:
+    # One stripe fake per stripe live server: the sqlite and the postgresql server never
+    # see each other's objects or events.
+    with stripe_fake_for(processor_name) as fake_url:
+        yield from _live_server(database_url, processor_name, fake_url)
+
+
+def _live_server(
+    database_url: str, processor_name: str, fake_url: str | None
+) -> Iterator[LiveServer]:
     sock = free_socket()
     port = sock.getsockname()[1]
     settings = Settings(
+        **processor_settings(processor_name, fake_url),
         database_url=database_url,
         admin_key=ADMIN_KEY,
         public_url=f"http://127.0.0.1:{port}",
@@ -133,15 +273,29 @@ def live_server(database_url: str) -> Iterator[LiveServer]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
-    yield LiveServer(url=f"http://127.0.0.1:{port}", services=services)
-    server.should_exit = True
-    thread.join(timeout=10)
-    services.database.dispose()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}"
+        if fake_url is not None:
+            # The fake sends Stripe-signed events to the server's /webhooks/stripe.
+            registered = requests.post(
+                f"{fake_url}/_config/webhooks/billfold",
+                data={"url": f"{url}/webhooks/stripe", "secret": STRIPE_WEBHOOK_SECRET},
+                headers={"Authorization": f"Bearer {STRIPE_SECRET_KEY}"},
+                timeout=10,
+            )
+            assert registered.status_code == 200, registered.text
+        yield LiveServer(
+            url=url, services=services, processor=processor_name, stripe_fake_url=fake_url
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        services.database.dispose()
 
 
 @pytest.fixture
@@ -150,8 +304,25 @@ def services(live_server: LiveServer) -> Services:
 
 
 @pytest.fixture
+def stripe_fake_url(live_server: LiveServer) -> str | None:
+    """The live server's tests/stripe_fake.py (None on the sandbox)."""
+    return live_server.stripe_fake_url
+
+
+def api_for(live_server: LiveServer) -> Api:
+    """A test client of `live_server`, tokenizing where its processor says."""
+    return Api(
+        live_server.url,
+        ADMIN_KEY,
+        processor=live_server.processor,
+        tokenize_base=live_server.tokenize_base,
+        publishable_key=live_server.publishable_key,
+    )
+
+
+@pytest.fixture
 def api(live_server: LiveServer) -> Api:
-    return Api(live_server.url, ADMIN_KEY)
+    return api_for(live_server)
 
 
 @pytest.fixture

@@ -118,11 +118,34 @@ class TestClock:
         return self.advance(seconds=seconds)
 
 
+# The secret key the test stripe servers use (tests/conftest.py), for the fake's own
+# test endpoints (tests/stripe_fake.py).
+STRIPE_FAKE_SECRET_KEY = "sk_test_billfold"
+SANDBOX_PUBLISHABLE_KEY = "pk_test_billfold_sandbox"
+
+
 class Api:
-    def __init__(self, base_url: str, admin_key: str) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        admin_key: str,
+        *,
+        processor: str = "sandbox",
+        tokenize_base: str | None = None,
+        publishable_key: str = SANDBOX_PUBLISHABLE_KEY,
+    ) -> None:
         self.base_url = base_url
         self.admin_key = admin_key
         self.session = requests.Session()
+        self.processor = processor
+        # Where cards are tokenized: the sandbox's Stripe-compatible API, or (stripe) the
+        # server's tests/stripe_fake.py, as /billing/stripe-config tells clients.
+        self.tokenize_base = (tokenize_base or f"{base_url}/sandbox").rstrip("/")
+        self.publishable_key = publishable_key
+
+    @property
+    def on_stripe(self) -> bool:
+        return self.processor == "stripe"
 
     def agent_url(self, path: str) -> str:
         return f"{self.base_url}/api/agents/v1{path}"
@@ -183,9 +206,11 @@ class Api:
         return data
 
     def tokenize(self, number: str, *, exp_year: int | None = None, cvc: str = "123") -> str:
+        """A card PaymentMethod, tokenized where the server's processor says (the sandbox's
+        API, or Stripe's: the fake), with the publishable key as a client would."""
         response = self.session.post(
-            f"{self.base_url}/sandbox/v1/payment_methods",
-            auth=("pk_test_billfold_sandbox", ""),
+            f"{self.tokenize_base}/v1/payment_methods",
+            auth=(self.publishable_key, ""),
             data={
                 "type": "card",
                 "card[number]": number,
@@ -197,6 +222,33 @@ class Api:
         assert response.status_code == 200, response.text
         pm_id: str = response.json()["id"]
         return pm_id
+
+    def pay_link(self, link: dict[str, Any], number: str = CARD_OK) -> requests.Response:
+        """The human paying a payment link with card `number`. On the sandbox: Billfold's
+        hosted form. On stripe: the link redirects (303) to the Stripe Checkout page of its
+        session, where the fake's test endpoint pays it."""
+        if not self.on_stripe:
+            return self.session.post(
+                link["payment_url"],
+                data={"card_number": number, "card_expiry": "12/34", "card_cvc": "123"},
+                allow_redirects=False,
+            )
+        redirect = self.session.get(link["payment_url"], allow_redirects=False)
+        assert redirect.status_code == 303, (redirect.status_code, redirect.text)
+        location = redirect.headers["Location"]
+        prefix = f"{self.tokenize_base}/checkout/"
+        assert location.startswith(prefix + "cs_test_"), location
+        checkout_id = location[len(prefix) :]
+        return self.session.post(
+            f"{self.tokenize_base}/_test/checkout/{checkout_id}/pay",
+            data={
+                "card[number]": number,
+                "card[exp_month]": 12,
+                "card[exp_year]": date.today().year + 2,
+                "card[cvc]": "123",
+            },
+            headers={"Authorization": f"Bearer {STRIPE_FAKE_SECRET_KEY}"},
+        )
 
     def charge_usage(
         self, account_id: str, amount: Any, *, key: str | None = None, usecase: str = "tokens"

@@ -13,9 +13,13 @@ from billfold.jobs.models import Job
 from billfold.payments.models import Payment
 from billfold.payments.service import ensure_customer
 from billfold.processors.sandbox import SandboxObject
+from billfold.processors.stripe import KEY_FIELD, StripeProcessor, key_hash
 from billfold.services import Services
 from billfold.wallet.auto_funding import JOB_KIND, run_top_up
 from tests.helpers import CARD_ATTACH_THEN_FAIL, Agent, Api, assert_error, decimal_json
+
+# Run on both processors (tests/conftest.py `pytest_generate_tests`).
+PROCESSORS = ("sandbox", "stripe")
 
 
 def _enable(agent: Agent, amount: object = 25, threshold: object = 5) -> dict:
@@ -33,6 +37,27 @@ def _payments(services: Services, account_id: str, purpose: str) -> list[Payment
                 select(Payment).where(Payment.account_id == account_id, Payment.purpose == purpose)
             )
         )
+
+
+def _charges_at_processor(services: Services, customer_id: str, key: str) -> int:
+    """How many charges the processor holds that were made under Billfold's `key`."""
+    processor = services.processor
+    if isinstance(processor, StripeProcessor):
+        intents = processor.client.v1.payment_intents.list(
+            params={"customer": customer_id, "limit": 100}
+        )
+        return sum(
+            1
+            for intent in intents.auto_paging_iter()
+            if (intent.to_dict().get("metadata") or {}).get(KEY_FIELD) == key_hash(key)
+        )
+    with services.database.read() as session:
+        count = session.scalar(
+            select(func.count())
+            .select_from(SandboxObject)
+            .where(SandboxObject.idempotency_key == key)
+        )
+    return int(count or 0)
 
 
 def test_needs_a_card_and_validates_amounts(api: Api) -> None:
@@ -161,8 +186,9 @@ def test_job_rerun_after_a_crash_charges_once(api: Api, services: Services) -> N
     job = claimed[0]
     # The processor call the crashed worker made (same job, so same idempotency key)…
     card = agent.get("/billing/payment-methods").json()["data"]["default_payment_method_id"]
+    customer_id = ensure_customer(services.database, services.processor, agent.account_id)
     services.processor.charge(
-        customer_id=ensure_customer(services.database, services.processor, agent.account_id),
+        customer_id=customer_id,
         payment_method_id=card,
         amount_cents=2500,
         currency="USD",
@@ -174,14 +200,9 @@ def test_job_rerun_after_a_crash_charges_once(api: Api, services: Services) -> N
         session.execute(update(Job).where(Job.id == job.id).values(locked_until=Job.created_at))
     Worker(services).drain()
     assert agent.balance() == 4 + 25
+    assert _charges_at_processor(services, customer_id, f"job:{job.id}") == 1
     with services.database.read() as session:
-        intents = session.scalar(
-            select(func.count())
-            .select_from(SandboxObject)
-            .where(SandboxObject.idempotency_key == f"job:{job.id}")
-        )
         status = session.scalar(select(Job.status).where(Job.id == job.id))
-    assert intents == 1
     assert status == "succeeded"
     assert len(_payments(services, agent.account_id, "auto_funding")) == 1
     # Running the same job yet again is harmless.

@@ -8,6 +8,11 @@ import pytest
 
 from billfold.processors.cards import InvalidCard, brand_of, check_card, luhn_valid
 
+# Run on both processors (tests/conftest.py `pytest_generate_tests`). These tests call
+# the card checks directly, with no live server, so there is nothing to parametrize: they
+# run once. The same checks on stripe are localstripe's, through tokenization elsewhere.
+PROCESSORS = ("sandbox", "stripe")
+
 TODAY = date(2026, 11, 26)
 
 

@@ -12,6 +12,9 @@ import pytest
 from billfold.clock import now
 from tests.helpers import CARD_DECLINED, Agent, Api, assert_error, decimal_json
 
+# Run on both processors (tests/conftest.py `pytest_generate_tests`).
+PROCESSORS = ("sandbox", "stripe")
+
 
 def _coupon(api: Api, **fields: object) -> str:
     code = f"C{uuid.uuid4().hex[:10].upper()}"

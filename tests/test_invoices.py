@@ -26,6 +26,9 @@ from billfold.services import Services
 from tests.conftest import require_service
 from tests.helpers import Agent, Api, assert_error, decimal_json
 
+# Run on both processors (tests/conftest.py `pytest_generate_tests`).
+PROCESSORS = ("sandbox", "stripe")
+
 NUMBER = re.compile(r"^[A-Z0-9]{1,10}-\d{4}-(\d{6})$")
 
 

@@ -12,11 +12,21 @@ import requests
 from tests import reference as ref
 from tests.helpers import CARD_INSUFFICIENT_FUNDS, Agent, Api
 
+# Run on both processors (tests/conftest.py `pytest_generate_tests`).
+PROCESSORS = ("sandbox", "stripe")
+
+
+def configure_reference(api: Api) -> None:
+    """The reference's base URLs for this server: on stripe cards are tokenized at the
+    server's Stripe (the fake), as /billing/stripe-config says."""
+    ref.configure(api.base_url)
+    ref.STRIPE_API = api.tokenize_base
+
 
 @pytest.fixture
 def agent(api: Api) -> Agent:
     agent = api.new_agent()
-    ref.configure(api.base_url)
+    configure_reference(api)
     assert ref.get_stripe_config(agent.token)["api_base"] == ref.STRIPE_API
     return agent
 

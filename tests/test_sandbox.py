@@ -74,6 +74,34 @@ def test_card_numbers_are_never_stored(api: Api, services: Services) -> None:
     assert "5665556" not in stored
 
 
+def test_a_card_needing_authentication_answers_a_payment_link(api: Api) -> None:
+    """Off-session, 3-D Secure cannot be done: a distinct 402 whose details carry a payment
+    link for the same amount, which the human pays on the payment page."""
+    agent = api.new_agent()
+    body = {"amount": 20, "payment_method_id": agent.card(CARD_REQUIRES_AUTH)}
+    response = agent.post("/wallet/fund", body, key="needs-auth-1")
+    error = assert_error(response, 402, "authentication_required")
+    details = error["details"]
+    assert details["decline_code"] == "authentication_required"
+    assert details["payment_url"].endswith(f"/pay/{details['session_id']}")
+    assert details["expires_at"]
+    data = response.json()["data"]
+    assert data["status"] == "requires_action"
+    assert data["error"] == error
+    assert agent.balance() == 0
+    # The same request again answers the same link (the reply is replayed), nothing charged.
+    again = agent.post("/wallet/fund", body, key="needs-auth-1")
+    assert again.headers.get("Idempotency-Replayed") == "true"
+    assert again.json()["error"]["details"]["session_id"] == details["session_id"]
+    # The human pays the link: the wallet is credited once.
+    link = {"payment_url": details["payment_url"], "session_id": details["session_id"]}
+    paid = api.pay_link(link)
+    assert paid.status_code in (200, 303), paid.text
+    confirmed = agent.post("/wallet/confirm-checkout", {"session_id": details["session_id"]})
+    assert confirmed.status_code == 200, confirmed.text
+    assert agent.balance() == 20
+
+
 @pytest.mark.parametrize(
     ("number", "decline_code"),
     [
@@ -83,7 +111,6 @@ def test_card_numbers_are_never_stored(api: Api, services: Services) -> None:
         (CARD_INCORRECT_CVC, "incorrect_cvc"),
         (CARD_PROCESSING_ERROR, "processing_error"),
         (CARD_ATTACH_THEN_FAIL, "generic_decline"),
-        (CARD_REQUIRES_AUTH, "authentication_required"),
     ],
 )
 def test_test_cards_decline_funding(api: Api, number: str, decline_code: str) -> None:

@@ -7,6 +7,9 @@ import requests
 from tests import reference as ref
 from tests.helpers import CARD_DECLINED, CARD_REQUIRES_AUTH, Agent, Api, assert_error
 
+# Run on both processors (tests/conftest.py `pytest_generate_tests`).
+PROCESSORS = ("sandbox", "stripe")
+
 
 def _confirm(api_base: str, stripe_pk: str, setup: dict, number: str) -> requests.Response:
     return requests.post(

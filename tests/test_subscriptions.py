@@ -44,6 +44,9 @@ from tests.subscription_helpers import (
 )
 from tests.test_invoices import _pdf_text
 
+# Run on both processors (tests/conftest.py `pytest_generate_tests`).
+PROCESSORS = ("sandbox", "stripe")
+
 D = Decimal
 
 
@@ -192,9 +195,9 @@ def test_yearly_plan_renews_once_a_year(api: Api, services: Services) -> None:
 
 @pytest.fixture(scope="module")
 def api_module(live_server: Any) -> Api:
-    from tests.conftest import ADMIN_KEY
+    from tests.conftest import api_for
 
-    return Api(live_server.url, ADMIN_KEY)
+    return api_for(live_server)
 
 
 def _unused(

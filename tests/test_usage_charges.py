@@ -15,6 +15,9 @@ from billfold.payments.models import Payment
 from billfold.services import Services
 from tests.helpers import Api, assert_error, decimal_json
 
+# Run on both processors (tests/conftest.py `pytest_generate_tests`).
+PROCESSORS = ("sandbox", "stripe")
+
 
 def test_charge_debits_and_reports_balance(api: Api) -> None:
     agent = api.new_agent()

@@ -6,6 +6,9 @@ from decimal import Decimal
 
 from tests.helpers import Api, assert_error, decimal_json
 
+# Run on both processors (tests/conftest.py `pytest_generate_tests`).
+PROCESSORS = ("sandbox", "stripe")
+
 
 def test_fund_needs_a_card(api: Api) -> None:
     agent = api.new_agent()

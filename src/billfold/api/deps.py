@@ -76,7 +76,7 @@ async def agent_context(
 ) -> AgentContext:
     """The agent's account, and the request on its time."""
     agent = await run_in_threadpool(_authenticate, services, _bearer_token(credentials))
-    if services.settings.processor == "sandbox":
+    if services.processor.test_mode:
         clock.use(agent.clock)
     return agent
 
@@ -117,7 +117,7 @@ async def require_operator(
     """The admin key, and the request on the time of the account it names (if any)."""
     if not secret_matches(_bearer_token(credentials), services.admin_key_hash):
         raise Unauthenticated("Invalid admin key.", headers={"WWW-Authenticate": "Bearer"})
-    if services.settings.processor != "sandbox":
+    if not services.processor.test_mode:
         return  # no test clocks: every account is on real time
     named = await _named_account(request)
     if named is not None:
@@ -134,7 +134,7 @@ def _checkout_clock(services: Services, session_id: str) -> clock.ClockTime | No
 
 async def checkout_page_clock(session_id: str, services: ServicesDep) -> None:
     """A hosted payment page runs on the time of the account its link belongs to."""
-    if services.settings.processor == "sandbox":
+    if services.processor.test_mode:
         clock.use(await run_in_threadpool(_checkout_clock, services, session_id))
 
 

@@ -67,7 +67,7 @@ def clock_time(services: Services, test_clock_id: str) -> clock.ClockTime:
 
 def account_clock(services: Services, account_id: str) -> clock.ClockTime | None:
     """The clock an account lives on (None: real time; always None off the sandbox)."""
-    if services.settings.processor != "sandbox":
+    if not services.processor.test_mode:
         return None
     with services.database.read() as session:
         return accounts.clock_of(session, account_id)

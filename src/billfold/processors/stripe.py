@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import stripe
 
+from billfold.clock import as_utc, wall_now
 from billfold.processors.base import (
     Card,
     CardError,
@@ -169,9 +170,11 @@ class StripeProcessor:
     # --- customers and cards ----------------------------------------------------------
 
     def create_customer(self, *, email: str, account_id: str) -> str:
+        # No key of Billfold's: an account gets a new customer after Stripe deleted its
+        # last one (`customer.deleted`), which a key derived from the account would replay.
+        # The SDK's retries of this one call carry a key of their own.
         customer = self._call(
             self.client.v1.customers.create,
-            key=stripe_idempotency_key("customer", account_id),
             email=email,
             metadata={"billfold_account_id": account_id},
         )
@@ -280,6 +283,9 @@ class StripeProcessor:
         self, idempotency_key: str, *, customer_id: str, since: datetime
     ) -> ChargeResult | None:
         wanted = key_hash(idempotency_key)
+        # Stripe's `created` is real time; `since` is the attempt's time, on the account's
+        # test clock if it has one (maybe far ahead), and naive from SQLite.
+        since = min(as_utc(since), wall_now())
         created_from = int((since - timedelta(minutes=10)).timestamp())
         page = self._raw(
             self.client.v1.payment_intents.list,
