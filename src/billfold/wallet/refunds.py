@@ -438,6 +438,7 @@ def record_processor_refund(
         reference=f"processor_refund:{processor_refund_id}",
         postings=postings,
     )
+    _take_back_bonus_after(session, payment, refund)
     credit_note_for_refund(
         session, refund_id=refund.id, payment_intent_id=payment.id, amount_micros=amount
     )
@@ -448,3 +449,23 @@ def record_processor_refund(
         data={**refund_view(refund), "currency": payment.currency, "source": "processor"},
     )
     return refund
+
+
+def _take_back_bonus_after(session: Session, payment: Payment, refund: Refund) -> None:
+    """A refund made at the processor takes its purchase's coupon bonus back too, as one
+    made by Billfold does: from promotional credit while there is some, then purchased
+    credit; what of it was spent already cannot be taken back (the next refund of the
+    payment tries again)."""
+    bonus = _outstanding_bonuses(session, payment.account_id, [payment.id]).get(payment.id, 0)
+    if bonus <= 0:
+        return
+    wallet = ledger.lock_wallet(session, payment.account_id)
+    session.refresh(wallet)
+    from_promotional = min(bonus, wallet.promotional_micros)
+    from_purchased = min(bonus - from_promotional, wallet.purchased_micros)
+    if from_promotional + from_purchased == 0:
+        return
+    item = PlannedRefund(
+        payment, refund.amount_micros, from_promotional + from_purchased, from_promotional
+    )
+    _take_back_bonus(session, item, refund)
