@@ -25,6 +25,14 @@ How each ledger transaction kind (`kind=` in src/billfold) enters the books:
 - withdrawal, operator_refund: lower the balance; the money is received as a refund
   once the processor's refund succeeded (Refund rows, not the ledger, say so).
 - withdrawal_reversal: a refused refund put back in the balance (nothing returned).
+- processor_refund (a refund made at the processor, Stripe's dashboard, reported by a
+  webhook): lowers the balance (purchased credit) by at most the refund; its Refund row
+  counts the money as received, and the part the wallet could not cover, posted to
+  operator:adjustments, is paid (the operator bears what was already spent).
+
+A dispute moves no value: the disputed payment stays paid, but its credit is no longer
+withdrawable, so `withdrawable` never exceeds what is left unrefunded of the account's
+undisputed refundable card payments.
 
 Any other kind (a claw-back, say) moves the balance, which the books read directly:
 a credit of unknown kind counts as received and a debit lowers what was received, so
@@ -45,10 +53,12 @@ from sqlalchemy import func, select
 
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.coupons.service import PURCHASE_KINDS
-from billfold.ledger.models import LedgerTransaction
+from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.ledger.service import OPERATOR_ADJUSTMENTS
 from billfold.money import to_micros
 from billfold.payments.models import Payment, Refund
 from billfold.services import Services
+from billfold.wallet.refunds import REFUNDABLE_PURPOSES
 from tests.helpers import Agent, Api, TestClock, assert_error, decimal_json
 from tests.subscription_helpers import FAR_EXPIRY
 
@@ -77,6 +87,10 @@ class Books:
     bonus_by_redemption: dict[str, int] = field(default_factory=dict)
     coupon_credit_by_redemption: dict[str, int] = field(default_factory=dict)
     succeeded_payments: frozenset[str] = frozenset()
+    purchased: int = 0
+    operator_borne: int = 0  # processor refunds of credit already spent, borne by the operator
+    undisputed_left: int = 0  # unrefunded of the undisputed refundable card payments
+    disputed_payments: frozenset[str] = frozenset()
 
     @property
     def received(self) -> int:
@@ -84,7 +98,13 @@ class Books:
 
     @property
     def paid(self) -> Fraction:
-        return self.card_paid + self.credits + self.coupon_credit + self.bonus_kept
+        return (
+            self.card_paid
+            + self.credits
+            + self.coupon_credit
+            + self.bonus_kept
+            + self.operator_borne
+        )
 
     def explain(self) -> str:
         def d(value: int | Fraction) -> str:
@@ -97,7 +117,9 @@ class Books:
             f"+ refunded to cards {d(self.returned)}; paid {d(self.paid)} = card payments "
             f"{d(self.card_paid)} + operator credits {d(self.credits)} + credit coupons "
             f"{d(self.coupon_credit)} + purchase bonuses kept {d(self.bonus_kept)} "
-            f"(granted {d(self.bonus_granted)}); withdrawable {d(self.withdrawable)}"
+            f"(granted {d(self.bonus_granted)}) + processor refunds borne by the operator "
+            f"{d(self.operator_borne)}; withdrawable {d(self.withdrawable)} (undisputed "
+            f"refundable payments left {d(self.undisputed_left)})"
         )
 
 
@@ -147,10 +169,24 @@ def observe(services: Services, agent: Agent) -> Books:
     account_id = agent.account_id
     with services.database.read() as session:
         payments = session.execute(
-            select(Payment.id, Payment.amount_micros, Payment.refunded_micros).where(
-                Payment.account_id == account_id, Payment.status == "succeeded"
-            )
+            select(
+                Payment.id,
+                Payment.amount_micros,
+                Payment.refunded_micros,
+                Payment.purpose,
+                Payment.disputed,
+            ).where(Payment.account_id == account_id, Payment.status == "succeeded")
         ).all()
+        borne = session.scalar(
+            select(func.sum(LedgerPosting.amount_micros))
+            .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+            .where(
+                LedgerTransaction.account_id == account_id,
+                LedgerTransaction.kind == "processor_refund",
+                LedgerTransaction.status == "succeeded",
+                LedgerPosting.ledger_account == OPERATOR_ADJUSTMENTS,
+            )
+        )
         returned = session.scalar(
             select(func.sum(Refund.amount_micros)).where(
                 Refund.account_id == account_id, Refund.status == "succeeded"
@@ -208,6 +244,14 @@ def observe(services: Services, agent: Agent) -> Books:
         bonus_by_redemption=bonus_by_redemption,
         coupon_credit_by_redemption=credit_by_redemption,
         succeeded_payments=frozenset(by_payment),
+        purchased=micros(shown["breakdown"]["purchased"]),
+        operator_borne=-int(borne or 0),
+        undisputed_left=sum(
+            p.amount_micros - p.refunded_micros
+            for p in payments
+            if p.purpose in REFUNDABLE_PURPOSES and not p.disputed
+        ),
+        disputed_payments=frozenset(p.id for p in payments if p.disputed),
     )
 
 
@@ -226,8 +270,8 @@ def assert_conserved(books: Books, *, slack_micros: int = 0) -> None:
     )
 
 
-def _state(api: Api, services: Services, agent: Agent) -> tuple[Any, ...]:
-    """Everything a refused withdrawal must leave as it was."""
+def state(api: Api, services: Services, agent: Agent) -> tuple[Any, ...]:
+    """Everything a refused withdrawal (or a replayed webhook) must leave as it was."""
     with services.database.read() as session:
         refunds = session.scalar(
             select(func.count()).select_from(Refund).where(Refund.account_id == agent.account_id)
@@ -245,17 +289,22 @@ def _state(api: Api, services: Services, agent: Agent) -> tuple[Any, ...]:
     return (data, api.ledger_check(agent.account_id)["postings"], refunds, txns, refunded)
 
 
+def assert_withdrawal_refused(api: Api, services: Services, agent: Agent, amount: Decimal) -> None:
+    """Withdrawing `amount` is refused (402) and changes nothing."""
+    before = state(api, services, agent)
+    over = agent.post("/wallet/withdraw", {"amount": str(amount)})
+    assert over.status_code < 500, over.text
+    assert_error(over, 402, "insufficient_funds")
+    assert state(api, services, agent) == before, "a refused withdrawal changed something"
+
+
 def withdraw_all_withdrawable(api: Api, services: Services, agent: Agent) -> Decimal:
     """Withdrawable is honest: withdrawing a cent more is refused (402) and changes
     nothing; withdrawing exactly the shown amount (if any) succeeds, returns exactly that
     to cards, and leaves nothing withdrawable. The amount withdrawn."""
     shown: Decimal = balance_data(agent)["withdrawable"]
     assert shown >= 0, shown
-    before = _state(api, services, agent)
-    over = agent.post("/wallet/withdraw", {"amount": str(shown + Decimal("0.01"))})
-    assert over.status_code < 500, over.text
-    assert_error(over, 402, "insufficient_funds")
-    assert _state(api, services, agent) == before, "a refused withdrawal changed something"
+    assert_withdrawal_refused(api, services, agent, shown + Decimal("0.01"))
     if shown == 0:
         return shown
     done = agent.post("/wallet/withdraw", {"amount": str(shown)})

@@ -10,10 +10,13 @@ A hypothesis state machine draws sequences of what 2-3 accounts, the operator an
 fundings with good and declining cards, payment links, usage charges, withdrawals,
 coupons of every kind, operator adjustments and refunds, subscriptions: start, renew
 through their test clock, change plan, reset the cycle, pause, resume, cancel now or at
-period end, a failing card and fix-payment, charge-amount). After every step, for every
-account: no answer was a 5xx, the ledger check is consistent with no bucket below zero,
-the books conserve value, and what the test itself saw accepted (usage charges,
-adjustments, coupon credits, refunds) equals what the books read.
+period end, a failing card and fix-payment, charge-amount), and what the processor
+reports by webhook (a refund made in its dashboard, a dispute, each sometimes replayed).
+After every step, for every account: no answer was a 5xx, the ledger check is
+consistent with no bucket below zero, the books conserve value, withdrawable never
+exceeds what is left of the undisputed card payments, and what the test itself saw
+accepted (usage charges, adjustments, coupon credits, refunds, what the operator bore of
+processor refunds) equals what the books read.
 
 Then one regression test per credit leak of the issue, with its exact sequence, and one
 for a gap the property test found besides them (a withdrawable amount in fractions of a
@@ -39,18 +42,22 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
+from billfold.payments.disputes import record_dispute
 from billfold.payments.models import Payment
 from billfold.services import Services
 from billfold.subscriptions.models import LIVE_STATUSES
+from billfold.wallet.refunds import record_processor_refund
 from tests.conservation_helpers import (
     CENT,
     Books,
     assert_conserved,
     assert_ledger_consistent,
+    assert_withdrawal_refused,
     balance_data,
     micros,
     new_account,
     observe,
+    state,
     withdraw_all_withdrawable,
 )
 from tests.helpers import (
@@ -133,6 +140,16 @@ STEPS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
     "cancel": st.tuples(st.just("cancel"), who, st.booleans()),
     "default_card": st.tuples(st.just("default_card"), who, st.booleans()),
     "fix": st.tuples(st.just("fix"), who),
+    # Webhooks of the processor: a refund made in its dashboard, a dispute; a replay
+    # (True, when there is one to replay) sends an earlier one again.
+    "processor_refund": st.tuples(
+        st.just("processor_refund"),
+        who,
+        st.integers(0, 9),
+        st.none() | _cents(1, 10_000),
+        st.booleans(),
+    ),
+    "dispute": st.tuples(st.just("dispute"), who, st.integers(0, 9), st.booleans()),
 }
 # Steps after which rounding to the cent may legitimately favour the account by up to a
 # cent (prorations, and the pro rata claw-back of a bonus on a refund).
@@ -151,6 +168,10 @@ class Seen:
     returned: int = 0
     payments: set[str] = field(default_factory=set)
     rounding: int = 0
+    operator_borne: int = 0
+    # (processor refund id, payment id, amount) and (dispute id, payment id, amount), to replay
+    processor_refunds: list[tuple[str, str, int]] = field(default_factory=list)
+    disputes: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -281,6 +302,14 @@ class World:
             if response.status_code == 201:
                 seen.returned += _refunded(response)
             return response
+        if name == "processor_refund":
+            pick, amount, replay = args
+            self._processor_refund(agent, seen, pick, amount, replay)
+            return None
+        if name == "dispute":
+            pick, replay = args
+            self._dispute(agent, seen, pick, replay)
+            return None
         if name == "default_card":
             (good,) = args
             set_default_card(api, agent, CARD_OK if good else CARD_ATTACH_THEN_FAIL)
@@ -310,6 +339,123 @@ class World:
             "fix": "fix-payment",
         }
         return agent.post(f"{path}/{action[name]}")
+
+    def _payments(self, agent: Agent) -> list[tuple[str, int, int]]:
+        """The account's succeeded payments, oldest first: (id, amount, refunded)."""
+        with self.services.database.read() as session:
+            rows = session.execute(
+                select(Payment.id, Payment.amount_micros, Payment.refunded_micros)
+                .where(Payment.account_id == agent.account_id, Payment.status == "succeeded")
+                .order_by(Payment.created_at, Payment.id)
+            ).all()
+        return [(str(row.id), int(row.amount_micros), int(row.refunded_micros)) for row in rows]
+
+    def _processor_refund(
+        self, agent: Agent, seen: Seen, pick: int, amount: Decimal | None, replay: bool
+    ) -> None:
+        """A refund made in the processor's dashboard, as its webhook records it: purchased
+        credit drops by at most the refund, the operator bears the rest, the payment's
+        refunded amount rises by exactly the refund; a replay changes nothing."""
+        if replay and seen.processor_refunds:
+            refund_id, payment_id, micros_ = seen.processor_refunds[
+                pick % len(seen.processor_refunds)
+            ]
+            before = state(self.api, self.services, agent)
+            with self.services.database.transaction() as session:
+                again = record_processor_refund(
+                    session,
+                    payment_intent_id=payment_id,
+                    processor_refund_id=refund_id,
+                    amount_micros=micros_,
+                )
+                assert again is None, "a replayed processor refund was recorded again"
+            assert state(self.api, self.services, agent) == before, (
+                "a replayed processor refund changed something"
+            )
+            return
+        payments = [(p, total - refunded) for p, total, refunded in self._payments(agent)]
+        payments = [(p, left) for p, left in payments if left >= CENT]
+        if not payments:
+            return
+        payment_id, left = payments[pick % len(payments)]
+        wanted = left if amount is None else min(micros(amount), left)
+        wanted -= wanted % CENT  # the processor refunds whole cents
+        refund_id = f"re_dash_{uuid.uuid4().hex[:16]}"
+        before = observe(self.services, agent)
+        refunded_before = dict((p, r) for p, _, r in self._payments(agent))[payment_id]
+        with self.services.database.transaction() as session:
+            recorded = record_processor_refund(
+                session,
+                payment_intent_id=payment_id,
+                processor_refund_id=refund_id,
+                amount_micros=wanted,
+            )
+            assert recorded is not None, (payment_id, wanted, left)
+            assert recorded.amount_micros == wanted, (recorded.amount_micros, wanted)
+        after = observe(self.services, agent)
+        refunded_after = dict((p, r) for p, _, r in self._payments(agent))[payment_id]
+        assert refunded_after - refunded_before == wanted, (refunded_before, refunded_after)
+        dropped = before.purchased - after.purchased
+        assert min(wanted, before.purchased) <= dropped <= wanted, (
+            f"a processor refund of {wanted} took {dropped} of purchased credit "
+            f"(was {before.purchased}): {after.explain()}"
+        )
+        borne = after.operator_borne - before.operator_borne
+        assert borne == wanted - dropped, (borne, wanted, dropped)
+        assert after.returned - before.returned == wanted, after.explain()
+        seen.returned += wanted
+        seen.operator_borne += borne
+        seen.processor_refunds.append((refund_id, payment_id, wanted))
+
+    def _dispute(self, agent: Agent, seen: Seen, pick: int, replay: bool) -> None:
+        """A dispute of a card payment, as its webhook records it: nothing moves but
+        withdrawable, which no longer counts the payment; a withdrawal of more than the new
+        withdrawable is refused and changes nothing; a replay changes nothing."""
+        if replay and seen.disputes:
+            dispute_id, payment_id, micros_ = seen.disputes[pick % len(seen.disputes)]
+            before_state = state(self.api, self.services, agent)
+            self._record_dispute(dispute_id, payment_id, micros_)
+            assert state(self.api, self.services, agent) == before_state, (
+                "a replayed dispute changed something"
+            )
+            return
+        payments = self._payments(agent)
+        if not payments:
+            return
+        payment_id, total, refunded = payments[pick % len(payments)]
+        dispute_id = f"dp_{uuid.uuid4().hex[:16]}"
+        before = observe(self.services, agent)
+        before_state = state(self.api, self.services, agent)
+        self._record_dispute(dispute_id, payment_id, total - refunded)
+        after = observe(self.services, agent)
+        assert payment_id in after.disputed_payments, payment_id
+        assert after.withdrawable <= before.withdrawable, after.explain()
+        assert after.withdrawable <= after.undisputed_left, after.explain()
+        after_state = state(self.api, self.services, agent)
+
+        def unmoved(snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
+            data = {k: v for k, v in snapshot[0].items() if k != "withdrawable"}
+            return (data, *snapshot[1:])
+
+        assert unmoved(after_state) == unmoved(before_state), "a dispute moved value"
+        shown: Decimal = balance_data(agent)["withdrawable"]
+        assert_withdrawal_refused(self.api, self.services, agent, shown + Decimal("0.01"))
+        if before.withdrawable > after.withdrawable:  # what was withdrawable before
+            old = Decimal(before.withdrawable).scaleb(-6)
+            assert_withdrawal_refused(self.api, self.services, agent, old)
+        seen.disputes.append((dispute_id, payment_id, total - refunded))
+
+    def _record_dispute(self, dispute_id: str, payment_id: str, amount: int) -> None:
+        with self.services.database.transaction() as session:
+            dispute = record_dispute(
+                session,
+                dispute_id=dispute_id,
+                payment_intent_id=payment_id,
+                amount_micros=amount,
+                reason="fraudulent",
+                status="needs_response",
+            )
+            assert dispute is not None and dispute.payment_id == payment_id, dispute
 
     def _pay_link(self, agent: Agent, body: dict[str, Any], number: str) -> requests.Response:
         link = agent.post("/billing/payment-link", body)
@@ -363,8 +509,10 @@ class World:
             assert books.coupon_credit_by_redemption == seen.coupon_credits, step
             assert books.bonus_by_redemption == seen.bonuses, step
             assert books.returned == seen.returned, (step, books.explain())
+            assert books.operator_borne == seen.operator_borne, (step, books.explain())
             assert seen.payments <= books.succeeded_payments, step
             assert 0 <= books.withdrawable <= books.balance, books.explain()
+            assert books.withdrawable <= books.undisputed_left, (step, books.explain())
             assert_conserved(books, slack_micros=seen.rounding * CENT)
 
 
@@ -574,3 +722,84 @@ def test_withdrawable_is_what_a_withdrawal_can_return(api: Api, services: Servic
     _spend(api, agent, "0.005")
     withdraw_all_withdrawable(api, services, agent)
     _no_free_value(api, services, agent, rounding=1)
+
+
+# --- money moved by the processor's webhooks -----------------------------------------
+
+
+def _processor_refund(services: Services, payment_id: str, refund_id: str, amount: object) -> Any:
+    with services.database.transaction() as session:
+        recorded = record_processor_refund(
+            session,
+            payment_intent_id=payment_id,
+            processor_refund_id=refund_id,
+            amount_micros=micros(amount),
+        )
+        return None if recorded is None else recorded.amount_micros
+
+
+def _fund(api: Api, agent: Agent, amount: object) -> str:
+    funded = agent.post("/wallet/fund", {"amount": amount, "payment_method_id": _card(api)})
+    assert funded.status_code == 200, funded.text
+    payment_id: str = funded.json()["data"]["payment_intent_id"]
+    return payment_id
+
+
+def test_a_processor_refund_of_spent_credit_is_borne_by_the_operator_once(
+    api: Api, services: Services
+) -> None:
+    """$20 funded, $15 spent, the $20 refunded in the processor's dashboard: the $5 left
+    leaves the wallet, the operator bears the $15 spent, and the replayed webhook changes
+    nothing."""
+    agent = new_account(api, card=CARD_OK)
+    payment = _fund(api, agent, 20)
+    _spend(api, agent, 15)
+    refund_id = f"re_dash_{uuid.uuid4().hex[:16]}"
+    assert _processor_refund(services, payment, refund_id, 20) == micros(20)
+    books = _no_free_value(api, services, agent, rounding=0)
+    assert (books.balance, books.purchased, books.withdrawable) == (0, 0, 0), books.explain()
+    assert books.operator_borne == micros(15), books.explain()
+    assert books.returned == micros(20), books.explain()
+    before = state(api, services, agent)
+    assert _processor_refund(services, payment, refund_id, 20) is None
+    assert state(api, services, agent) == before, "a replayed processor refund changed something"
+    withdraw_all_withdrawable(api, services, agent)
+
+
+def test_a_disputed_payment_is_not_withdrawable(api: Api, services: Services) -> None:
+    """$30 then $20 funded, the $20 disputed: only the $30 is withdrawable, a withdrawal
+    of more is refused and changes nothing, and a replayed dispute changes nothing."""
+    agent = new_account(api, card=CARD_OK)
+    _fund(api, agent, 30)
+    disputed = _fund(api, agent, 20)
+    assert balance_data(agent)["withdrawable"] == 50
+    dispute_id = f"dp_{uuid.uuid4().hex[:16]}"
+    for _ in range(2):  # the webhook, then its replay
+        with services.database.transaction() as session:
+            record_dispute(
+                session,
+                dispute_id=dispute_id,
+                payment_intent_id=disputed,
+                amount_micros=micros(20),
+                reason="fraudulent",
+                status="needs_response",
+            )
+        assert balance_data(agent)["withdrawable"] == 30
+    assert balance_data(agent)["balance"] == 50
+    assert_withdrawal_refused(api, services, agent, Decimal(50))
+    assert withdraw_all_withdrawable(api, services, agent) == 30
+    _no_free_value(api, services, agent, rounding=0)
+
+
+def test_a_processor_refund_of_a_bonus_purchase_takes_its_bonus_back(
+    api: Api, services: Services
+) -> None:
+    """A 50% bonus coupon on a $20 purchase (+$10 promotional); the $20 refunded in the
+    processor's dashboard: the $10 bonus must go with it, as with a withdrawal or an
+    operator refund (issue 9's fourth leak)."""
+    agent, redeemed = _half_bonus_on_20(api)
+    payment = redeemed.json()["data"]["payment_intent_id"]
+    refund_id = f"re_dash_{uuid.uuid4().hex[:16]}"
+    assert _processor_refund(services, payment, refund_id, 20) == micros(20)
+    books = _no_free_value(api, services, agent, rounding=0)
+    assert books.balance == 0, f"the bonus survived the refund of its purchase: {books.explain()}"
