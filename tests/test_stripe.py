@@ -496,3 +496,21 @@ def test_a_customer_deleted_at_stripe_forgets_its_cards(api: Api, services: Serv
     # The next charge makes a new customer.
     assert agent.fund(10).status_code == 200
     assert _customer(services, agent) != customer
+
+
+def test_the_janitor_finds_a_payment_taken_on_stripe_checkout(api: Api, services: Services) -> None:
+    """The Checkout payment carries its attempt's key, so an attempt whose recording was cut
+    off is settled from Stripe like any other."""
+    from billfold.checkout.service import hosted_operation
+
+    agent = api.new_agent()
+    link = agent.post("/billing/payment-link", {"purpose": "fund", "amount": 12}).json()["data"]
+    assert api.pay_link(link).status_code == 200
+    found = services.processor.find_charge(
+        hosted_operation(link["session_id"]),
+        customer_id=_customer(services, agent),
+        since=now() - timedelta(minutes=1),
+    )
+    assert found is not None and found.succeeded
+    _until(lambda: agent.balance() == 12)
+    assert [p.id for p in _payments(services, agent.account_id)] == [found.payment_intent_id]

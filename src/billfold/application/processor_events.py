@@ -172,6 +172,7 @@ def _customer_deleted(app: Services, processor: StripeProcessor, obj: dict[str, 
 HANDLERS: dict[str, Callable[[Services, StripeProcessor, dict[str, Any]], None]] = {
     "checkout.session.completed": _checkout_completed,
     "checkout.session.async_payment_succeeded": _checkout_completed,
+    "checkout.session.expired": _checkout_completed,  # paid meanwhile? (else nothing)
     "payment_intent.succeeded": _payment_intent_settled,
     "payment_intent.payment_failed": _payment_intent_settled,
     "charge.refunded": _charge_refunded,

@@ -373,6 +373,7 @@ def hosted_checkout_url(
         cancel_url=page,
         expires_at=wall_now() + expires_in,
         idempotency_key=f"checkout:{session_id}",
+        charge_key=hosted_operation(session_id),
         metadata={"billfold_session_id": session_id, "billfold_account_id": account_id},
     )
     if hosted is None:
@@ -440,7 +441,7 @@ def _record_hosted_payment(
         attempt = attempts.begin(
             session,
             purpose=AttemptPurpose.CHECKOUT,
-            operation=f"checkout:{session_id}:hosted",
+            operation=hosted_operation(session_id),
             account_id=checkout.account_id,
             amount_micros=checkout.amount_micros,
             currency=checkout.currency,
@@ -466,6 +467,12 @@ def _record_hosted_payment(
             ChargeResult(payment_intent_id=state.payment_intent_id, status="succeeded"),
             card=card,
         )
+
+
+def hosted_operation(session_id: str) -> str:
+    """The payment-attempt operation of a link paid on the processor's page (its first
+    attempt's key, which the processor's payment carries, so the janitor finds it)."""
+    return f"checkout:{session_id}:hosted"
 
 
 def _link_description(plan_id: int | None) -> str:

@@ -136,10 +136,12 @@ class Processor(Protocol):
         cancel_url: str,
         expires_at: datetime,
         idempotency_key: str,
+        charge_key: str,
         metadata: dict[str, str],
     ) -> HostedCheckout | None:
         """A page the processor hosts to take this payment from a human (saving the card
-        for off-session use), or None when Billfold's own page takes the card (sandbox)."""
+        for off-session use), or None when Billfold's own page takes the card (sandbox).
+        The payment it takes is found under `charge_key` (`find_charge`)."""
         ...
 
     def retrieve_hosted_checkout(self, checkout_id: str) -> HostedCheckoutState: ...

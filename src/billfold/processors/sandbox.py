@@ -455,6 +455,7 @@ class SandboxProcessor:
         cancel_url: str,
         expires_at: datetime,
         idempotency_key: str,
+        charge_key: str,
         metadata: dict[str, str],
     ) -> HostedCheckout | None:
         return None

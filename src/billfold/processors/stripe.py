@@ -347,6 +347,7 @@ class StripeProcessor:
         cancel_url: str,
         expires_at: datetime,
         idempotency_key: str,
+        charge_key: str,
         metadata: dict[str, str],
     ) -> HostedCheckout | None:
         """A Stripe Checkout Session in payment mode that saves the card for off-session
@@ -371,7 +372,7 @@ class StripeProcessor:
             payment_intent_data={
                 "setup_future_usage": "off_session",
                 "description": description,
-                "metadata": metadata,
+                "metadata": {**metadata, KEY_FIELD: key_hash(charge_key)},
             },
             success_url=success_url,
             cancel_url=cancel_url,
