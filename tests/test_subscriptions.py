@@ -20,6 +20,7 @@ from tests.helpers import (
     CARD_ATTACH_THEN_FAIL,
     CARD_DECLINED,
     CARD_OK,
+    CARD_REQUIRES_AUTH,
     Api,
     assert_error,
     decimal_json,
@@ -592,6 +593,22 @@ def test_charge_amount_bounds_and_effect(api: Api, services: Services) -> None:
     assert agent.balance() == D(10005)
     invoices = invoices_of(services, agent.account_id)
     assert [i.total for i in invoices] == [D(5), D(10000)]
+
+
+def test_charge_amount_needing_authentication_answers_a_payment_link(api: Api) -> None:
+    """A card that needs 3-D Secure cannot be charged off-session: 402
+    authentication_required with a link for the same amount, credited once the human pays."""
+    agent = api.new_agent()
+    body = {"amount": 12, "payment_method_id": agent.card(CARD_REQUIRES_AUTH)}
+    response = agent.post("/subscriptions/charge-amount", body, key="charge-auth")
+    details = assert_error(response, 402, "authentication_required")["details"]
+    assert details["decline_code"] == "authentication_required"
+    assert agent.balance() == D(0)
+    link = {"payment_url": details["payment_url"], "session_id": details["session_id"]}
+    api.pay_link(link)
+    confirmed = agent.post("/wallet/confirm-checkout", {"session_id": details["session_id"]})
+    assert confirmed.status_code == 200, confirmed.text
+    assert agent.balance() == D(12)
 
 
 def test_starting_twice_with_one_idempotency_key_charges_once(api: Api, services: Services) -> None:

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 from billfold.accounts.service import get_account
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.usecases.base import Call, for_account, for_operator
+from billfold.application.usecases.wallet import authentication_link
 from billfold.checkout import service as checkout
-from billfold.errors import Conflict, ErrorCode
+from billfold.errors import Conflict, ErrorCode, PaymentFailed
 from billfold.money import from_micros, to_micros
 from billfold.services import Services
 from billfold.subscriptions import changes, plans, views
@@ -189,16 +190,21 @@ def charge_amount(
     """A one-off charge of $5 to $10,000 to the default card (or the card given), credited
     to the wallet as purchased credit and invoiced."""
 
+    amount_micros = to_micros(body.amount)
+
     def handler() -> Outcome:
-        funded = funding.fund_wallet(
-            app.database,
-            app.processor,
-            account_id=account_id,
-            amount_micros=to_micros(body.amount),
-            payment_method_id=body.payment_method_id,
-            idempotency_key=call.key,
-            purpose="subscription_charge",
-        )
+        try:
+            funded = funding.fund_wallet(
+                app.database,
+                app.processor,
+                account_id=account_id,
+                amount_micros=amount_micros,
+                payment_method_id=body.payment_method_id,
+                idempotency_key=call.key,
+                purpose="subscription_charge",
+            )
+        except PaymentFailed as declined:
+            raise authentication_link(app, declined, account_id, amount_micros) from None
         return 201, ChargeAmountOut(
             payment_intent_id=funded.payment.id,
             status=funded.payment.status,
