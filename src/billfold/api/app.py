@@ -39,6 +39,7 @@ from billfold.api.routers.wallet import router as wallet_router
 from billfold.api.routers.webhooks import router as webhooks_admin_router
 from billfold.errors import ErrorCode
 from billfold.ids import new_id
+from billfold.mcp.http import agents_mcp_route
 from billfold.services import Services
 
 __all__ = ["create_app"]
@@ -249,4 +250,6 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(checkout_pages)
     app.mount("/checkout/static", StaticFiles(directory=CHECKOUT_STATIC), name="checkout-static")
     app.include_router(invoice_files_router)
+    # MCP (Streamable HTTP) for agents: its tools call this app's agent API in-process.
+    app.router.routes.append(agents_mcp_route(app, services))
     return app

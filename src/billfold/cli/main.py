@@ -164,3 +164,17 @@ def _safe_url(url: str) -> str:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+# The agent's and operator's verbs, the demo and the MCP server (modules of their own).
+def _register_commands() -> None:
+    from billfold.cli import agent, demo, mcp, operator
+
+    for module in (agent, operator, demo, mcp):
+        module.register(app)
+
+
+_register_commands()
+
+if __name__ == "__main__":  # pragma: no cover - `python -m billfold.cli.main`
+    main()
