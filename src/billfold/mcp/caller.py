@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from billfold.errors import ErrorCode
+
 __all__ = ["AGENT_PREFIX", "ApiCaller", "ApiError", "ApiReply"]
 
 AGENT_PREFIX = "/api/agents/v1"
@@ -31,7 +33,7 @@ class ApiReply:
 @dataclass
 class ApiError(Exception):
     """A refusal in the API's error envelope (or a transport failure, as `processor_error`
-    would be: `code` is then `api_unreachable`)."""
+    would be: `code` is then `http_error`)."""
 
     status: int
     code: str
@@ -111,7 +113,7 @@ class ApiCaller:
             except httpx.HTTPError as exc:
                 raise ApiError(
                     status=503,
-                    code="api_unreachable",
+                    code=ErrorCode.HTTP_ERROR.value,
                     message=f"The Billfold API at {self.base_url} could not be reached: {exc}",
                 ) from exc
         return _read(response)
@@ -138,7 +140,7 @@ def _read(response: httpx.Response) -> ApiReply:
         )
     raise ApiError(
         status=response.status_code,
-        code="http_error",
+        code=ErrorCode.HTTP_ERROR.value,
         message=f"Unexpected answer from the API (HTTP {response.status_code}).",
         details={"body": response.text[:500]},
     )

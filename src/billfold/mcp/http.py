@@ -31,7 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from billfold.accounts.service import authenticate_token
-from billfold.errors import Unauthenticated
+from billfold.errors import ErrorCode, Unauthenticated
 from billfold.mcp.caller import ApiCaller, ApiError
 from billfold.mcp.server import build_server
 from billfold.services import Services
@@ -112,7 +112,9 @@ class AgentsMcpEndpoint:
     async def _caller(ctx: ServerRequestContext[Any, Any]) -> ApiCaller:
         caller = _request_caller.get()
         if caller is None:  # pragma: no cover - every request sets it
-            raise ApiError(status=401, code="unauthenticated", message="No agent token.")
+            raise ApiError(
+                status=401, code=ErrorCode.UNAUTHENTICATED.value, message="No agent token."
+            )
         return caller
 
     @staticmethod

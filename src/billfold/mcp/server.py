@@ -18,6 +18,7 @@ import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 
 from billfold import __version__
+from billfold.errors import ErrorCode
 from billfold.mcp.actions import TOOLS, Action, ToolSpec, input_schema, tool_by_name
 from billfold.mcp.caller import ApiCaller, ApiError, ApiReply
 
@@ -154,7 +155,7 @@ async def call_action(
         return _error(
             ApiError(
                 status=422,
-                code="invalid_request",
+                code=ErrorCode.INVALID_REQUEST.value,
                 message=exc.message,
                 details={"field": exc.field},
             ),
@@ -212,7 +213,7 @@ def build_server(resolve_caller: CallerResolver) -> Server[Any]:
             return _error(
                 ApiError(
                     status=404,
-                    code="not_found",
+                    code=ErrorCode.NOT_FOUND.value,
                     message=f"No tool {params.name!r}.",
                     details={"field": "name"},
                 ),
