@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 from billfold.accounts.service import get_account
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.usecases.base import Call, for_account, for_operator
-from billfold.application.usecases.wallet import authentication_link
+from billfold.application.usecases.wallet import fund_by_card
 from billfold.checkout import service as checkout
-from billfold.errors import Conflict, ErrorCode, PaymentFailed
+from billfold.errors import Conflict, ErrorCode
 from billfold.money import from_micros, to_micros
 from billfold.services import Services
 from billfold.subscriptions import changes, plans, views
@@ -39,7 +39,6 @@ from billfold.subscriptions.schemas import (
     SubscriptionOut,
 )
 from billfold.subscriptions.states import SubscriptionStatus
-from billfold.wallet import funding
 
 # The subscriptions an agent's list calls `active` (a live one whose first payment is done).
 ACTIVE_VIEW = (
@@ -193,18 +192,14 @@ def charge_amount(
     amount_micros = to_micros(body.amount)
 
     def handler() -> Outcome:
-        try:
-            funded = funding.fund_wallet(
-                app.database,
-                app.processor,
-                account_id=account_id,
-                amount_micros=amount_micros,
-                payment_method_id=body.payment_method_id,
-                idempotency_key=call.key,
-                purpose="subscription_charge",
-            )
-        except PaymentFailed as declined:
-            raise authentication_link(app, declined, account_id, amount_micros) from None
+        funded = fund_by_card(
+            app,
+            account_id=account_id,
+            amount_micros=amount_micros,
+            payment_method_id=body.payment_method_id,
+            idempotency_key=call.key,
+            purpose="subscription_charge",
+        )
         return 201, ChargeAmountOut(
             payment_intent_id=funded.payment.id,
             status=funded.payment.status,

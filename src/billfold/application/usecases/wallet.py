@@ -99,17 +99,13 @@ def fund(app: Services, *, call: Call, account_id: str, body: FundRequest) -> Re
     amount_micros = to_micros(body.amount)
 
     def handler() -> Outcome:
-        try:
-            funded = funding.fund_wallet(
-                app.database,
-                app.processor,
-                account_id=account_id,
-                amount_micros=amount_micros,
-                payment_method_id=body.payment_method_id,
-                idempotency_key=call.key,
-            )
-        except PaymentFailed as declined:
-            raise authentication_link(app, declined, account_id, amount_micros) from None
+        funded = fund_by_card(
+            app,
+            account_id=account_id,
+            amount_micros=amount_micros,
+            payment_method_id=body.payment_method_id,
+            idempotency_key=call.key,
+        )
         payment = funded.payment
         return 200, FundOut(
             payment_intent_id=payment.id,
@@ -124,7 +120,32 @@ def fund(app: Services, *, call: Call, account_id: str, body: FundRequest) -> Re
     return for_account(app, call, account_id).phased(handler)
 
 
-def authentication_link(
+def fund_by_card(
+    app: Services,
+    *,
+    account_id: str,
+    amount_micros: int,
+    payment_method_id: str | None,
+    idempotency_key: str | None,
+    purpose: str = "wallet_funding",
+) -> funding.Funded:
+    """Charge a card for wallet credit (`funding.fund_wallet`); a charge the cardholder
+    must authenticate answers 402 `authentication_required` with a payment link."""
+    try:
+        return funding.fund_wallet(
+            app.database,
+            app.processor,
+            account_id=account_id,
+            amount_micros=amount_micros,
+            payment_method_id=payment_method_id,
+            idempotency_key=idempotency_key,
+            purpose=purpose,
+        )
+    except PaymentFailed as declined:
+        raise _authentication_link(app, declined, account_id, amount_micros) from None
+
+
+def _authentication_link(
     app: Services, declined: PaymentFailed, account_id: str, amount_micros: int
 ) -> PaymentFailed:
     """A charge the cardholder must authenticate (3-D Secure) becomes 402
