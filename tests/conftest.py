@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,12 +39,9 @@ from typing import Any
 import psycopg
 import pytest
 import requests
-import uvicorn
 
-from billfold.api.app import create_app
-from billfold.application.container import build_services
+from billfold.api.embedded import local_socket, serving, start_app
 from billfold.config import Settings
-from billfold.migrate import upgrade
 from billfold.services import Services
 from tests.helpers import Api
 
@@ -134,7 +130,7 @@ def start_stripe_fake() -> tuple[subprocess.Popen[bytes], str]:
     goes to a temporary file (a pipe nobody reads would fill and block it)."""
     if importlib.util.find_spec("localstripe") is None:
         require_service("localstripe is not installed (pip install localstripe)")
-    sock = free_socket()
+    sock = local_socket()
     port = sock.getsockname()[1]
     sock.close()
     url = f"http://127.0.0.1:{port}"
@@ -199,13 +195,6 @@ def backend(database_url: str) -> str:
     return "sqlite" if database_url.startswith("sqlite") else "postgresql"
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @dataclass
 class LiveServer:
     url: str
@@ -247,7 +236,7 @@ def live_server(database_url: str, processor_name: str) -> Iterator[LiveServer]:
 def _live_server(
     database_url: str, processor_name: str, fake_url: str | None
 ) -> Iterator[LiveServer]:
-    sock = free_socket()
+    sock = local_socket()
     port = sock.getsockname()[1]
     settings = Settings(
         **processor_settings(processor_name, fake_url),
@@ -261,41 +250,26 @@ def _live_server(
         tokenize_max_per_client=1_000_000,
         pay_max_attempts_per_client=1_000_000,
     )
-    upgrade(database_url)
-    services = build_services(settings, ADMIN_KEY)
-    config = uvicorn.Config(
-        create_app(services),
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        proxy_headers=False,  # as `billfold serve` runs without BILLFOLD_FORWARDED_ALLOW_IPS
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
+    running = start_app(settings, ADMIN_KEY, worker=False)  # the tests run jobs themselves
     try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("test server did not start")
-            time.sleep(0.02)
-        url = f"http://127.0.0.1:{port}"
-        if fake_url is not None:
-            # The fake sends Stripe-signed events to the server's /webhooks/stripe.
-            registered = requests.post(
-                f"{fake_url}/_config/webhooks/billfold",
-                data={"url": f"{url}/webhooks/stripe", "secret": STRIPE_WEBHOOK_SECRET},
-                headers={"Authorization": f"Bearer {STRIPE_SECRET_KEY}"},
-                timeout=10,
+        with serving(running.app, sock) as url:
+            if fake_url is not None:
+                # The fake sends Stripe-signed events to the server's /webhooks/stripe.
+                registered = requests.post(
+                    f"{fake_url}/_config/webhooks/billfold",
+                    data={"url": f"{url}/webhooks/stripe", "secret": STRIPE_WEBHOOK_SECRET},
+                    headers={"Authorization": f"Bearer {STRIPE_SECRET_KEY}"},
+                    timeout=10,
+                )
+                assert registered.status_code == 200, registered.text
+            yield LiveServer(
+                url=url,
+                services=running.services,
+                processor=processor_name,
+                stripe_fake_url=fake_url,
             )
-            assert registered.status_code == 200, registered.text
-        yield LiveServer(
-            url=url, services=services, processor=processor_name, stripe_fake_url=fake_url
-        )
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        services.database.dispose()
+        running.close()
 
 
 @pytest.fixture

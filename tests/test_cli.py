@@ -17,7 +17,8 @@ import pytest
 
 from tests.helpers import CARD_DECLINED, Api
 
-BILLFOLD = [sys.executable, "-m", "billfold.cli.main"]
+BILLFOLD = [sys.executable, "-m", "billfold.cli"]
+PROCESSORS = ("sandbox", "stripe")
 
 
 class Cli:
@@ -187,6 +188,9 @@ def test_operator_verbs(cli: Cli, api: Api) -> None:
     )
     token = account["token"]["access_token"]
     assert cli.json("accounts", "token", account["id"], *base)["access_token"]
+    listed = cli.json("accounts", "list", "--email", email, *base)
+    assert [a["id"] for a in listed["items"]] == [account["id"]]
+    assert email in cli.run("accounts", "list", "--limit", "5", *base).stdout
     cli.run("login", "--url", api.base_url, "--token", token)
     cli.json("wallet", "fund", "20", "--card", api.tokenize("4242424242424242"))
     charge = cli.json("usage", "charge", account["id"], "2.5", "tokens", "--key", "u1", *base)

@@ -8,13 +8,15 @@ lost response) and on scripted transports (httpx.MockTransport).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -45,6 +47,7 @@ from billfold.errors import ErrorCode
 from billfold.services import Services
 from tests.helpers import CARD_DECLINED, CARD_OK, Agent, Api
 
+PROCESSORS = ("sandbox", "stripe")  # create_payment_method tokenizes at either api_base
 YEAR = date.today().year + 2
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.05}
 
@@ -58,10 +61,44 @@ def agent(api: Api) -> Agent:
     return api.new_agent()
 
 
-@pytest.fixture
-def bf(api: Api, agent: Agent) -> Iterator[Billfold]:
-    with client_for(api, agent) as client:
-        yield client
+class Blocking:
+    """An AsyncBillfold whose coroutines are run to completion on a loop of its own, so
+    each snippet test below runs on both clients unchanged."""
+
+    def __init__(self, client: AsyncBillfold) -> None:
+        self._client = client
+        self._loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            outcome = attribute(*args, **kwargs)
+            return (
+                self._loop.run_until_complete(outcome) if inspect.isawaitable(outcome) else outcome
+            )
+
+        return call
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def bf(request: pytest.FixtureRequest, api: Api, agent: Agent) -> Iterator[Billfold]:
+    """The agent's client: `Billfold`, or `AsyncBillfold` behind `Blocking`."""
+    if request.param == "sync":
+        with client_for(api, agent) as client:
+            yield client
+        return
+    blocking = Blocking(AsyncBillfold(api.base_url, agent.token, **FAST))
+    try:
+        yield cast(Billfold, blocking)
+    finally:
+        blocking.close()
 
 
 @pytest.fixture
@@ -584,8 +621,16 @@ def test_admin_client(api: Api, admin: BillfoldAdmin) -> None:
         assert admin.ledger_check(account.id).consistent
         attempts = admin.list_payment_attempts(account_id=account.id)
         assert [a.state for a in attempts.items] == ["succeeded"]
-        with pytest.raises(NotFound):  # the admin API answers `not_found` here
+        with pytest.raises(NotFound) as unknown:
             admin.get_account("acct_nope")
+        assert unknown.value.code == "account_not_found"
+        page = admin.list_accounts(email=email.upper())
+        assert [a.id for a in page.items] == [account.id]
+        assert page.total == 1
+        assert not page.has_more
+        assert admin.list_accounts(email="%").total == 0  # a wildcard is matched as itself
+        admin.create_account(f"sdk-{uuid.uuid4().hex[:10]}@example.com", "another password")
+        assert admin.list_accounts(limit=1).has_more
 
         plan = admin.create_plan("SDK plan", 12, "month", ["a"])
         assert plan.id in {p.id for p in admin.list_plans()}
@@ -602,6 +647,17 @@ def test_admin_client(api: Api, admin: BillfoldAdmin) -> None:
 
 
 # --- coverage of the API -----------------------------------------------------------------
+
+
+def test_every_reference_function_is_an_sdk_method() -> None:
+    """The reference's helpers by their names, on both clients (the token is the client's)."""
+    reference = Path(__file__).with_name("reference.py").read_text()
+    names = set(re.findall(r"^def (\w+)\(token", reference, flags=re.MULTILINE))
+    names = (names - {"headers"}) | {"create_payment_method"}  # the client holds the token
+    assert len(names) > 30
+    for name in sorted(names):
+        assert callable(getattr(Billfold("http://x", "t"), name, None)), name
+        assert hasattr(AsyncBillfold, name), name
 
 
 def test_every_agent_route_has_an_sdk_method(services: Services) -> None:

@@ -1,5 +1,6 @@
 """The MCP server: the agent API as four tools, over Streamable HTTP at /mcp/agents and over
-stdio (`python -m billfold.mcp`), driven with the official MCP client."""
+stdio (`python -m billfold.cli mcp`, as `billfold mcp` runs), driven with the official MCP
+client."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from mcp.shared.exceptions import MCPError
 from billfold.mcp.actions import TOOLS
 from tests.helpers import CARD_DECLINED, CARD_OK, Agent, Api
 
+PROCESSORS = ("sandbox", "stripe")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOOL_NAMES = {"agent-billing", "agent-wallet", "agent-subscriptions", "list-plans"}
 # The agent routes MCP leaves to the agent's own login flow.
@@ -63,7 +65,7 @@ def bearer(agent: Agent) -> dict[str, str]:
 async def stdio_session(env: dict[str, str]) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "billfold.mcp"],
+        args=["-m", "billfold.cli", "mcp"],
         env={"PYTHONPATH": str(REPO_ROOT / "src"), **env},
         cwd=str(REPO_ROOT),
     )

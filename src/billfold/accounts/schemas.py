@@ -50,5 +50,13 @@ class AccountOut(ResponseModel):
     created_at: datetime
 
 
+class AccountPage(ResponseModel):
+    items: list[AccountOut]
+    total: int
+    limit: int
+    offset: int
+    has_more: bool
+
+
 class RevokedTokenOut(ResponseModel):
     revoked: bool

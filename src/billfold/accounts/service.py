@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from billfold import ratelimit
@@ -69,8 +69,22 @@ def create_account(
 def get_account(session: Session, account_id: str) -> Account:
     account = session.get(Account, account_id)
     if account is None:
-        raise NotFound("No such account.")
+        raise NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND)
     return account
+
+
+def list_accounts(
+    session: Session, *, email: str | None, status: str | None, limit: int, offset: int
+) -> tuple[list[Account], int]:
+    """Accounts, newest first; `email` matches a part of the address (case-insensitive)."""
+    query = select(Account)
+    if email:
+        query = query.where(func.lower(Account.email).contains(email.lower(), autoescape=True))
+    if status:
+        query = query.where(Account.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = query.order_by(Account.created_at.desc(), Account.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(page)), total
 
 
 def set_status(session: Session, *, account_id: str, status: str) -> Account:

@@ -11,9 +11,7 @@ the human's part (paying the hosted page) is a plain form POST, as a browser wou
 from __future__ import annotations
 
 import secrets
-import socket
 import tempfile
-import threading
 import time
 import uuid
 import webbrowser
@@ -27,10 +25,10 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from billfold.api.embedded import local_socket, serving, start_app
 from billfold.cli.agent import TRANSACTION_COLUMNS, qr_text, show_invoice, wait_for_payment
 from billfold.cli.config import resolve
 from billfold.cli.output import (
-    EXIT_OTHER,
     console,
     dig,
     fail,
@@ -41,6 +39,7 @@ from billfold.cli.output import (
     show_rows,
     to_data,
 )
+from billfold.config import Settings
 
 TEST_CARD = "4242424242424242"
 
@@ -53,51 +52,23 @@ def register(app: typer.Typer) -> None:
 def embedded_server() -> Iterator[tuple[str, str]]:
     """A Billfold of its own on a free port (SQLite in a temp dir, sandbox processor, a
     job worker): its URL and admin key."""
-    import uvicorn
-
-    from billfold.api.app import create_app
-    from billfold.application.container import build_services
-    from billfold.application.jobs import start_in_thread
-    from billfold.config import Settings
-    from billfold.migrate import upgrade
-
     with tempfile.TemporaryDirectory(prefix="billfold-demo-") as folder:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
+        sock = local_socket()
+        url = "http://{}:{}".format(*sock.getsockname()[:2])
         admin_key = f"bf_admin_{secrets.token_urlsafe(24)}"
-        database_url = f"sqlite:///{Path(folder) / 'billfold.db'}"
         settings = Settings(
             processor="sandbox",
-            database_url=database_url,
+            database_url=f"sqlite:///{Path(folder) / 'billfold.db'}",
             admin_key=admin_key,
             public_url=url,
             var_dir=Path(folder),
         )
-        upgrade(database_url)
-        services = build_services(settings, admin_key)
-        _, stop_worker = start_in_thread(services)
-        config = uvicorn.Config(
-            create_app(services), log_level="warning", access_log=False, lifespan="off"
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
+        running = start_app(settings, admin_key)
         try:
-            deadline = time.monotonic() + 20
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    fail("the embedded server did not start", "server_error", EXIT_OTHER)
-                time.sleep(0.02)
-            yield url, admin_key
+            with serving(running.app, sock):
+                yield url, admin_key
         finally:
-            server.should_exit = True
-            stop_worker.set()
-            thread.join(timeout=10)
-            services.database.dispose()
-            sock.close()
+            running.close()
 
 
 class Steps:
@@ -139,8 +110,10 @@ def demo(
         float, typer.Option("--max-wait", help="With --open: how long to wait for the person")
     ] = 300.0,
 ) -> None:
-    """Play an agent through headless funding, a saved card, a human-paid link, a month of
-    subscription on a test clock and an invoice PDF."""
+    """Play an agent through the three payment paths, a month on a test clock and a PDF.
+
+    Headless funding, a card saved with a setup intent, a human-paid link, a
+    subscription lived through a month on a test clock and an invoice PDF on disk."""
     started = time.monotonic()
     if url is None:
         console.print("[dim]Starting an embedded Billfold (SQLite, sandbox processor)…[/dim]")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-from billfold.cli.output import fail
+from billfold.api.embedded import stdio_app
+from billfold.mcp.stdio import run
 
 
 def register(app: typer.Typer) -> None:
@@ -14,9 +13,8 @@ def register(app: typer.Typer) -> None:
 
 
 def mcp() -> None:
-    """Serve Billfold's MCP tools on stdin/stdout (BILLFOLD_URL, BILLFOLD_TOKEN)."""
-    try:
-        stdio = importlib.import_module("billfold.mcp.stdio")
-    except ModuleNotFoundError as exc:
-        fail(f"the MCP server is not available in this install ({exc})", "not_supported")
-    stdio.run()
+    """Serve Billfold's MCP tools on stdin/stdout for an agent host.
+
+    The agent's token from BILLFOLD_TOKEN; the server from BILLFOLD_URL, or without it
+    an embedded Billfold in this process on this environment's settings."""
+    run(stdio_app)

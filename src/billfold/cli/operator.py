@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 
@@ -17,7 +17,6 @@ from billfold.cli.output import (
     JsonFlag,
     console,
     emit,
-    fail,
     handled,
     money,
     ok,
@@ -101,22 +100,29 @@ ACCOUNT_COLUMNS = [
 @accounts_app.command("list")
 @handled
 def accounts_list(
-    admin_key: AdminKeyOpt = None, url: UrlOpt = None, as_json: JsonFlag = False
+    email: Annotated[str | None, typer.Option(help="Only emails containing this")] = None,
+    status: Annotated[str | None, typer.Option(help="active or suspended")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    admin_key: AdminKeyOpt = None,
+    url: UrlOpt = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """The accounts, newest first."""
 
     def render(data: Any) -> None:
-        items = data.get("items", []) if isinstance(data, dict) else data
-        show_rows(items, ACCOUNT_COLUMNS, title="Accounts", empty="No accounts.")
+        show_rows(data["items"], ACCOUNT_COLUMNS, title="Accounts", empty="No accounts.")
+        if data["has_more"]:
+            console.print(f"[dim]{data['total']} in all; --offset to page[/dim]")
 
     admin = admin_client(admin_key, url)
-    lister = getattr(admin, "list_accounts", None)
-    if lister is None:
-        fail(
-            "this SDK and server have no account listing (GET /api/admin/v1/accounts)",
-            "not_supported",
-        )
-    emit(lister(), as_json, render)
+    page = admin.list_accounts(
+        email=email,
+        status=cast(Literal["active", "suspended"] | None, status),
+        limit=limit,
+        offset=offset,
+    )
+    emit(page, as_json, render)
 
 
 @accounts_app.command("create")

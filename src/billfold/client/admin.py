@@ -14,7 +14,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import TypeAdapter
 
-from billfold.accounts.schemas import AccountOut, TokenOut
+from billfold.accounts.schemas import AccountOut, AccountPage, TokenOut
 from billfold.client.agent import Amount
 from billfold.client.core import AsyncCore, Call, ClientBase, SyncCore, body, route, routes_of
 from billfold.coupons.schemas import CouponOut
@@ -65,6 +65,23 @@ class AdminAPI(ClientBase):
             ),
             idempotency_key=idempotency_key,
         )
+
+    @route("GET", "/accounts")
+    def list_accounts(
+        self,
+        *,
+        email: str | None = None,
+        status: Literal["active", "suspended"] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Call[AccountPage]:
+        """Accounts, newest first; `email` matches a part of the address."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if email:
+            params["email"] = email
+        if status:
+            params["status"] = status
+        return Call(AccountPage.model_validate, params=params)
 
     @route("GET", "/accounts/{account_id}")
     def get_account(self, account_id: str) -> Call[AccountOut]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from billfold.accounts.schemas import (
     AccountOut,
+    AccountPage,
     CreateAccountRequest,
     IssueTokenRequest,
     LoginRequest,
@@ -73,6 +74,20 @@ def create_account(
     """Create an account with its empty wallet; in test mode, on a test clock if
     `test_clock_id` names one (the account then lives on the clock's time)."""
     return respond(accounts.create_account(services, call=call, body=body))
+
+
+@admin_router.get("/accounts", response_model=Envelope[AccountPage])
+def list_accounts(
+    services: ServicesDep,
+    email: str | None = Query(default=None, max_length=320, description="Part of the email"),
+    status: Literal["active", "suspended"] | None = None,
+    limit: int = Query(default=50, ge=1, le=200),
+    offset: int = Query(default=0, ge=0, le=10_000_000),
+) -> Response:
+    """Accounts, newest first."""
+    return ok(
+        accounts.list_accounts(services, email=email, status=status, limit=limit, offset=offset)
+    )
 
 
 @admin_router.get("/accounts/{account_id}", response_model=Envelope[AccountOut])

@@ -16,6 +16,7 @@ from billfold.accounts import service
 from billfold.accounts.models import Account
 from billfold.accounts.schemas import (
     AccountOut,
+    AccountPage,
     CreateAccountRequest,
     IssueTokenRequest,
     LoginRequest,
@@ -100,6 +101,28 @@ def create_account(app: Services, *, call: Call, body: CreateAccountRequest) -> 
 def get_account(app: Services, *, account_id: str) -> AccountOut:
     with app.database.read() as session:
         return _account_out(service.get_account(session, account_id))
+
+
+def list_accounts(
+    app: Services,
+    *,
+    email: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> AccountPage:
+    """The operator's accounts, newest first, optionally by part of the email or status."""
+    with app.database.read() as session:
+        items, total = service.list_accounts(
+            session, email=email, status=status, limit=limit, offset=offset
+        )
+        return AccountPage(
+            items=[_account_out(a) for a in items],
+            total=total,
+            limit=limit,
+            offset=offset,
+            has_more=offset + len(items) < total,
+        )
 
 
 def _set_status(app: Services, call: Call, account_id: str, status: str) -> Reply:
