@@ -2,8 +2,9 @@
 and has used against what was paid for it, and whether `withdrawable` is what a
 withdrawal returns.
 
-Value received by an account = its wallet balance + what it spent on usage + what the
-operator debited by hand + the money refunded to its cards (succeeded refunds).
+Value received by an account = its wallet balance + what its active usage holds keep out
+of it + what it spent on usage + what the operator debited by hand + the money refunded
+to its cards (succeeded refunds).
 Value paid for it = its succeeded card payments (wallet fundings, payment links, coupon
 purchases, charge-amount, subscription invoices) + the promotional value the operator
 granted (credit adjustments, credit coupons, and purchase bonuses in proportion to the
@@ -19,6 +20,8 @@ How each ledger transaction kind (`kind=` in src/billfold) enters the books:
 - subscription_credit_grant: in the balance (received), paid for by the invoice.
 - subscription_credit_expiry: lowers the balance; neither received nor paid.
 - subscription_unused_time: in the balance (received), out of what the invoice paid.
+- usage_hold: moves balance into `held` (holds:usage); usage_hold_release moves it back.
+  Neither is received nor paid: a captured hold is an ordinary usage_charge.
 - usage_charge: received (spent). adjustment: a debit is received (spent), a credit is
   paid (an operator grant). coupon_credit: paid (an operator grant) for a credit
   coupon; for a purchase bonus, only the share of its purchase that was not refunded.
@@ -54,7 +57,7 @@ from sqlalchemy import func, select
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.coupons.service import PURCHASE_KINDS
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
-from billfold.ledger.service import OPERATOR_ADJUSTMENTS
+from billfold.ledger.service import HOLDS_USAGE, OPERATOR_ADJUSTMENTS
 from billfold.money import to_micros
 from billfold.payments.models import Payment, Refund
 from billfold.services import Services
@@ -91,10 +94,12 @@ class Books:
     operator_borne: int = 0  # processor refunds of credit already spent, borne by the operator
     undisputed_left: int = 0  # unrefunded of the undisputed refundable card payments
     disputed_payments: frozenset[str] = frozenset()
+    held: int = 0  # active usage holds, out of the balance
+    held_in_ledger: int = 0  # the holds:usage ledger account's sum of postings
 
     @property
     def received(self) -> int:
-        return self.balance + self.usage + self.debits + self.returned
+        return self.balance + self.held + self.usage + self.debits + self.returned
 
     @property
     def paid(self) -> Fraction:
@@ -113,7 +118,8 @@ class Books:
 
         return (
             f"account {self.account_id}: received {d(self.received)} = balance "
-            f"{d(self.balance)} + usage {d(self.usage)} + operator debits {d(self.debits)} "
+            f"{d(self.balance)} + held {d(self.held)} + usage {d(self.usage)} "
+            f"+ operator debits {d(self.debits)} "
             f"+ refunded to cards {d(self.returned)}; paid {d(self.paid)} = card payments "
             f"{d(self.card_paid)} + operator credits {d(self.credits)} + credit coupons "
             f"{d(self.coupon_credit)} + purchase bonuses kept {d(self.bonus_kept)} "
@@ -208,6 +214,12 @@ def observe(services: Services, agent: Agent) -> Books:
                 .where(CouponRedemption.account_id == account_id)
             )
         }
+        held_in_ledger = session.scalar(
+            select(func.sum(LedgerPosting.amount_micros)).where(
+                LedgerPosting.account_id == account_id,
+                LedgerPosting.ledger_account == HOLDS_USAGE,
+            )
+        )
         usage = _sum(session, account_id, "usage_charge")
         debits = _sum(session, account_id, "adjustment", "debit")
         credits = _sum(session, account_id, "adjustment", "credit")
@@ -252,6 +264,8 @@ def observe(services: Services, agent: Agent) -> Books:
             if p.purpose in REFUNDABLE_PURPOSES and not p.disputed
         ),
         disputed_payments=frozenset(p.id for p in payments if p.disputed),
+        held=micros(shown["held"]),
+        held_in_ledger=int(held_in_ledger or 0),
     )
 
 

@@ -7,7 +7,8 @@ shown `withdrawable` succeeds and returns exactly that to cards, and a cent more
 refused without changing anything.
 
 A hypothesis state machine draws sequences of what 2-3 accounts, the operator and time can do (card
-fundings with good and declining cards, payment links, usage charges, withdrawals,
+fundings with good and declining cards, payment links, usage charges, usage holds (held,
+captured in part, whole or a micro too much, released, expired by the clock), withdrawals,
 coupons of every kind, operator adjustments and refunds, subscriptions: start, renew
 through their test clock, change plan, reset the cycle, pause, resume, cancel now or at
 period end, a failing card and fix-payment, charge-amount), and what the processor
@@ -15,8 +16,8 @@ reports by webhook (a refund made in its dashboard, a dispute, each sometimes re
 After every step, for every account: no answer was a 5xx, the ledger check is
 consistent with no bucket below zero, the books conserve value, withdrawable never
 exceeds what is left of the undisputed card payments, and what the test itself saw
-accepted (usage charges, adjustments, coupon credits, refunds, what the operator bore of
-processor refunds) equals what the books read.
+accepted (usage charges and captures, active holds, adjustments, coupon credits, refunds,
+what the operator bore of processor refunds) equals what the books read.
 
 Then one regression test per credit leak of the issue, with its exact sequence, and one
 for a gap the property test found besides them (a withdrawable amount in fractions of a
@@ -150,6 +151,16 @@ STEPS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
         st.booleans(),
     ),
     "dispute": st.tuples(st.just("dispute"), who, st.integers(0, 9), st.booleans()),
+    # Usage holds: reserve (some expire within a step or two of clock time), then capture
+    # a share of one (None: all of it; "over": a micro more than held) or release it.
+    "hold": st.tuples(st.just("hold"), who, usage_amounts, st.sampled_from([1, 3_600, 86_400])),
+    "capture": st.tuples(
+        st.just("capture"),
+        who,
+        st.integers(0, 9),
+        st.none() | st.just("over") | st.integers(0, 100),
+    ),
+    "release": st.tuples(st.just("release"), who, st.integers(0, 9)),
 }
 # Steps after which rounding to the cent may legitimately favour the account by up to a
 # cent (prorations, and the pro rata claw-back of a bonus on a refund).
@@ -172,6 +183,7 @@ class Seen:
     # (processor refund id, payment id, amount) and (dispute id, payment id, amount), to replay
     processor_refunds: list[tuple[str, str, int]] = field(default_factory=list)
     disputes: list[tuple[str, str, int]] = field(default_factory=list)
+    holds: dict[str, int] = field(default_factory=dict)  # active usage holds: id → amount
 
 
 @dataclass
@@ -198,6 +210,8 @@ class World:
         if name == "advance":
             moved = self.api.admin_post(f"/test-clocks/{self.clock.id}/advance", {"hours": step[1]})
             assert moved.status_code == 200, moved.text
+            for seen in self.seen:  # the holds whose time ran out were given back
+                self._forget_resolved_holds(seen)
             return moved
         index = step[1] % len(self.agents)
         agent, seen = self.agents[index], self.seen[index]
@@ -244,6 +258,8 @@ class World:
             if response.status_code == 201:
                 seen.usage += micros(decimal_json(response)["data"]["amount"])
             return response
+        if name in ("hold", "capture", "release"):
+            return self._hold(name, agent, seen, args)
         if name == "usage_all":  # spend everything the account holds
             balance: Decimal = balance_data(agent)["balance"]
             if balance == 0:
@@ -339,6 +355,68 @@ class World:
             "fix": "fix-payment",
         }
         return agent.post(f"{path}/{action[name]}")
+
+    def _hold(
+        self, name: str, agent: Agent, seen: Seen, args: tuple[Any, ...]
+    ) -> requests.Response | None:
+        """A usage hold and what becomes of it: a capture is a usage charge of what it
+        captured, the rest (and a release, and an expiry) goes back to the balance."""
+        api = self.api
+        if name == "hold":
+            amount, ttl = args
+            before = balance_data(agent)["balance"]
+            response = api.admin_post(
+                "/usage-holds",
+                {
+                    "account_id": agent.account_id,
+                    "amount": str(amount),
+                    "usecase": "property",
+                    "ttl_seconds": ttl,
+                },
+            )
+            assert response.status_code == (201 if amount <= before else 402), response.text
+            if response.status_code == 201:
+                data = decimal_json(response)["data"]
+                assert data["balance_after"] == before - amount, (before, data)
+                seen.holds[data["id"]] = micros(amount)
+            return response
+        if not seen.holds:
+            return None
+        hold_id = sorted(seen.holds)[args[0] % len(seen.holds)]
+        amount = seen.holds[hold_id]
+        if name == "release":
+            response = api.admin_post(f"/usage-holds/{hold_id}/release")
+        else:
+            share = args[1]
+            body: dict[str, Any] = {}
+            if share == "over":
+                body["amount"] = str(Decimal(amount + 1).scaleb(-6))
+            elif share is not None:
+                body["amount"] = str(Decimal(max(1, amount * share // 100)).scaleb(-6))
+            response = api.admin_post(f"/usage-holds/{hold_id}/capture", body)
+            if share == "over" and response.status_code == 409:
+                code = response.json()["error"]["code"]
+                assert code in ("hold_amount_exceeded", "hold_not_active"), response.text
+                if code == "hold_amount_exceeded":
+                    return response
+        if response.status_code == 200:
+            data = decimal_json(response)["data"]
+            assert data["status"] == ("released" if name == "release" else "captured"), data
+            seen.usage += micros(data["captured_amount"])
+            del seen.holds[hold_id]
+            return response
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["details"]["status"]) == ("hold_not_active", "expired")
+        del seen.holds[hold_id]  # its time ran out between steps: it was given back
+        return response
+
+    def _forget_resolved_holds(self, seen: Seen) -> None:
+        for hold_id in list(seen.holds):
+            response = self.api.admin_get(f"/usage-holds/{hold_id}")
+            assert response.status_code == 200, response.text
+            if response.json()["data"]["status"] != "held":
+                del seen.holds[hold_id]
 
     def _payments(self, agent: Agent) -> list[tuple[str, int, int]]:
         """The account's succeeded payments, oldest first: (id, amount, refunded)."""
@@ -510,6 +588,10 @@ class World:
             assert books.bonus_by_redemption == seen.bonuses, step
             assert books.returned == seen.returned, (step, books.explain())
             assert books.operator_borne == seen.operator_borne, (step, books.explain())
+            assert books.held == books.held_in_ledger == sum(seen.holds.values()), (
+                step,
+                books.explain(),
+            )
             assert seen.payments <= books.succeeded_payments, step
             assert 0 <= books.withdrawable <= books.balance, books.explain()
             assert books.withdrawable <= books.undisputed_left, (step, books.explain())

@@ -61,6 +61,10 @@ class ErrorCode(StrEnum):
     PAYMENT_NOT_FOUND = "payment_not_found"
     NOT_REFUNDABLE = "not_refundable"
     REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
+    # Usage holds
+    HOLD_NOT_FOUND = "hold_not_found"
+    HOLD_NOT_ACTIVE = "hold_not_active"
+    HOLD_AMOUNT_EXCEEDED = "hold_amount_exceeded"
     # Checkout (payment links)
     CHECKOUT_NOT_FOUND = "checkout_not_found"
     CHECKOUT_PURPOSE_MISMATCH = "checkout_purpose_mismatch"
@@ -247,6 +251,20 @@ _SPECS = [
         409,
         "The refund is zero or more than what is left of the payment.",
         ("refundable",),
+    ),
+    ErrorSpec(_C.HOLD_NOT_FOUND, 404, "No such usage hold (on this account).", ("hold_id",)),
+    ErrorSpec(
+        _C.HOLD_NOT_ACTIVE,
+        409,
+        "The usage hold was already captured, released or expired (`status` says which); "
+        "nothing was moved.",
+        ("hold_id", "status"),
+    ),
+    ErrorSpec(
+        _C.HOLD_AMOUNT_EXCEEDED,
+        409,
+        "The capture is larger than the usage hold; nothing was moved.",
+        ("hold_id", "held", "amount"),
     ),
     ErrorSpec(_C.CHECKOUT_NOT_FOUND, 404, "No such checkout session.", ("session_id",)),
     ErrorSpec(

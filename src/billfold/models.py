@@ -21,6 +21,7 @@ from billfold.processors.sandbox import SandboxObject
 from billfold.ratelimit import RateLimitCounter
 from billfold.subscriptions.models import CreditGrant, Plan, Subscription
 from billfold.testclock.models import TestClock
+from billfold.wallet.models import UsageHold
 from billfold.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "SandboxObject",
     "Subscription",
     "TestClock",
+    "UsageHold",
     "Wallet",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -32,6 +32,7 @@ from billfold.jobs.service import ClaimedJob
 from billfold.payments import janitor as payment_janitor
 from billfold.services import Services
 from billfold.subscriptions import attempts, credits, dunning, engine, outcomes, renewal, start
+from billfold.wallet import holds
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from billfold.wallet.auto_funding import run_top_up
 from billfold.webhooks import service as webhooks
@@ -46,6 +47,7 @@ def handlers() -> dict[str, Handler]:
     return {
         TOP_UP_JOB: run_top_up,
         EXPIRE_JOB: run_expiry,
+        holds.EXPIRE_JOB: holds.run_expiry,
         maintenance.JOB_KIND: maintenance.run_purge,
         payment_janitor.JANITOR_JOB: payment_janitor.run_janitor,
         payment_janitor.LEGACY_RECOVERY_JOB: payment_janitor.run_legacy_recovery,

@@ -27,6 +27,7 @@ from billfold.wallet.schemas import (
     OperatorRefundOut,
     TransactionOut,
     UsageChargeOut,
+    UsageHoldOut,
 )
 from billfold.webhooks.schemas import (
     DeletedEndpointOut,
@@ -131,6 +132,74 @@ class AdminAPI(ClientBase):
                 description=description,
                 metadata=dict(metadata) if metadata is not None else None,
             ),
+            idempotency_key=idempotency_key,
+        )
+
+    @route("POST", "/usage-holds")
+    def create_usage_hold(
+        self,
+        account_id: str,
+        amount: Amount,
+        usecase: str,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+        *,
+        ttl_seconds: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Call[UsageHoldOut]:
+        """Reserve funds for usage to capture later (expires after ttl_seconds, default an
+        hour); InsufficientFunds if the balance cannot cover it."""
+        return Call(
+            UsageHoldOut.model_validate,
+            json=body(
+                account_id=account_id,
+                amount=amount,
+                usecase=usecase,
+                description=description,
+                metadata=dict(metadata) if metadata is not None else None,
+                ttl_seconds=ttl_seconds,
+            ),
+            idempotency_key=idempotency_key,
+        )
+
+    @route("GET", "/usage-holds/{hold_id}")
+    def get_usage_hold(self, hold_id: str, account_id: str | None = None) -> Call[UsageHoldOut]:
+        return Call(
+            UsageHoldOut.model_validate,
+            path_params={"hold_id": hold_id},
+            params={"account_id": account_id},
+        )
+
+    @route("POST", "/usage-holds/{hold_id}/capture")
+    def capture_usage_hold(
+        self,
+        hold_id: str,
+        amount: Amount | None = None,
+        *,
+        account_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Call[UsageHoldOut]:
+        """Charge all (no amount) or part of a hold as usage; the rest goes back."""
+        return Call(
+            UsageHoldOut.model_validate,
+            path_params={"hold_id": hold_id},
+            json=body(amount=amount, account_id=account_id),
+            idempotency_key=idempotency_key,
+        )
+
+    @route("POST", "/usage-holds/{hold_id}/release")
+    def release_usage_hold(
+        self,
+        hold_id: str,
+        *,
+        account_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Call[UsageHoldOut]:
+        """Give a whole hold back to the wallet."""
+        return Call(
+            UsageHoldOut.model_validate,
+            path_params={"hold_id": hold_id},
+            json=body(account_id=account_id),
             idempotency_key=idempotency_key,
         )
 

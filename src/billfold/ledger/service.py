@@ -2,9 +2,9 @@
 
 Sign convention: a posting's amount is added to its ledger account's balance. Wallet
 accounts (`wallet:<bucket>`) hold what the platform owes the account holder and never
-go below zero; the others (`processor:clearing`, `revenue:usage`, `operator:adjustments`)
-are their counterparts and carry the mirror image. Every transaction's postings sum
-to zero, so the sum over all ledger accounts of an account is always zero.
+go below zero; the others (`processor:clearing`, `revenue:usage`, `operator:adjustments`,
+`holds:usage`) are their counterparts and carry the mirror image. Every transaction's
+postings sum to zero, so the sum over all ledger accounts of an account is always zero.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ REVENUE_USAGE = "revenue:usage"
 OPERATOR_ADJUSTMENTS = "operator:adjustments"
 # Promotional credit the operator gives through coupons (credits and purchase bonuses).
 OPERATOR_PROMOTIONS = "operator:promotions"
+# Wallet money reserved by usage holds until they are captured or released: off the
+# wallet (no "wallet:" prefix), so the cached balances stay what the account can spend.
+HOLDS_USAGE = "holds:usage"
 
 # Hot-path statements go to the Tables: the ORM's bulk-statement machinery adds much
 # Python overhead per statement and nothing these need.

@@ -74,6 +74,32 @@ class UsageChargeRequest(RequestModel):
     metadata: dict[str, Any] | None = None
 
 
+MAX_HOLD_TTL_SECONDS = 86_400
+DEFAULT_HOLD_TTL_SECONDS = 3_600
+
+
+class UsageHoldRequest(RequestModel):
+    account_id: str = Field(min_length=1, max_length=40)
+    amount: UsageAmount
+    usecase: CleanText = Field(min_length=1, max_length=200)
+    description: CleanText | None = Field(default=None, max_length=500)
+    metadata: dict[str, Any] | None = None
+    ttl_seconds: int = Field(default=DEFAULT_HOLD_TTL_SECONDS, ge=1, le=MAX_HOLD_TTL_SECONDS)
+
+
+class UsageHoldCaptureRequest(RequestModel):
+    """No amount: capture the whole hold. `account_id`, if given, must own the hold."""
+
+    amount: UsageAmount | None = None
+    account_id: str | None = Field(default=None, min_length=1, max_length=40)
+
+
+class UsageHoldReleaseRequest(RequestModel):
+    """`account_id`, if given, must own the hold."""
+
+    account_id: str | None = Field(default=None, min_length=1, max_length=40)
+
+
 class OperatorRefundRequest(RequestModel):
     payment_intent_id: str = Field(min_length=1, max_length=64)
     amount: WithdrawalAmount | None = None
@@ -98,6 +124,9 @@ class BalanceOut(ResponseModel):
     currency: str
     breakdown: Breakdown
     withdrawable: MoneyOut
+    # What usage can spend now (the balance), and what active usage holds keep out of it.
+    available: MoneyOut
+    held: MoneyOut
 
 
 class TransactionOut(ResponseModel):
@@ -160,6 +189,31 @@ class UsageChargeOut(ResponseModel):
     usecase: str
     balance_after: MoneyOut
     created_at: datetime
+
+
+HoldStatusOut = Literal["held", "captured", "released", "expired"]
+
+
+class UsageHoldOut(ResponseModel):
+    id: str
+    hold_id: str
+    account_id: str
+    amount: MoneyOut
+    captured_amount: MoneyOut
+    usecase: str
+    description: str | None
+    metadata: dict[str, Any]
+    status: HoldStatusOut
+    # What the hold took from each kind of credit (and gives back what it does not use).
+    breakdown: Breakdown
+    expires_at: datetime
+    created_at: datetime
+    resolved_at: datetime | None
+    hold_transaction_id: str
+    release_transaction_id: str | None
+    charge_transaction_id: str | None
+    # The wallet balance right after this call's change (None on a read).
+    balance_after: MoneyOut | None
 
 
 class LedgerCheckOut(ResponseModel):

@@ -17,7 +17,7 @@ from billfold.ledger import service as ledger
 from billfold.ledger.models import LedgerTransaction, Wallet
 from billfold.ledger.service import get_wallet
 from billfold.money import from_micros
-from billfold.wallet import auto_funding
+from billfold.wallet import auto_funding, holds
 from billfold.wallet.refunds import withdrawable_micros
 
 # Card payments whose money is purchased credit, refundable to the card on withdrawal.
@@ -39,6 +39,8 @@ def balance_view(session: Session, wallet: Wallet) -> dict[str, Any]:
             "purchased": from_micros(wallet.purchased_micros),
         },
         "withdrawable": from_micros(withdrawable_micros(session, wallet)),
+        "available": from_micros(wallet.balance_micros),
+        "held": from_micros(holds.held_micros(session, wallet.account_id)),
     }
 
 
