@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billfold import __version__
 from billfold.api.errors import error_body, install_error_handlers
+from billfold.api.metrics import RequestMetrics
+from billfold.api.metrics import router as metrics_router
 from billfold.api.pages import STATIC_DIR as CHECKOUT_STATIC
 from billfold.api.pages import router as checkout_pages
 from billfold.api.responses import ApiResponse
@@ -209,6 +211,8 @@ def create_app(services: Services) -> FastAPI:
     install_error_handlers(app)
     redact_signed_links_in_access_log()
     app.add_middleware(RequestContext)
+    # Added last, so outermost: its latency includes RequestContext's work.
+    app.add_middleware(RequestMetrics)
 
     health = APIRouter(tags=["health"])
 
@@ -229,6 +233,7 @@ def create_app(services: Services) -> FastAPI:
         return ApiResponse({"status": "ok"})
 
     app.include_router(health)
+    app.include_router(metrics_router)
     app.include_router(auth_router, prefix=AGENT_PREFIX)
     app.include_router(payments_router, prefix=AGENT_PREFIX)
     app.include_router(wallet_router, prefix=AGENT_PREFIX)

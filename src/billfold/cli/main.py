@@ -6,8 +6,11 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -73,19 +76,38 @@ def serve(
     run_migrations: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Upgrade the schema first")
     ] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="API server processes (default: the number of CPU cores)"
+        ),
+    ] = None,
+    job_workers: Annotated[
+        int, typer.Option("--job-workers", min=0, help="Job worker processes beside the API")
+    ] = 1,
     worker: Annotated[
         bool,
-        typer.Option("--worker/--no-worker", help="Run a job worker in this process too"),
+        typer.Option("--worker/--no-worker", help="Run job worker processes (--job-workers)"),
     ] = True,
 ) -> None:
-    """Run the API (with the hosted sandbox pages) on HOST:PORT."""
+    """Run the API (with the hosted sandbox pages) on HOST:PORT, and the job workers.
+
+    One API process serves in this process itself; more are started (and restarted)
+    by uvicorn's supervisor. Job workers are processes of their own (`billfold worker`).
+    Migrations, the admin key and the demo account are done here, once, before any
+    process starts; the processes share only the database.
+    """
+    import signal
+
     import uvicorn
 
-    from billfold.api.app import create_app
     from billfold.application.container import build_services
+    from billfold.cli.supervise import JobWorkers
     from billfold.migrate import upgrade
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    api_processes = workers or os.cpu_count() or 1
+    job_processes = job_workers if worker else 0
     settings = get_settings()
     if (
         not settings.public_url
@@ -95,6 +117,10 @@ def serve(
     if run_migrations:
         upgrade(settings.database_url)
     admin_key = resolve_admin_key(settings)
+    # Every process this one starts reads its settings from the environment: the same
+    # public URL, and the one admin key (never a key of its own).
+    os.environ["BILLFOLD_PUBLIC_URL"] = settings.public_url
+    os.environ["BILLFOLD_ADMIN_KEY"] = admin_key.key
     services = build_services(settings, admin_key.key)
     if demo is None:
         demo = services.database.is_sqlite
@@ -103,6 +129,7 @@ def serve(
         ("Database", _safe_url(settings.database_url)),
         ("Processor", settings.processor),
         ("Admin key", admin_key.display()),
+        ("Processes", f"{api_processes} API, {job_processes} job worker(s)"),
     ]
     if demo:
         from billfold.demo import seed
@@ -117,29 +144,62 @@ def serve(
     for label, value in lines:
         console.print(f"[bold]{label + ':':<18}[/bold]{value}", soft_wrap=True, highlight=False)
     console.rule()
-    if worker:
-        from billfold.application.jobs import start_in_thread
 
-        start_in_thread(services)
-    uvicorn.run(
-        create_app(services),
-        host=host,
-        port=port,
-        log_level="info",
+    metrics_dir: str | None = None
+    if api_processes > 1:
+        services.database.dispose()  # the API processes open their own
+        # Each API process writes its metric samples here; a scrape adds them up. Fresh
+        # for every start: samples left from a previous run would count again.
+        metrics_dir = tempfile.mkdtemp(prefix="billfold-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # SIGTERM unwinds like Ctrl-C, through the `finally` that stops the job workers
+    # (uvicorn re-raises the signal it caught once it has shut down).
+    signal.signal(signal.SIGTERM, _interrupt)
+    job_runners = JobWorkers(job_processes)
+    server_options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
         # Client addresses (login throttling, abuse limits) come from the connection
         # unless the operator names the proxy whose X-Forwarded-For is to be believed.
-        proxy_headers=settings.forwarded_allow_ips is not None,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-    )
+        "proxy_headers": settings.forwarded_allow_ips is not None,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+    }
+    try:
+        job_runners.start()
+        if api_processes == 1:
+            from billfold.api.app import create_app
+
+            uvicorn.run(create_app(services), **server_options)
+        else:
+            uvicorn.run(
+                "billfold.api.factory:create_app_from_env",
+                factory=True,
+                workers=api_processes,
+                **server_options,
+            )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        job_runners.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command("worker")
 def run_worker(
     once: Annotated[bool, typer.Option(help="Run the jobs due now, then exit")] = False,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Stop when this process (serve) is gone"),
+    ] = None,
 ) -> None:
     """Run background jobs (top-ups, expiries, …); run as many as you like beside the API."""
     import signal
-    import threading
 
     from billfold.application.container import build_services
     from billfold.application.jobs import Worker
@@ -153,7 +213,18 @@ def run_worker(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if parent_pid is not None:
+        threading.Thread(
+            target=_stop_when_orphaned, args=(parent_pid, stop), daemon=True, name="parent"
+        ).start()
     job_runner.run_forever(stop)
+
+
+def _stop_when_orphaned(parent_pid: int, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            logging.getLogger("billfold.worker").warning("serve is gone: stopping")
+            stop.set()
 
 
 def _safe_url(url: str) -> str:

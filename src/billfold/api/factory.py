@@ -1,0 +1,40 @@
+"""The API app for a process a supervisor started: each of `billfold serve --workers N`'s
+API processes, or any ASGI server (`uvicorn --factory billfold.api.factory:create_app_from_env`).
+
+Everything comes from the environment (`BILLFOLD_*`): `serve` resolves the admin key,
+migrates and seeds once, in the parent, and hands the key down as BILLFOLD_ADMIN_KEY.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from billfold.api.app import create_app
+from billfold.application.container import build_services
+from billfold.config import Settings, get_settings
+
+__all__ = ["create_app_from_env"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def create_app_from_env() -> FastAPI:
+    # A spawned process starts with bare logging; the ASGI server configures only its own.
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    settings = get_settings()
+    return create_app(build_services(settings, admin_key(settings)))
+
+
+def admin_key(settings: Settings) -> str:
+    """BILLFOLD_ADMIN_KEY, or the key `billfold serve` generated into var/admin_key; never a
+    new one (each process would make its own)."""
+    if settings.admin_key:
+        return settings.admin_key
+    path = settings.var_dir / "admin_key"
+    if path.exists():
+        return path.read_text().strip()
+    raise RuntimeError(
+        f"No admin key: set BILLFOLD_ADMIN_KEY, or run `billfold serve` once to generate {path}."
+    )

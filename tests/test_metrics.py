@@ -1,0 +1,144 @@
+"""GET /metrics: request latency by route template, refusals and usage charges, the job
+backlog read from the database, and the admin key in front of it all."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import requests
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import delete
+
+from billfold.api.app import create_app
+from billfold.clock import wall_now
+from billfold.jobs import service as jobs
+from billfold.jobs.models import Job, Lane
+from billfold.services import Services
+from tests.helpers import Api, assert_error
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(api: Api) -> Samples:
+    response = requests.get(f"{api.base_url}/metrics", headers=api.admin_headers, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_latency_is_labelled_by_route_template_not_raw_path(api: Api) -> None:
+    agent = api.new_agent()
+    template = "/api/admin/v1/accounts/{account_id}"
+    before = scrape(api)
+    for _ in range(3):
+        assert api.admin_get(f"/accounts/{agent.account_id}").status_code == 200
+    missing = agent.get("/subscriptions/sub_doesnotexist")
+    assert missing.status_code == 404
+    assert requests.get(f"{api.base_url}/no/such/{agent.account_id}", timeout=10).status_code == 404
+    after = scrape(api)
+
+    count = "billfold_http_request_duration_seconds_count"
+    ok = {"method": "GET", "route": template, "status": "200"}
+    assert value(after, count, **ok) - value(before, count, **ok) == 3
+    assert value(after, "billfold_http_request_duration_seconds_bucket", le="+Inf", **ok) >= 3
+    assert value(after, "billfold_http_request_duration_seconds_sum", **ok) > 0
+    sub = {
+        "method": "GET",
+        "route": "/api/agents/v1/subscriptions/{subscription_id}",
+        "status": "404",
+    }
+    assert value(after, count, **sub) - value(before, count, **sub) == 1
+    unmatched = {"method": "GET", "route": "<unmatched>", "status": "404"}
+    assert value(after, count, **unmatched) - value(before, count, **unmatched) == 1
+    routes = {dict(labels).get("route", "") for _, labels in after}
+    assert not any(agent.account_id in route for route in routes), routes
+
+
+def test_usage_charges_and_refusals_are_counted_by_outcome(api: Api) -> None:
+    agent = api.new_agent()
+    agent.fund(10)
+    route = "/api/admin/v1/usage-charges"
+    before = scrape(api)
+    assert api.charge_usage(agent.account_id, "2", key="m-1").status_code in {200, 201}
+    assert api.charge_usage(agent.account_id, "2", key="m-1").status_code in {200, 201}  # replay
+    assert_error(api.charge_usage(agent.account_id, "500", key="m-2"), 402, "insufficient_funds")
+    assert_error(api.charge_usage(agent.account_id, "500"), 402, "insufficient_funds")  # no key
+    after = scrape(api)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("billfold_usage_charges_total", outcome="charged") == 1
+    assert delta("billfold_usage_charges_total", outcome="insufficient_funds") == 2
+    refused = {"code": "insufficient_funds", "route": route}
+    assert delta("billfold_refusals_total", **refused) == 2
+
+
+def test_job_backlog_gauges_reflect_a_due_job(api: Api, services: Services) -> None:
+    def backlog() -> tuple[float, float]:
+        samples = scrape(api)
+        return (
+            value(samples, "billfold_jobs_due", lane="webhooks"),
+            value(samples, "billfold_jobs_oldest_due_age_seconds", lane="webhooks"),
+        )
+
+    due_before, _ = backlog()
+    with _job(services, run_at=wall_now() - timedelta(hours=1)):
+        due, age = backlog()
+        assert due == due_before + 1
+        assert age >= 3600
+    assert backlog()[0] == due_before
+    with _job(services, run_at=wall_now() + timedelta(days=30)):
+        assert backlog()[0] == due_before  # not due yet: no backlog
+
+
+@contextmanager
+def _job(services: Services, **when: object) -> Iterator[None]:
+    kind = "test.metrics_probe"  # no handler: removed before any worker could claim it
+    with services.database.transaction() as session:
+        jobs.enqueue(session, kind=kind, lane=Lane.WEBHOOKS, **when)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        with services.database.transaction() as session:
+            session.execute(delete(Job).where(Job.kind == kind))
+
+
+def test_metrics_need_the_admin_key(api: Api) -> None:
+    url = f"{api.base_url}/metrics"
+    assert_error(requests.get(url, timeout=10), 401, "unauthenticated")
+    wrong = {"Authorization": "Bearer bf_admin_wrong"}
+    assert_error(requests.get(url, headers=wrong, timeout=10), 401, "unauthenticated")
+    assert requests.get(url, headers=api.admin_headers, timeout=10).status_code == 200
+    assert (
+        "/metrics" not in requests.get(f"{api.base_url}/openapi.json", timeout=10).json()["paths"]
+    )
+
+
+def test_metrics_can_be_public(services: Services) -> None:
+    public = dataclasses.replace(
+        services, settings=services.settings.model_copy(update={"metrics_public": True})
+    )
+    with TestClient(create_app(public)) as client:
+        client.get("/healthz")
+        response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples = parse(response.text)
+    assert value(samples, "billfold_jobs_running", lane="default") >= 0
+    assert any(name == "billfold_http_request_duration_seconds_count" for name, _ in samples)
