@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from billfold.api.app import MAX_BODY_BYTES
+from billfold.api.embedded import local_socket
 from billfold.ledger.models import LedgerTransaction
 from billfold.services import Services
-from tests.conftest import free_socket
 from tests.helpers import Agent, Api, assert_error, decimal_json
 
 BILLFOLD = Path(sys.executable).parent / "billfold"
@@ -600,7 +600,7 @@ def test_the_hosted_page_works_under_its_policy_and_cannot_be_framed(
 
 
 def test_billfold_serve_keeps_signed_link_queries_out_of_the_access_log(tmp_path: Path) -> None:
-    sock = free_socket()
+    sock = local_socket()
     port = sock.getsockname()[1]
     sock.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}

@@ -16,9 +16,9 @@ from pathlib import Path
 import requests
 
 from billfold.api.deps import Services, request_fingerprint
+from billfold.api.embedded import local_socket
 from billfold.clock import now
 from billfold.idempotency.models import IdempotencyKey
-from tests.conftest import free_socket
 from tests.helpers import Api, assert_error
 
 BILLFOLD = Path(sys.executable).parent / "billfold"
@@ -43,7 +43,7 @@ def test_health_and_openapi(api: Api) -> None:
 
 def test_embedded_default_serves_with_demo_data(tmp_path: Path) -> None:
     """What `./scripts/run` does: migrate, seed, print credentials that work."""
-    sock = free_socket()
+    sock = local_socket()
     port = sock.getsockname()[1]
     sock.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}

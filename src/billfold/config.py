@@ -71,11 +71,18 @@ class Settings(BaseSettings):
     # A key still "in progress" after this long is presumed abandoned (crashed worker)
     # and may be taken over by a retry; every effect under it is itself idempotent.
     idempotency_lock_timeout_seconds: int = 60
+    # Usage charges arriving together share one transaction (application/charging.py);
+    # false writes each in its request's own transaction.
+    usage_group_commit: bool = True
 
     # Dunning: after a renewal's payment fails, retry this many days after the renewal;
     # after the last retry fails the subscription becomes `canceled` (or `unpaid`).
     dunning_retry_days: list[int] = Field(default=[1, 3, 5])
     dunning_final_status: Literal["canceled", "unpaid"] = "canceled"
+
+    # GET /metrics (Prometheus) asks for the admin key as a Bearer token unless this is
+    # set: for a scraper on a private network that cannot send one.
+    metrics_public: bool = False
 
     db_pool_size: int = 20
     db_max_overflow: int = 20

@@ -107,23 +107,39 @@ def after_debit(session: Session, *, locked_wallet: Wallet, balance_after_micros
         .values(auto_funding_armed=False)
     ).rowcount  # type: ignore[attr-defined]
     if disarmed:
-        webhooks.emit(
+        announce_low_balance(
             session,
-            type="wallet.low_balance",
             account_id=locked_wallet.account_id,
-            data={
-                "account_id": locked_wallet.account_id,
-                "balance": from_micros(balance_after_micros),
-                "charge_threshold": from_micros(threshold),
-                "currency": locked_wallet.currency,
-            },
+            balance_micros=balance_after_micros,
+            threshold_micros=threshold,
+            currency=locked_wallet.currency,
         )
-        jobs.enqueue(
-            session,
-            kind=JOB_KIND,
-            account_id=locked_wallet.account_id,
-            dedupe_key=f"auto_funding:{locked_wallet.account_id}",
-        )
+
+
+def announce_low_balance(
+    session: Session,
+    *,
+    account_id: str,
+    balance_micros: int,
+    threshold_micros: int,
+    currency: str,
+) -> None:
+    """A debit crossed the threshold and disarmed the rule: tell the account and enqueue
+    the top-up (once per crossing: the job's dedupe key)."""
+    webhooks.emit(
+        session,
+        type="wallet.low_balance",
+        account_id=account_id,
+        data={
+            "account_id": account_id,
+            "balance": from_micros(balance_micros),
+            "charge_threshold": from_micros(threshold_micros),
+            "currency": currency,
+        },
+    )
+    jobs.enqueue(
+        session, kind=JOB_KIND, account_id=account_id, dedupe_key=f"auto_funding:{account_id}"
+    )
 
 
 def run_top_up(services: Services, job: ClaimedJob) -> None:

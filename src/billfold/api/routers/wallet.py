@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from billfold.api.deps import Agent, AgentCall, Operator, OperatorCall, ServicesDep, respond
+from billfold.api.errors import request_id_of
 from billfold.api.responses import ok
+from billfold.api.routers.holds import admin_router as holds_admin_router
 from billfold.api.routing import DecimalJSONRoute
-from billfold.application.usecases import wallet
+from billfold.application.usecases import usage, wallet
 from billfold.schemas import ERROR_RESPONSES, Envelope
+from billfold.wallet.batch_schemas import UsageBatchOut, UsageBatchRequest
 from billfold.wallet.schemas import (
     AdjustmentRequest,
     AutoFundingOut,
@@ -111,7 +114,19 @@ def create_usage_charge(
     body: UsageChargeRequest, services: ServicesDep, call: OperatorCall
 ) -> Response:
     """Debit an account's wallet for usage (the platform's hot path)."""
-    return respond(wallet.charge_usage(services, call=call, body=body))
+    return respond(usage.charge_usage(services, call=call, body=body))
+
+
+@admin_router.post("/usage-charges/batch", response_model=Envelope[UsageBatchOut])
+def create_usage_charge_batch(
+    body: UsageBatchRequest, request: Request, services: ServicesDep
+) -> Response:
+    """Up to 1,000 usage charges in one transaction, each with its own `idempotency_key`
+    and its own outcome (charged, replayed, insufficient_funds, invalid, refused): one
+    refusal never fails its neighbours. The request as a whole takes no Idempotency-Key."""
+    return ok(
+        usage.charge_usage_batch(services, charges=body.charges, request_id=request_id_of(request))
+    )
 
 
 @admin_router.get("/accounts/{account_id}/ledger-check", response_model=Envelope[LedgerCheckOut])
@@ -144,3 +159,7 @@ def create_adjustment(
 ) -> Response:
     """Credit (as promotional credit) or debit a wallet by hand, with a reason."""
     return respond(wallet.adjust(services, call=call, body=body))
+
+
+# Usage holds (reserve, then capture or release) sit with the usage charges they become.
+admin_router.include_router(holds_admin_router)

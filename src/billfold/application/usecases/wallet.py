@@ -30,8 +30,6 @@ from billfold.wallet.schemas import (
     TransactionOut,
     TransactionPage,
     TransactionType,
-    UsageChargeOut,
-    UsageChargeRequest,
     WalletSummary,
     WithdrawOut,
     WithdrawRequest,
@@ -195,30 +193,6 @@ def withdraw(app: Services, *, call: Call, account_id: str, body: WithdrawReques
         )
 
     return for_account(app, call, account_id).phased(handler)
-
-
-def charge_usage(app: Services, *, call: Call, body: UsageChargeRequest) -> Reply:
-    """Debit an account's wallet for usage (the platform's hot path)."""
-
-    def handler(session: Session) -> Outcome:
-        txn = service.charge_usage(
-            session,
-            account_id=body.account_id,
-            amount_micros=to_micros(body.amount),
-            usecase=body.usecase,
-            description=body.description,
-            metadata=body.metadata,
-        )
-        return 201, UsageChargeOut(
-            id=txn.id,
-            account_id=txn.account_id,
-            amount=from_micros(txn.amount_micros),
-            usecase=txn.usecase,
-            balance_after=from_micros(txn.balance_after_micros),
-            created_at=txn.created_at,
-        )
-
-    return for_operator(app, call).atomic(handler)
 
 
 def ledger_check(app: Services, *, account_id: str) -> LedgerCheckOut:

@@ -1,0 +1,117 @@
+"""Group commit for usage charges: concurrent charges share one transaction and one fsync.
+
+A request hands its charge to its process's committer and waits. The committer takes
+every charge waiting (up to `MAX_BATCH`), writes them with `wallet.usage.write` in one
+transaction and answers each request only after that transaction committed. While it
+commits, the next requests queue up: the busier the server, the bigger the batches, and
+an idle server answers a lone charge with no added wait (PostgreSQL's commit_delay idea,
+TigerBeetle's batching, without a timer). A charge its wallet cannot cover is refused on
+its own; its batch neighbours are charged.
+
+A charge whose idempotency key is already stored (a replay, a twin) is answered `None`:
+its caller takes the careful path (claim, then replay or refuse). One committer thread
+per process and database; processes coordinate only through the database (row locks in
+account order).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+from billfold.services import Services
+from billfold.wallet import usage
+
+MAX_BATCH = 512
+
+_Pending = tuple[usage.Charge, "Future[usage.Answer | None]"]
+
+
+class ChargeCommitter:
+    """The process's committer of usage charges for one `Services`."""
+
+    def __init__(self, services: Services, *, max_batch: int = MAX_BATCH) -> None:
+        self.services = services
+        self.max_batch = max_batch
+        self.pid = os.getpid()
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="usage-committer", daemon=True)
+        self._thread.start()
+        self.batches = 0
+        self.charges = 0
+
+    def submit(self, charge: usage.Charge) -> usage.Answer | None:
+        """Charge it in the next batch; the answer once that batch committed."""
+        future: Future[usage.Answer | None] = Future()
+        self._queue.put((charge, future))
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            answers = write_batch(self.services, [charge for charge, _ in batch])
+        except BaseException as exc:  # every waiting request gets the failure
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        self.batches += 1
+        self.charges += len(batch)
+        for (_, future), answer in zip(batch, answers, strict=True):
+            future.set_result(answer)
+
+
+def write_batch(app: Services, charges: Sequence[usage.Charge]) -> list[usage.Answer | None]:
+    """Write `charges` in one transaction; None for each whose key was already stored
+    (those were not written: the transaction is retried without them)."""
+    answers: list[usage.Answer | None] = [None] * len(charges)
+    todo: list[int] = []
+    keys: set[tuple[str, str]] = set()
+    for i, charge in enumerate(charges):
+        if charge.key is not None:
+            if (charge.scope, charge.key) in keys:
+                continue  # a twin in the same batch: the careful path replays the first
+            keys.add((charge.scope, charge.key))
+        todo.append(i)
+    while todo:
+        try:
+            with app.database.transaction() as session:
+                written = usage.write(session, [charges[i] for i in todo], app.key_policy)
+        except usage.KeysTaken as taken:
+            todo = [i for i in todo if (charges[i].scope, charges[i].key or "") not in taken.taken]
+            continue
+        for i, answer in zip(todo, written, strict=True):
+            answers[i] = answer
+        break
+    return answers
+
+
+_committers: dict[int, ChargeCommitter] = {}
+_committers_lock = threading.Lock()
+
+
+def committer(app: Services) -> ChargeCommitter:
+    """This process's committer for `app` (started on first use, again after a fork)."""
+    found = _committers.get(id(app))
+    if found is not None and found.services is app and found.pid == os.getpid():
+        return found
+    with _committers_lock:
+        found = _committers.get(id(app))
+        if found is None or found.services is not app or found.pid != os.getpid():
+            found = ChargeCommitter(app)
+            _committers[id(app)] = found
+        return found
+
+
+__all__ = ["MAX_BATCH", "ChargeCommitter", "committer", "write_batch"]

@@ -1,0 +1,297 @@
+"""The operator's usage charges: one at a time (group-committed with its neighbours) or a
+batch of up to 1,000 in one request, each charge with its own idempotency key.
+
+A charge and a batch item with the same key and the same fields are the same request:
+the fingerprint of an item is the one its single `POST /usage-charges` would have, so a
+batch replays single charges and the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billfold.application import charging
+from billfold.application.idempotent import (
+    Outcome,
+    Reply,
+    checked_key,
+    operator_scope,
+    request_fingerprint,
+)
+from billfold.application.usecases.base import Call, for_operator
+from billfold.clock import current_test_clock, now, wall_now
+from billfold.errors import (
+    BillfoldError,
+    ErrorCode,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    error_payload,
+)
+from billfold.idempotency.models import IdempotencyKey
+from billfold.jsonenc import render
+from billfold.money import from_micros, to_micros
+from billfold.schemas import ErrorObject
+from billfold.services import Services
+from billfold.wallet import service, usage
+from billfold.wallet.batch_schemas import (
+    BatchItemStatus,
+    UsageBatchItem,
+    UsageBatchItemOut,
+    UsageBatchOut,
+)
+from billfold.wallet.schemas import UsageChargeOut, UsageChargeRequest
+
+# The single charge's route: a batch item's fingerprint is the one this request would have.
+USAGE_CHARGES_PATH = "/api/admin/v1/usage-charges"
+
+
+def charge_usage(app: Services, *, call: Call, body: UsageChargeRequest) -> Reply:
+    """Debit an account's wallet for usage (the platform's hot path), group-committed with
+    the charges arriving beside it (`application.charging`)."""
+    answer = _write_one(app, _charge(body, call))
+    if answer is not None:
+        return Reply(answer.status_code, answer.body)
+    return for_operator(app, call).atomic(_careful_charge(body))
+
+
+def _charge(body: UsageChargeRequest, call: Call) -> usage.Charge:
+    return usage.Charge(
+        account_id=body.account_id,
+        amount_micros=to_micros(body.amount),
+        usecase=body.usecase,
+        description=body.description,
+        metadata=body.metadata,
+        created_at=now(),
+        key=call.key,
+        scope=operator_scope(),
+        fingerprint=call.fingerprint,
+        request_id=call.request_id,
+    )
+
+
+def _write_one(app: Services, charge: usage.Charge) -> usage.Answer | None:
+    if current_test_clock() is None and app.settings.usage_group_commit:
+        return charging.committer(app).submit(charge)
+    # On a test clock: written in this thread, where the account's clock is set.
+    return charging.write_batch(app, [charge])[0]
+
+
+def _careful_charge(body: UsageChargeRequest) -> Callable[[Session], Outcome]:
+    """A charge whose key was already stored: claimed, then replayed, refused or run."""
+
+    def handler(session: Session) -> Outcome:
+        txn = service.charge_usage(
+            session,
+            account_id=body.account_id,
+            amount_micros=to_micros(body.amount),
+            usecase=body.usecase,
+            description=body.description,
+            metadata=body.metadata,
+        )
+        return 201, UsageChargeOut(
+            id=txn.id,
+            account_id=txn.account_id,
+            amount=from_micros(txn.amount_micros),
+            usecase=txn.usecase,
+            balance_after=from_micros(txn.balance_after_micros),
+            created_at=txn.created_at,
+        )
+
+    return handler
+
+
+# --- batches -----------------------------------------------------------------------------
+
+INVALID_CODES = frozenset(
+    {
+        ErrorCode.INVALID_REQUEST.value,
+        ErrorCode.ACCOUNT_NOT_FOUND.value,
+        ErrorCode.IDEMPOTENCY_KEY_REUSED.value,
+    }
+)
+
+
+class _Item:
+    """One batch item on its way: parsed, then answered."""
+
+    def __init__(self, index: int, raw: Any) -> None:
+        self.index = index
+        self.raw = raw
+        self.key: str | None = raw.get("idempotency_key") if isinstance(raw, dict) else None
+        if not isinstance(self.key, str):
+            self.key = None
+        self.body: UsageBatchItem | None = None
+        self.fingerprint = ""
+        self.status_code = 0
+        self.payload: dict[str, Any] = {}
+        self.replayed = False
+
+    def answer(self, status_code: int, body: bytes | str, *, replayed: bool = False) -> None:
+        self.status_code = status_code
+        self.payload = json.loads(body, parse_float=Decimal)
+        self.replayed = replayed
+
+    def refuse(self, exc: BillfoldError, request_id: str) -> None:
+        self.answer(exc.status_code, render(error_payload(exc, request_id)))
+
+    def out(self) -> UsageBatchItemOut:
+        error = self.payload.get("error")
+        status: BatchItemStatus
+        if self.replayed:
+            status = "replayed"
+        elif error is None:
+            status = "charged"
+        elif error["code"] == ErrorCode.INSUFFICIENT_FUNDS.value:
+            status = "insufficient_funds"
+        elif error["code"] in INVALID_CODES:
+            status = "invalid"
+        else:
+            status = "refused"
+        return UsageBatchItemOut(
+            index=self.index,
+            idempotency_key=self.key,
+            status=status,
+            http_status=self.status_code,
+            charge=UsageChargeOut.model_validate(self.payload["data"]) if error is None else None,
+            error=ErrorObject.model_validate(error) if error is not None else None,
+        )
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequest:
+    errors = [
+        {
+            "field": ".".join(str(p) for p in error["loc"]) or "body",
+            "message": str(error["msg"]).removeprefix("Value error, "),
+        }
+        for error in exc.errors()
+    ]
+    first = errors[0]
+    return InvalidRequest(
+        f"{first['field']}: {first['message']}",
+        details={"errors": errors, "field": first["field"]},
+    )
+
+
+def _parse(item: _Item, request_id: str) -> bool:
+    """Check the item; False (and the item refused as invalid) when it is not a charge."""
+    if not isinstance(item.raw, dict):
+        item.refuse(InvalidRequest("Each charge must be a JSON object."), request_id)
+        return False
+    try:
+        body = UsageBatchItem.model_validate(item.raw)
+        key = checked_key(body.idempotency_key, field_name="idempotency_key")
+    except ValidationError as exc:
+        item.refuse(_validation_error(exc), request_id)
+        return False
+    except InvalidRequest as exc:
+        item.refuse(exc, request_id)
+        return False
+    assert key is not None
+    item.key, item.body = key, body
+    fields = {k: v for k, v in item.raw.items() if k != "idempotency_key"}
+    item.fingerprint = request_fingerprint("POST", USAGE_CHARGES_PATH, "", render(fields))
+    return True
+
+
+def _stored(app: Services, keys: list[str]) -> dict[str, IdempotencyKey]:
+    """The live stored keys among `keys`, in the operator's key space."""
+    found: dict[str, IdempotencyKey] = {}
+    with app.database.read() as session:
+        for start in range(0, len(keys), 500):
+            rows = session.scalars(
+                select(IdempotencyKey).where(
+                    IdempotencyKey.scope == operator_scope(),
+                    IdempotencyKey.key.in_(keys[start : start + 500]),
+                    IdempotencyKey.expires_at > wall_now(),
+                )
+            )
+            found.update({row.key: row for row in rows})
+    return found
+
+
+def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) -> UsageBatchOut:
+    """Check, then charge up to 1,000 items in one transaction, each on its own: a refusal
+    (insufficient funds, an unknown account, a bad item) leaves its neighbours charged;
+    an item whose key is stored answers that key's outcome (replayed)."""
+    items = [_Item(i, raw) for i, raw in enumerate(charges)]
+    first_of: dict[str, _Item] = {}
+    twins: list[tuple[_Item, _Item]] = []
+    fresh: list[_Item] = []
+    for item in items:
+        if not _parse(item, request_id):
+            continue
+        assert item.key is not None
+        first = first_of.setdefault(item.key, item)
+        if first is not item:
+            twins.append((item, first))
+        else:
+            fresh.append(item)
+
+    stored = _stored(app, [item.key for item in fresh if item.key is not None])
+    to_write: list[_Item] = []
+    for item in fresh:
+        row = stored.get(item.key or "")
+        if row is None:
+            to_write.append(item)
+        elif row.fingerprint != item.fingerprint:
+            item.refuse(_key_reused(item), request_id)
+        elif row.status == "completed" and row.response_body is not None:
+            item.answer(row.response_status or 0, row.response_body, replayed=True)
+        else:
+            item.refuse(_key_in_progress(item), request_id)
+
+    written = charging.write_batch(app, [_batch_charge(item, request_id) for item in to_write])
+    for item, answer in zip(to_write, written, strict=True):
+        if answer is not None:
+            item.answer(answer.status_code, answer.body)
+            continue
+        # Its key was stored meanwhile (a concurrent twin): the careful way.
+        assert item.body is not None
+        call = Call(key=item.key, fingerprint=item.fingerprint, request_id=request_id)
+        reply = for_operator(app, call).atomic(_careful_charge(item.body))
+        item.answer(reply.status_code, reply.body, replayed=reply.replayed)
+
+    for twin, first in twins:
+        if twin.fingerprint != first.fingerprint:
+            twin.refuse(_key_reused(twin), request_id)
+        else:
+            twin.answer(first.status_code, render(first.payload), replayed=True)
+
+    outs = [item.out() for item in items]
+    return UsageBatchOut(
+        items=outs,
+        charged=sum(o.status == "charged" for o in outs),
+        replayed=sum(o.status == "replayed" for o in outs),
+        refused=sum(o.status not in ("charged", "replayed") for o in outs),
+    )
+
+
+def _batch_charge(item: _Item, request_id: str) -> usage.Charge:
+    assert item.body is not None
+    call = Call(key=item.key, fingerprint=item.fingerprint, request_id=request_id)
+    return _charge(item.body, call)
+
+
+def _key_reused(item: _Item) -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        "This Idempotency-Key was used with a different request.",
+        details={"idempotency_key": item.key},
+    )
+
+
+def _key_in_progress(item: _Item) -> IdempotencyInProgress:
+    return IdempotencyInProgress(
+        "A request with this Idempotency-Key is still in progress; retry later.",
+        details={"idempotency_key": item.key},
+    )
+
+
+__all__ = ["USAGE_CHARGES_PATH", "charge_usage", "charge_usage_batch"]

@@ -1,0 +1,342 @@
+"""Usage charges written many at a time: the platform's hot path.
+
+`write` debits a list of charges in one transaction, each on its own: a charge its wallet
+cannot cover (or whose account does not exist) is refused without failing the others.
+Every wallet of the batch is locked once, in account order (so two batches never
+deadlock), and updated once however many of the batch's charges it pays. Each charge is
+a ledger transaction whose postings sum to zero, spent in the usual order (subscription,
+promotional, purchased credit), and each charge sent with an idempotency key stores its
+answer under that key in the same transaction. No ORM here: Core statements, few round
+trips, the wallet lock held from the first statement to the commit.
+
+A key already stored (a replay, a twin committed first, another payload) makes `write`
+raise `KeysTaken`: the caller rolls back and sends those charges the careful way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from billfold.clock import wall_now
+from billfold.errors import (
+    BillfoldError,
+    ErrorCode,
+    InsufficientFunds,
+    NotFound,
+    error_payload,
+)
+from billfold.idempotency import service as idempotency
+from billfold.idempotency.models import IdempotencyKey
+from billfold.ids import new_id
+from billfold.jsonenc import render
+from billfold.ledger import service as ledger
+from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wallet
+from billfold.money import from_micros
+from billfold.wallet import auto_funding
+from billfold.wallet.schemas import UsageChargeOut
+
+_WALLETS = cast(Table, Wallet.__table__)
+_TRANSACTIONS = cast(Table, LedgerTransaction.__table__)
+_POSTINGS = cast(Table, LedgerPosting.__table__)
+_KEYS = cast(Table, IdempotencyKey.__table__)
+_BUCKET_ACCOUNTS = {bucket: ledger.wallet_account(bucket) for bucket in BUCKETS}
+
+KIND = "usage_charge"
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One usage charge as asked for. `created_at` is the caller's time (an account on a
+    test clock charges at its clock's time); `key`: its idempotency key in `scope`."""
+
+    account_id: str
+    amount_micros: int
+    usecase: str
+    description: str | None
+    metadata: dict[str, Any] | None
+    created_at: datetime
+    key: str | None = None
+    scope: str = ""
+    fingerprint: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one charge answers: the HTTP status and the rendered envelope."""
+
+    status_code: int
+    body: bytes
+    charge: UsageChargeOut | None = None
+    error: BillfoldError | None = None
+
+
+class KeysTaken(Exception):
+    """Some charges' keys are already stored: roll back, then send those the careful way."""
+
+    def __init__(self, taken: set[tuple[str, str]]) -> None:
+        super().__init__(f"{len(taken)} idempotency key(s) already stored")
+        self.taken = taken
+
+
+@dataclass
+class _WalletState:
+    account_id: str
+    currency: str
+    buckets: dict[str, int]
+    taken: dict[str, int]
+    auto_funding_enabled: bool
+    armed: bool
+    threshold: int | None
+    debited: bool = False
+    updated_at: datetime | None = None
+
+    @property
+    def balance(self) -> int:
+        return sum(self.buckets.values())
+
+
+def _lock(session: Session, account_ids: list[str]) -> dict[str, _WalletState]:
+    w = _WALLETS.c
+    rows = session.execute(
+        select(
+            w.account_id,
+            w.currency,
+            w.subscription_micros,
+            w.promotional_micros,
+            w.purchased_micros,
+            w.auto_funding_enabled,
+            w.auto_funding_armed,
+            w.charge_threshold_micros,
+        )
+        .where(w.account_id.in_(account_ids))
+        .order_by(w.account_id)
+        .with_for_update()
+    ).all()
+    return {
+        row.account_id: _WalletState(
+            account_id=row.account_id,
+            currency=row.currency,
+            buckets={
+                "subscription": row.subscription_micros,
+                "promotional": row.promotional_micros,
+                "purchased": row.purchased_micros,
+            },
+            taken=dict.fromkeys(BUCKETS, 0),
+            auto_funding_enabled=bool(row.auto_funding_enabled),
+            armed=bool(row.auto_funding_armed),
+            threshold=row.charge_threshold_micros,
+        )
+        for row in rows
+    }
+
+
+def _refusal(exc: BillfoldError, charge: Charge) -> Answer:
+    return Answer(exc.status_code, render(error_payload(exc, charge.request_id)), error=exc)
+
+
+def write(
+    session: Session, charges: Sequence[Charge], policy: idempotency.KeyPolicy
+) -> list[Answer]:
+    """Debit `charges` in order, each charged or refused on its own; answers in order.
+
+    Raises KeysTaken (before writing anything but the probe of the keys) when a key is
+    already stored; the caller's transaction must then be rolled back.
+    """
+    keyed = [(c.scope, c.key) for c in charges if c.key is not None]
+    if len(set(keyed)) != len(keyed):
+        raise ValueError("a batch names an idempotency key twice")
+    wallets = _lock(session, sorted({c.account_id for c in charges}))
+    answers: list[Answer] = []
+    transactions: list[dict[str, Any]] = []
+    postings: list[dict[str, Any]] = []
+    low_balance: dict[str, tuple[int, int]] = {}
+    for charge in charges:
+        wallet = wallets.get(charge.account_id)
+        if wallet is None:
+            answers.append(
+                _refusal(NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND), charge)
+            )
+            continue
+        if wallet.balance < charge.amount_micros:
+            refused = InsufficientFunds(
+                "The wallet balance cannot cover this charge.",
+                details={
+                    "balance": from_micros(wallet.balance),
+                    "amount": from_micros(charge.amount_micros),
+                },
+            )
+            answers.append(_refusal(refused, charge))
+            continue
+        txn_id = new_id("txn")
+        remaining = charge.amount_micros
+        for bucket in BUCKETS:
+            take = min(wallet.buckets[bucket], remaining)
+            if take:
+                wallet.buckets[bucket] -= take
+                wallet.taken[bucket] += take
+                remaining -= take
+                postings.append(
+                    {
+                        "transaction_id": txn_id,
+                        "account_id": charge.account_id,
+                        "ledger_account": _BUCKET_ACCOUNTS[bucket],
+                        "amount_micros": -take,
+                    }
+                )
+        postings.append(
+            {
+                "transaction_id": txn_id,
+                "account_id": charge.account_id,
+                "ledger_account": ledger.REVENUE_USAGE,
+                "amount_micros": charge.amount_micros,
+            }
+        )
+        wallet.debited = True
+        wallet.updated_at = max(wallet.updated_at or charge.created_at, charge.created_at)
+        balance_after = wallet.balance
+        # Auto-funding: one top-up per crossing of the threshold (as auto_funding.after_debit).
+        if (
+            wallet.auto_funding_enabled
+            and wallet.threshold is not None
+            and balance_after < wallet.threshold
+            and wallet.armed
+        ):
+            wallet.armed = False
+            low_balance[wallet.account_id] = (balance_after, wallet.threshold)
+        transactions.append(
+            {
+                "id": txn_id,
+                "account_id": charge.account_id,
+                "kind": KIND,
+                "type": "debit",
+                "amount_micros": charge.amount_micros,
+                "status": "succeeded",
+                "balance_after_micros": balance_after,
+                "usecase": charge.usecase,
+                "description": charge.description,
+                "payment_id": None,
+                "reference": None,
+                "metadata": charge.metadata,
+                "created_at": charge.created_at,
+            }
+        )
+        out = UsageChargeOut(
+            id=txn_id,
+            account_id=charge.account_id,
+            amount=from_micros(charge.amount_micros),
+            usecase=charge.usecase,
+            balance_after=from_micros(balance_after),
+            created_at=charge.created_at,
+        )
+        answers.append(Answer(201, render({"data": out.model_dump()}), charge=out))
+
+    _store_keys(session, charges, answers, policy)
+    if transactions:
+        session.execute(insert(_TRANSACTIONS), transactions)
+        session.execute(insert(_POSTINGS), postings)
+    _update_wallets(session, [w for w in wallets.values() if w.debited])
+    for account_id, (balance_after, threshold) in low_balance.items():
+        auto_funding.announce_low_balance(
+            session,
+            account_id=account_id,
+            balance_micros=balance_after,
+            threshold_micros=threshold,
+            currency=wallets[account_id].currency,
+        )
+    return answers
+
+
+def _store_keys(
+    session: Session,
+    charges: Sequence[Charge],
+    answers: list[Answer],
+    policy: idempotency.KeyPolicy,
+) -> None:
+    """Store each keyed charge's answer under its key (completed), or raise KeysTaken."""
+    current = wall_now()
+    rows = [
+        {
+            "scope": charge.scope,
+            "key": charge.key,
+            "fingerprint": charge.fingerprint,
+            "status": "completed",
+            "response_status": answer.status_code,
+            "response_body": answer.body.decode(),
+            "created_at": current,
+            "locked_at": current,
+            "expires_at": current + policy.ttl,
+        }
+        for charge, answer in zip(charges, answers, strict=True)
+        if charge.key is not None
+    ]
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    statement: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(_KEYS)
+    stored = {
+        (row.scope, row.key)
+        for row in session.execute(
+            statement.values(rows)
+            .on_conflict_do_nothing(index_elements=["scope", "key"])
+            .returning(_KEYS.c.scope, _KEYS.c.key)
+        )
+    }
+    wanted = {(c.scope, c.key) for c in charges if c.key is not None}
+    if stored != wanted:
+        raise KeysTaken(wanted - stored)
+
+
+def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
+    """One UPDATE per debited wallet, each bucket lowered by what the batch took from it
+    and guarded (never below zero), under the lock taken by `_lock`."""
+    if not wallets:
+        return
+    w = _WALLETS.c
+    statement = (
+        update(_WALLETS)
+        .where(
+            w.account_id == bindparam("b_account_id"),
+            w.subscription_micros >= bindparam("b_subscription"),
+            w.promotional_micros >= bindparam("b_promotional"),
+            w.purchased_micros >= bindparam("b_purchased"),
+        )
+        .values(
+            subscription_micros=w.subscription_micros - bindparam("b_subscription"),
+            promotional_micros=w.promotional_micros - bindparam("b_promotional"),
+            purchased_micros=w.purchased_micros - bindparam("b_purchased"),
+            balance_micros=w.balance_micros - bindparam("b_total"),
+            auto_funding_armed=bindparam("b_armed"),
+            updated_at=bindparam("b_updated_at"),
+        )
+        .returning(w.account_id)
+    )
+    updated = 0
+    for wallet in wallets:
+        updated += len(
+            session.execute(
+                statement,
+                {
+                    "b_account_id": wallet.account_id,
+                    "b_subscription": wallet.taken["subscription"],
+                    "b_promotional": wallet.taken["promotional"],
+                    "b_purchased": wallet.taken["purchased"],
+                    "b_total": sum(wallet.taken.values()),
+                    "b_armed": wallet.armed,
+                    "b_updated_at": wallet.updated_at,
+                },
+            ).all()
+        )
+    if updated != len(wallets):
+        raise AssertionError("a locked wallet changed under the batch")
+
+
+__all__ = ["KIND", "Answer", "Charge", "KeysTaken", "write"]

@@ -1,0 +1,249 @@
+"""Usage charges written together: group commit of concurrent single charges, and
+`POST /usage-charges/batch`. Correctness only (the figures live in docs/BENCHMARKS.md):
+batch neighbours, a hot wallet under concurrency, replays inside and across batches."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+import requests
+from sqlalchemy import func, select
+
+from billfold.application import charging
+from billfold.clock import now
+from billfold.ledger.models import LedgerTransaction
+from billfold.services import Services
+from billfold.wallet import usage
+from tests.helpers import Api, assert_error, decimal_json
+
+
+def batch(api: Api, charges: list[Any]) -> requests.Response:
+    return api.admin_post("/usage-charges/batch", {"charges": charges})
+
+
+def item(account_id: str, amount: Any, key: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "amount": amount,
+        "usecase": "tokens",
+        "idempotency_key": key or f"b-{uuid.uuid4()}",
+        **extra,
+    }
+
+
+def outcomes(response: requests.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = decimal_json(response)["data"]["items"]
+    assert [i["index"] for i in items] == list(range(len(items)))
+    return items
+
+
+def usage_charges(services: Services, account_id: str) -> int:
+    with services.database.read() as session:
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(LedgerTransaction)
+                .where(
+                    LedgerTransaction.account_id == account_id,
+                    LedgerTransaction.kind == "usage_charge",
+                )
+            )
+            or 0
+        )
+
+
+def test_one_refusal_leaves_its_neighbours_charged(api: Api, services: Services) -> None:
+    rich, poor = api.new_agent(), api.new_agent()
+    rich.fund(10)
+    poor.fund(10)
+    response = batch(
+        api,
+        [
+            item(rich.account_id, "2.5"),
+            item(poor.account_id, "10.000001"),  # more than it has
+            item(rich.account_id, "0.000001"),
+            item("acct_doesnotexist", 1),
+            item(rich.account_id, -1),  # invalid amount
+            "not an object",
+            item(poor.account_id, 10),  # exactly all of it
+            item(rich.account_id, 8),  # 10 - 2.5 - 0.000001 < 8
+        ],
+    )
+    got = outcomes(response)
+    assert [i["status"] for i in got] == [
+        "charged",
+        "insufficient_funds",
+        "charged",
+        "invalid",
+        "invalid",
+        "invalid",
+        "charged",
+        "insufficient_funds",
+    ]
+    assert got[0]["charge"]["balance_after"] == Decimal("7.5")
+    assert got[2]["charge"]["balance_after"] == Decimal("7.499999")
+    assert got[1]["error"]["code"] == "insufficient_funds"
+    assert got[1]["http_status"] == 402
+    assert got[3]["error"]["code"] == "account_not_found"
+    assert got[4]["error"]["details"]["field"] == "amount"
+    assert decimal_json(response)["data"]["charged"] == 3
+    assert decimal_json(response)["data"]["refused"] == 5
+    assert rich.balance() == Decimal("7.499999")
+    assert poor.balance() == 0
+    assert usage_charges(services, rich.account_id) == 2
+    assert usage_charges(services, poor.account_id) == 1
+    for agent in (rich, poor):
+        assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_replays_inside_and_across_batches_and_single_charges(api: Api, services: Services) -> None:
+    agent = api.new_agent()
+    agent.fund(10)
+    single_key, key = f"s-{uuid.uuid4()}", f"b-{uuid.uuid4()}"
+    single = api.charge_usage(agent.account_id, 1, key=single_key)
+    assert single.status_code == 201
+    first = outcomes(
+        batch(
+            api,
+            [
+                item(agent.account_id, 2, key),
+                item(agent.account_id, 2, key),  # its twin, same payload: one charge
+                item(agent.account_id, 1.0, single_key),  # the single charge (1), replayed
+                item(agent.account_id, 3, single_key),  # same key, another payload
+            ],
+        )
+    )
+    assert [i["status"] for i in first] == ["charged", "replayed", "replayed", "invalid"]
+    assert first[1]["charge"] == first[0]["charge"]
+    assert first[2]["charge"]["id"] == decimal_json(single)["data"]["id"]
+    assert first[3]["error"]["code"] == "idempotency_key_reused"
+    again = outcomes(batch(api, [item(agent.account_id, 2, key)]))
+    assert again[0]["status"] == "replayed"
+    assert again[0]["charge"] == first[0]["charge"]
+    # A batch item's key replays as a single charge too.
+    replay = api.charge_usage(agent.account_id, 2, key=key)
+    assert replay.status_code == 201
+    assert replay.headers["Idempotency-Replayed"] == "true"
+    assert decimal_json(replay)["data"]["id"] == first[0]["charge"]["id"]
+    assert agent.balance() == 7
+    assert usage_charges(services, agent.account_id) == 2
+
+
+def test_a_refusal_is_stored_under_its_key(api: Api) -> None:
+    agent = api.new_agent()
+    agent.fund(10)
+    key = f"b-{uuid.uuid4()}"
+    assert outcomes(batch(api, [item(agent.account_id, 15, key)]))[0]["status"] == (
+        "insufficient_funds"
+    )
+    agent.fund(10)
+    replayed = outcomes(batch(api, [item(agent.account_id, 15, key)]))[0]
+    assert replayed["status"] == "replayed"
+    assert replayed["error"]["code"] == "insufficient_funds"
+    assert agent.balance() == 20
+
+
+def test_batch_limits_and_bad_bodies(api: Api) -> None:
+    agent = api.new_agent()
+    assert_error(batch(api, []), 422, "invalid_request")
+    too_many = [item(agent.account_id, "0.000001") for _ in range(1001)]
+    assert_error(batch(api, too_many), 422, "invalid_request")
+    assert_error(api.admin_post("/usage-charges/batch", {"charges": {}}), 422, "invalid_request")
+    no_key = {"account_id": agent.account_id, "amount": 1, "usecase": "tokens"}
+    assert outcomes(batch(api, [no_key]))[0]["error"]["details"]["field"] == "idempotency_key"
+    unknown = outcomes(batch(api, [item(agent.account_id, 1, extra_field=1)]))[0]
+    assert unknown["status"] == "invalid"
+    refused = requests.post(
+        api.admin_url("/usage-charges/batch"),
+        json={"charges": [item(agent.account_id, 1)]},
+        timeout=10,
+    )
+    assert refused.status_code == 401
+    assert agent.balance() == 0
+
+
+def test_a_full_batch_of_one_thousand_on_one_hot_wallet(api: Api, services: Services) -> None:
+    agent = api.new_agent()
+    agent.fund(10)
+    charges = [item(agent.account_id, "0.01") for _ in range(1000)]
+    charges[500]["amount"] = "5"  # pushes the later ones over the edge
+    got = outcomes(batch(api, charges))
+    statuses = [i["status"] for i in got]
+    # 999 x 0.01 + 5 is more than 10: charged in order while the balance covers each.
+    spent = Decimal(0)
+    expected = []
+    for charge in charges:
+        amount = Decimal(str(charge["amount"]))
+        if spent + amount <= 10:
+            spent += amount
+            expected.append("charged")
+        else:
+            expected.append("insufficient_funds")
+    assert statuses == expected
+    assert agent.balance() == 10 - spent
+    assert usage_charges(services, agent.account_id) == expected.count("charged")
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_a_hot_wallet_under_concurrent_single_charges_ends_exact(
+    api: Api, services: Services
+) -> None:
+    agent = api.new_agent()
+    agent.fund(10)
+    before = charging.committer(services).charges
+
+    def charge(i: int) -> requests.Response:
+        return api.charge_usage(agent.account_id, "0.02", key=f"hot-{agent.account_id}-{i}")
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(charge, range(600)))  # 12.00 asked of 10.00
+    statuses = [r.status_code for r in results]
+    assert statuses.count(201) == 500
+    assert statuses.count(402) == 100
+    assert agent.balance() == 0
+    assert usage_charges(services, agent.account_id) == 500
+    balances = sorted(decimal_json(r)["data"]["balance_after"] for r in results if r.ok)
+    assert balances == [Decimal(i) / 50 for i in range(500)]  # each balance exactly once
+    # Retrying every request (lost answers) changes nothing.
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        retried = list(pool.map(charge, range(600)))
+    assert [r.status_code for r in retried] == statuses
+    assert all(r.headers.get("Idempotency-Replayed") == "true" for r in retried)
+    assert agent.balance() == 0
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+    # Every one went through this server process's committer (the test server's services).
+    assert charging.committer(services).charges - before >= 1200
+
+
+def test_write_batch_drops_twins_and_stored_keys(api: Api, services: Services) -> None:
+    agent = api.new_agent()
+    agent.fund(10)
+    key = f"w-{uuid.uuid4()}"
+
+    def charge(amount: int, key: str | None) -> usage.Charge:
+        return usage.Charge(
+            account_id=agent.account_id,
+            amount_micros=amount * 1_000_000,
+            usecase="tokens",
+            description=None,
+            metadata=None,
+            created_at=now(),
+            key=key,
+            scope="operator",
+            fingerprint="f",
+        )
+
+    answers = charging.write_batch(services, [charge(2, key), charge(2, key), charge(2, None)])
+    assert answers[0] is not None and answers[0].status_code == 201
+    assert answers[1] is None  # the twin: answered by the careful path
+    assert answers[2] is not None and answers[2].status_code == 201
+    # Its key now stored: the whole batch is retried without it, the others charged.
+    again = charging.write_batch(services, [charge(2, None), charge(2, key)])
+    assert again[0] is not None and again[0].status_code == 201
+    assert again[1] is None
+    assert agent.balance() == 4
+    assert api.ledger_check(agent.account_id)["consistent"] is True
