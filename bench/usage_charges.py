@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -449,8 +449,16 @@ def free_port() -> int:
 class Server:
     """`billfold serve` in a subprocess, its output in a log file."""
 
-    def __init__(self, database_url: str, workdir: Path, name: str, code: Code) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        name: str,
+        code: Code,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.database_url = database_url
+        self.extra_args = list(extra_args)  # more `billfold serve` options
         self.workdir = workdir
         self.name = name
         self.code = code
@@ -474,6 +482,7 @@ class Server:
             env["PYTHONPATH"] = str(self.code.pythonpath)
         command = [str(BILLFOLD_BIN), "serve", "--host", HOST, "--port", str(self.port)]
         command.append("--no-demo")
+        command += self.extra_args
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
                 command,
@@ -667,9 +676,9 @@ def pg_version() -> str:
 PGBENCH_CONN = ["-h", HOST, "-p", str(PG_PORT), "-U", "postgres"]
 
 
-def pgbench_init() -> None:
-    recreate_database(PGBENCH_DB)
-    command = ["pgbench", *PGBENCH_CONN, "-i", "-s", str(PGBENCH_SCALE), "-q", PGBENCH_DB]
+def pgbench_init(database: str = PGBENCH_DB) -> None:
+    recreate_database(database)
+    command = ["pgbench", *PGBENCH_CONN, "-i", "-s", str(PGBENCH_SCALE), "-q", database]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=PGBENCH_INIT_TIMEOUT, check=False
     )
@@ -677,10 +686,10 @@ def pgbench_init() -> None:
         raise RuntimeError(f"pgbench -i failed:\n{done.stdout}\n{done.stderr}")
 
 
-def pgbench_run(clients: int, seconds: int) -> PgbenchResult:
+def pgbench_run(clients: int, seconds: int, database: str = PGBENCH_DB) -> PgbenchResult:
     threads = min(clients, 2)
     command = ["pgbench", *PGBENCH_CONN, "-b", "tpcb-like", "-c", str(clients)]
-    command += ["-j", str(threads), "-T", str(seconds), PGBENCH_DB]
+    command += ["-j", str(threads), "-T", str(seconds), database]
     meter = CpuMeter(None)
     meter.start()
     done = subprocess.run(
