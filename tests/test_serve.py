@@ -181,7 +181,11 @@ def test_workers_are_processes_sharing_one_database(tmp_path: Path, receiver: Re
                 if len(served_by) >= 2:
                     break
         assert served_by == set(_api_processes(processes)), (served_by, processes)
-        # A scrape, whichever process answers it, adds up every process's samples.
+        # A scrape, whichever process answers it, adds up every process's samples (a
+        # request is observed just after its answer is sent: allow it a moment).
+        deadline = time.monotonic() + 10
+        while _healthz_count(_metrics(api)) < sent and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert _healthz_count(_metrics(api)) >= sent
 
         # Writes from both API processes, and a job (a webhook delivery) that only the
