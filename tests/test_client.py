@@ -458,6 +458,8 @@ BALANCE = {
         "currency": "USD",
         "breakdown": {"subscription": 0, "promotional": 0, "purchased": 1.5},
         "withdrawable": 1.5,
+        "available": 1.5,
+        "held": 0,
     }
 }
 
