@@ -7,7 +7,7 @@ argument, so a use case never needs FastAPI to run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from billfold.config import Settings
@@ -24,6 +24,9 @@ class Services:
     database: Database
     processor: Processor
     admin_key_hash: str
+    # Which test clock each account seen lives on (None: real time), fixed at the
+    # account's creation; remembered per process (`application.testclock.account_clock`).
+    account_clock_ids: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     @property
     def key_policy(self) -> idempotency.KeyPolicy:

@@ -124,6 +124,13 @@ class AgentContext:
     clock: ClockTime | None = None
 
 
+def clock_id_of(session: Session, account_id: str) -> tuple[bool, str | None]:
+    """Whether the account exists, and the test clock it lives on (fixed at its creation:
+    nothing moves an account to another clock, and clocks are never deleted)."""
+    row = session.execute(select(Account.test_clock_id).where(Account.id == account_id)).first()
+    return (False, None) if row is None else (True, row[0])
+
+
 def clock_of(session: Session, account_id: str) -> ClockTime | None:
     """The test clock an account lives on, with its current offset; None on real time
     (an unknown account, too: its use case will say it does not exist)."""

@@ -32,6 +32,7 @@ from billfold.services import Services
 from billfold.testclock import service as testclock
 
 MAX_JOBS_PER_ADVANCE = 20_000
+MAX_REMEMBERED_ACCOUNTS = 100_000  # accounts whose clock a process remembers
 
 
 def require_test_mode(services: Services) -> None:
@@ -66,11 +67,28 @@ def clock_time(services: Services, test_clock_id: str) -> clock.ClockTime:
 
 
 def account_clock(services: Services, account_id: str) -> clock.ClockTime | None:
-    """The clock an account lives on (None: real time; always None off the sandbox)."""
+    """The clock an account lives on (None: real time; always None off the sandbox).
+
+    Which clock (or none) an existing account lives on never changes, so the process
+    remembers it: an account on real time costs no query, one on a clock one (its time
+    moves). An unknown account is not remembered (it may be created later)."""
     if not services.processor.test_mode:
         return None
+    known = services.account_clock_ids
+    if account_id in known:
+        clock_id = known[account_id]
+        if clock_id is None:
+            return None
+        with services.database.read() as session:
+            return testclock.time_of(testclock.get(session, clock_id))
     with services.database.read() as session:
-        return accounts.clock_of(session, account_id)
+        exists, clock_id = accounts.clock_id_of(session, account_id)
+        if not exists:
+            return None
+        if len(known) >= MAX_REMEMBERED_ACCOUNTS:
+            known.clear()
+        known[account_id] = clock_id
+        return testclock.time_of(testclock.get(session, clock_id)) if clock_id else None
 
 
 @contextmanager

@@ -282,12 +282,15 @@ def _store_keys(
         return
     dialect = session.get_bind().dialect.name
     statement: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(_KEYS)
+    # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues") and
+    # compiles the statement once per process, however many rows a batch has.
     stored = {
         (row.scope, row.key)
         for row in session.execute(
-            statement.values(rows)
-            .on_conflict_do_nothing(index_elements=["scope", "key"])
-            .returning(_KEYS.c.scope, _KEYS.c.key)
+            statement.on_conflict_do_nothing(index_elements=["scope", "key"]).returning(
+                _KEYS.c.scope, _KEYS.c.key
+            ),
+            rows,
         )
     }
     wanted = {(c.scope, c.key) for c in charges if c.key is not None}
