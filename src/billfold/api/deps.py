@@ -25,7 +25,7 @@ from billfold import clock
 from billfold.accounts.service import AgentContext, authenticate_token
 from billfold.api.errors import request_id_of
 from billfold.application.idempotent import Reply, checked_key, request_fingerprint
-from billfold.application.testclock import account_clock
+from billfold.application.testclock import account_clock, on_real_time
 from billfold.application.usecases import Call
 from billfold.checkout.models import CheckoutSession
 from billfold.errors import Unauthenticated
@@ -120,7 +120,11 @@ async def require_operator(
     if not services.processor.test_mode:
         return  # no test clocks: every account is on real time
     named = await _named_account(request)
-    if named is not None:
+    if named is None:
+        return
+    if named[0] == "account_id" and on_real_time(services, named[1]):
+        clock.use(None)
+    else:
         clock.use(await run_in_threadpool(_clock_of_named, services, *named))
 
 

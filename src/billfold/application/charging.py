@@ -45,9 +45,14 @@ class ChargeCommitter:
 
     def submit(self, charge: usage.Charge) -> usage.Answer | None:
         """Charge it in the next batch; the answer once that batch committed."""
+        return self.enqueue(charge).result()
+
+    def enqueue(self, charge: usage.Charge) -> Future[usage.Answer | None]:
+        """Charge it in the next batch; a future of the answer (set once that batch
+        committed), for a caller that awaits rather than blocks a thread."""
         future: Future[usage.Answer | None] = Future()
         self._queue.put((charge, future))
-        return future.result()
+        return future
 
     def _run(self) -> None:
         while True:

@@ -91,6 +91,14 @@ def account_clock(services: Services, account_id: str) -> clock.ClockTime | None
         return testclock.time_of(testclock.get(session, clock_id)) if clock_id else None
 
 
+def on_real_time(services: Services, account_id: str) -> bool:
+    """True when the account is known (to this process) to live on real time: its clock
+    needs no query, nor a worker thread to run one."""
+    return not services.processor.test_mode or (
+        account_id in services.account_clock_ids and services.account_clock_ids[account_id] is None
+    )
+
+
 @contextmanager
 def on_account_clock(services: Services, account_id: str) -> Iterator[None]:
     """Run a use case for `account_id` on its time (for front ends without a request

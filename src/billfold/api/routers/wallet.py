@@ -110,11 +110,11 @@ def withdraw(
     status_code=201,
     responses={402: {"description": "insufficient_funds: nothing was charged"}},
 )
-def create_usage_charge(
+async def create_usage_charge(
     body: UsageChargeRequest, services: ServicesDep, call: OperatorCall
 ) -> Response:
     """Debit an account's wallet for usage (the platform's hot path)."""
-    return respond(usage.charge_usage(services, call=call, body=body))
+    return respond(await usage.charge_usage_async(services, call=call, body=body))
 
 
 @admin_router.post("/usage-charges/batch", response_model=Envelope[UsageBatchOut])

@@ -8,11 +8,14 @@ batch replays single charges and the other way round.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
+import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -60,6 +63,19 @@ def charge_usage(app: Services, *, call: Call, body: UsageChargeRequest) -> Repl
     if answer is not None:
         return Reply(answer.status_code, answer.body)
     return for_operator(app, call).atomic(_careful_charge(body))
+
+
+async def charge_usage_async(app: Services, *, call: Call, body: UsageChargeRequest) -> Reply:
+    """`charge_usage` for an event loop: it awaits its batch's commit instead of holding a
+    thread while it waits (the write itself runs on the committer's thread)."""
+    if current_test_clock() is not None or not app.settings.usage_group_commit:
+        # Written in a worker thread, which keeps the account's clock (a context variable).
+        return await anyio.to_thread.run_sync(partial(charge_usage, app, call=call, body=body))
+    answer = await asyncio.wrap_future(charging.committer(app).enqueue(_charge(body, call)))
+    if answer is not None:
+        return Reply(answer.status_code, answer.body)
+    careful = for_operator(app, call)
+    return await anyio.to_thread.run_sync(careful.atomic, _careful_charge(body))
 
 
 def _charge(body: UsageChargeRequest, call: Call) -> usage.Charge:
