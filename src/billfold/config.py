@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Usage charges arriving together share one transaction (application/charging.py);
     # false writes each in its request's own transaction.
     usage_group_commit: bool = True
+    # Well-formed usage charges answered by a pure ASGI middleware, without the router
+    # (`billfold.api.fastpath`); off, the route answers every charge.
+    usage_fast_path: bool = True
 
     # Dunning: after a renewal's payment fails, retry this many days after the renewal;
     # after the last retry fails the subscription becomes `canceled` (or `unpaid`).

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billfold import __version__
 from billfold.api.errors import error_body, install_error_handlers
+from billfold.api.fastpath import UsageFastPath
 from billfold.api.metrics import RequestMetrics
 from billfold.api.metrics import router as metrics_router
 from billfold.api.pages import STATIC_DIR as CHECKOUT_STATIC
@@ -210,6 +211,9 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     redact_signed_links_in_access_log()
+    if services.settings.usage_fast_path:
+        # Inside RequestContext: the fast lane's answers get the request id and headers.
+        app.add_middleware(UsageFastPath, services=services)
     app.add_middleware(RequestContext)
     # Added last, so outermost: its latency includes RequestContext's work.
     app.add_middleware(RequestMetrics)

@@ -19,11 +19,11 @@ from fastapi.routing import APIRoute
 from billfold.text import unstorable_reason
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not a valid JSON number", name, 0)
 
 
-def _refuse_unstorable(value: Any) -> None:
+def refuse_unstorable(value: Any) -> None:
     pending: list[Any] = [value]
     while pending:
         item = pending.pop()
@@ -42,8 +42,8 @@ class DecimalJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            parsed = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
-            _refuse_unstorable(parsed)
+            parsed = json.loads(body, parse_float=Decimal, parse_constant=reject_constant)
+            refuse_unstorable(parsed)
             self._json = parsed
         return self._json
 
