@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # Usage charges arriving together share one transaction (application/charging.py);
     # false writes each in its request's own transaction.
     usage_group_commit: bool = True
+    # Committer threads per process on PostgreSQL (batches written at once; SQLite: one).
+    usage_committers: int = Field(default=2, ge=1, le=16)
     # Well-formed usage charges answered by a pure ASGI middleware, without the router
     # (`billfold.api.fastpath`); off, the route answers every charge.
     usage_fast_path: bool = True

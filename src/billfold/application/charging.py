@@ -9,9 +9,11 @@ TigerBeetle's batching, without a timer). A charge its wallet cannot cover is re
 its own; its batch neighbours are charged.
 
 A charge whose idempotency key is already stored (a replay, a twin) is answered `None`:
-its caller takes the careful path (claim, then replay or refuse). One committer thread
-per process and database; processes coordinate only through the database (row locks in
-account order).
+its caller takes the careful path (claim, then replay or refuse). One committer
+per process and database (`usage_committers` threads on PostgreSQL, each writing its own
+batch); threads and processes coordinate only through the database: every batch locks its
+wallets in account order, then stores its keys in key order, so two batches never wait on
+each other in a cycle.
 """
 
 from __future__ import annotations
@@ -33,15 +35,26 @@ _Pending = tuple[usage.Charge, "Future[usage.Answer | None]"]
 class ChargeCommitter:
     """The process's committer of usage charges for one `Services`."""
 
-    def __init__(self, services: Services, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, services: Services, *, max_batch: int = MAX_BATCH, threads: int | None = None
+    ) -> None:
         self.services = services
         self.max_batch = max_batch
         self.pid = os.getpid()
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="usage-committer", daemon=True)
-        self._thread.start()
         self.batches = 0
         self.charges = 0
+        self._counted = threading.Lock()  # the two counters above (statistics only)
+        # Several batches in flight (one filling while another waits for its fsync) on
+        # PostgreSQL; SQLite has one writer at a time, so one thread.
+        if threads is None:
+            threads = 1 if services.database.is_sqlite else services.settings.usage_committers
+        self._threads = [
+            threading.Thread(target=self._run, name=f"usage-committer-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, charge: usage.Charge) -> usage.Answer | None:
         """Charge it in the next batch; the answer once that batch committed."""
@@ -71,8 +84,9 @@ class ChargeCommitter:
             for _, future in batch:
                 future.set_exception(exc)
             return
-        self.batches += 1
-        self.charges += len(batch)
+        with self._counted:
+            self.batches += 1
+            self.charges += len(batch)
         for (_, future), answer in zip(batch, answers, strict=True):
             future.set_result(answer)
 

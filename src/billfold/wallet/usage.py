@@ -278,6 +278,8 @@ def _store_keys(
         for charge, answer in zip(charges, answers, strict=True)
         if charge.key is not None
     ]
+    # In key order: two batches storing the same keys wait for each other in one order.
+    rows.sort(key=lambda row: (row["scope"], row["key"]))
     if not rows:
         return
     dialect = session.get_bind().dialect.name
