@@ -27,6 +27,7 @@ cent, which no withdrawal accepts).
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -107,7 +108,7 @@ def _cents(low: int, high: int) -> st.SearchStrategy[Decimal]:
 
 
 # Mostly the first account (a leak needs several steps by the same account), mostly good cards.
-who = st.sampled_from([0, 0, 0, 1, 2])
+who = st.sampled_from([0, 0, 0, 1, 2, 3])
 cards = st.sampled_from([CARD_OK, CARD_OK, CARD_OK, CARD_DECLINED, CARD_INSUFFICIENT_FUNDS])
 plan_index = st.integers(0, len(PLANS) - 1)
 usage_amounts = st.one_of(
@@ -119,6 +120,19 @@ STEPS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
     "link": st.tuples(st.just("link"), who, _cents(1_000, 10_000), cards),
     "charge_amount": st.tuples(st.just("charge_amount"), who, _cents(500, 10_000), cards),
     "usage": st.tuples(st.just("usage"), who, usage_amounts),
+    # The same charge sent again with its key (the last keyed one of that account).
+    "usage_replay": st.tuples(st.just("usage_replay"), who),
+    # A batch across accounts: (account, amount) items, a twin of the first item in the
+    # batch, and the last batch's first key sent again.
+    "usage_batch": st.tuples(
+        st.just("usage_batch"),
+        st.lists(st.tuples(who, usage_amounts), min_size=1, max_size=6),
+        st.booleans(),
+        st.booleans(),
+    ),
+    # Concurrent charges on one account (group-committed when it lives on real time),
+    # one of them sent twice at once with the same key.
+    "usage_burst": st.tuples(st.just("usage_burst"), who, st.integers(2, 6), usage_amounts),
     "usage_all": st.tuples(st.just("usage_all"), who),
     "withdraw": st.tuples(st.just("withdraw"), who, _cents(1, 15_000)),
     "withdraw_all": st.tuples(st.just("withdraw_all"), who),
@@ -184,6 +198,7 @@ class Seen:
     processor_refunds: list[tuple[str, str, int]] = field(default_factory=list)
     disputes: list[tuple[str, str, int]] = field(default_factory=list)
     holds: dict[str, int] = field(default_factory=dict)  # active usage holds: id → amount
+    last_usage: tuple[str, str] | None = None  # (key, amount) of the last keyed charge
 
 
 @dataclass
@@ -194,6 +209,7 @@ class World:
     clock: TestClock  # the accounts' own: time moves for them only
     agents: list[Agent]
     seen: list[Seen]
+    last_batch_item: dict[str, Any] | None = None
 
     def card(self, number: str) -> str:
         return self.api.tokenize(number, exp_year=FAR_EXPIRY)
@@ -213,6 +229,8 @@ class World:
             for seen in self.seen:  # the holds whose time ran out were given back
                 self._forget_resolved_holds(seen)
             return moved
+        if name == "usage_batch":
+            return self._usage_batch(*step[1:])
         index = step[1] % len(self.agents)
         agent, seen = self.agents[index], self.seen[index]
         response = self._act(name, agent, seen, step[2:])
@@ -253,11 +271,24 @@ class World:
             return response
         if name == "usage":
             (amount,) = args
-            response = api.charge_usage(agent.account_id, str(amount))
+            key = f"use-{uuid.uuid4().hex}"
+            response = api.charge_usage(agent.account_id, str(amount), key=key)
             assert response.status_code in (201, 402), response.text
+            seen.last_usage = (key, str(amount))
             if response.status_code == 201:
                 seen.usage += micros(decimal_json(response)["data"]["amount"])
             return response
+        if name == "usage_replay":
+            if seen.last_usage is None:
+                return None
+            key, sent = seen.last_usage
+            response = api.charge_usage(agent.account_id, sent, key=key)
+            assert response.status_code in (201, 402), response.text
+            assert response.headers.get("Idempotency-Replayed") == "true", response.text
+            return response
+        if name == "usage_burst":
+            count, amount = args
+            return self._usage_burst(agent, seen, count, amount)
         if name in ("hold", "capture", "release"):
             return self._hold(name, agent, seen, args)
         if name == "usage_all":  # spend everything the account holds
@@ -355,6 +386,60 @@ class World:
             "fix": "fix-payment",
         }
         return agent.post(f"{path}/{action[name]}")
+
+    def _usage_batch(
+        self, picks: list[tuple[int, Decimal]], twin: bool, replay: bool
+    ) -> requests.Response:
+        """One batch; each item charged on its own is booked to its account."""
+        items: list[dict[str, Any]] = [
+            {
+                "idempotency_key": f"batch-{uuid.uuid4().hex}",
+                "account_id": self.agents[pick % len(self.agents)].account_id,
+                "amount": str(amount),
+                "usecase": "property",
+            }
+            for pick, amount in picks
+        ]
+        sent = list(items)
+        if twin:
+            sent.append(dict(items[0]))
+        if replay and self.last_batch_item is not None:
+            sent.append(self.last_batch_item)
+        self.last_batch_item = dict(items[0])
+        response = self.api.admin_post("/usage-charges/batch", {"charges": sent})
+        assert response.status_code == 200, response.text
+        outcomes = decimal_json(response)["data"]["items"]
+        assert len(outcomes) == len(sent)
+        by_account = {a.account_id: s for a, s in zip(self.agents, self.seen, strict=True)}
+        for item, outcome in zip(sent, outcomes, strict=True):
+            assert outcome["status"] in ("charged", "replayed", "insufficient_funds"), outcome
+            if outcome["status"] == "charged":
+                by_account[item["account_id"]].usage += micros(outcome["charge"]["amount"])
+        if twin:
+            assert outcomes[len(items)]["status"] == "replayed", outcomes
+        return response
+
+    def _usage_burst(
+        self, agent: Agent, seen: Seen, count: int, amount: Decimal
+    ) -> requests.Response | None:
+        """`count` charges at once (the first key sent twice); each 201 not replayed is
+        one charge, and the key sent twice charged at most once."""
+        keys = [f"burst-{uuid.uuid4().hex}" for _ in range(count)]
+        keys.append(keys[0])
+
+        def charge(key: str) -> requests.Response:
+            return self.api.charge_usage(agent.account_id, str(amount), key=key)
+
+        with ThreadPoolExecutor(len(keys)) as pool:
+            answers = list(pool.map(charge, keys))
+        for answer in answers:
+            assert answer.status_code in (201, 402, 409), answer.text
+            if answer.status_code == 201 and answer.headers.get("Idempotency-Replayed") is None:
+                seen.usage += micros(decimal_json(answer)["data"]["amount"])
+        first, twin = answers[0], answers[-1]
+        fresh = [a for a in (first, twin) if "Idempotency-Replayed" not in a.headers]
+        assert len([a for a in fresh if a.status_code == 201]) <= 1, (first.text, twin.text)
+        return None
 
     def _hold(
         self, name: str, agent: Agent, seen: Seen, args: tuple[Any, ...]
@@ -620,6 +705,8 @@ class Lives(RuleBasedStateMachine):
     def open_accounts(self, accounts: int) -> None:
         clock = self.api.new_clock()
         agents = [new_account(self.api, card=CARD_OK, clock=clock) for _ in range(accounts)]
+        # And one on real time: its usage charges take the fast lane and group commit.
+        agents.append(new_account(self.api, card=CARD_OK))
         seen = [Seen() for _ in agents]
         self.world = World(self.api, self.services, self.plans, clock, agents, seen)
 
