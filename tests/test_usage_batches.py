@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +18,8 @@ from billfold.clock import now
 from billfold.ledger.models import LedgerTransaction
 from billfold.services import Services
 from billfold.wallet import usage
-from tests.helpers import Api, assert_error, decimal_json
+from tests.conservation_helpers import new_account
+from tests.helpers import CARD_OK, Api, assert_error, decimal_json
 
 
 def batch(api: Api, charges: list[Any]) -> requests.Response:
@@ -247,3 +249,32 @@ def test_write_batch_drops_twins_and_stored_keys(api: Api, services: Services) -
     assert again[1] is None
     assert agent.balance() == 4
     assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_items_of_accounts_on_test_clocks_are_charged_on_their_clocks_time(api: Api) -> None:
+    """A batch mixing real time and two clocks: each charge is dated on its account's time
+    (and a refusal on one clock leaves the others charged)."""
+    past, future = (
+        api.new_clock(datetime(2031, 1, 15, tzinfo=UTC)),
+        api.new_clock(datetime(2040, 6, 1, tzinfo=UTC)),
+    )
+    on_past = new_account(api, card=CARD_OK, clock=past)
+    on_future = new_account(api, card=CARD_OK, clock=future)
+    on_real = api.new_agent()
+    for agent in (on_past, on_future, on_real):
+        agent.fund(10)
+    response = batch(
+        api,
+        [
+            item(on_past.account_id, 1),
+            item(on_future.account_id, 2),
+            item(on_real.account_id, 3),
+            item(on_future.account_id, 100),
+        ],
+    )
+    assert response.status_code == 200, response.text
+    out = outcomes(response)
+    assert [o["status"] for o in out] == ["charged", "charged", "charged", "insufficient_funds"]
+    years = [datetime.fromisoformat(o["charge"]["created_at"]).year for o in out[:3]]
+    assert years == [2031, 2040, now().year]
+    assert (on_past.balance(), on_future.balance(), on_real.balance()) == (9, 8, 7)

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billfold import clock
 from billfold.application import charging
 from billfold.application.idempotent import (
     Outcome,
@@ -28,8 +29,9 @@ from billfold.application.idempotent import (
     operator_scope,
     request_fingerprint,
 )
+from billfold.application.testclock import account_clock
 from billfold.application.usecases.base import Call, for_operator
-from billfold.clock import current_test_clock, now, wall_now
+from billfold.clock import ClockTime, current_test_clock, now, wall_now
 from billfold.errors import (
     BillfoldError,
     ErrorCode,
@@ -264,16 +266,9 @@ def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) ->
         else:
             item.refuse(_key_in_progress(item), request_id)
 
-    written = charging.write_batch(app, [_batch_charge(item, request_id) for item in to_write])
-    for item, answer in zip(to_write, written, strict=True):
-        if answer is not None:
-            item.answer(answer.status_code, answer.body)
-            continue
-        # Its key was stored meanwhile (a concurrent twin): the careful way.
-        assert item.body is not None
-        call = Call(key=item.key, fingerprint=item.fingerprint, request_id=request_id)
-        reply = for_operator(app, call).atomic(_careful_charge(item.body))
-        item.answer(reply.status_code, reply.body, replayed=reply.replayed)
+    for time, group in _by_clock(app, to_write):
+        with clock.real_time() if time is None else clock.on_test_clock(time.test_clock_id, time.offset):
+            _write_group(app, group, request_id)
 
     for twin, first in twins:
         if twin.fingerprint != first.fingerprint:
@@ -288,6 +283,30 @@ def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) ->
         replayed=sum(o.status == "replayed" for o in outs),
         refused=sum(o.status not in ("charged", "replayed") for o in outs),
     )
+
+
+def _by_clock(app: Services, items: list[_Item]) -> list[tuple[ClockTime | None, list[_Item]]]:
+    """The items by the time their accounts live on: real time (usually all of them, one
+    transaction), or each test clock's (one transaction per clock, on its time)."""
+    groups: dict[str | None, tuple[ClockTime | None, list[_Item]]] = {}
+    for item in items:
+        assert item.body is not None
+        time = account_clock(app, item.body.account_id)
+        groups.setdefault(time.test_clock_id if time else None, (time, []))[1].append(item)
+    return list(groups.values())
+
+
+def _write_group(app: Services, items: list[_Item], request_id: str) -> None:
+    written = charging.write_batch(app, [_batch_charge(item, request_id) for item in items])
+    for item, answer in zip(items, written, strict=True):
+        if answer is not None:
+            item.answer(answer.status_code, answer.body)
+            continue
+        # Its key was stored meanwhile (a concurrent twin): the careful way.
+        assert item.body is not None
+        call = Call(key=item.key, fingerprint=item.fingerprint, request_id=request_id)
+        reply = for_operator(app, call).atomic(_careful_charge(item.body))
+        item.answer(reply.status_code, reply.body, replayed=reply.replayed)
 
 
 def _batch_charge(item: _Item, request_id: str) -> usage.Charge:
