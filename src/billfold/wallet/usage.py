@@ -302,7 +302,8 @@ def _store_keys(
 
 def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
     """One UPDATE per debited wallet, each bucket lowered by what the batch took from it
-    and guarded (never below zero), under the lock taken by `_lock`."""
+    and guarded (never below zero), under the lock taken by `_lock`; sent as one
+    executemany (one pipelined round trip on PostgreSQL), its row count checked."""
     if not wallets:
         return
     w = _WALLETS.c
@@ -322,25 +323,21 @@ def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
             auto_funding_armed=bindparam("b_armed"),
             updated_at=bindparam("b_updated_at"),
         )
-        .returning(w.account_id)
     )
-    updated = 0
-    for wallet in wallets:
-        updated += len(
-            session.execute(
-                statement,
-                {
-                    "b_account_id": wallet.account_id,
-                    "b_subscription": wallet.taken["subscription"],
-                    "b_promotional": wallet.taken["promotional"],
-                    "b_purchased": wallet.taken["purchased"],
-                    "b_total": sum(wallet.taken.values()),
-                    "b_armed": wallet.armed,
-                    "b_updated_at": wallet.updated_at,
-                },
-            ).all()
-        )
-    if updated != len(wallets):
+    rows = [
+        {
+            "b_account_id": wallet.account_id,
+            "b_subscription": wallet.taken["subscription"],
+            "b_promotional": wallet.taken["promotional"],
+            "b_purchased": wallet.taken["purchased"],
+            "b_total": sum(wallet.taken.values()),
+            "b_armed": wallet.armed,
+            "b_updated_at": wallet.updated_at,
+        }
+        for wallet in wallets
+    ]
+    result = session.connection().execute(statement, rows)
+    if result.rowcount != len(wallets):
         raise AssertionError("a locked wallet changed under the batch")
 
 
