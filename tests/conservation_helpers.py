@@ -24,7 +24,10 @@ How each ledger transaction kind (`kind=` in src/billfold) enters the books:
   Neither is received nor paid: a captured hold is an ordinary usage_charge.
 - usage_charge: received (spent). adjustment: a debit is received (spent), a credit is
   paid (an operator grant). coupon_credit: paid (an operator grant) for a credit
-  coupon; for a purchase bonus, only the share of its purchase that was not refunded.
+  coupon; for a purchase bonus, only the share of its purchase that was not refunded,
+  unless the purchase was refunded at the processor: that refund cannot be refused, so
+  what of the bonus Billfold could not take back (spent, or kept out by a usage hold)
+  stays granted by the operator's promotions (paid), however much was refunded.
 - withdrawal, operator_refund: lower the balance; the money is received as a refund
   once the processor's refund succeeded (Refund rows, not the ledger, say so).
 - withdrawal_reversal: a refused refund put back in the balance (nothing returned).
@@ -52,7 +55,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.coupons.service import PURCHASE_KINDS
@@ -61,7 +64,7 @@ from billfold.ledger.service import HOLDS_USAGE, OPERATOR_ADJUSTMENTS
 from billfold.money import to_micros
 from billfold.payments.models import Payment, Refund
 from billfold.services import Services
-from billfold.wallet.refunds import REFUNDABLE_PURPOSES
+from billfold.wallet.refunds import BONUS_KINDS, REFUNDABLE_PURPOSES
 from tests.helpers import Agent, Api, TestClock, assert_error, decimal_json
 from tests.subscription_helpers import FAR_EXPIRY
 
@@ -214,6 +217,32 @@ def observe(services: Services, agent: Agent) -> Books:
                 .where(CouponRedemption.account_id == account_id)
             )
         }
+        at_processor = set(
+            session.scalars(
+                select(Refund.payment_id).where(
+                    Refund.account_id == account_id,
+                    Refund.reason == "processor_refund",
+                    Refund.status == "succeeded",
+                )
+            )
+        )
+        signed = case(
+            (LedgerTransaction.type == "credit", LedgerTransaction.amount_micros),
+            else_=-LedgerTransaction.amount_micros,
+        )
+        outstanding_bonus = {
+            str(payment_id): int(total or 0)
+            for payment_id, total in session.execute(
+                select(LedgerTransaction.payment_id, func.sum(signed))
+                .where(
+                    LedgerTransaction.account_id == account_id,
+                    LedgerTransaction.kind.in_(BONUS_KINDS),
+                    LedgerTransaction.status == "succeeded",
+                    LedgerTransaction.payment_id.is_not(None),
+                )
+                .group_by(LedgerTransaction.payment_id)
+            )
+        }
         held_in_ledger = session.scalar(
             select(func.sum(LedgerPosting.amount_micros)).where(
                 LedgerPosting.account_id == account_id,
@@ -237,7 +266,10 @@ def observe(services: Services, agent: Agent) -> Books:
             bonus_granted += amount
             bonus_by_redemption[redemption_id] = amount
             purchase, refunded = by_payment.get(payment_id or "", (1, 1))
-            bonus_kept += Fraction(amount * (purchase - refunded), purchase)
+            kept = Fraction(amount * (purchase - refunded), purchase)
+            if payment_id in at_processor:
+                kept = max(kept, Fraction(outstanding_bonus.get(payment_id, 0)))
+            bonus_kept += kept
         else:
             coupon_credit += amount
             credit_by_redemption[redemption_id] = amount

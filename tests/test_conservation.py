@@ -972,3 +972,28 @@ def test_a_processor_refund_of_a_bonus_purchase_takes_its_bonus_back(
     assert _processor_refund(services, payment, refund_id, 20) == micros(20)
     books = _no_free_value(api, services, agent, rounding=0)
     assert books.balance == 0, f"the bonus survived the refund of its purchase: {books.explain()}"
+
+
+def test_a_processor_refund_of_a_bonus_purchase_while_a_hold_keeps_the_bonus(
+    api: Api, services: Services, plan_ids: list[int]
+) -> None:
+    """Found by the property test: a purchase bonus partly kept out of the wallet by a
+    usage hold when the purchase is refunded at the processor. The refund takes back the
+    bonus still in the wallet; the held part stays granted (the operator's promotion, as
+    if spent) and is captured as usage; the books balance at every step."""
+    clock = api.new_clock()
+    world = World(
+        api, services, plan_ids, clock, [new_account(api, card=CARD_OK, clock=clock)], [Seen()]
+    )
+    steps: list[tuple[Any, ...]] = [
+        ("adjust", 0, 279),
+        ("coupon_fixed", 0, Decimal("9.49"), Decimal("33.08"), CARD_OK),
+        ("hold", 0, Decimal("3.18"), 3600),
+        ("processor_refund", 0, 0, None, False),
+        ("capture", 0, 0, None),
+    ]
+    for step in steps:
+        world.act(step)
+        world.check(step)
+    books = observe(services, world.agents[0])
+    assert (books.balance, books.held, books.usage) == (0, 0, micros(Decimal("3.18")))
