@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     # false writes each in its request's own transaction.
     usage_group_commit: bool = True
     # Committer threads per process on PostgreSQL (batches written at once; SQLite: one).
-    usage_committers: int = Field(default=2, ge=1, le=16)
+    # One measured best for a hot wallet (bigger batches, one lock holder at a time).
+    usage_committers: int = Field(default=1, ge=1, le=16)
     # Well-formed usage charges answered by a pure ASGI middleware, without the router
     # (`billfold.api.fastpath`); off, the route answers every charge.
     usage_fast_path: bool = True

@@ -65,6 +65,10 @@ SECURITY_HEADERS = {
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 DOCS_CSP = "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'"
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+# The same, as ASGI header pairs (encoded once, not on every response).
+_SECURITY_PAIRS = tuple((name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items())
+_CSP = b"content-security-policy"
+_DEFAULT_CSP, _DOCS_CSP = DEFAULT_CSP.encode(), DOCS_CSP.encode()
 
 
 # Query parameters that make a URL work without a token (the signed invoice PDF link).
@@ -179,12 +183,9 @@ class RequestContext:
                 message["headers"] = headers
                 present = {bytes(name).lower() for name, _ in headers}
                 headers.append((b"x-request-id", request_id.encode()))
-                for name, value in SECURITY_HEADERS.items():
-                    if name.encode() not in present:
-                        headers.append((name.encode(), value.encode()))
-                if b"content-security-policy" not in present:
-                    policy = DOCS_CSP if path in DOCS_PATHS else DEFAULT_CSP
-                    headers.append((b"content-security-policy", policy.encode()))
+                headers.extend(pair for pair in _SECURITY_PAIRS if pair[0] not in present)
+                if _CSP not in present:
+                    headers.append((_CSP, _DOCS_CSP if path in DOCS_PATHS else _DEFAULT_CSP))
                 if close:
                     headers.append((b"connection", b"close"))
             await send(message)

@@ -267,8 +267,12 @@ def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) ->
             item.refuse(_key_in_progress(item), request_id)
 
     for time, group in _by_clock(app, to_write):
-        with clock.real_time() if time is None else clock.on_test_clock(time.test_clock_id, time.offset):
-            _write_group(app, group, request_id)
+        if time is None:
+            with clock.real_time():
+                _write_group(app, group, request_id)
+        else:
+            with clock.on_test_clock(time.test_clock_id, time.offset):
+                _write_group(app, group, request_id)
 
     for twin, first in twins:
         if twin.fingerprint != first.fingerprint:
