@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -282,22 +281,58 @@ def _store_keys(
     rows.sort(key=lambda row: (row["scope"], row["key"]))
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    statement: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(_KEYS)
-    # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues") and
-    # compiles the statement once per process, however many rows a batch has.
-    stored = {
-        (row.scope, row.key)
-        for row in session.execute(
-            statement.on_conflict_do_nothing(index_elements=["scope", "key"]).returning(
-                _KEYS.c.scope, _KEYS.c.key
-            ),
-            rows,
-        )
-    }
+    if session.get_bind().dialect.name == "postgresql":
+        stored = _store_keys_postgresql(session, rows)
+    else:
+        # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues") and
+        # compiles the statement once per process, however many rows a batch has.
+        stored = {
+            (row.scope, row.key)
+            for row in session.execute(
+                sqlite_insert(_KEYS)
+                .on_conflict_do_nothing(index_elements=["scope", "key"])
+                .returning(_KEYS.c.scope, _KEYS.c.key),
+                rows,
+            )
+        }
     wanted = {(c.scope, c.key) for c in charges if c.key is not None}
     if stored != wanted:
         raise KeysTaken(wanted - stored)
+
+
+# One short statement whatever the batch's size: the rows go as arrays. (A multi-row
+# VALUES list is a new, long query text for psycopg to parse on every batch.)
+_STORE_KEYS_PG = text(
+    """
+    INSERT INTO idempotency_keys
+        (scope, key, fingerprint, status, response_status, response_body,
+         created_at, locked_at, expires_at)
+    SELECT u.scope, u.key, u.fingerprint, 'completed', u.response_status, u.response_body,
+           :created_at, :created_at, :expires_at
+    FROM unnest(
+        CAST(:scopes AS varchar[]), CAST(:keys AS varchar[]), CAST(:fingerprints AS varchar[]),
+        CAST(:statuses AS integer[]), CAST(:bodies AS text[])
+    ) AS u(scope, key, fingerprint, response_status, response_body)
+    ON CONFLICT (scope, key) DO NOTHING
+    RETURNING scope, key
+    """
+)
+
+
+def _store_keys_postgresql(session: Session, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    result = session.execute(
+        _STORE_KEYS_PG,
+        {
+            "scopes": [row["scope"] for row in rows],
+            "keys": [row["key"] for row in rows],
+            "fingerprints": [row["fingerprint"] for row in rows],
+            "statuses": [row["response_status"] for row in rows],
+            "bodies": [row["response_body"] for row in rows],
+            "created_at": rows[0]["created_at"],
+            "expires_at": rows[0]["expires_at"],
+        },
+    )
+    return {(row.scope, row.key) for row in result}
 
 
 def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -80,14 +81,14 @@ async def charge_usage_async(app: Services, *, call: Call, body: UsageChargeRequ
     return await anyio.to_thread.run_sync(careful.atomic, _careful_charge(body))
 
 
-def _charge(body: UsageChargeRequest, call: Call) -> usage.Charge:
+def _charge(body: UsageChargeRequest, call: Call, at: datetime | None = None) -> usage.Charge:
     return usage.Charge(
         account_id=body.account_id,
         amount_micros=to_micros(body.amount),
         usecase=body.usecase,
         description=body.description,
         metadata=body.metadata,
-        created_at=now(),
+        created_at=now() if at is None else at,
         key=call.key,
         scope=operator_scope(),
         fingerprint=call.fingerprint,
@@ -301,7 +302,8 @@ def _by_clock(app: Services, items: list[_Item]) -> list[tuple[ClockTime | None,
 
 
 def _write_group(app: Services, items: list[_Item], request_id: str) -> None:
-    written = charging.write_batch(app, [_batch_charge(item, request_id) for item in items])
+    at = now()  # one request, one time: every item of it is charged at it
+    written = charging.write_batch(app, [_batch_charge(item, request_id, at) for item in items])
     for item, answer in zip(items, written, strict=True):
         if answer is not None:
             item.answer(answer.status_code, answer.body)
@@ -313,10 +315,10 @@ def _write_group(app: Services, items: list[_Item], request_id: str) -> None:
         item.answer(reply.status_code, reply.body, replayed=reply.replayed)
 
 
-def _batch_charge(item: _Item, request_id: str) -> usage.Charge:
+def _batch_charge(item: _Item, request_id: str, at: datetime) -> usage.Charge:
     assert item.body is not None
     call = Call(key=item.key, fingerprint=item.fingerprint, request_id=request_id)
-    return _charge(item.body, call)
+    return _charge(item.body, call, at)
 
 
 def _key_reused(item: _Item) -> IdempotencyKeyReused:
