@@ -29,8 +29,9 @@ PGBENCH_TPS = 4157.3
 # Measured, docs/BENCHMARKS.md: pgbench tpcb-like at 1 client, average latency (ms):
 # one small write transaction with its commit fsync.
 COMMIT_MS = 0.93
-# Measured, docs/BENCHMARKS.md: CPU of the billfold API process per usage charge (ms).
-API_CPU_MS_PER_CHARGE = 3.7
+# Measured, docs/BENCHMARKS.md ("Usage charges under wrk"): API CPU per usage charge (ms)
+# with the fast lane and group commit (3.7 before issue 13).
+API_CPU_MS_PER_CHARGE = 0.9
 
 
 @dataclass(frozen=True)
