@@ -335,4 +335,4 @@ def _key_in_progress(item: _Item) -> IdempotencyInProgress:
     )
 
 
-__all__ = ["USAGE_CHARGES_PATH", "charge_usage", "charge_usage_batch"]
+__all__ = ["USAGE_CHARGES_PATH", "charge_usage", "charge_usage_async", "charge_usage_batch"]
