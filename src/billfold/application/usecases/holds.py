@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.testclock import on_account_clock
 from billfold.application.usecases.base import Call, for_operator
+from billfold.clock import as_utc, now
 from billfold.money import to_micros
 from billfold.services import Services
 from billfold.wallet import holds
-from billfold.wallet.models import UsageHold
+from billfold.wallet.models import HoldStatus, UsageHold
 from billfold.wallet.schemas import (
     UsageHoldCaptureRequest,
     UsageHoldOut,
@@ -90,11 +91,15 @@ def _on_hold(app: Services, hold_id: str, account_id: str | None, run: Callable[
     with app.database.read() as session:
         hold = session.get(UsageHold, hold_id)
         owner = hold.account_id if hold is not None else None
+        held_until = (
+            as_utc(hold.expires_at) if hold is not None and hold.status == HoldStatus.HELD else None
+        )
     if owner is None or (account_id is not None and owner != account_id):
         return run()
     with on_account_clock(app, owner):
-        with app.database.transaction() as session:
-            holds.expire_if_due(session, hold_id)
+        if held_until is not None and held_until <= now():  # (checked again under lock)
+            with app.database.transaction() as session:
+                holds.expire_if_due(session, hold_id)
         return run()
 
 
