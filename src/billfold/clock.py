@@ -70,6 +70,17 @@ def on_test_clock(test_clock_id: str, offset: timedelta) -> Iterator[ClockTime]:
 
 
 @contextmanager
+def on(time: ClockTime | None) -> Iterator[None]:
+    """Run the block on `time`: a test clock's, or real time (None)."""
+    if time is None:
+        with real_time():
+            yield
+    else:
+        with on_test_clock(time.test_clock_id, time.offset):
+            yield
+
+
+@contextmanager
 def real_time() -> Iterator[None]:
     """Run the block on real time, whatever clock the caller was on."""
     token = _current.set(None)

@@ -131,17 +131,6 @@ def clock_id_of(session: Session, account_id: str) -> tuple[bool, str | None]:
     return (False, None) if row is None else (True, row[0])
 
 
-def clock_of(session: Session, account_id: str) -> ClockTime | None:
-    """The test clock an account lives on, with its current offset; None on real time
-    (an unknown account, too: its use case will say it does not exist)."""
-    row = session.execute(
-        select(TestClock)
-        .join(Account, Account.test_clock_id == TestClock.id)
-        .where(Account.id == account_id)
-    ).scalar_one_or_none()
-    return testclock.time_of(row) if row is not None else None
-
-
 def authenticate_token(session: Session, token: str) -> AgentContext:
     """The account behind a bearer token; 401 if unknown, expired, revoked or suspended.
     Expiry is judged on real time."""

@@ -160,9 +160,18 @@ def respond(reply: Reply) -> Response:
 
 
 def _call(request: Request, key: str | None, body: bytes) -> Call:
-    """The request as a use case's `Call`: the key checked, the fingerprint of the request."""
-    fingerprint = request_fingerprint(request.method, request.url.path, request.url.query, body)
-    return Call(key=checked_key(key), fingerprint=fingerprint, request_id=request_id_of(request))
+    return call_of(
+        request.method, request.url.path, request.url.query, key, body, request_id_of(request)
+    )
+
+
+def call_of(
+    method: str, path: str, query: str, key: str | None, body: bytes, request_id: str
+) -> Call:
+    """A request as a use case's `Call`: the key checked (422 if malformed), the
+    fingerprint of the request."""
+    fingerprint = request_fingerprint(method, path, query, body)
+    return Call(key=checked_key(key), fingerprint=fingerprint, request_id=request_id)
 
 
 IdempotencyKeyHeader = Annotated[

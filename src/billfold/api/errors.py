@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from billfold.api.responses import ApiResponse
 from billfold.errors import (
@@ -37,7 +38,12 @@ _HTTP_CODES = {
 
 
 def request_id_of(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("request_id", ""))
+    return scope_request_id(request.scope)
+
+
+def scope_request_id(scope: Scope) -> str:
+    """The id `RequestContext` gave the request (for pure ASGI code without a Request)."""
+    return str(scope.get("state", {}).get("request_id", ""))
 
 
 def billfold_error_response(exc: BillfoldError, request_id: str) -> ApiResponse:

@@ -17,18 +17,16 @@ route's, byte for byte, apart from what varies anyway (ids, times).
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from types import SimpleNamespace
 
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from billfold.api.deps import respond
-from billfold.api.errors import billfold_error_response
-from billfold.api.routing import refuse_unstorable, reject_constant
-from billfold.application.idempotent import checked_key, request_fingerprint
+from billfold.api.deps import call_of, respond
+from billfold.api.errors import billfold_error_response, scope_request_id
+from billfold.api.routing import parse_json_body
 from billfold.application.testclock import on_real_time
 from billfold.application.usecases.base import Call
 from billfold.application.usecases.usage import USAGE_CHARGES_PATH, charge_usage_async
@@ -85,23 +83,19 @@ class UsageFastPath:
                 json_body = b"json" in value
         if authorization is None or not json_body:
             return None, None
-        scheme, _, token = authorization.partition(" ")
+        scheme, token = get_authorization_scheme_param(authorization)  # as HTTPBearer does
         if scheme.lower() != "bearer" or not token:
             return None, None
         if not secret_matches(token, self.services.admin_key_hash):
             return None, None
         try:
-            parsed = json.loads(body, parse_float=Decimal, parse_constant=reject_constant)
-            refuse_unstorable(parsed)
-            charge = UsageChargeRequest.model_validate(parsed)
-            checked = checked_key(key)
+            charge = UsageChargeRequest.model_validate(parse_json_body(body))
+            call = call_of("POST", USAGE_CHARGES_PATH, "", key, body, scope_request_id(scope))
         except (ValueError, ValidationError, BillfoldError):
             return None, None  # the route says what is wrong, as it always did
         if not on_real_time(self.services, charge.account_id):
             return None, None  # the route puts the request on the account's clock
-        request_id = str(scope.get("state", {}).get("request_id", ""))
-        fingerprint = request_fingerprint("POST", USAGE_CHARGES_PATH, "", body)
-        return Call(key=checked, fingerprint=fingerprint, request_id=request_id), charge
+        return call, charge
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

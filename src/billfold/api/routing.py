@@ -19,11 +19,11 @@ from fastapi.routing import APIRoute
 from billfold.text import unstorable_reason
 
 
-def reject_constant(name: str) -> Any:
+def _reject_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not a valid JSON number", name, 0)
 
 
-def refuse_unstorable(value: Any) -> None:
+def _refuse_unstorable(value: Any) -> None:
     pending: list[Any] = [value]
     while pending:
         item = pending.pop()
@@ -38,13 +38,18 @@ def refuse_unstorable(value: Any) -> None:
             pending.extend(item)
 
 
+def parse_json_body(body: bytes) -> Any:
+    """A request body as Billfold reads JSON: numbers as Decimal, no NaN/Infinity, no
+    string that could not be stored (ValueError otherwise)."""
+    parsed = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+    _refuse_unstorable(parsed)
+    return parsed
+
+
 class DecimalJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            body = await self.body()
-            parsed = json.loads(body, parse_float=Decimal, parse_constant=reject_constant)
-            refuse_unstorable(parsed)
-            self._json = parsed
+            self._json = parse_json_body(await self.body())
         return self._json
 
 

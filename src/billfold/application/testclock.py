@@ -75,19 +75,17 @@ def account_clock(services: Services, account_id: str) -> clock.ClockTime | None
     if not services.processor.test_mode:
         return None
     known = services.account_clock_ids
-    if account_id in known:
-        clock_id = known[account_id]
-        if clock_id is None:
-            return None
-        with services.database.read() as session:
-            return testclock.time_of(testclock.get(session, clock_id))
+    if account_id in known and known[account_id] is None:
+        return None
     with services.database.read() as session:
-        exists, clock_id = accounts.clock_id_of(session, account_id)
-        if not exists:
-            return None
-        if len(known) >= MAX_REMEMBERED_ACCOUNTS:
-            known.clear()
-        known[account_id] = clock_id
+        if account_id not in known:
+            exists, clock_id = accounts.clock_id_of(session, account_id)
+            if not exists:
+                return None
+            if len(known) >= MAX_REMEMBERED_ACCOUNTS:
+                known.clear()
+            known[account_id] = clock_id
+        clock_id = known[account_id]
         return testclock.time_of(testclock.get(session, clock_id)) if clock_id else None
 
 
@@ -103,13 +101,8 @@ def on_real_time(services: Services, account_id: str) -> bool:
 def on_account_clock(services: Services, account_id: str) -> Iterator[None]:
     """Run a use case for `account_id` on its time (for front ends without a request
     dependency to do it: the CLI, an MCP tool, a test)."""
-    time = account_clock(services, account_id)
-    if time is None:
-        with clock.real_time():
-            yield
-    else:
-        with clock.on_test_clock(time.test_clock_id, time.offset):
-            yield
+    with clock.on(account_clock(services, account_id)):
+        yield
 
 
 def open_account(

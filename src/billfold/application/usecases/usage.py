@@ -71,7 +71,7 @@ def charge_usage(app: Services, *, call: Call, body: UsageChargeRequest) -> Repl
 async def charge_usage_async(app: Services, *, call: Call, body: UsageChargeRequest) -> Reply:
     """`charge_usage` for an event loop: it awaits its batch's commit instead of holding a
     thread while it waits (the write itself runs on the committer's thread)."""
-    if current_test_clock() is not None or not app.settings.usage_group_commit:
+    if not _group_committed(app):
         # Written in a worker thread, which keeps the account's clock (a context variable).
         return await anyio.to_thread.run_sync(partial(charge_usage, app, call=call, body=body))
     answer = await asyncio.wrap_future(charging.committer(app).enqueue(_charge(body, call)))
@@ -96,8 +96,14 @@ def _charge(body: UsageChargeRequest, call: Call, at: datetime | None = None) ->
     )
 
 
+def _group_committed(app: Services) -> bool:
+    """Charges on real time go to the process's committer; on a test clock they are
+    written in the caller's thread, where the account's clock is set."""
+    return current_test_clock() is None and app.settings.usage_group_commit
+
+
 def _write_one(app: Services, charge: usage.Charge) -> usage.Answer | None:
-    if current_test_clock() is None and app.settings.usage_group_commit:
+    if _group_committed(app):
         return charging.committer(app).submit(charge)
     # On a test clock: written in this thread, where the account's clock is set.
     return charging.write_batch(app, [charge])[0]
@@ -268,12 +274,8 @@ def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) ->
             item.refuse(_key_in_progress(item), request_id)
 
     for time, group in _by_clock(app, to_write):
-        if time is None:
-            with clock.real_time():
-                _write_group(app, group, request_id)
-        else:
-            with clock.on_test_clock(time.test_clock_id, time.offset):
-                _write_group(app, group, request_id)
+        with clock.on(time):
+            _write_group(app, group, request_id)
 
     for twin, first in twins:
         if twin.fingerprint != first.fingerprint:
