@@ -122,10 +122,53 @@ class Database:
         with self._read_sessions() as session:
             yield session
 
+    @contextmanager
+    def driver_connection(self) -> Iterator[Any]:
+        """A pooled connection's driver connection (psycopg's, on PostgreSQL), for a writer
+        that runs its own transactions on it without SQLAlchemy; back to the pool after."""
+        held = HeldConnection(self)
+        try:
+            with held.use() as connection:
+                yield connection
+        finally:
+            held.release()
+
     def dispose(self) -> None:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+
+class HeldConnection:
+    """A pooled connection kept checked out across a run of short transactions (the usage
+    committer's): no checkout and no ping per transaction. Whoever uses it ends each of its
+    transactions; a connection found broken is thrown away and the next `use` takes
+    another. `release` gives it back to the pool (an idle committer holds none)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._pooled: Any = None
+
+    @property
+    def held(self) -> bool:
+        return self._pooled is not None
+
+    @contextmanager
+    def use(self) -> Iterator[Any]:
+        if self._pooled is None:
+            self._pooled = self._database.engine.raw_connection()
+        connection = self._pooled.driver_connection
+        try:
+            yield connection
+        finally:
+            if connection.closed or getattr(connection, "broken", False):
+                self._pooled.invalidate()
+                self.release()
+
+    def release(self) -> None:
+        if self._pooled is not None:
+            pooled, self._pooled = self._pooled, None
+            pooled.close()
 
 
 def insert_or_ignore(

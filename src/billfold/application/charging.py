@@ -24,10 +24,12 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
+from billfold.db import HeldConnection
 from billfold.services import Services
 from billfold.wallet import usage
 
 MAX_BATCH = 512
+IDLE_RELEASE_SECONDS = 1.0  # an idle committer gives its connection back to the pool
 
 _Pending = tuple[usage.Charge, "Future[usage.Answer | None]"]
 
@@ -68,18 +70,27 @@ class ChargeCommitter:
         return future
 
     def _run(self) -> None:
+        held = None if self.services.database.is_sqlite else HeldConnection(self.services.database)
         while True:
-            batch = [self._queue.get()]
+            if held is not None and held.held:
+                try:
+                    first = self._queue.get(timeout=IDLE_RELEASE_SECONDS)
+                except queue.Empty:
+                    held.release()  # idle: the connection goes back to the pool
+                    continue
+            else:
+                first = self._queue.get()
+            batch = [first]
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(batch)
+            self._commit(batch, held)
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Pending], held: HeldConnection | None) -> None:
         try:
-            answers = write_batch(self.services, [charge for charge, _ in batch])
+            answers = write_batch(self.services, [charge for charge, _ in batch], held)
         except BaseException as exc:  # every waiting request gets the failure
             for _, future in batch:
                 future.set_exception(exc)
@@ -91,9 +102,12 @@ class ChargeCommitter:
             future.set_result(answer)
 
 
-def write_batch(app: Services, charges: Sequence[usage.Charge]) -> list[usage.Answer | None]:
+def write_batch(
+    app: Services, charges: Sequence[usage.Charge], held: HeldConnection | None = None
+) -> list[usage.Answer | None]:
     """Write `charges` in one transaction; None for each whose key was already stored
-    (those were not written: the transaction is retried without them)."""
+    (those were not written: the transaction is retried without them). On PostgreSQL over
+    psycopg's pipeline (`usage.write_pipelined`), on `held` if given."""
     answers: list[usage.Answer | None] = [None] * len(charges)
     todo: list[int] = []
     keys: set[tuple[str, str]] = set()
@@ -105,8 +119,7 @@ def write_batch(app: Services, charges: Sequence[usage.Charge]) -> list[usage.An
         todo.append(i)
     while todo:
         try:
-            with app.database.transaction() as session:
-                written = usage.write(session, [charges[i] for i in todo], app.key_policy)
+            written = _write(app, [charges[i] for i in todo], held)
         except usage.KeysTaken as taken:
             todo = [i for i in todo if (charges[i].scope, charges[i].key or "") not in taken.taken]
             continue
@@ -114,6 +127,23 @@ def write_batch(app: Services, charges: Sequence[usage.Charge]) -> list[usage.An
             answers[i] = answer
         break
     return answers
+
+
+def _write(
+    app: Services, charges: list[usage.Charge], held: HeldConnection | None
+) -> list[usage.Answer]:
+    written = None
+    if not app.database.is_sqlite:
+        if held is None:
+            with app.database.driver_connection() as connection:
+                written = usage.write_pipelined(connection, charges, app.key_policy)
+        else:
+            with held.use() as connection:
+                written = usage.write_pipelined(connection, charges, app.key_policy)
+    if written is None:  # SQLite, or a wallet crossing its auto-funding threshold
+        with app.database.transaction() as session:
+            written = usage.write(session, charges, app.key_policy)
+    return written
 
 
 _committers: dict[int, ChargeCommitter] = {}

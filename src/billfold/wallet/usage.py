@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+import psycopg
+import simplejson
 from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -48,7 +50,7 @@ _POSTINGS = cast(Table, LedgerPosting.__table__)
 _KEYS = cast(Table, IdempotencyKey.__table__)
 _BUCKET_ACCOUNTS = {bucket: ledger.wallet_account(bucket) for bucket in BUCKETS}
 
-KIND = "usage_charge"
+KIND = "usage_charge"  # also written out in _TRANSACTIONS_PG
 
 
 @dataclass(frozen=True)
@@ -142,18 +144,20 @@ def _refusal(exc: BillfoldError, charge: Charge) -> Answer:
     return Answer(exc.status_code, render(error_payload(exc, charge.request_id)), error=exc)
 
 
-def write(
-    session: Session, charges: Sequence[Charge], policy: idempotency.KeyPolicy
-) -> list[Answer]:
-    """Debit `charges` in order, each charged or refused on its own; answers in order.
+@dataclass
+class _Plan:
+    """A batch worked out against its locked wallets: what to answer and what to write."""
 
-    Raises KeysTaken (before writing anything but the probe of the keys) when a key is
-    already stored; the caller's transaction must then be rolled back.
-    """
-    keyed = [(c.scope, c.key) for c in charges if c.key is not None]
-    if len(set(keyed)) != len(keyed):
-        raise ValueError("a batch names an idempotency key twice")
-    wallets = _lock(session, sorted({c.account_id for c in charges}))
+    answers: list[Answer]
+    transactions: list[dict[str, Any]]
+    postings: list[dict[str, Any]]
+    debited: list[_WalletState]
+    low_balance: dict[str, tuple[int, int]]
+
+
+def _plan(charges: Sequence[Charge], wallets: dict[str, _WalletState]) -> _Plan:
+    """Each charge charged or refused on its own, in order, against `wallets` (changed in
+    place): the answers, the ledger rows and the wallets' new state; writes nothing."""
     answers: list[Answer] = []
     transactions: list[dict[str, Any]] = []
     postings: list[dict[str, Any]] = []
@@ -237,13 +241,33 @@ def write(
             created_at=charge.created_at,
         )
         answers.append(Answer(201, render({"data": out.model_dump()}), charge=out))
+    debited = [wallet for wallet in wallets.values() if wallet.debited]
+    return _Plan(answers, transactions, postings, debited, low_balance)
 
-    _store_keys(session, charges, answers, policy)
-    if transactions:
-        session.execute(insert(_TRANSACTIONS), transactions)
-        session.execute(insert(_POSTINGS), postings)
-    _update_wallets(session, [w for w in wallets.values() if w.debited])
-    for account_id, (balance_after, threshold) in low_balance.items():
+
+def _check_keys_unique(charges: Sequence[Charge]) -> None:
+    keyed = [(c.scope, c.key) for c in charges if c.key is not None]
+    if len(set(keyed)) != len(keyed):
+        raise ValueError("a batch names an idempotency key twice")
+
+
+def write(
+    session: Session, charges: Sequence[Charge], policy: idempotency.KeyPolicy
+) -> list[Answer]:
+    """Debit `charges` in order, each charged or refused on its own; answers in order.
+
+    Raises KeysTaken (before writing anything but the probe of the keys) when a key is
+    already stored; the caller's transaction must then be rolled back.
+    """
+    _check_keys_unique(charges)
+    wallets = _lock(session, sorted({c.account_id for c in charges}))
+    plan = _plan(charges, wallets)
+    _store_keys(session, _key_rows(charges, plan.answers, policy))
+    if plan.transactions:
+        session.execute(insert(_TRANSACTIONS), plan.transactions)
+        session.execute(insert(_POSTINGS), plan.postings)
+    _update_wallets(session, plan.debited)
+    for account_id, (balance_after, threshold) in plan.low_balance.items():
         auto_funding.announce_low_balance(
             session,
             account_id=account_id,
@@ -251,16 +275,14 @@ def write(
             threshold_micros=threshold,
             currency=wallets[account_id].currency,
         )
-    return answers
+    return plan.answers
 
 
-def _store_keys(
-    session: Session,
-    charges: Sequence[Charge],
-    answers: list[Answer],
-    policy: idempotency.KeyPolicy,
-) -> None:
-    """Store each keyed charge's answer under its key (completed), or raise KeysTaken."""
+def _key_rows(
+    charges: Sequence[Charge], answers: list[Answer], policy: idempotency.KeyPolicy
+) -> list[dict[str, Any]]:
+    """Each keyed charge's stored answer (completed), in key order: two batches storing
+    the same keys wait for each other in one order."""
     current = wall_now()
     rows = [
         {
@@ -277,8 +299,12 @@ def _store_keys(
         for charge, answer in zip(charges, answers, strict=True)
         if charge.key is not None
     ]
-    # In key order: two batches storing the same keys wait for each other in one order.
     rows.sort(key=lambda row: (row["scope"], row["key"]))
+    return rows
+
+
+def _store_keys(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Store the keyed charges' answers under their keys, or raise KeysTaken."""
     if not rows:
         return
     if session.get_bind().dialect.name == "postgresql":
@@ -295,7 +321,7 @@ def _store_keys(
                 rows,
             )
         }
-    wanted = {(c.scope, c.key) for c in charges if c.key is not None}
+    wanted = {(row["scope"], row["key"]) for row in rows}
     if stored != wanted:
         raise KeysTaken(wanted - stored)
 
@@ -333,6 +359,175 @@ def _store_keys_postgresql(session: Session, rows: list[dict[str, Any]]) -> set[
         },
     )
     return {(row.scope, row.key) for row in result}
+
+
+# --- PostgreSQL: the same batch in two round trips ---------------------------------------
+#
+# `write` costs a round trip per statement and SQLAlchemy's work on each; on PostgreSQL the
+# committer sends the batch through psycopg's pipeline instead: BEGIN with the wallets'
+# lock (one round trip, the rows are needed to split the charges), then the keys, the
+# ledger rows, the wallets' UPDATE and COMMIT together (the second). Every statement is
+# short and the same whatever the batch's size (rows go as arrays), so psycopg prepares it
+# once per connection.
+
+_LOCK_PG = """
+    SELECT account_id, currency, subscription_micros, promotional_micros, purchased_micros,
+           auto_funding_enabled, auto_funding_armed, charge_threshold_micros
+    FROM wallets WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE
+"""
+# A plain INSERT: a key already stored fails the transaction (UniqueViolation), and the
+# statements after it in the pipeline are not run.
+_KEYS_PG = """
+    INSERT INTO idempotency_keys
+        (scope, key, fingerprint, status, response_status, response_body,
+         created_at, locked_at, expires_at)
+    SELECT u.scope, u.key, u.fingerprint, 'completed', u.response_status, u.response_body,
+           %s, %s, %s
+    FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::integer[], %s::text[])
+        AS u(scope, key, fingerprint, response_status, response_body)
+"""
+_TRANSACTIONS_PG = """
+    INSERT INTO ledger_transactions
+        (id, account_id, kind, type, amount_micros, status, balance_after_micros, usecase,
+         description, metadata, created_at)
+    SELECT u.id, u.account_id, 'usage_charge', 'debit', u.amount_micros, 'succeeded',
+           u.balance_after_micros, u.usecase, u.description, u.metadata, u.created_at
+    FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::bigint[], %s::varchar[],
+                %s::varchar[], %s::json[], %s::timestamptz[])
+        AS u(id, account_id, amount_micros, balance_after_micros, usecase, description,
+             metadata, created_at)
+"""
+_POSTINGS_PG = """
+    INSERT INTO ledger_postings (transaction_id, account_id, ledger_account, amount_micros)
+    SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[])
+"""
+# No `>=` guard as in `_update_wallets`: the rows are locked since `_LOCK_PG` read them,
+# and the table's CHECK constraints (no bucket below zero) fail the transaction if a
+# bucket would go negative anyway.
+_WALLETS_PG = """
+    UPDATE wallets AS w SET
+        subscription_micros = w.subscription_micros - u.subscription,
+        promotional_micros = w.promotional_micros - u.promotional,
+        purchased_micros = w.purchased_micros - u.purchased,
+        balance_micros = w.balance_micros - u.subscription - u.promotional - u.purchased,
+        auto_funding_armed = u.armed,
+        updated_at = u.updated_at
+    FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::bigint[], %s::boolean[],
+                %s::timestamptz[])
+        AS u(account_id, subscription, promotional, purchased, armed, updated_at)
+    WHERE w.account_id = u.account_id
+"""
+_TAKEN_PG = """
+    SELECT k.scope, k.key FROM idempotency_keys AS k
+    JOIN unnest(%s::varchar[], %s::varchar[]) AS u(scope, key)
+        ON k.scope = u.scope AND k.key = u.key
+"""
+
+
+def write_pipelined(
+    connection: psycopg.Connection[Any],
+    charges: Sequence[Charge],
+    policy: idempotency.KeyPolicy,
+) -> list[Answer] | None:
+    """`write` on PostgreSQL over a psycopg connection in its own transaction (committed
+    here): two round trips, the second ending in COMMIT. None, with nothing written, when a
+    wallet crosses its auto-funding threshold (the caller writes that batch with `write`,
+    which also announces the crossing). Raises KeysTaken, with nothing written, when a key
+    is already stored."""
+    _check_keys_unique(charges)
+    try:
+        with connection.pipeline():
+            cursor = connection.execute(_LOCK_PG, (sorted({c.account_id for c in charges}),))
+            wallets = {
+                row[0]: _WalletState(
+                    account_id=row[0],
+                    currency=row[1],
+                    buckets={"subscription": row[2], "promotional": row[3], "purchased": row[4]},
+                    taken=dict.fromkeys(BUCKETS, 0),
+                    auto_funding_enabled=bool(row[5]),
+                    armed=bool(row[6]),
+                    threshold=row[7],
+                )
+                for row in cursor.fetchall()
+            }
+            plan = _plan(charges, wallets)
+            if plan.low_balance:
+                connection.rollback()
+                return None
+            keys = _key_rows(charges, plan.answers, policy)
+            if keys:
+                at = keys[0]["created_at"]
+                connection.execute(
+                    _KEYS_PG,
+                    (at, at, keys[0]["expires_at"], *_columns(keys, _KEY_COLUMNS)),
+                )
+            if plan.transactions:
+                connection.execute(
+                    _TRANSACTIONS_PG,
+                    _columns(
+                        [{**t, "metadata": _json(t["metadata"])} for t in plan.transactions],
+                        _TRANSACTION_COLUMNS,
+                    ),
+                )
+                connection.execute(_POSTINGS_PG, _columns(plan.postings, _POSTING_COLUMNS))
+            if plan.debited:
+                connection.execute(_WALLETS_PG, _wallet_columns(plan.debited))
+            connection.commit()
+    except psycopg.errors.UniqueViolation as exc:
+        connection.rollback()
+        if exc.diag.table_name != _KEYS.name:
+            raise
+        raise KeysTaken(_taken_keys(connection, charges)) from None
+    except BaseException:
+        if not connection.closed:
+            connection.rollback()
+        raise
+    return plan.answers
+
+
+_KEY_COLUMNS = ("scope", "key", "fingerprint", "response_status", "response_body")
+_TRANSACTION_COLUMNS = (
+    "id",
+    "account_id",
+    "amount_micros",
+    "balance_after_micros",
+    "usecase",
+    "description",
+    "metadata",
+    "created_at",
+)
+_POSTING_COLUMNS = ("transaction_id", "account_id", "ledger_account", "amount_micros")
+
+
+def _columns(rows: list[dict[str, Any]], names: Sequence[str]) -> list[list[Any]]:
+    return [[row[name] for row in rows] for name in names]
+
+
+def _json(value: Any) -> str:
+    """As the engine's JSON columns store it (exact decimals; None as JSON null)."""
+    return simplejson.dumps(value, use_decimal=True)
+
+
+def _wallet_columns(wallets: list[_WalletState]) -> list[list[Any]]:
+    return [
+        [w.account_id for w in wallets],
+        [w.taken["subscription"] for w in wallets],
+        [w.taken["promotional"] for w in wallets],
+        [w.taken["purchased"] for w in wallets],
+        [w.armed for w in wallets],
+        [w.updated_at for w in wallets],
+    ]
+
+
+def _taken_keys(
+    connection: psycopg.Connection[Any], charges: Sequence[Charge]
+) -> set[tuple[str, str]]:
+    keyed = [(c.scope, c.key) for c in charges if c.key is not None]
+    rows = connection.execute(
+        _TAKEN_PG, ([scope for scope, _ in keyed], [key for _, key in keyed])
+    ).fetchall()
+    connection.rollback()
+    return {(row[0], row[1]) for row in rows}
 
 
 def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
@@ -376,4 +571,4 @@ def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
         raise AssertionError("a locked wallet changed under the batch")
 
 
-__all__ = ["KIND", "Answer", "Charge", "KeysTaken", "write"]
+__all__ = ["KIND", "Answer", "Charge", "KeysTaken", "write", "write_pipelined"]
