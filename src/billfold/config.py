@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # Well-formed usage charges answered by a pure ASGI middleware, without the router
     # (`billfold.api.fastpath`); off, the route answers every charge.
     usage_fast_path: bool = True
+    # One access log line per request from the HTTP server (`billfold serve`). At thousands
+    # of usage charges a second the line costs about a tenth of the API's CPU; a proxy in
+    # front may log requests instead (docs/BENCHMARKS.md).
+    access_log: bool = True
 
     # Dunning: after a renewal's payment fails, retry this many days after the renewal;
     # after the last retry fails the subscription becomes `canceled` (or `unpaid`).

@@ -160,6 +160,7 @@ def serve(
         "host": host,
         "port": port,
         "log_level": "info",
+        "access_log": settings.access_log,
         # Client addresses (login throttling, abuse limits) come from the connection
         # unless the operator names the proxy whose X-Forwarded-For is to be believed.
         "proxy_headers": settings.forwarded_allow_ips is not None,
