@@ -50,7 +50,7 @@ _POSTINGS = cast(Table, LedgerPosting.__table__)
 _KEYS = cast(Table, IdempotencyKey.__table__)
 _BUCKET_ACCOUNTS = {bucket: ledger.wallet_account(bucket) for bucket in BUCKETS}
 
-KIND = "usage_charge"  # also written out in _TRANSACTIONS_PG
+KIND = "usage_charge"  # also written out in _WRITE_PG
 
 
 @dataclass(frozen=True)
@@ -375,36 +375,41 @@ _LOCK_PG = """
            auto_funding_enabled, auto_funding_armed, charge_threshold_micros
     FROM wallets WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE
 """
-# A plain INSERT: a key already stored fails the transaction (UniqueViolation), and the
-# statements after it in the pipeline are not run.
-_KEYS_PG = """
-    INSERT INTO idempotency_keys
-        (scope, key, fingerprint, status, response_status, response_body,
-         created_at, locked_at, expires_at)
-    SELECT u.scope, u.key, u.fingerprint, 'completed', u.response_status, u.response_body,
-           %s, %s, %s
-    FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::integer[], %s::text[])
-        AS u(scope, key, fingerprint, response_status, response_body)
-"""
-_TRANSACTIONS_PG = """
-    INSERT INTO ledger_transactions
-        (id, account_id, kind, type, amount_micros, status, balance_after_micros, usecase,
-         description, metadata, created_at)
-    SELECT u.id, u.account_id, 'usage_charge', 'debit', u.amount_micros, 'succeeded',
-           u.balance_after_micros, u.usecase, u.description, u.metadata, u.created_at
-    FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::bigint[], %s::varchar[],
-                %s::varchar[], %s::json[], %s::timestamptz[])
-        AS u(id, account_id, amount_micros, balance_after_micros, usecase, description,
-             metadata, created_at)
-"""
-_POSTINGS_PG = """
-    INSERT INTO ledger_postings (transaction_id, account_id, ledger_account, amount_micros)
-    SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[])
-"""
-# No `>=` guard as in `_update_wallets`: the rows are locked since `_LOCK_PG` read them,
-# and the table's CHECK constraints (no bucket below zero) fail the transaction if a
-# bucket would go negative anyway.
-_WALLETS_PG = """
+# One statement writes the whole batch, so the pipeline's second round trip carries two
+# messages (this and COMMIT) whatever the batch holds; an empty array writes no row. The
+# keys' INSERT is a plain one: a key already stored fails the statement (UniqueViolation)
+# and with it the transaction. No `>=` guard on the wallets as in `_update_wallets`: the
+# rows are locked since `_LOCK_PG` read them, and the table's CHECK constraints (no bucket
+# below zero) fail the transaction if a bucket would go negative anyway. (The postings'
+# foreign key is checked at the end of the statement, when their transactions are in.)
+_WRITE_PG = """
+    WITH keys AS (
+        INSERT INTO idempotency_keys
+            (scope, key, fingerprint, status, response_status, response_body,
+             created_at, locked_at, expires_at)
+        SELECT u.scope, u.key, u.fingerprint, 'completed', u.response_status,
+               u.response_body, %(now)s, %(now)s, %(expires)s
+        FROM unnest(%(k_scope)s::varchar[], %(k_key)s::varchar[], %(k_fingerprint)s::varchar[],
+                    %(k_status)s::integer[], %(k_body)s::text[])
+            AS u(scope, key, fingerprint, response_status, response_body)
+    ), transactions AS (
+        INSERT INTO ledger_transactions
+            (id, account_id, kind, type, amount_micros, status, balance_after_micros,
+             usecase, description, metadata, created_at)
+        SELECT u.id, u.account_id, 'usage_charge', 'debit', u.amount_micros, 'succeeded',
+               u.balance_after_micros, u.usecase, u.description, u.metadata, u.created_at
+        FROM unnest(%(t_id)s::varchar[], %(t_account)s::varchar[], %(t_amount)s::bigint[],
+                    %(t_after)s::bigint[], %(t_usecase)s::varchar[],
+                    %(t_description)s::varchar[], %(t_metadata)s::json[],
+                    %(t_created)s::timestamptz[])
+            AS u(id, account_id, amount_micros, balance_after_micros, usecase, description,
+                 metadata, created_at)
+    ), postings AS (
+        INSERT INTO ledger_postings (transaction_id, account_id, ledger_account, amount_micros)
+        SELECT u.* FROM unnest(%(p_transaction)s::varchar[], %(p_account)s::varchar[],
+                               %(p_ledger)s::varchar[], %(p_amount)s::bigint[])
+            AS u(transaction_id, account_id, ledger_account, amount_micros)
+    )
     UPDATE wallets AS w SET
         subscription_micros = w.subscription_micros - u.subscription,
         promotional_micros = w.promotional_micros - u.promotional,
@@ -412,8 +417,9 @@ _WALLETS_PG = """
         balance_micros = w.balance_micros - u.subscription - u.promotional - u.purchased,
         auto_funding_armed = u.armed,
         updated_at = u.updated_at
-    FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::bigint[], %s::boolean[],
-                %s::timestamptz[])
+    FROM unnest(%(w_account)s::varchar[], %(w_subscription)s::bigint[],
+                %(w_promotional)s::bigint[], %(w_purchased)s::bigint[], %(w_armed)s::boolean[],
+                %(w_updated)s::timestamptz[])
         AS u(account_id, subscription, promotional, purchased, armed, updated_at)
     WHERE w.account_id = u.account_id
 """
@@ -454,24 +460,7 @@ def write_pipelined(
             if plan.low_balance:
                 connection.rollback()
                 return None
-            keys = _key_rows(charges, plan.answers, policy)
-            if keys:
-                at = keys[0]["created_at"]
-                connection.execute(
-                    _KEYS_PG,
-                    (at, at, keys[0]["expires_at"], *_columns(keys, _KEY_COLUMNS)),
-                )
-            if plan.transactions:
-                connection.execute(
-                    _TRANSACTIONS_PG,
-                    _columns(
-                        [{**t, "metadata": _json(t["metadata"])} for t in plan.transactions],
-                        _TRANSACTION_COLUMNS,
-                    ),
-                )
-                connection.execute(_POSTINGS_PG, _columns(plan.postings, _POSTING_COLUMNS))
-            if plan.debited:
-                connection.execute(_WALLETS_PG, _wallet_columns(plan.debited))
+            connection.execute(_WRITE_PG, _write_parameters(charges, plan, policy))
             connection.commit()
     except psycopg.errors.UniqueViolation as exc:
         connection.rollback()
@@ -485,38 +474,41 @@ def write_pipelined(
     return plan.answers
 
 
-_KEY_COLUMNS = ("scope", "key", "fingerprint", "response_status", "response_body")
-_TRANSACTION_COLUMNS = (
-    "id",
-    "account_id",
-    "amount_micros",
-    "balance_after_micros",
-    "usecase",
-    "description",
-    "metadata",
-    "created_at",
-)
-_POSTING_COLUMNS = ("transaction_id", "account_id", "ledger_account", "amount_micros")
-
-
-def _columns(rows: list[dict[str, Any]], names: Sequence[str]) -> list[list[Any]]:
-    return [[row[name] for row in rows] for name in names]
-
-
-def _json(value: Any) -> str:
-    """As the engine's JSON columns store it (exact decimals; None as JSON null)."""
-    return simplejson.dumps(value, use_decimal=True)
-
-
-def _wallet_columns(wallets: list[_WalletState]) -> list[list[Any]]:
-    return [
-        [w.account_id for w in wallets],
-        [w.taken["subscription"] for w in wallets],
-        [w.taken["promotional"] for w in wallets],
-        [w.taken["purchased"] for w in wallets],
-        [w.armed for w in wallets],
-        [w.updated_at for w in wallets],
-    ]
+def _write_parameters(
+    charges: Sequence[Charge], plan: _Plan, policy: idempotency.KeyPolicy
+) -> dict[str, Any]:
+    """`_WRITE_PG`'s arrays: a column each."""
+    keys = _key_rows(charges, plan.answers, policy)
+    transactions, postings, wallets = plan.transactions, plan.postings, plan.debited
+    current = wall_now()
+    return {
+        "now": current,
+        "expires": current + policy.ttl,
+        "k_scope": [k["scope"] for k in keys],
+        "k_key": [k["key"] for k in keys],
+        "k_fingerprint": [k["fingerprint"] for k in keys],
+        "k_status": [k["response_status"] for k in keys],
+        "k_body": [k["response_body"] for k in keys],
+        "t_id": [t["id"] for t in transactions],
+        "t_account": [t["account_id"] for t in transactions],
+        "t_amount": [t["amount_micros"] for t in transactions],
+        "t_after": [t["balance_after_micros"] for t in transactions],
+        "t_usecase": [t["usecase"] for t in transactions],
+        "t_description": [t["description"] for t in transactions],
+        # As the engine's JSON columns store it: exact decimals, None as JSON null.
+        "t_metadata": [simplejson.dumps(t["metadata"], use_decimal=True) for t in transactions],
+        "t_created": [t["created_at"] for t in transactions],
+        "p_transaction": [p["transaction_id"] for p in postings],
+        "p_account": [p["account_id"] for p in postings],
+        "p_ledger": [p["ledger_account"] for p in postings],
+        "p_amount": [p["amount_micros"] for p in postings],
+        "w_account": [w.account_id for w in wallets],
+        "w_subscription": [w.taken["subscription"] for w in wallets],
+        "w_promotional": [w.taken["promotional"] for w in wallets],
+        "w_purchased": [w.taken["purchased"] for w in wallets],
+        "w_armed": [w.armed for w in wallets],
+        "w_updated": [w.updated_at for w in wallets],
+    }
 
 
 def _taken_keys(
