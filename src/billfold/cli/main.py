@@ -169,9 +169,9 @@ def serve(
     try:
         job_runners.start()
         if api_processes == 1:
-            from billfold.api.app import create_app
+            from billfold.api.factory import serving_app
 
-            uvicorn.run(create_app(services), **server_options)
+            uvicorn.run(serving_app(services), **server_options)
         else:
             uvicorn.run(
                 "billfold.api.factory:create_app_from_env",
