@@ -107,6 +107,13 @@ class Database:
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     @property
+    def driver_url(self) -> str:
+        """The URL as the driver itself takes it (psycopg's conninfo, on PostgreSQL)."""
+        return self.engine.url.set(drivername=self.engine.url.get_backend_name()).render_as_string(
+            hide_password=False
+        )
+
+    @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
@@ -125,50 +132,21 @@ class Database:
     @contextmanager
     def driver_connection(self) -> Iterator[Any]:
         """A pooled connection's driver connection (psycopg's, on PostgreSQL), for a writer
-        that runs its own transactions on it without SQLAlchemy; back to the pool after."""
-        held = HeldConnection(self)
+        that runs its own transactions on it without SQLAlchemy; back to the pool after
+        (thrown away instead if it broke)."""
+        pooled = self.engine.raw_connection()
+        connection = pooled.driver_connection
         try:
-            with held.use() as connection:
-                yield connection
+            yield connection
         finally:
-            held.release()
+            if connection is None or connection.closed or getattr(connection, "broken", False):
+                pooled.invalidate()
+            pooled.close()
 
     def dispose(self) -> None:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
-
-
-class HeldConnection:
-    """A pooled connection kept checked out across a run of short transactions (the usage
-    committer's): no checkout and no ping per transaction. Whoever uses it ends each of its
-    transactions; a connection found broken is thrown away and the next `use` takes
-    another. `release` gives it back to the pool (an idle committer holds none)."""
-
-    def __init__(self, database: Database) -> None:
-        self._database = database
-        self._pooled: Any = None
-
-    @property
-    def held(self) -> bool:
-        return self._pooled is not None
-
-    @contextmanager
-    def use(self) -> Iterator[Any]:
-        if self._pooled is None:
-            self._pooled = self._database.engine.raw_connection()
-        connection = self._pooled.driver_connection
-        try:
-            yield connection
-        finally:
-            if connection.closed or getattr(connection, "broken", False):
-                self._pooled.invalidate()
-                self.release()
-
-    def release(self) -> None:
-        if self._pooled is not None:
-            pooled, self._pooled = self._pooled, None
-            pooled.close()
 
 
 def insert_or_ignore(

@@ -18,18 +18,23 @@ each other in a cycle.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import Any
 
-from billfold.db import HeldConnection
+import anyio.to_thread
+import psycopg
+
 from billfold.services import Services
 from billfold.wallet import usage
 
 MAX_BATCH = 512
-IDLE_RELEASE_SECONDS = 1.0  # an idle committer gives its connection back to the pool
+LOOP_IDLE_CLOSE_SECONDS = 10.0  # an idle loop committer closes its connection
+COMMITTER_NAME = "billfold-usage-committer"  # its connections' application_name
 
 _Pending = tuple[usage.Charge, "Future[usage.Answer | None]"]
 
@@ -70,27 +75,18 @@ class ChargeCommitter:
         return future
 
     def _run(self) -> None:
-        held = None if self.services.database.is_sqlite else HeldConnection(self.services.database)
         while True:
-            if held is not None and held.held:
-                try:
-                    first = self._queue.get(timeout=IDLE_RELEASE_SECONDS)
-                except queue.Empty:
-                    held.release()  # idle: the connection goes back to the pool
-                    continue
-            else:
-                first = self._queue.get()
-            batch = [first]
+            batch = [self._queue.get()]
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(batch, held)
+            self._commit(batch)
 
-    def _commit(self, batch: list[_Pending], held: HeldConnection | None) -> None:
+    def _commit(self, batch: list[_Pending]) -> None:
         try:
-            answers = write_batch(self.services, [charge for charge, _ in batch], held)
+            answers = write_batch(self.services, [charge for charge, _ in batch])
         except BaseException as exc:  # every waiting request gets the failure
             for _, future in batch:
                 future.set_exception(exc)
@@ -102,26 +98,146 @@ class ChargeCommitter:
             future.set_result(answer)
 
 
-def write_batch(
-    app: Services, charges: Sequence[usage.Charge], held: HeldConnection | None = None
-) -> list[usage.Answer | None]:
-    """Write `charges` in one transaction; None for each whose key was already stored
-    (those were not written: the transaction is retried without them). On PostgreSQL over
-    psycopg's pipeline (`usage.write_pipelined`), on `held` if given."""
-    answers: list[usage.Answer | None] = [None] * len(charges)
+class LoopCommitter:
+    """Group commit on an event loop, for PostgreSQL: the committer is a task of the loop
+    the requests run on, writing over its own psycopg AsyncConnection. A charge costs no
+    thread hand-over (queue, wake-up, GIL) on its way in or out: while a batch waits for
+    the database, the loop reads the next requests, which make the next batch."""
+
+    def __init__(self, services: Services, loop: asyncio.AbstractEventLoop) -> None:
+        self.services = services
+        self.loop = loop
+        self.max_batch = MAX_BATCH
+        self.batches = 0
+        self.charges = 0
+        self._pending: list[tuple[usage.Charge, asyncio.Future[usage.Answer | None]]] = []
+        self._wake = asyncio.Event()
+        self._connection: psycopg.AsyncConnection[Any] | None = None
+        self._task = loop.create_task(self._run(), name="usage-committer")
+
+    async def charge(self, charge: usage.Charge) -> usage.Answer | None:
+        """Charge it in the next batch; the answer once that batch committed (None: its
+        key was already stored, the caller takes the careful path)."""
+        future: asyncio.Future[usage.Answer | None] = self.loop.create_future()
+        self._pending.append((charge, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), LOOP_IDLE_CLOSE_SECONDS)
+                except TimeoutError:
+                    await self._close()  # idle: no connection held
+                    await self._wake.wait()
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            try:
+                answers = await self._write([charge for charge, _ in batch])
+            except Exception as exc:  # every waiting request gets the failure
+                await self._close()
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.charges += len(batch)
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():  # not if its request was cancelled meanwhile
+                    future.set_result(answer)
+
+    async def _write(self, charges: list[usage.Charge]) -> list[usage.Answer | None]:
+        answers: list[usage.Answer | None] = [None] * len(charges)
+        todo = _firsts_of_keys(charges)
+        reconnected = False
+        while todo:
+            if self._connection is None or self._connection.closed:
+                self._connection = await psycopg.AsyncConnection.connect(
+                    self.services.database.driver_url, application_name=COMMITTER_NAME
+                )
+                reconnected = True
+            try:
+                written = await usage.write_pipelined_async(
+                    self._connection, [charges[i] for i in todo], self.services.key_policy
+                )
+            except usage.KeysTaken as taken:
+                todo = _without_taken(charges, todo, taken)
+                continue
+            except usage.NotWritten:
+                await self._close()
+                if reconnected:  # a new connection failed too: the database is down
+                    raise
+                continue
+            if written is None:  # a wallet crosses its auto-funding threshold: announce it
+                return await anyio.to_thread.run_sync(write_batch, self.services, charges)
+            for i, answer in zip(todo, written, strict=True):
+                answers[i] = answer
+            break
+        return answers
+
+    async def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.closed:
+            await connection.close()
+
+
+def loop_committer(app: Services) -> LoopCommitter:
+    """The committer of `app` on the running event loop (started on first use)."""
+    loop = asyncio.get_running_loop()
+    key = (id(app), id(loop))
+    found = _loop_committers.get(key)
+    if found is None or found.services is not app or found.loop is not loop:
+        # Committers of loops that are gone: their connections close with them.
+        for stale in [k for k, c in _loop_committers.items() if c.loop.is_closed()]:
+            del _loop_committers[stale]
+        found = _loop_committers[key] = LoopCommitter(app, loop)
+    return found
+
+
+_loop_committers: dict[tuple[int, int], LoopCommitter] = {}
+
+
+def charges_committed(app: Services) -> int:
+    """How many charges this process's committers (thread and loops) took for `app`."""
+    found = _committers.get(id(app))
+    threaded = found.charges if found is not None and found.services is app else 0
+    looped = [c.charges for c in list(_loop_committers.values()) if c.services is app]
+    return threaded + sum(looped)
+
+
+def _firsts_of_keys(charges: Sequence[usage.Charge]) -> list[int]:
+    """The charges to write: all but the in-batch twins of a keyed charge (the careful path
+    replays the first)."""
     todo: list[int] = []
     keys: set[tuple[str, str]] = set()
     for i, charge in enumerate(charges):
         if charge.key is not None:
             if (charge.scope, charge.key) in keys:
-                continue  # a twin in the same batch: the careful path replays the first
+                continue
             keys.add((charge.scope, charge.key))
         todo.append(i)
+    return todo
+
+
+def _without_taken(
+    charges: Sequence[usage.Charge], todo: list[int], taken: usage.KeysTaken
+) -> list[int]:
+    return [i for i in todo if (charges[i].scope, charges[i].key or "") not in taken.taken]
+
+
+def write_batch(app: Services, charges: Sequence[usage.Charge]) -> list[usage.Answer | None]:
+    """Write `charges` in one transaction; None for each whose key was already stored
+    (those were not written: the transaction is retried without them). On PostgreSQL over
+    psycopg's pipeline (`usage.write_pipelined`) on a pooled connection."""
+    answers: list[usage.Answer | None] = [None] * len(charges)
+    todo = _firsts_of_keys(charges)
     while todo:
         try:
-            written = _write(app, [charges[i] for i in todo], held)
+            written = _write(app, [charges[i] for i in todo])
         except usage.KeysTaken as taken:
-            todo = [i for i in todo if (charges[i].scope, charges[i].key or "") not in taken.taken]
+            todo = _without_taken(charges, todo, taken)
             continue
         for i, answer in zip(todo, written, strict=True):
             answers[i] = answer
@@ -129,17 +245,11 @@ def write_batch(
     return answers
 
 
-def _write(
-    app: Services, charges: list[usage.Charge], held: HeldConnection | None
-) -> list[usage.Answer]:
+def _write(app: Services, charges: list[usage.Charge]) -> list[usage.Answer]:
     written = None
     if not app.database.is_sqlite:
-        if held is None:
-            with app.database.driver_connection() as connection:
-                written = usage.write_pipelined(connection, charges, app.key_policy)
-        else:
-            with held.use() as connection:
-                written = usage.write_pipelined(connection, charges, app.key_policy)
+        with app.database.driver_connection() as connection:
+            written = usage.write_pipelined(connection, charges, app.key_policy)
     if written is None:  # SQLite, or a wallet crossing its auto-funding threshold
         with app.database.transaction() as session:
             written = usage.write(session, charges, app.key_policy)
@@ -163,4 +273,12 @@ def committer(app: Services) -> ChargeCommitter:
         return found
 
 
-__all__ = ["MAX_BATCH", "ChargeCommitter", "committer", "write_batch"]
+__all__ = [
+    "MAX_BATCH",
+    "ChargeCommitter",
+    "LoopCommitter",
+    "charges_committed",
+    "committer",
+    "loop_committer",
+    "write_batch",
+]

@@ -88,6 +88,12 @@ class KeysTaken(Exception):
         self.taken = taken
 
 
+class NotWritten(Exception):
+    """The connection failed before the batch's writes were sent (a connection that died
+    while idle, a database that restarted): nothing was written, so the batch may be sent
+    again on a new connection."""
+
+
 @dataclass
 class _WalletState:
     account_id: str
@@ -439,39 +445,105 @@ def write_pipelined(
     here): two round trips, the second ending in COMMIT. None, with nothing written, when a
     wallet crosses its auto-funding threshold (the caller writes that batch with `write`,
     which also announces the crossing). Raises KeysTaken, with nothing written, when a key
-    is already stored."""
+    is already stored: found by the first round trip's probe, or (a key stored by another
+    transaction meanwhile) by the second's INSERT."""
     _check_keys_unique(charges)
     try:
         with connection.pipeline():
-            cursor = connection.execute(_LOCK_PG, (sorted({c.account_id for c in charges}),))
-            wallets = {
-                row[0]: _WalletState(
-                    account_id=row[0],
-                    currency=row[1],
-                    buckets={"subscription": row[2], "promotional": row[3], "purchased": row[4]},
-                    taken=dict.fromkeys(BUCKETS, 0),
-                    auto_funding_enabled=bool(row[5]),
-                    armed=bool(row[6]),
-                    threshold=row[7],
-                )
-                for row in cursor.fetchall()
-            }
-            plan = _plan(charges, wallets)
-            if plan.low_balance:
+            try:
+                wallets = connection.execute(_LOCK_PG, _lock_parameters(charges))
+                stored = connection.execute(_TAKEN_PG, _taken_parameters(charges))
+                wallet_rows, stored_rows = wallets.fetchall(), stored.fetchall()
+            except psycopg.OperationalError as exc:
+                raise NotWritten(exc) from exc
+            plan = _plan(charges, _wallet_states(wallet_rows))
+            taken = {(row[0], row[1]) for row in stored_rows}
+            if plan.low_balance or taken:
                 connection.rollback()
-                return None
-            connection.execute(_WRITE_PG, _write_parameters(charges, plan, policy))
-            connection.commit()
+            else:
+                connection.execute(_WRITE_PG, _write_parameters(charges, plan, policy))
+                connection.commit()
     except psycopg.errors.UniqueViolation as exc:
         connection.rollback()
         if exc.diag.table_name != _KEYS.name:
             raise
-        raise KeysTaken(_taken_keys(connection, charges)) from None
+        stored = connection.execute(_TAKEN_PG, _taken_parameters(charges))
+        taken = {(row[0], row[1]) for row in stored.fetchall()}
+        connection.rollback()
     except BaseException:
         if not connection.closed:
             connection.rollback()
         raise
-    return plan.answers
+    return _written(plan, taken)
+
+
+async def write_pipelined_async(
+    connection: psycopg.AsyncConnection[Any],
+    charges: Sequence[Charge],
+    policy: idempotency.KeyPolicy,
+) -> list[Answer] | None:
+    """`write_pipelined` for an event loop (the same statements, the same outcomes)."""
+    _check_keys_unique(charges)
+    try:
+        async with connection.pipeline():
+            try:
+                wallets = await connection.execute(_LOCK_PG, _lock_parameters(charges))
+                stored = await connection.execute(_TAKEN_PG, _taken_parameters(charges))
+                wallet_rows, stored_rows = await wallets.fetchall(), await stored.fetchall()
+            except psycopg.OperationalError as exc:
+                raise NotWritten(exc) from exc
+            plan = _plan(charges, _wallet_states(wallet_rows))
+            taken = {(row[0], row[1]) for row in stored_rows}
+            if plan.low_balance or taken:
+                await connection.rollback()
+            else:
+                await connection.execute(_WRITE_PG, _write_parameters(charges, plan, policy))
+                await connection.commit()
+    except psycopg.errors.UniqueViolation as exc:
+        await connection.rollback()
+        if exc.diag.table_name != _KEYS.name:
+            raise
+        stored = await connection.execute(_TAKEN_PG, _taken_parameters(charges))
+        taken = {(row[0], row[1]) for row in await stored.fetchall()}
+        await connection.rollback()
+    except BaseException:
+        if not connection.closed:
+            await connection.rollback()
+        raise
+    return _written(plan, taken)
+
+
+def _written(plan: _Plan, taken: set[tuple[str, str]]) -> list[Answer] | None:
+    """The answers of a committed batch; or KeysTaken, or None for a threshold crossing
+    (rolled back)."""
+    if taken:
+        raise KeysTaken(taken)
+    return None if plan.low_balance else plan.answers
+
+
+def _lock_parameters(charges: Sequence[Charge]) -> tuple[list[str]]:
+    return (sorted({c.account_id for c in charges}),)
+
+
+def _wallet_states(rows: Sequence[Any]) -> dict[str, _WalletState]:
+    """`_LOCK_PG`'s rows as the wallets' state."""
+    return {
+        row[0]: _WalletState(
+            account_id=row[0],
+            currency=row[1],
+            buckets={"subscription": row[2], "promotional": row[3], "purchased": row[4]},
+            taken=dict.fromkeys(BUCKETS, 0),
+            auto_funding_enabled=bool(row[5]),
+            armed=bool(row[6]),
+            threshold=row[7],
+        )
+        for row in rows
+    }
+
+
+def _taken_parameters(charges: Sequence[Charge]) -> tuple[list[str], list[str]]:
+    keyed = [(c.scope, c.key) for c in charges if c.key is not None]
+    return [scope for scope, _ in keyed], [key for _, key in keyed]
 
 
 def _write_parameters(
@@ -509,17 +581,6 @@ def _write_parameters(
         "w_armed": [w.armed for w in wallets],
         "w_updated": [w.updated_at for w in wallets],
     }
-
-
-def _taken_keys(
-    connection: psycopg.Connection[Any], charges: Sequence[Charge]
-) -> set[tuple[str, str]]:
-    keyed = [(c.scope, c.key) for c in charges if c.key is not None]
-    rows = connection.execute(
-        _TAKEN_PG, ([scope for scope, _ in keyed], [key for _, key in keyed])
-    ).fetchall()
-    connection.rollback()
-    return {(row[0], row[1]) for row in rows}
 
 
 def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
@@ -563,4 +624,13 @@ def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
         raise AssertionError("a locked wallet changed under the batch")
 
 
-__all__ = ["KIND", "Answer", "Charge", "KeysTaken", "write", "write_pipelined"]
+__all__ = [
+    "KIND",
+    "Answer",
+    "Charge",
+    "KeysTaken",
+    "NotWritten",
+    "write",
+    "write_pipelined",
+    "write_pipelined_async",
+]

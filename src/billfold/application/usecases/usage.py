@@ -74,7 +74,11 @@ async def charge_usage_async(app: Services, *, call: Call, body: UsageChargeRequ
     if not _group_committed(app):
         # Written in a worker thread, which keeps the account's clock (a context variable).
         return await anyio.to_thread.run_sync(partial(charge_usage, app, call=call, body=body))
-    answer = await asyncio.wrap_future(charging.committer(app).enqueue(_charge(body, call)))
+    charge = _charge(body, call)
+    if app.database.is_sqlite:  # no driver for the loop: the process's committer thread
+        answer = await asyncio.wrap_future(charging.committer(app).enqueue(charge))
+    else:
+        answer = await charging.loop_committer(app).charge(charge)
     if answer is not None:
         return Reply(answer.status_code, answer.body)
     careful = for_operator(app, call)
