@@ -817,7 +817,11 @@ def bench_sqlite(
     if "e" not in args.scenarios:
         return
     url = f"sqlite:///{workdir / 'bench.db'}"
-    server = WrkServer(url, workdir, "sqlite", WORKING_TREE, options)
+    # One API process, as `billfold serve` runs on SQLite by default (one writer at a time).
+    single = list(options)
+    if "--workers" in single:
+        single[single.index("--workers") + 1] = "1"
+    server = WrkServer(url, workdir, "sqlite", WORKING_TREE, single)
     with started(server, servers):
         runner = Runner(server, args, run_tag)
         try:

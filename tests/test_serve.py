@@ -236,3 +236,13 @@ def test_a_job_worker_goes_when_serve_is_killed(tmp_path: Path) -> None:
         while alive(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(worker)
+
+
+def test_on_sqlite_serve_runs_one_api_process_unless_told_otherwise(tmp_path: Path) -> None:
+    """SQLite has one writer at a time: more processes would only queue for it (through
+    its sleeping busy handler), so the default is the one process serve itself runs."""
+    with serving(tmp_path, "--no-worker") as served:
+        assert not _api_processes(served.descendants())
+        assert "1 API, 0 job worker(s)" in served.log.read_text()
+        assert requests.get(f"{served.api.base_url}/healthz", timeout=10).status_code == 200
+        stop(served)

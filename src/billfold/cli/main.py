@@ -79,7 +79,9 @@ def serve(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", min=1, help="API server processes (default: the number of CPU cores)"
+            "--workers",
+            min=1,
+            help="API server processes (default: the number of CPU cores; 1 on SQLite)",
         ),
     ] = None,
     job_workers: Annotated[
@@ -106,9 +108,14 @@ def serve(
     from billfold.migrate import upgrade
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    api_processes = workers or os.cpu_count() or 1
     job_processes = job_workers if worker else 0
     settings = get_settings()
+    # SQLite has one writer at a time, and processes queue for it through its busy handler,
+    # which sleeps and retries: measured at 8 clients, 2 processes answered about 750
+    # charges/s with a p99 of 0.6-2 s, 1 process about 1,050/s with a p99 of 15 ms (its
+    # one committer serialises the writes; WAL readers run beside it).
+    sqlite = settings.database_url.startswith("sqlite")
+    api_processes = workers or (1 if sqlite else os.cpu_count() or 1)
     if (
         not settings.public_url
         or settings.public_url == Settings.model_fields["public_url"].default
