@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     # Usage charges arriving together share one transaction (application/charging.py);
     # false writes each in its request's own transaction.
     usage_group_commit: bool = True
-    # Committer threads per process on PostgreSQL (batches written at once; SQLite: one).
+    # Threads of the committer for synchronous callers on PostgreSQL (SQLite: one). The
+    # HTTP API commits on its event loop instead, one committer task per API process.
     # One measured best for a hot wallet (bigger batches, one lock holder at a time).
     usage_committers: int = Field(default=1, ge=1, le=16)
     # Well-formed usage charges answered by a pure ASGI middleware, without the router
