@@ -30,7 +30,7 @@ PGBENCH_TPS = 4157.3
 # one small write transaction with its commit fsync.
 COMMIT_MS = 0.93
 # Measured, docs/BENCHMARKS.md ("Usage charges under wrk"): API CPU per usage charge (ms)
-# with the fast lane, the event-loop committer and the two-round-trip writer (measured at
+# with the fast lane, the event-loop committer and the pipelined writer (measured at
 # 7b08a70; 0.9 at aa1529c, 3.7 before issue 13).
 API_CPU_MS_PER_CHARGE = 0.43
 

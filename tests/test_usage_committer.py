@@ -45,36 +45,51 @@ def _charge(account_id: str, key: str | None, amount: int = 1) -> usage.Charge:
     )
 
 
-def _hold_key_uncommitted(dsn: str, key: str, ready: threading.Event, go: threading.Event) -> None:
-    """Another transaction stores `key`, waits for `go`, then commits."""
-    with psycopg.connect(dsn) as other:
-        other.execute(
-            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, created_at,"
-            " locked_at, expires_at) VALUES ('operator', %s, 'other', 'in_progress',"
-            " now(), now(), now() + interval '1 day')",
-            (key,),
-        )
-        ready.set()
-        go.wait(10)
-        other.commit()
+class _KeyHolder(threading.Thread):
+    """Another transaction stores `key`, waits until a writer's INSERT of the same key is
+    blocked on it (seen in pg_stat_activity), then commits."""
+
+    def __init__(self, dsn: str, key: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.key = dsn, key
+        self.ready = threading.Event()
+        self.saw_the_insert_wait = False
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn) as other, psycopg.connect(self.dsn) as watch:
+            watch.autocommit = True
+            other.execute(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, status, created_at,"
+                " locked_at, expires_at) VALUES ('operator', %s, 'other', 'in_progress',"
+                " now(), now(), now() + interval '1 day')",
+                (self.key,),
+            )
+            self.ready.set()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not self.saw_the_insert_wait:
+                waiting = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE %s",
+                    ("%INSERT INTO idempotency_keys%",),
+                ).fetchone()
+                self.saw_the_insert_wait = bool(waiting and waiting[0])
+                time.sleep(0.02)
+            other.commit()
 
 
 def _race(services: Services, write: Callable[[list[usage.Charge]], Any], api: Api) -> None:
     agent = api.new_agent()
     agent.fund(10)
     key = f"race-{uuid.uuid4()}"
-    ready, go = threading.Event(), threading.Event()
-    holder = threading.Thread(
-        target=_hold_key_uncommitted, args=(services.database.driver_url, key, ready, go)
-    )
+    holder = _KeyHolder(services.database.driver_url, key)
     holder.start()
-    assert ready.wait(10)
+    assert holder.ready.wait(10)
     # The probe cannot see the other transaction's key; the INSERT waits for it, then
     # fails when it commits: the batch reports the key taken and writes nothing.
-    threading.Timer(0.3, go.set).start()
     with pytest.raises(usage.KeysTaken) as taken:
         write([_charge(agent.account_id, key), _charge(agent.account_id, None)])
     holder.join(10)
+    assert holder.saw_the_insert_wait  # the INSERT's clash, not the probe, found it
     assert taken.value.taken == {("operator", key)}
     assert agent.balance() == 10
     # The same batch without that key goes through.
@@ -139,4 +154,73 @@ def test_a_committer_whose_connection_died_reconnects_without_failing_a_charge(
     assert statuses == [201, 201, 201]
     assert agent.balance() == 6
     assert decimal_json(first)["data"]["balance_after"] == 9
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_a_batch_whose_wallet_update_misses_a_wallet_is_rolled_back_whole(
+    api: Api, pg_services: Services
+) -> None:
+    """The write statement counts the wallets it updated: one fewer than planned (a state
+    the lock should make impossible) fails it, and no ledger row or key stays behind."""
+    agent = api.new_agent()
+    agent.fund(10)
+    key = f"guard-{uuid.uuid4()}"
+    charges = [_charge(agent.account_id, key)]
+    with pg_services.database.driver_connection() as connection:
+        rows = connection.execute(usage._LOCK_PG, usage._lock_parameters(charges)).fetchall()
+        plan = usage._plan(charges, usage._wallet_states(rows))
+        parameters = usage._write_parameters(charges, plan, pg_services.key_policy)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            connection.execute(usage._WRITE_PG, {**parameters, "w_count": 2})
+        connection.rollback()
+        stored = connection.execute(
+            "SELECT count(*) FROM idempotency_keys WHERE key = %s", (key,)
+        ).fetchone()
+        connection.rollback()
+    assert stored == (0,)
+    assert agent.balance() == 10
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_only_a_committed_batch_is_answered() -> None:
+    """A clash on a key that is gone by the time it is looked for: everything was rolled
+    back, so the batch is to be sent again, never answered as if written."""
+    answer = usage.Answer(201, b"{}")
+    plan = usage._Plan([answer], [], [], [], {})
+    assert usage._outcome(plan, set(), committed=True) == [answer]
+    with pytest.raises(usage.KeysTaken):
+        usage._outcome(plan, {("operator", "k")}, committed=False)
+    with pytest.raises(usage.NotWritten):
+        usage._outcome(plan, set(), committed=False)
+    crossing = usage._Plan([answer], [], [], [], {"acct": (1, 2)})
+    assert usage._outcome(crossing, set(), committed=False) is None
+
+
+def test_a_stopped_committer_fails_its_waiting_charges_and_is_replaced(
+    api: Api, pg_services: Services
+) -> None:
+    agent = api.new_agent()
+    agent.fund(10)
+
+    async def scenario() -> tuple[list[BaseException | None], int]:
+        first = charging.loop_committer(pg_services)
+        waiting = [
+            asyncio.ensure_future(first.charge(_charge(agent.account_id, None))) for _ in range(3)
+        ]
+        first._task.cancel()  # as a bug or the loop's shutdown would end it
+        _, pending = await asyncio.wait(waiting, timeout=10)
+        assert not pending  # nobody waits forever
+        assert not first.running
+        with pytest.raises(RuntimeError):
+            await first.charge(_charge(agent.account_id, None))
+        second = charging.loop_committer(pg_services)
+        assert second is not first and second.running
+        answer = await second.charge(_charge(agent.account_id, None))
+        assert answer is not None
+        return [w.exception() for w in waiting], answer.status_code
+
+    errors, status = asyncio.run(scenario())
+    assert status == 201
+    assert all(isinstance(e, RuntimeError) for e in errors)
+    assert agent.balance() == 9  # the failed ones wrote nothing
     assert api.ledger_check(agent.account_id)["consistent"] is True

@@ -35,6 +35,16 @@ from billfold.wallet import usage
 MAX_BATCH = 512
 LOOP_IDLE_CLOSE_SECONDS = 10.0  # an idle loop committer closes its connection
 COMMITTER_NAME = "billfold-usage-committer"  # its connections' application_name
+# A loop committer's connection: named (pg_stat_activity), a bounded connect, and TCP
+# keepalives so a half-open connection is found dead instead of waited on.
+COMMITTER_CONNECTION: dict[str, Any] = {
+    "application_name": COMMITTER_NAME,
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 _Pending = tuple[usage.Charge, "Future[usage.Answer | None]"]
 
@@ -118,46 +128,61 @@ class LoopCommitter:
     async def charge(self, charge: usage.Charge) -> usage.Answer | None:
         """Charge it in the next batch; the answer once that batch committed (None: its
         key was already stored, the caller takes the careful path)."""
+        if not self.running:
+            raise RuntimeError("the usage committer stopped")
         future: asyncio.Future[usage.Answer | None] = self.loop.create_future()
         self._pending.append((charge, future))
         self._wake.set()
         return await future
 
     async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                self._wake.clear()
+        batch: list[tuple[usage.Charge, asyncio.Future[usage.Answer | None]]] = []
+        try:
+            while True:
+                if not self._pending:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), LOOP_IDLE_CLOSE_SECONDS)
+                    except TimeoutError:
+                        await self._close()  # idle: no connection held
+                        await self._wake.wait()
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
                 try:
-                    await asyncio.wait_for(self._wake.wait(), LOOP_IDLE_CLOSE_SECONDS)
-                except TimeoutError:
-                    await self._close()  # idle: no connection held
-                    await self._wake.wait()
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
-            try:
-                answers = await self._write([charge for charge, _ in batch])
-            except Exception as exc:  # every waiting request gets the failure
-                await self._close()
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.batches += 1
-            self.charges += len(batch)
-            for (_, future), answer in zip(batch, answers, strict=True):
-                if not future.done():  # not if its request was cancelled meanwhile
-                    future.set_result(answer)
+                    answers = await self._write([charge for charge, _ in batch])
+                except Exception as exc:  # every waiting request gets the failure
+                    await self._close()
+                    _fail(batch, exc)
+                    continue
+                self.batches += 1
+                self.charges += len(batch)
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():  # not if its request was cancelled meanwhile
+                        future.set_result(answer)
+                batch = []
+        finally:
+            # Only cancellation (the loop shutting down) or a bug ends the task: no request
+            # may wait for it forever, and `loop_committer` starts another.
+            stopped = RuntimeError("the usage committer stopped")
+            _fail(batch, stopped)
+            _fail(self._pending, stopped)
+            self._pending.clear()
+            if self._connection is not None and not self._connection.closed:
+                await self._connection.close()
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done()
 
     async def _write(self, charges: list[usage.Charge]) -> list[usage.Answer | None]:
         answers: list[usage.Answer | None] = [None] * len(charges)
         todo = _firsts_of_keys(charges)
-        reconnected = False
+        attempts = 0  # sent again, nothing written (a dead connection, a vanished key)
         while todo:
             if self._connection is None or self._connection.closed:
                 self._connection = await psycopg.AsyncConnection.connect(
-                    self.services.database.driver_url, application_name=COMMITTER_NAME
+                    self.services.database.driver_url, **COMMITTER_CONNECTION
                 )
-                reconnected = True
             try:
                 written = await usage.write_pipelined_async(
                     self._connection, [charges[i] for i in todo], self.services.key_policy
@@ -167,7 +192,8 @@ class LoopCommitter:
                 continue
             except usage.NotWritten:
                 await self._close()
-                if reconnected:  # a new connection failed too: the database is down
+                attempts += 1
+                if attempts > 1:  # a new connection failed too: the database is down
                     raise
                 continue
             if written is None:  # a wallet crosses its auto-funding threshold: announce it
@@ -188,7 +214,7 @@ def loop_committer(app: Services) -> LoopCommitter:
     loop = asyncio.get_running_loop()
     key = (id(app), id(loop))
     found = _loop_committers.get(key)
-    if found is None or found.services is not app or found.loop is not loop:
+    if found is None or found.services is not app or found.loop is not loop or not found.running:
         # Committers of loops that are gone: their connections close with them.
         for stale in [k for k, c in _loop_committers.items() if c.loop.is_closed()]:
             del _loop_committers[stale]
@@ -205,6 +231,12 @@ def charges_committed(app: Services) -> int:
     threaded = found.charges if found is not None and found.services is app else 0
     looped = [c.charges for c in list(_loop_committers.values()) if c.services is app]
     return threaded + sum(looped)
+
+
+def _fail(batch: list[tuple[usage.Charge, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _firsts_of_keys(charges: Sequence[usage.Charge]) -> list[int]:
@@ -248,8 +280,14 @@ def write_batch(app: Services, charges: Sequence[usage.Charge]) -> list[usage.An
 def _write(app: Services, charges: list[usage.Charge]) -> list[usage.Answer]:
     written = None
     if not app.database.is_sqlite:
-        with app.database.driver_connection() as connection:
-            written = usage.write_pipelined(connection, charges, app.key_policy)
+        try:
+            with app.database.driver_connection() as connection:
+                written = usage.write_pipelined(connection, charges, app.key_policy)
+        except usage.NotWritten:
+            # Nothing was written (a pooled connection that had died, a vanished key):
+            # once more, on a connection the pool checks first.
+            with app.database.driver_connection() as connection:
+                written = usage.write_pipelined(connection, charges, app.key_policy)
     if written is None:  # SQLite, or a wallet crossing its auto-funding threshold
         with app.database.transaction() as session:
             written = usage.write(session, charges, app.key_policy)

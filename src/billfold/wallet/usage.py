@@ -15,6 +15,7 @@ raise `KeysTaken`: the caller rolls back and sends those charges the careful way
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +44,8 @@ from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wa
 from billfold.money import from_micros
 from billfold.wallet import auto_funding
 from billfold.wallet.schemas import UsageChargeOut
+
+log = logging.getLogger(__name__)
 
 _WALLETS = cast(Table, Wallet.__table__)
 _TRANSACTIONS = cast(Table, LedgerTransaction.__table__)
@@ -367,14 +370,15 @@ def _store_keys_postgresql(session: Session, rows: list[dict[str, Any]]) -> set[
     return {(row.scope, row.key) for row in result}
 
 
-# --- PostgreSQL: the same batch in two round trips ---------------------------------------
+# --- PostgreSQL: the same batch, the wallets locked for one exchange -----------------------
 #
 # `write` costs a round trip per statement and SQLAlchemy's work on each; on PostgreSQL the
-# committer sends the batch through psycopg's pipeline instead: BEGIN with the wallets'
-# lock (one round trip, the rows are needed to split the charges), then the keys, the
-# ledger rows, the wallets' UPDATE and COMMIT together (the second). Every statement is
-# short and the same whatever the batch's size (rows go as arrays), so psycopg prepares it
-# once per connection.
+# committer sends the batch through psycopg's pipeline instead: the wallets' lock and the
+# probe of the stored keys in one exchange (the rows are needed to split the charges), then
+# the write statement and COMMIT in the next. psycopg adds an exchange of its own before
+# (BEGIN) and after (the pipeline's closing sync), neither while the wallets are locked.
+# Every statement is short and the same whatever the batch's size (rows go as arrays), so
+# psycopg prepares it once per connection.
 
 _LOCK_PG = """
     SELECT account_id, currency, subscription_micros, promotional_micros, purchased_micros,
@@ -415,19 +419,24 @@ _WRITE_PG = """
         SELECT u.* FROM unnest(%(p_transaction)s::varchar[], %(p_account)s::varchar[],
                                %(p_ledger)s::varchar[], %(p_amount)s::bigint[])
             AS u(transaction_id, account_id, ledger_account, amount_micros)
+    ), debited AS (
+        UPDATE wallets AS w SET
+            subscription_micros = w.subscription_micros - u.subscription,
+            promotional_micros = w.promotional_micros - u.promotional,
+            purchased_micros = w.purchased_micros - u.purchased,
+            balance_micros = w.balance_micros - u.subscription - u.promotional - u.purchased,
+            auto_funding_armed = u.armed,
+            updated_at = u.updated_at
+        FROM unnest(%(w_account)s::varchar[], %(w_subscription)s::bigint[],
+                    %(w_promotional)s::bigint[], %(w_purchased)s::bigint[],
+                    %(w_armed)s::boolean[], %(w_updated)s::timestamptz[])
+            AS u(account_id, subscription, promotional, purchased, armed, updated_at)
+        WHERE w.account_id = u.account_id
+        RETURNING 1
     )
-    UPDATE wallets AS w SET
-        subscription_micros = w.subscription_micros - u.subscription,
-        promotional_micros = w.promotional_micros - u.promotional,
-        purchased_micros = w.purchased_micros - u.purchased,
-        balance_micros = w.balance_micros - u.subscription - u.promotional - u.purchased,
-        auto_funding_armed = u.armed,
-        updated_at = u.updated_at
-    FROM unnest(%(w_account)s::varchar[], %(w_subscription)s::bigint[],
-                %(w_promotional)s::bigint[], %(w_purchased)s::bigint[], %(w_armed)s::boolean[],
-                %(w_updated)s::timestamptz[])
-        AS u(account_id, subscription, promotional, purchased, armed, updated_at)
-    WHERE w.account_id = u.account_id
+    -- Every wallet the plan debited was updated, or the statement fails (division by
+    -- zero) and the transaction with it: no ledger rows without their wallet's change.
+    SELECT 1 / (CASE WHEN (SELECT count(*) FROM debited) = %(w_count)s THEN 1 ELSE 0 END)
 """
 _TAKEN_PG = """
     SELECT k.scope, k.key FROM idempotency_keys AS k
@@ -442,12 +451,19 @@ def write_pipelined(
     policy: idempotency.KeyPolicy,
 ) -> list[Answer] | None:
     """`write` on PostgreSQL over a psycopg connection in its own transaction (committed
-    here): two round trips, the second ending in COMMIT. None, with nothing written, when a
-    wallet crosses its auto-funding threshold (the caller writes that batch with `write`,
-    which also announces the crossing). Raises KeysTaken, with nothing written, when a key
-    is already stored: found by the first round trip's probe, or (a key stored by another
-    transaction meanwhile) by the second's INSERT."""
+    here), through psycopg's pipeline. The wallets are locked for one exchange with the
+    server and the commit: BEGIN, then the lock and the probe of the stored keys, then the
+    writes and COMMIT (with psycopg's own syncs, four exchanges in all).
+
+    None, with nothing written, when a wallet crosses its auto-funding threshold (the
+    caller writes that batch with `write`, which also announces the crossing). KeysTaken,
+    with nothing written, when a key is already stored: found by the probe, or (a key
+    stored by another transaction meanwhile) by the INSERT. NotWritten when the batch
+    surely wrote nothing and may be sent again (see `_outcome`)."""
     _check_keys_unique(charges)
+    plan: _Plan | None = None
+    taken: set[tuple[str, str]] = set()
+    committed = False
     try:
         with connection.pipeline():
             try:
@@ -455,7 +471,7 @@ def write_pipelined(
                 stored = connection.execute(_TAKEN_PG, _taken_parameters(charges))
                 wallet_rows, stored_rows = wallets.fetchall(), stored.fetchall()
             except psycopg.OperationalError as exc:
-                raise NotWritten(exc) from exc
+                raise _lost(connection, exc) from exc
             plan = _plan(charges, _wallet_states(wallet_rows))
             taken = {(row[0], row[1]) for row in stored_rows}
             if plan.low_balance or taken:
@@ -463,6 +479,7 @@ def write_pipelined(
             else:
                 connection.execute(_WRITE_PG, _write_parameters(charges, plan, policy))
                 connection.commit()
+                committed = True
     except psycopg.errors.UniqueViolation as exc:
         connection.rollback()
         if exc.diag.table_name != _KEYS.name:
@@ -470,11 +487,13 @@ def write_pipelined(
         stored = connection.execute(_TAKEN_PG, _taken_parameters(charges))
         taken = {(row[0], row[1]) for row in stored.fetchall()}
         connection.rollback()
-    except BaseException:
-        if not connection.closed:
-            connection.rollback()
-        raise
-    return _written(plan, taken)
+    except BaseException as exc:
+        if not (committed and isinstance(exc, Exception)):
+            if not connection.closed:
+                connection.rollback()
+            raise
+        _log_after_commit(exc)
+    return _outcome(plan, taken, committed)
 
 
 async def write_pipelined_async(
@@ -484,6 +503,9 @@ async def write_pipelined_async(
 ) -> list[Answer] | None:
     """`write_pipelined` for an event loop (the same statements, the same outcomes)."""
     _check_keys_unique(charges)
+    plan: _Plan | None = None
+    taken: set[tuple[str, str]] = set()
+    committed = False
     try:
         async with connection.pipeline():
             try:
@@ -491,7 +513,7 @@ async def write_pipelined_async(
                 stored = await connection.execute(_TAKEN_PG, _taken_parameters(charges))
                 wallet_rows, stored_rows = await wallets.fetchall(), await stored.fetchall()
             except psycopg.OperationalError as exc:
-                raise NotWritten(exc) from exc
+                raise _lost(connection, exc) from exc
             plan = _plan(charges, _wallet_states(wallet_rows))
             taken = {(row[0], row[1]) for row in stored_rows}
             if plan.low_balance or taken:
@@ -499,6 +521,7 @@ async def write_pipelined_async(
             else:
                 await connection.execute(_WRITE_PG, _write_parameters(charges, plan, policy))
                 await connection.commit()
+                committed = True
     except psycopg.errors.UniqueViolation as exc:
         await connection.rollback()
         if exc.diag.table_name != _KEYS.name:
@@ -506,19 +529,47 @@ async def write_pipelined_async(
         stored = await connection.execute(_TAKEN_PG, _taken_parameters(charges))
         taken = {(row[0], row[1]) for row in await stored.fetchall()}
         await connection.rollback()
-    except BaseException:
-        if not connection.closed:
-            await connection.rollback()
-        raise
-    return _written(plan, taken)
+    except BaseException as exc:
+        if not (committed and isinstance(exc, Exception)):
+            if not connection.closed:
+                await connection.rollback()
+            raise
+        _log_after_commit(exc)
+    return _outcome(plan, taken, committed)
 
 
-def _written(plan: _Plan, taken: set[tuple[str, str]]) -> list[Answer] | None:
-    """The answers of a committed batch; or KeysTaken, or None for a threshold crossing
-    (rolled back)."""
+def _lost(
+    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+    exc: psycopg.OperationalError,
+) -> Exception:
+    """An error before any write was sent: NotWritten if the connection is gone (the batch
+    may go again on a new one), the error itself otherwise (a timeout, a deadlock)."""
+    if connection.closed or connection.broken:
+        return NotWritten(exc)
+    return exc
+
+
+def _log_after_commit(exc: Exception) -> None:
+    # COMMIT answered, so the batch is durable and its answers stand: failing them now
+    # would make an unkeyed client's retry a second charge.
+    log.warning("usage batch committed; an error followed its commit", exc_info=exc)
+
+
+def _outcome(
+    plan: _Plan | None, taken: set[tuple[str, str]], committed: bool
+) -> list[Answer] | None:
+    """What a pipelined write answers: the answers only if COMMIT answered; KeysTaken for
+    stored keys; None for a threshold crossing; and NotWritten when a key's INSERT clashed
+    but no key is found stored any more (removed meanwhile): all was rolled back, so the
+    batch may simply go again. Never the answers of a batch that was not committed."""
+    if committed:
+        assert plan is not None
+        return plan.answers
     if taken:
         raise KeysTaken(taken)
-    return None if plan.low_balance else plan.answers
+    if plan is not None and plan.low_balance:
+        return None
+    raise NotWritten("the batch was rolled back: a key it stored clashed, then was gone")
 
 
 def _lock_parameters(charges: Sequence[Charge]) -> tuple[list[str]]:
@@ -580,6 +631,7 @@ def _write_parameters(
         "w_purchased": [w.taken["purchased"] for w in wallets],
         "w_armed": [w.armed for w in wallets],
         "w_updated": [w.updated_at for w in wallets],
+        "w_count": len(wallets),
     }
 
 
