@@ -111,6 +111,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("processor_name", wanted, indirect=True, scope="session")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `postgres` runs on PostgreSQL only (what it tests exists only there):
+    its SQLite instances are deselected, not skipped."""
+    sqlite_only_instances = [
+        item
+        for item in items
+        if item.get_closest_marker("postgres") is not None
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("database_url") == "sqlite"
+    ]
+    if sqlite_only_instances:
+        config.hook.pytest_deselected(items=sqlite_only_instances)
+        dropped = set(map(id, sqlite_only_instances))
+        items[:] = [item for item in items if id(item) not in dropped]
+
+
 @pytest.fixture(scope="session")
 def processor_name(request: pytest.FixtureRequest) -> str:
     """The processor the live server runs ("sandbox" unless parametrized, see above)."""

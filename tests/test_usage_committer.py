@@ -2,7 +2,7 @@
 transaction while a batch is on its way, and a committer whose connection died.
 
 PostgreSQL only: the pipelined writer and the event-loop committer exist only there (the
-SQLite cases skip, saying so; nothing is missing).
+`postgres` marker deselects the SQLite instances).
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from billfold.services import Services
 from billfold.wallet import usage
 from tests.helpers import Api, decimal_json
 
+# The SQLite instances of these tests are deselected (tests/conftest.py).
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture
 def pg_services(services: Services, backend: str) -> Services:
-    if backend != "postgresql":
-        pytest.skip("the pipelined writer and the loop committer are PostgreSQL's")
+    assert backend == "postgresql"
     return services
 
 
