@@ -167,8 +167,7 @@ class LoopCommitter:
             _fail(batch, stopped)
             _fail(self._pending, stopped)
             self._pending.clear()
-            if self._connection is not None and not self._connection.closed:
-                await self._connection.close()
+            await self._close()
 
     @property
     def running(self) -> bool:

@@ -131,22 +131,7 @@ def _lock(session: Session, account_ids: list[str]) -> dict[str, _WalletState]:
         .order_by(w.account_id)
         .with_for_update()
     ).all()
-    return {
-        row.account_id: _WalletState(
-            account_id=row.account_id,
-            currency=row.currency,
-            buckets={
-                "subscription": row.subscription_micros,
-                "promotional": row.promotional_micros,
-                "purchased": row.purchased_micros,
-            },
-            taken=dict.fromkeys(BUCKETS, 0),
-            auto_funding_enabled=bool(row.auto_funding_enabled),
-            armed=bool(row.auto_funding_armed),
-            threshold=row.charge_threshold_micros,
-        )
-        for row in rows
-    }
+    return _wallet_states(rows)
 
 
 def _refusal(exc: BillfoldError, charge: Charge) -> Answer:
@@ -271,7 +256,7 @@ def write(
     _check_keys_unique(charges)
     wallets = _lock(session, sorted({c.account_id for c in charges}))
     plan = _plan(charges, wallets)
-    _store_keys(session, _key_rows(charges, plan.answers, policy))
+    _store_keys(session, _key_rows(charges, plan.answers, policy, wall_now()))
     if plan.transactions:
         session.execute(insert(_TRANSACTIONS), plan.transactions)
         session.execute(insert(_POSTINGS), plan.postings)
@@ -288,11 +273,13 @@ def write(
 
 
 def _key_rows(
-    charges: Sequence[Charge], answers: list[Answer], policy: idempotency.KeyPolicy
+    charges: Sequence[Charge],
+    answers: list[Answer],
+    policy: idempotency.KeyPolicy,
+    current: datetime,
 ) -> list[dict[str, Any]]:
-    """Each keyed charge's stored answer (completed), in key order: two batches storing
-    the same keys wait for each other in one order."""
-    current = wall_now()
+    """Each keyed charge's stored answer (completed, stored at `current`), in key order:
+    two batches storing the same keys wait for each other in one order."""
     rows = [
         {
             "scope": charge.scope,
@@ -577,7 +564,7 @@ def _lock_parameters(charges: Sequence[Charge]) -> tuple[list[str]]:
 
 
 def _wallet_states(rows: Sequence[Any]) -> dict[str, _WalletState]:
-    """`_LOCK_PG`'s rows as the wallets' state."""
+    """The locked wallets' rows (`_lock`'s or `_LOCK_PG`'s columns) as their state."""
     return {
         row[0]: _WalletState(
             account_id=row[0],
@@ -601,9 +588,9 @@ def _write_parameters(
     charges: Sequence[Charge], plan: _Plan, policy: idempotency.KeyPolicy
 ) -> dict[str, Any]:
     """`_WRITE_PG`'s arrays: a column each."""
-    keys = _key_rows(charges, plan.answers, policy)
-    transactions, postings, wallets = plan.transactions, plan.postings, plan.debited
     current = wall_now()
+    keys = _key_rows(charges, plan.answers, policy, current)
+    transactions, postings, wallets = plan.transactions, plan.postings, plan.debited
     return {
         "now": current,
         "expires": current + policy.ttl,
