@@ -110,12 +110,6 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     job_processes = job_workers if worker else 0
     settings = get_settings()
-    # SQLite has one writer at a time, and processes queue for it through its busy handler,
-    # which sleeps and retries: measured at 8 clients, 2 processes answered about 750
-    # charges/s with a p99 of 0.6-2 s, 1 process about 1,050/s with a p99 of 15 ms (its
-    # one committer serialises the writes; WAL readers run beside it).
-    sqlite = settings.database_url.startswith("sqlite")
-    api_processes = workers or (1 if sqlite else os.cpu_count() or 1)
     if (
         not settings.public_url
         or settings.public_url == Settings.model_fields["public_url"].default
@@ -129,6 +123,11 @@ def serve(
     os.environ["BILLFOLD_PUBLIC_URL"] = settings.public_url
     os.environ["BILLFOLD_ADMIN_KEY"] = admin_key.key
     services = build_services(settings, admin_key.key)
+    # SQLite has one writer at a time, and processes queue for it through its busy handler,
+    # which sleeps and retries: measured at 8 clients, 2 processes answered about 750
+    # charges/s with a p99 of 0.6-2 s, 1 process about 1,050/s with a p99 of 15 ms (its
+    # one committer serialises the writes; WAL readers run beside it).
+    api_processes = workers or (1 if services.database.is_sqlite else os.cpu_count() or 1)
     if demo is None:
         demo = services.database.is_sqlite
     lines = [
