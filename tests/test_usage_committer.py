@@ -169,11 +169,11 @@ def test_a_batch_whose_wallet_update_misses_a_wallet_is_rolled_back_whole(
     key = f"guard-{uuid.uuid4()}"
     charges = [_charge(agent.account_id, key)]
     with pg_services.database.driver_connection() as connection:
-        rows = connection.execute(usage._LOCK_PG, usage._lock_parameters(charges)).fetchall()
+        rows = connection.execute(*usage._lock_statement(charges)).fetchall()
         plan = usage._plan(charges, usage._wallet_states(rows))
-        parameters = usage._write_parameters(charges, plan, pg_services.key_policy)
+        statement, parameters = usage._write_statement(charges, plan, pg_services.key_policy)
         with pytest.raises(psycopg.errors.DivisionByZero):
-            connection.execute(usage._WRITE_PG, {**parameters, "w_count": 2})
+            connection.execute(statement, {**parameters, "w_count": 2})
         connection.rollback()
         stored = connection.execute(
             "SELECT count(*) FROM idempotency_keys WHERE key = %s", (key,)
@@ -207,17 +207,17 @@ def test_a_stopped_committer_fails_its_waiting_charges_and_is_replaced(
     async def scenario() -> tuple[list[BaseException | None], int]:
         first = charging.loop_committer(pg_services)
         waiting = [
-            asyncio.ensure_future(first.charge(_charge(agent.account_id, None))) for _ in range(3)
+            asyncio.ensure_future(first.submit(_charge(agent.account_id, None))) for _ in range(3)
         ]
         first._task.cancel()  # as a bug or the loop's shutdown would end it
         _, pending = await asyncio.wait(waiting, timeout=10)
         assert not pending  # nobody waits forever
         assert not first.running
         with pytest.raises(RuntimeError):
-            await first.charge(_charge(agent.account_id, None))
+            await first.submit(_charge(agent.account_id, None))
         second = charging.loop_committer(pg_services)
         assert second is not first and second.running
-        answer = await second.charge(_charge(agent.account_id, None))
+        answer = await second.submit(_charge(agent.account_id, None))
         assert answer is not None
         return [w.exception() for w in waiting], answer.status_code
 

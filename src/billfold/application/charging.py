@@ -24,11 +24,12 @@ import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 import psycopg
 
+from billfold.clock import current_test_clock
 from billfold.services import Services
 from billfold.wallet import usage
 
@@ -120,23 +121,24 @@ class LoopCommitter:
         self.max_batch = MAX_BATCH
         self.batches = 0
         self.charges = 0
-        self._pending: list[tuple[usage.Charge, asyncio.Future[usage.Answer | None]]] = []
+        self._pending: list[tuple[usage.Op, asyncio.Future[usage.Answer | None]]] = []
         self._wake = asyncio.Event()
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._task = loop.create_task(self._run(), name="usage-committer")
 
-    async def charge(self, charge: usage.Charge) -> usage.Answer | None:
-        """Charge it in the next batch; the answer once that batch committed (None: its
-        key was already stored, the caller takes the careful path)."""
+    async def submit(self, op: usage.Op) -> usage.Answer | None:
+        """Write it (a charge, a hold, a capture) in the next batch; the answer once that
+        batch committed (None: its key was already stored, or it is a hold operation the
+        batch leaves alone: the caller takes the careful path)."""
         if not self.running:
             raise RuntimeError("the usage committer stopped")
         future: asyncio.Future[usage.Answer | None] = self.loop.create_future()
-        self._pending.append((charge, future))
+        self._pending.append((op, future))
         self._wake.set()
         return await future
 
     async def _run(self) -> None:
-        batch: list[tuple[usage.Charge, asyncio.Future[usage.Answer | None]]] = []
+        batch: list[tuple[usage.Op, asyncio.Future[usage.Answer | None]]] = []
         try:
             while True:
                 if not self._pending:
@@ -173,9 +175,9 @@ class LoopCommitter:
     def running(self) -> bool:
         return not self._task.done()
 
-    async def _write(self, charges: list[usage.Charge]) -> list[usage.Answer | None]:
-        answers: list[usage.Answer | None] = [None] * len(charges)
-        todo = _firsts_of_keys(charges)
+    async def _write(self, ops: list[usage.Op]) -> list[usage.Answer | None]:
+        answers: list[usage.Answer | None] = [None] * len(ops)
+        todo = _firsts_of_keys(ops)
         attempts = 0  # sent again, nothing written (a dead connection, a vanished key)
         while todo:
             if self._connection is None or self._connection.closed:
@@ -184,10 +186,10 @@ class LoopCommitter:
                 )
             try:
                 written = await usage.write_pipelined_async(
-                    self._connection, [charges[i] for i in todo], self.services.key_policy
+                    self._connection, [ops[i] for i in todo], self.services.key_policy
                 )
             except usage.KeysTaken as taken:
-                todo = _without_taken(charges, todo, taken)
+                todo = _without_taken(ops, todo, taken)
                 continue
             except usage.NotWritten:
                 await self._close()
@@ -195,8 +197,15 @@ class LoopCommitter:
                 if attempts > 1:  # a new connection failed too: the database is down
                     raise
                 continue
-            if written is None:  # a wallet crosses its auto-funding threshold: announce it
-                return await anyio.to_thread.run_sync(write_batch, self.services, charges)
+            if written is None:
+                # A charge's wallet crosses its auto-funding threshold: the charges go
+                # through `write_batch`, which announces it; hold operations, careful path.
+                charged = [i for i in todo if isinstance(ops[i], usage.Charge)]
+                charges = [cast(usage.Charge, ops[i]) for i in charged]
+                done = await anyio.to_thread.run_sync(write_batch, self.services, charges)
+                for i, answer in zip(charged, done, strict=True):
+                    answers[i] = answer
+                break
             for i, answer in zip(todo, written, strict=True):
                 answers[i] = answer
             break
@@ -206,6 +215,17 @@ class LoopCommitter:
         connection, self._connection = self._connection, None
         if connection is not None and not connection.closed:
             await connection.close()
+
+
+def loop_commits(app: Services) -> bool:
+    """Whether a write from an event loop goes to its loop committer: on PostgreSQL, with
+    group commit on, on real time (a test clock's writes run in the caller's thread, where
+    the account's clock is set)."""
+    return (
+        not app.database.is_sqlite
+        and app.settings.usage_group_commit
+        and current_test_clock() is None
+    )
 
 
 def loop_committer(app: Services) -> LoopCommitter:
@@ -232,13 +252,13 @@ def charges_committed(app: Services) -> int:
     return threaded + sum(looped)
 
 
-def _fail(batch: list[tuple[usage.Charge, asyncio.Future[Any]]], exc: BaseException) -> None:
+def _fail(batch: list[tuple[usage.Op, asyncio.Future[Any]]], exc: BaseException) -> None:
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)
 
 
-def _firsts_of_keys(charges: Sequence[usage.Charge]) -> list[int]:
+def _firsts_of_keys(charges: Sequence[usage.Op]) -> list[int]:
     """The charges to write: all but the in-batch twins of a keyed charge (the careful path
     replays the first)."""
     todo: list[int] = []
@@ -253,7 +273,7 @@ def _firsts_of_keys(charges: Sequence[usage.Charge]) -> list[int]:
 
 
 def _without_taken(
-    charges: Sequence[usage.Charge], todo: list[int], taken: usage.KeysTaken
+    charges: Sequence[usage.Op], todo: list[int], taken: usage.KeysTaken
 ) -> list[int]:
     return [i for i in todo if (charges[i].scope, charges[i].key or "") not in taken.taken]
 
@@ -276,8 +296,8 @@ def write_batch(app: Services, charges: Sequence[usage.Charge]) -> list[usage.An
     return answers
 
 
-def _write(app: Services, charges: list[usage.Charge]) -> list[usage.Answer]:
-    written = None
+def _write(app: Services, charges: list[usage.Charge]) -> list[usage.Answer | None]:
+    written: list[usage.Answer | None] | None = None
     if not app.database.is_sqlite:
         try:
             with app.database.driver_connection() as connection:
@@ -289,7 +309,7 @@ def _write(app: Services, charges: list[usage.Charge]) -> list[usage.Answer]:
                 written = usage.write_pipelined(connection, charges, app.key_policy)
     if written is None:  # SQLite, or a wallet crossing its auto-funding threshold
         with app.database.transaction() as session:
-            written = usage.write(session, charges, app.key_policy)
+            return list(usage.write(session, charges, app.key_policy))
     return written
 
 
@@ -316,6 +336,7 @@ __all__ = [
     "LoopCommitter",
     "charges_committed",
     "committer",
+    "loop_commits",
     "loop_committer",
     "write_batch",
 ]

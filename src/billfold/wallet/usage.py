@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import psycopg
@@ -42,8 +42,9 @@ from billfold.jsonenc import render
 from billfold.ledger import service as ledger
 from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wallet
 from billfold.money import from_micros
-from billfold.wallet import auto_funding
-from billfold.wallet.schemas import UsageChargeOut
+from billfold.wallet import auto_funding, holds
+from billfold.wallet.models import HoldStatus, UsageHold
+from billfold.wallet.schemas import UsageChargeOut, UsageHoldOut
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ _KEYS = cast(Table, IdempotencyKey.__table__)
 _BUCKET_ACCOUNTS = {bucket: ledger.wallet_account(bucket) for bucket in BUCKETS}
 
 KIND = "usage_charge"  # also written out in _WRITE_PG
+_LATER = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,46 @@ class Charge:
     scope: str = ""
     fingerprint: str = ""
     request_id: str = ""
+
+
+@dataclass(frozen=True)
+class HoldCreate:
+    """A usage hold as asked for (`POST /usage-holds`), on real time: `created_at` is
+    when it was asked; it expires `ttl` later."""
+
+    account_id: str
+    amount_micros: int
+    usecase: str
+    description: str | None
+    metadata: dict[str, Any] | None
+    ttl: timedelta
+    created_at: datetime
+    key: str | None = None
+    scope: str = ""
+    fingerprint: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class HoldCapture:
+    """A capture of a usage hold as asked for: `amount_micros` None captures all of it;
+    `account_id`, when given, must own the hold."""
+
+    hold_id: str
+    account_id: str | None
+    amount_micros: int | None
+    created_at: datetime
+    key: str | None = None
+    scope: str = ""
+    fingerprint: str = ""
+    request_id: str = ""
+
+
+# What a batch carries. A hold operation the batch cannot settle plainly (an unknown or
+# inactive hold, one past its expiry or on a test clock, a wallet that cannot cover it,
+# an auto-funding crossing) is answered None and writes nothing: its caller takes the
+# careful path, which answers it as the use case always did.
+Op = Charge | HoldCreate | HoldCapture
 
 
 @dataclass(frozen=True)
@@ -102,16 +144,62 @@ class _WalletState:
     account_id: str
     currency: str
     buckets: dict[str, int]
-    taken: dict[str, int]
+    delta: dict[str, int]  # what the batch moves in or out of each bucket (signed)
     auto_funding_enabled: bool
     armed: bool
     threshold: int | None
-    debited: bool = False
+    changed: bool = False
     updated_at: datetime | None = None
 
     @property
     def balance(self) -> int:
         return sum(self.buckets.values())
+
+    def move(self, bucket: str, micros: int, at: datetime) -> None:
+        self.buckets[bucket] += micros
+        self.delta[bucket] += micros
+        self.changed = True
+        self.updated_at = max(self.updated_at or at, at)
+
+    def spend(self, amount: int, at: datetime) -> dict[str, int]:
+        """Take `amount` from the buckets in spending order; what each gave."""
+        split = {}
+        remaining = amount
+        for bucket in BUCKETS:
+            take = min(self.buckets[bucket], remaining)
+            if take:
+                self.move(bucket, -take, at)
+                split[bucket] = take
+                remaining -= take
+        return split
+
+    def crosses_threshold(self, balance_after: int) -> bool:
+        """A debit to `balance_after` calls for a top-up (once per crossing, as
+        auto_funding.after_debit)."""
+        return (
+            self.auto_funding_enabled
+            and self.threshold is not None
+            and balance_after < self.threshold
+            and self.armed
+        )
+
+
+@dataclass
+class _HoldState:
+    """A hold row locked for the batch (and its account's test clock)."""
+
+    id: str
+    account_id: str
+    amount_micros: int
+    split: dict[str, int]
+    usecase: str
+    description: str | None
+    metadata: dict[str, Any] | None
+    status: str
+    expires_at: datetime
+    created_at: datetime
+    hold_transaction_id: str
+    test_clock_id: str | None
 
 
 def _lock(session: Session, account_ids: list[str]) -> dict[str, _WalletState]:
@@ -140,106 +228,262 @@ def _refusal(exc: BillfoldError, charge: Charge) -> Answer:
 
 @dataclass
 class _Plan:
-    """A batch worked out against its locked wallets: what to answer and what to write."""
+    """A batch worked out against its locked wallets and holds: what to answer (None: the
+    careful path answers it) and what to write."""
 
-    answers: list[Answer]
-    transactions: list[dict[str, Any]]
-    postings: list[dict[str, Any]]
-    debited: list[_WalletState]
-    low_balance: dict[str, tuple[int, int]]
+    answers: list[Answer | None] = field(default_factory=list)
+    transactions: list[dict[str, Any]] = field(default_factory=list)
+    postings: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[_WalletState] = field(default_factory=list)
+    low_balance: dict[str, tuple[int, int]] = field(default_factory=dict)
+    new_holds: list[dict[str, Any]] = field(default_factory=list)
+    captured_holds: list[dict[str, Any]] = field(default_factory=list)
 
-
-def _plan(charges: Sequence[Charge], wallets: dict[str, _WalletState]) -> _Plan:
-    """Each charge charged or refused on its own, in order, against `wallets` (changed in
-    place): the answers, the ledger rows and the wallets' new state; writes nothing."""
-    answers: list[Answer] = []
-    transactions: list[dict[str, Any]] = []
-    postings: list[dict[str, Any]] = []
-    low_balance: dict[str, tuple[int, int]] = {}
-    for charge in charges:
-        wallet = wallets.get(charge.account_id)
-        if wallet is None:
-            answers.append(
-                _refusal(NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND), charge)
-            )
-            continue
-        if wallet.balance < charge.amount_micros:
-            refused = InsufficientFunds(
-                "The wallet balance cannot cover this charge.",
-                details={
-                    "balance": from_micros(wallet.balance),
-                    "amount": from_micros(charge.amount_micros),
-                },
-            )
-            answers.append(_refusal(refused, charge))
-            continue
+    def post(
+        self,
+        op: Op,
+        wallet: _WalletState,
+        *,
+        kind: str,
+        amount: int,
+        credit: bool,
+        usecase: str,
+        description: str | None,
+        metadata: dict[str, Any] | None,
+        postings: list[tuple[str, int]],
+        reference: str | None = None,
+        later: bool = False,
+    ) -> str:
+        """One ledger transaction (its postings sum to zero) at the wallet's balance now,
+        at the op's time (`later`: a microsecond after, so a history lists it after the
+        transaction the op posted first, as the careful path's clock would)."""
         txn_id = new_id("txn")
-        remaining = charge.amount_micros
-        for bucket in BUCKETS:
-            take = min(wallet.buckets[bucket], remaining)
-            if take:
-                wallet.buckets[bucket] -= take
-                wallet.taken[bucket] += take
-                remaining -= take
-                postings.append(
-                    {
-                        "transaction_id": txn_id,
-                        "account_id": charge.account_id,
-                        "ledger_account": _BUCKET_ACCOUNTS[bucket],
-                        "amount_micros": -take,
-                    }
-                )
-        postings.append(
-            {
-                "transaction_id": txn_id,
-                "account_id": charge.account_id,
-                "ledger_account": ledger.REVENUE_USAGE,
-                "amount_micros": charge.amount_micros,
-            }
-        )
-        wallet.debited = True
-        wallet.updated_at = max(wallet.updated_at or charge.created_at, charge.created_at)
-        balance_after = wallet.balance
-        # Auto-funding: one top-up per crossing of the threshold (as auto_funding.after_debit).
-        if (
-            wallet.auto_funding_enabled
-            and wallet.threshold is not None
-            and balance_after < wallet.threshold
-            and wallet.armed
-        ):
-            wallet.armed = False
-            low_balance[wallet.account_id] = (balance_after, wallet.threshold)
-        transactions.append(
+        for ledger_account, micros in postings:
+            self.postings.append(
+                {
+                    "transaction_id": txn_id,
+                    "account_id": wallet.account_id,
+                    "ledger_account": ledger_account,
+                    "amount_micros": micros,
+                }
+            )
+        self.transactions.append(
             {
                 "id": txn_id,
-                "account_id": charge.account_id,
-                "kind": KIND,
-                "type": "debit",
-                "amount_micros": charge.amount_micros,
+                "account_id": wallet.account_id,
+                "kind": kind,
+                "type": "credit" if credit else "debit",
+                "amount_micros": amount,
                 "status": "succeeded",
-                "balance_after_micros": balance_after,
-                "usecase": charge.usecase,
-                "description": charge.description,
+                "balance_after_micros": wallet.balance,
+                "usecase": usecase,
+                "description": description,
                 "payment_id": None,
-                "reference": None,
-                "metadata": charge.metadata,
-                "created_at": charge.created_at,
+                "reference": reference,
+                "metadata": metadata,
+                "created_at": op.created_at + _LATER if later else op.created_at,
             }
         )
-        out = UsageChargeOut(
-            id=txn_id,
-            account_id=charge.account_id,
-            amount=from_micros(charge.amount_micros),
-            usecase=charge.usecase,
-            balance_after=from_micros(balance_after),
-            created_at=charge.created_at,
+        return txn_id
+
+
+def _plan(
+    ops: Sequence[Op],
+    wallets: dict[str, _WalletState],
+    held: dict[str, _HoldState] | None = None,
+) -> _Plan:
+    """Each operation settled or refused on its own, in order, against `wallets` and the
+    holds `held` (both changed in place): the answers, the ledger rows, the holds' rows and
+    the wallets' new state; writes nothing."""
+    plan = _Plan()
+    for op in ops:
+        if isinstance(op, Charge):
+            plan.answers.append(_plan_charge(plan, op, wallets))
+        elif isinstance(op, HoldCreate):
+            plan.answers.append(_plan_hold(plan, op, wallets))
+        else:
+            plan.answers.append(_plan_capture(plan, op, wallets, held or {}))
+    plan.changed = [wallet for wallet in wallets.values() if wallet.changed]
+    return plan
+
+
+def _plan_charge(plan: _Plan, charge: Charge, wallets: dict[str, _WalletState]) -> Answer:
+    wallet = wallets.get(charge.account_id)
+    if wallet is None:
+        return _refusal(NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND), charge)
+    if wallet.balance < charge.amount_micros:
+        refused = InsufficientFunds(
+            "The wallet balance cannot cover this charge.",
+            details={
+                "balance": from_micros(wallet.balance),
+                "amount": from_micros(charge.amount_micros),
+            },
         )
-        answers.append(Answer(201, render({"data": out.model_dump()}), charge=out))
-    debited = [wallet for wallet in wallets.values() if wallet.debited]
-    return _Plan(answers, transactions, postings, debited, low_balance)
+        return _refusal(refused, charge)
+    split = wallet.spend(charge.amount_micros, charge.created_at)
+    balance_after = wallet.balance
+    if wallet.crosses_threshold(balance_after):
+        wallet.armed = False
+        plan.low_balance[wallet.account_id] = (balance_after, cast(int, wallet.threshold))
+    txn_id = plan.post(
+        charge,
+        wallet,
+        kind=KIND,
+        amount=charge.amount_micros,
+        credit=False,
+        usecase=charge.usecase,
+        description=charge.description,
+        metadata=charge.metadata,
+        postings=[
+            *((_BUCKET_ACCOUNTS[bucket], -take) for bucket, take in split.items()),
+            (ledger.REVENUE_USAGE, charge.amount_micros),
+        ],
+    )
+    out = UsageChargeOut(
+        id=txn_id,
+        account_id=charge.account_id,
+        amount=from_micros(charge.amount_micros),
+        usecase=charge.usecase,
+        balance_after=from_micros(balance_after),
+        created_at=charge.created_at,
+    )
+    return Answer(201, render({"data": out.model_dump()}), charge=out)
 
 
-def _check_keys_unique(charges: Sequence[Charge]) -> None:
+def _plan_hold(plan: _Plan, op: HoldCreate, wallets: dict[str, _WalletState]) -> Answer | None:
+    """As holds.create: the amount leaves the buckets in spending order for holds:usage,
+    and the hold's expiry job is scheduled."""
+    wallet = wallets.get(op.account_id)
+    if wallet is None or wallet.balance < op.amount_micros:
+        return None  # refused by the careful path (404, 402)
+    if wallet.crosses_threshold(wallet.balance - op.amount_micros):
+        return None  # the careful path announces the crossing
+    hold_id = new_id("hold")
+    split = wallet.spend(op.amount_micros, op.created_at)
+    txn_id = plan.post(
+        op,
+        wallet,
+        kind=holds.HOLD_KIND,
+        amount=op.amount_micros,
+        credit=False,
+        usecase=op.usecase,
+        description=op.description,
+        metadata={**(op.metadata or {}), "hold_id": hold_id},
+        postings=[
+            *((_BUCKET_ACCOUNTS[bucket], -take) for bucket, take in split.items()),
+            (ledger.HOLDS_USAGE, op.amount_micros),
+        ],
+        reference=f"hold:{hold_id}",
+    )
+    row = {
+        "id": hold_id,
+        "account_id": op.account_id,
+        "amount_micros": op.amount_micros,
+        "captured_micros": 0,
+        **{f"{bucket}_micros": split.get(bucket, 0) for bucket in BUCKETS},
+        "usecase": op.usecase,
+        "description": op.description,
+        "meta": op.metadata,
+        "status": HoldStatus.HELD.value,
+        "expires_at": op.created_at + op.ttl,
+        "created_at": op.created_at,
+        "hold_transaction_id": txn_id,
+    }
+    plan.new_holds.append(row)
+    return _hold_answer(201, row, wallet.balance)
+
+
+def _plan_capture(
+    plan: _Plan, op: HoldCapture, wallets: dict[str, _WalletState], held: dict[str, _HoldState]
+) -> Answer | None:
+    """As holds.capture: the whole hold goes back to its buckets (a credit), then the
+    captured amount is charged as usage from the hold's own buckets in spending order."""
+    hold = held.get(op.hold_id)
+    if hold is None:
+        return None
+    captured = hold.amount_micros if op.amount_micros is None else op.amount_micros
+    if (
+        hold.test_clock_id is not None
+        or (op.account_id is not None and op.account_id != hold.account_id)
+        or hold.status != HoldStatus.HELD
+        or hold.expires_at <= op.created_at
+        or not 0 < captured <= hold.amount_micros
+        or hold.account_id not in wallets
+    ):
+        return None  # the careful path answers it (404, 409, an expiry, a test clock)
+    wallet = wallets[hold.account_id]
+    hold.status = HoldStatus.CAPTURED  # a second capture in the batch: the careful path
+    for bucket in BUCKETS:
+        if hold.split[bucket]:
+            wallet.move(bucket, hold.split[bucket], op.created_at)
+    release_id = plan.post(
+        op,
+        wallet,
+        kind=holds.RELEASE_KIND,
+        amount=hold.amount_micros,
+        credit=True,
+        usecase=hold.usecase,
+        description=hold.description,
+        metadata={"hold_id": hold.id},
+        postings=[
+            *((_BUCKET_ACCOUNTS[b], hold.split[b]) for b in BUCKETS if hold.split[b]),
+            (ledger.HOLDS_USAGE, -hold.amount_micros),
+        ],
+        reference=f"hold_release:{hold.id}",
+    )
+    spent = []
+    remaining = captured
+    for bucket in BUCKETS:  # the hold's own buckets, in spending order
+        take = min(hold.split[bucket], remaining)
+        if take:
+            wallet.move(bucket, -take, op.created_at)
+            spent.append((_BUCKET_ACCOUNTS[bucket], -take))
+            remaining -= take
+    charge_id = plan.post(
+        op,
+        wallet,
+        kind=KIND,
+        amount=captured,
+        credit=False,
+        usecase=hold.usecase,
+        description=hold.description,
+        metadata={**(hold.metadata or {}), "hold_id": hold.id},
+        postings=[*spent, (ledger.REVENUE_USAGE, captured)],
+        reference=f"hold_capture:{hold.id}",
+        later=True,
+    )
+    # The release re-arms auto-funding when it lifts the balance to the threshold; the
+    # capture keeps it disarmed if it ends under it (holds._keep_auto_funding_disarmed).
+    wallet.armed = wallet.armed or wallet.threshold is None or wallet.balance >= wallet.threshold
+    row = {
+        "id": hold.id,
+        "account_id": hold.account_id,
+        "amount_micros": hold.amount_micros,
+        "captured_micros": captured,
+        **{f"{bucket}_micros": hold.split[bucket] for bucket in BUCKETS},
+        "usecase": hold.usecase,
+        "description": hold.description,
+        "meta": hold.metadata,
+        "status": HoldStatus.CAPTURED.value,
+        "expires_at": hold.expires_at,
+        "created_at": hold.created_at,
+        "resolved_at": op.created_at,
+        "hold_transaction_id": hold.hold_transaction_id,
+        "release_transaction_id": release_id,
+        "charge_transaction_id": charge_id,
+    }
+    plan.captured_holds.append(row)
+    return _hold_answer(200, row, wallet.balance)
+
+
+def _hold_answer(status_code: int, row: dict[str, Any], balance_after: int) -> Answer:
+    """The hold's answer as the careful path renders it (`holds.hold_view`)."""
+    view = holds.hold_view(UsageHold(**row), balance_after_micros=balance_after)
+    out = UsageHoldOut.model_validate(view)
+    return Answer(status_code, render({"data": out.model_dump()}))
+
+
+def _check_keys_unique(charges: Sequence[Op]) -> None:
     keyed = [(c.scope, c.key) for c in charges if c.key is not None]
     if len(set(keyed)) != len(keyed):
         raise ValueError("a batch names an idempotency key twice")
@@ -256,11 +500,13 @@ def write(
     _check_keys_unique(charges)
     wallets = _lock(session, sorted({c.account_id for c in charges}))
     plan = _plan(charges, wallets)
-    _store_keys(session, _key_rows(charges, plan.answers, policy, wall_now()))
+    answers = [answer for answer in plan.answers if answer is not None]
+    assert len(answers) == len(charges)  # a charge is always charged or refused here
+    _store_keys(session, _key_rows(charges, answers, policy, wall_now()))
     if plan.transactions:
         session.execute(insert(_TRANSACTIONS), plan.transactions)
         session.execute(insert(_POSTINGS), plan.postings)
-    _update_wallets(session, plan.debited)
+    _update_wallets(session, plan.changed)
     for account_id, (balance_after, threshold) in plan.low_balance.items():
         auto_funding.announce_low_balance(
             session,
@@ -269,17 +515,18 @@ def write(
             threshold_micros=threshold,
             currency=wallets[account_id].currency,
         )
-    return plan.answers
+    return answers
 
 
 def _key_rows(
-    charges: Sequence[Charge],
-    answers: list[Answer],
+    charges: Sequence[Op],
+    answers: Sequence[Answer | None],
     policy: idempotency.KeyPolicy,
     current: datetime,
 ) -> list[dict[str, Any]]:
-    """Each keyed charge's stored answer (completed, stored at `current`), in key order:
-    two batches storing the same keys wait for each other in one order."""
+    """Each keyed operation's stored answer (completed, stored at `current`), in key
+    order: two batches storing the same keys wait for each other in one order. One the
+    careful path answers (None) stores nothing here."""
     rows = [
         {
             "scope": charge.scope,
@@ -293,7 +540,7 @@ def _key_rows(
             "expires_at": current + policy.ttl,
         }
         for charge, answer in zip(charges, answers, strict=True)
-        if charge.key is not None
+        if charge.key is not None and answer is not None
     ]
     rows.sort(key=lambda row: (row["scope"], row["key"]))
     return rows
@@ -372,6 +619,24 @@ _LOCK_PG = """
            auto_funding_enabled, auto_funding_armed, charge_threshold_micros
     FROM wallets WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE
 """
+# A batch that captures holds also locks the wallets of those holds (a hold's account
+# never changes), all in account order; then the holds, with their account's test clock:
+# the lock order of every wallet write (wallet, then hold).
+_LOCK_WITH_HOLDS_PG = """
+    SELECT account_id, currency, subscription_micros, promotional_micros, purchased_micros,
+           auto_funding_enabled, auto_funding_armed, charge_threshold_micros
+    FROM wallets
+    WHERE account_id = ANY(%s::varchar[] || ARRAY(
+        SELECT account_id FROM usage_holds WHERE id = ANY(%s::varchar[])))
+    ORDER BY account_id FOR UPDATE
+"""
+_HOLDS_PG = """
+    SELECT h.id, h.account_id, h.amount_micros, h.subscription_micros, h.promotional_micros,
+           h.purchased_micros, h.usecase, h.description, h.metadata::text, h.status,
+           h.expires_at, h.created_at, h.hold_transaction_id, a.test_clock_id
+    FROM usage_holds AS h JOIN accounts AS a ON a.id = h.account_id
+    WHERE h.id = ANY(%s::varchar[]) ORDER BY h.id FOR UPDATE OF h
+"""
 # One statement writes the whole batch, so the pipeline's second round trip carries two
 # messages (this and COMMIT) whatever the batch holds; an empty array writes no row. The
 # keys' INSERT is a plain one: a key already stored fails the statement (UniqueViolation)
@@ -379,8 +644,12 @@ _LOCK_PG = """
 # rows are locked since `_LOCK_PG` read them, and the table's CHECK constraints (no bucket
 # below zero) fail the transaction if a bucket would go negative anyway. (The postings'
 # foreign key is checked at the end of the statement, when their transactions are in.)
-_WRITE_PG = """
-    WITH keys AS (
+# Two forms: `_WRITE_PG` for a batch of usage charges only (the hot path: the fewest
+# arrays), `_WRITE_HOLDS_PG` for one that also creates or captures holds. A new hold's
+# expiry job is queued as jobs.enqueue would on real time. (The job's kind,
+# holds.EXPIRE_JOB, and the holds' statuses are written out, as KIND is.)
+_KEYS_CTE = """
+    keys AS (
         INSERT INTO idempotency_keys
             (scope, key, fingerprint, status, response_status, response_body,
              created_at, locked_at, expires_at)
@@ -389,7 +658,9 @@ _WRITE_PG = """
         FROM unnest(%(k_scope)s::varchar[], %(k_key)s::varchar[], %(k_fingerprint)s::varchar[],
                     %(k_status)s::integer[], %(k_body)s::text[])
             AS u(scope, key, fingerprint, response_status, response_body)
-    ), transactions AS (
+    )"""
+_CHARGES_CTE = """
+    transactions AS (
         INSERT INTO ledger_transactions
             (id, account_id, kind, type, amount_micros, status, balance_after_micros,
              usecase, description, metadata, created_at)
@@ -401,17 +672,72 @@ _WRITE_PG = """
                     %(t_created)s::timestamptz[])
             AS u(id, account_id, amount_micros, balance_after_micros, usecase, description,
                  metadata, created_at)
-    ), postings AS (
+    )"""
+_TRANSACTIONS_CTE = """
+    transactions AS (
+        INSERT INTO ledger_transactions
+            (id, account_id, kind, type, amount_micros, status, balance_after_micros,
+             usecase, description, reference, metadata, created_at)
+        SELECT u.id, u.account_id, u.kind, u.type, u.amount_micros, 'succeeded',
+               u.balance_after_micros, u.usecase, u.description, u.reference, u.metadata,
+               u.created_at
+        FROM unnest(%(t_id)s::varchar[], %(t_account)s::varchar[], %(t_kind)s::varchar[],
+                    %(t_type)s::varchar[], %(t_amount)s::bigint[], %(t_after)s::bigint[],
+                    %(t_usecase)s::varchar[], %(t_description)s::varchar[],
+                    %(t_reference)s::varchar[], %(t_metadata)s::json[],
+                    %(t_created)s::timestamptz[])
+            AS u(id, account_id, kind, type, amount_micros, balance_after_micros, usecase,
+                 description, reference, metadata, created_at)
+    )"""
+_POSTINGS_CTE = """
+    postings AS (
         INSERT INTO ledger_postings (transaction_id, account_id, ledger_account, amount_micros)
         SELECT u.* FROM unnest(%(p_transaction)s::varchar[], %(p_account)s::varchar[],
                                %(p_ledger)s::varchar[], %(p_amount)s::bigint[])
             AS u(transaction_id, account_id, ledger_account, amount_micros)
-    ), debited AS (
+    )"""
+_HOLDS_CTES = """
+    new_holds AS (
+        INSERT INTO usage_holds
+            (id, account_id, amount_micros, captured_micros, subscription_micros,
+             promotional_micros, purchased_micros, usecase, description, metadata, status,
+             expires_at, created_at, hold_transaction_id)
+        SELECT u.id, u.account_id, u.amount, 0, u.subscription, u.promotional, u.purchased,
+               u.usecase, u.description, u.metadata, 'held', u.expires_at, u.created_at,
+               u.transaction_id
+        FROM unnest(%(h_id)s::varchar[], %(h_account)s::varchar[], %(h_amount)s::bigint[],
+                    %(h_subscription)s::bigint[], %(h_promotional)s::bigint[],
+                    %(h_purchased)s::bigint[], %(h_usecase)s::varchar[],
+                    %(h_description)s::varchar[], %(h_metadata)s::json[],
+                    %(h_expires)s::timestamptz[], %(h_created)s::timestamptz[],
+                    %(h_transaction)s::varchar[])
+            AS u(id, account_id, amount, subscription, promotional, purchased, usecase,
+                 description, metadata, expires_at, created_at, transaction_id)
+    ), expiries AS (
+        INSERT INTO jobs (kind, lane, account_id, payload, status, run_at, attempts,
+                          max_attempts, created_at)
+        SELECT 'wallet.expire_usage_hold', 'default', u.account_id, u.payload, 'queued',
+               u.expires_at, 0, 8, %(now)s
+        FROM unnest(%(h_account)s::varchar[], %(h_job)s::json[], %(h_expires)s::timestamptz[])
+            AS u(account_id, payload, expires_at)
+    ), captured AS (
+        UPDATE usage_holds AS h SET
+            status = 'captured', captured_micros = u.captured, resolved_at = u.resolved_at,
+            release_transaction_id = u.release_id, charge_transaction_id = u.charge_id
+        FROM unnest(%(c_id)s::varchar[], %(c_captured)s::bigint[],
+                    %(c_resolved)s::timestamptz[], %(c_release)s::varchar[],
+                    %(c_charge)s::varchar[])
+            AS u(id, captured, resolved_at, release_id, charge_id)
+        WHERE h.id = u.id AND h.status = 'held'
+        RETURNING 1
+    )"""
+_WALLETS_CTE = """
+    changed AS (
         UPDATE wallets AS w SET
-            subscription_micros = w.subscription_micros - u.subscription,
-            promotional_micros = w.promotional_micros - u.promotional,
-            purchased_micros = w.purchased_micros - u.purchased,
-            balance_micros = w.balance_micros - u.subscription - u.promotional - u.purchased,
+            subscription_micros = w.subscription_micros + u.subscription,
+            promotional_micros = w.promotional_micros + u.promotional,
+            purchased_micros = w.purchased_micros + u.purchased,
+            balance_micros = w.balance_micros + u.subscription + u.promotional + u.purchased,
             auto_funding_armed = u.armed,
             updated_at = u.updated_at
         FROM unnest(%(w_account)s::varchar[], %(w_subscription)s::bigint[],
@@ -420,11 +746,19 @@ _WRITE_PG = """
             AS u(account_id, subscription, promotional, purchased, armed, updated_at)
         WHERE w.account_id = u.account_id
         RETURNING 1
-    )
-    -- Every wallet the plan debited was updated, or the statement fails (division by
-    -- zero) and the transaction with it: no ledger rows without their wallet's change.
-    SELECT 1 / (CASE WHEN (SELECT count(*) FROM debited) = %(w_count)s THEN 1 ELSE 0 END)
-"""
+    )"""
+# Every wallet the plan changed (and every hold it captured) was updated, or the statement
+# fails (division by zero) and the transaction with it: no ledger rows without their
+# wallet's change. (Put together from the module's constants only, never from input.)
+_WRITE_PG = (
+    f"WITH {_KEYS_CTE}, {_CHARGES_CTE}, {_POSTINGS_CTE}, {_WALLETS_CTE}"  # noqa: S608
+    " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s THEN 1 ELSE 0 END)"
+)
+_WRITE_HOLDS_PG = (
+    f"WITH {_KEYS_CTE}, {_TRANSACTIONS_CTE}, {_POSTINGS_CTE}, {_HOLDS_CTES}, {_WALLETS_CTE}"  # noqa: S608
+    " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s"
+    " AND (SELECT count(*) FROM captured) = %(c_count)s THEN 1 ELSE 0 END)"
+)
 _TAKEN_PG = """
     SELECT k.scope, k.key FROM idempotency_keys AS k
     JOIN unnest(%s::varchar[], %s::varchar[]) AS u(scope, key)
@@ -434,9 +768,9 @@ _TAKEN_PG = """
 
 def write_pipelined(
     connection: psycopg.Connection[Any],
-    charges: Sequence[Charge],
+    charges: Sequence[Op],
     policy: idempotency.KeyPolicy,
-) -> list[Answer] | None:
+) -> list[Answer | None] | None:
     """`write` on PostgreSQL over a psycopg connection in its own transaction (committed
     here), through psycopg's pipeline. The wallets are locked for one exchange with the
     server and the commit: BEGIN, then the lock and the probe of the stored keys, then the
@@ -454,17 +788,20 @@ def write_pipelined(
     try:
         with connection.pipeline():
             try:
-                wallets = connection.execute(_LOCK_PG, _lock_parameters(charges))
+                captures = _capture_parameters(charges)
+                wallets = connection.execute(*_lock_statement(charges))
+                held = connection.execute(_HOLDS_PG, captures) if captures[0] else None
                 stored = connection.execute(_TAKEN_PG, _taken_parameters(charges))
                 wallet_rows, stored_rows = wallets.fetchall(), stored.fetchall()
+                hold_rows = held.fetchall() if held is not None else []
             except psycopg.OperationalError as exc:
                 raise _lost(connection, exc) from exc
-            plan = _plan(charges, _wallet_states(wallet_rows))
+            plan = _plan(charges, _wallet_states(wallet_rows), _hold_states(hold_rows))
             taken = {(row[0], row[1]) for row in stored_rows}
             if plan.low_balance or taken:
                 connection.rollback()
             else:
-                connection.execute(_WRITE_PG, _write_parameters(charges, plan, policy))
+                connection.execute(*_write_statement(charges, plan, policy))
                 connection.commit()
                 committed = True
     except psycopg.errors.UniqueViolation as exc:
@@ -485,9 +822,9 @@ def write_pipelined(
 
 async def write_pipelined_async(
     connection: psycopg.AsyncConnection[Any],
-    charges: Sequence[Charge],
+    charges: Sequence[Op],
     policy: idempotency.KeyPolicy,
-) -> list[Answer] | None:
+) -> list[Answer | None] | None:
     """`write_pipelined` for an event loop (the same statements, the same outcomes)."""
     _check_keys_unique(charges)
     plan: _Plan | None = None
@@ -496,17 +833,20 @@ async def write_pipelined_async(
     try:
         async with connection.pipeline():
             try:
-                wallets = await connection.execute(_LOCK_PG, _lock_parameters(charges))
+                captures = _capture_parameters(charges)
+                wallets = await connection.execute(*_lock_statement(charges))
+                held = await connection.execute(_HOLDS_PG, captures) if captures[0] else None
                 stored = await connection.execute(_TAKEN_PG, _taken_parameters(charges))
                 wallet_rows, stored_rows = await wallets.fetchall(), await stored.fetchall()
+                hold_rows = await held.fetchall() if held is not None else []
             except psycopg.OperationalError as exc:
                 raise _lost(connection, exc) from exc
-            plan = _plan(charges, _wallet_states(wallet_rows))
+            plan = _plan(charges, _wallet_states(wallet_rows), _hold_states(hold_rows))
             taken = {(row[0], row[1]) for row in stored_rows}
             if plan.low_balance or taken:
                 await connection.rollback()
             else:
-                await connection.execute(_WRITE_PG, _write_parameters(charges, plan, policy))
+                await connection.execute(*_write_statement(charges, plan, policy))
                 await connection.commit()
                 committed = True
     except psycopg.errors.UniqueViolation as exc:
@@ -544,7 +884,7 @@ def _log_after_commit(exc: Exception) -> None:
 
 def _outcome(
     plan: _Plan | None, taken: set[tuple[str, str]], committed: bool
-) -> list[Answer] | None:
+) -> list[Answer | None] | None:
     """What a pipelined write answers: the answers only if COMMIT answered; KeysTaken for
     stored keys; None for a threshold crossing; and NotWritten when a key's INSERT clashed
     but no key is found stored any more (removed meanwhile): all was rolled back, so the
@@ -559,8 +899,40 @@ def _outcome(
     raise NotWritten("the batch was rolled back: a key it stored clashed, then was gone")
 
 
-def _lock_parameters(charges: Sequence[Charge]) -> tuple[list[str]]:
-    return (sorted({c.account_id for c in charges}),)
+def _lock_statement(ops: Sequence[Op]) -> tuple[str, tuple[list[str], ...]]:
+    """The wallets' lock for `ops` (with its parameters): the wallets of the holds the
+    batch captures too, if it captures any."""
+    accounts = sorted({op.account_id for op in ops if not isinstance(op, HoldCapture)})
+    holds = _capture_parameters(ops)[0]
+    if holds:
+        return _LOCK_WITH_HOLDS_PG, (accounts, holds)
+    return _LOCK_PG, (accounts,)
+
+
+def _capture_parameters(ops: Sequence[Op]) -> tuple[list[str]]:
+    return (sorted({op.hold_id for op in ops if isinstance(op, HoldCapture)}),)
+
+
+def _hold_states(rows: Sequence[Any]) -> dict[str, _HoldState]:
+    """The locked holds' rows (`_HOLDS_PG`'s columns) as their state."""
+    return {
+        row[0]: _HoldState(
+            id=row[0],
+            account_id=row[1],
+            amount_micros=row[2],
+            split={"subscription": row[3], "promotional": row[4], "purchased": row[5]},
+            usecase=row[6],
+            description=row[7],
+            # As the engine's JSON columns read it: exact decimals.
+            metadata=simplejson.loads(row[8], use_decimal=True) if row[8] else None,
+            status=row[9],
+            expires_at=row[10],
+            created_at=row[11],
+            hold_transaction_id=row[12],
+            test_clock_id=row[13],
+        )
+        for row in rows
+    }
 
 
 def _wallet_states(rows: Sequence[Any]) -> dict[str, _WalletState]:
@@ -570,7 +942,7 @@ def _wallet_states(rows: Sequence[Any]) -> dict[str, _WalletState]:
             account_id=row[0],
             currency=row[1],
             buckets={"subscription": row[2], "promotional": row[3], "purchased": row[4]},
-            taken=dict.fromkeys(BUCKETS, 0),
+            delta=dict.fromkeys(BUCKETS, 0),
             auto_funding_enabled=bool(row[5]),
             armed=bool(row[6]),
             threshold=row[7],
@@ -579,19 +951,19 @@ def _wallet_states(rows: Sequence[Any]) -> dict[str, _WalletState]:
     }
 
 
-def _taken_parameters(charges: Sequence[Charge]) -> tuple[list[str], list[str]]:
+def _taken_parameters(charges: Sequence[Op]) -> tuple[list[str], list[str]]:
     keyed = [(c.scope, c.key) for c in charges if c.key is not None]
     return [scope for scope, _ in keyed], [key for _, key in keyed]
 
 
-def _write_parameters(
-    charges: Sequence[Charge], plan: _Plan, policy: idempotency.KeyPolicy
-) -> dict[str, Any]:
-    """`_WRITE_PG`'s arrays: a column each."""
+def _write_statement(
+    ops: Sequence[Op], plan: _Plan, policy: idempotency.KeyPolicy
+) -> tuple[str, dict[str, Any]]:
+    """The batch's write statement and its arrays (a column each)."""
     current = wall_now()
-    keys = _key_rows(charges, plan.answers, policy, current)
-    transactions, postings, wallets = plan.transactions, plan.postings, plan.debited
-    return {
+    keys = _key_rows(ops, plan.answers, policy, current)
+    transactions, postings, wallets = plan.transactions, plan.postings, plan.changed
+    parameters = {
         "now": current,
         "expires": current + policy.ttl,
         "k_scope": [k["scope"] for k in keys],
@@ -605,21 +977,54 @@ def _write_parameters(
         "t_after": [t["balance_after_micros"] for t in transactions],
         "t_usecase": [t["usecase"] for t in transactions],
         "t_description": [t["description"] for t in transactions],
-        # As the engine's JSON columns store it: exact decimals, None as JSON null.
-        "t_metadata": [simplejson.dumps(t["metadata"], use_decimal=True) for t in transactions],
+        "t_metadata": [_json(t["metadata"]) for t in transactions],
         "t_created": [t["created_at"] for t in transactions],
         "p_transaction": [p["transaction_id"] for p in postings],
         "p_account": [p["account_id"] for p in postings],
         "p_ledger": [p["ledger_account"] for p in postings],
         "p_amount": [p["amount_micros"] for p in postings],
         "w_account": [w.account_id for w in wallets],
-        "w_subscription": [w.taken["subscription"] for w in wallets],
-        "w_promotional": [w.taken["promotional"] for w in wallets],
-        "w_purchased": [w.taken["purchased"] for w in wallets],
+        "w_subscription": [w.delta["subscription"] for w in wallets],
+        "w_promotional": [w.delta["promotional"] for w in wallets],
+        "w_purchased": [w.delta["purchased"] for w in wallets],
         "w_armed": [w.armed for w in wallets],
         "w_updated": [w.updated_at for w in wallets],
         "w_count": len(wallets),
     }
+    new_holds, captured = plan.new_holds, plan.captured_holds
+    if not new_holds and not captured:
+        return _WRITE_PG, parameters  # usage charges only
+    return _WRITE_HOLDS_PG, {
+        **parameters,
+        "t_kind": [t["kind"] for t in transactions],
+        "t_type": [t["type"] for t in transactions],
+        "t_reference": [t["reference"] for t in transactions],
+        "h_id": [h["id"] for h in new_holds],
+        "h_account": [h["account_id"] for h in new_holds],
+        "h_amount": [h["amount_micros"] for h in new_holds],
+        "h_subscription": [h["subscription_micros"] for h in new_holds],
+        "h_promotional": [h["promotional_micros"] for h in new_holds],
+        "h_purchased": [h["purchased_micros"] for h in new_holds],
+        "h_usecase": [h["usecase"] for h in new_holds],
+        "h_description": [h["description"] for h in new_holds],
+        "h_metadata": [_json(h["meta"]) for h in new_holds],
+        "h_expires": [h["expires_at"] for h in new_holds],
+        "h_created": [h["created_at"] for h in new_holds],
+        "h_transaction": [h["hold_transaction_id"] for h in new_holds],
+        "h_job": [_json({"hold_id": h["id"]}) for h in new_holds],
+        "c_id": [c["id"] for c in captured],
+        "c_captured": [c["captured_micros"] for c in captured],
+        "c_resolved": [c["resolved_at"] for c in captured],
+        "c_release": [c["release_transaction_id"] for c in captured],
+        "c_charge": [c["charge_transaction_id"] for c in captured],
+        "c_count": len(captured),
+    }
+
+
+def _json(value: Any) -> str:
+    """As the engine's JSON columns store it: exact decimals, None as JSON null."""
+    encoded: str = simplejson.dumps(value, use_decimal=True)
+    return encoded
 
 
 def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
@@ -649,10 +1054,10 @@ def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
     rows = [
         {
             "b_account_id": wallet.account_id,
-            "b_subscription": wallet.taken["subscription"],
-            "b_promotional": wallet.taken["promotional"],
-            "b_purchased": wallet.taken["purchased"],
-            "b_total": sum(wallet.taken.values()),
+            "b_subscription": -wallet.delta["subscription"],
+            "b_promotional": -wallet.delta["promotional"],
+            "b_purchased": -wallet.delta["purchased"],
+            "b_total": -sum(wallet.delta.values()),
             "b_armed": wallet.armed,
             "b_updated_at": wallet.updated_at,
         }
@@ -667,8 +1072,11 @@ __all__ = [
     "KIND",
     "Answer",
     "Charge",
+    "HoldCapture",
+    "HoldCreate",
     "KeysTaken",
     "NotWritten",
+    "Op",
     "write",
     "write_pipelined",
     "write_pipelined_async",

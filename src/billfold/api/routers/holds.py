@@ -37,12 +37,12 @@ NOT_ACTIVE: dict[int | str, dict[str, Any]] = {
     status_code=201,
     responses={402: {"description": "insufficient_funds: nothing was held"}},
 )
-def create_usage_hold(
+async def create_usage_hold(
     body: UsageHoldRequest, services: ServicesDep, call: OperatorCall
 ) -> Response:
     """Reserve an amount of an account's wallet for usage to be captured later; the balance
     drops by it until the hold is captured, released or expires (ttl_seconds)."""
-    return respond(holds.create_hold(services, call=call, body=body))
+    return respond(await holds.create_hold_async(services, call=call, body=body))
 
 
 @admin_router.get("/usage-holds/{hold_id}", response_model=Envelope[UsageHoldOut])
@@ -65,7 +65,7 @@ def get_usage_hold(
         }
     },
 )
-def capture_usage_hold(
+async def capture_usage_hold(
     hold_id: str,
     services: ServicesDep,
     call: OperatorCall,
@@ -74,7 +74,7 @@ def capture_usage_hold(
     """Charge all (no amount) or part of a hold as a usage charge; the rest goes back to
     the wallet."""
     body = body or UsageHoldCaptureRequest()
-    return respond(holds.capture_hold(services, call=call, hold_id=hold_id, body=body))
+    return respond(await holds.capture_hold_async(services, call=call, hold_id=hold_id, body=body))
 
 
 @admin_router.post(

@@ -4,23 +4,31 @@ A call naming a hold by its id runs on the time of the hold's account (its test 
 if it lives on one), and first gives back the money of a hold whose time ran out, in a
 transaction of its own: so an expired hold is answered as expired, its money already
 back, even before its expiry job ran.
+
+On PostgreSQL and real time, a hold and a capture from an event loop go with the usage
+charges beside them in one batch (`application.charging`, `wallet.usage`); what that batch
+leaves alone (an unknown, inactive or expired hold, a refusal, a replayed key, an
+auto-funding crossing, a test clock) comes back here, to the careful path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import TypeVar
 
+import anyio.to_thread
 from sqlalchemy.orm import Session
 
-from billfold.application.idempotent import Outcome, Reply
+from billfold.application import charging
+from billfold.application.idempotent import Outcome, Reply, operator_scope
 from billfold.application.testclock import on_account_clock
 from billfold.application.usecases.base import Call, for_operator
 from billfold.clock import as_utc, now
 from billfold.money import to_micros
 from billfold.services import Services
-from billfold.wallet import holds
+from billfold.wallet import holds, usage
 from billfold.wallet.models import HoldStatus, UsageHold
 from billfold.wallet.schemas import (
     UsageHoldCaptureRequest,
@@ -48,6 +56,51 @@ def create_hold(app: Services, *, call: Call, body: UsageHoldRequest) -> Reply:
         return 201, _out(hold, txn.balance_after_micros)
 
     return for_operator(app, call).atomic(handler)
+
+
+async def create_hold_async(app: Services, *, call: Call, body: UsageHoldRequest) -> Reply:
+    """`create_hold` for an event loop: written in the next usage batch when it can be."""
+    if charging.loop_commits(app):
+        op = usage.HoldCreate(
+            account_id=body.account_id,
+            amount_micros=to_micros(body.amount),
+            usecase=body.usecase,
+            description=body.description,
+            metadata=body.metadata,
+            ttl=timedelta(seconds=body.ttl_seconds),
+            created_at=now(),
+            key=call.key,
+            scope=operator_scope(),
+            fingerprint=call.fingerprint,
+            request_id=call.request_id,
+        )
+        answer = await charging.loop_committer(app).submit(op)
+        if answer is not None:
+            return Reply(answer.status_code, answer.body)
+    return await anyio.to_thread.run_sync(partial(create_hold, app, call=call, body=body))
+
+
+async def capture_hold_async(
+    app: Services, *, call: Call, hold_id: str, body: UsageHoldCaptureRequest
+) -> Reply:
+    """`capture_hold` for an event loop: written in the next usage batch when it can be."""
+    if charging.loop_commits(app):
+        op = usage.HoldCapture(
+            hold_id=hold_id,
+            account_id=body.account_id,
+            amount_micros=to_micros(body.amount) if body.amount is not None else None,
+            created_at=now(),
+            key=call.key,
+            scope=operator_scope(),
+            fingerprint=call.fingerprint,
+            request_id=call.request_id,
+        )
+        answer = await charging.loop_committer(app).submit(op)
+        if answer is not None:
+            return Reply(answer.status_code, answer.body)
+    return await anyio.to_thread.run_sync(
+        partial(capture_hold, app, call=call, hold_id=hold_id, body=body)
+    )
 
 
 def capture_hold(

@@ -78,7 +78,7 @@ async def charge_usage_async(app: Services, *, call: Call, body: UsageChargeRequ
     if app.database.is_sqlite:  # no driver for the loop: the process's committer thread
         answer = await asyncio.wrap_future(charging.committer(app).enqueue(charge))
     else:
-        answer = await charging.loop_committer(app).charge(charge)
+        answer = await charging.loop_committer(app).submit(charge)
     if answer is not None:
         return Reply(answer.status_code, answer.body)
     careful = for_operator(app, call)
