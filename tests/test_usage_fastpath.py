@@ -167,3 +167,89 @@ def test_fast_lane_answers_carry_the_request_id_and_headers(api: Api) -> None:
         assert response.headers["x-request-id"].startswith("req_")
         assert "content-security-policy" in response.headers
     assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"]
+
+
+HOLDS = "/api/admin/v1/usage-holds"
+
+
+async def _play_holds(app: ASGIApp, account_id: str, run: str) -> list[dict[str, Any]]:
+    """Holds and captures, the hold ids taken from the answers."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+
+    def hold(amount: str) -> bytes:
+        return json.dumps({"account_id": account_id, "amount": amount, "usecase": "llm"}).encode()
+
+    seen: list[dict[str, Any]] = []
+    ids: list[str] = []
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://billfold.test") as client:
+
+        async def post(label: str, path: str, body: bytes, key: str | None = None) -> None:
+            headers = {**admin, "Idempotency-Key": key} if key else admin
+            response = await client.post(path, headers=headers, content=body)
+            payload = response.json()
+            data = payload.get("data") or {}
+            if response.status_code == 201 and data.get("id") not in ids:
+                ids.append(data["id"])
+            seen.append(
+                {
+                    "label": label,
+                    "status": response.status_code,
+                    "code": (payload.get("error") or {}).get("code"),
+                    "replayed": response.headers.get("Idempotency-Replayed"),
+                    "fields": sorted(data),
+                    "status_of_hold": data.get("status"),
+                    "captured": data.get("captured_amount"),
+                    "balance_after": data.get("balance_after"),
+                }
+            )
+
+        await post("hold", HOLDS, hold("3"), f"{run}-h1")
+        await post("hold again (known account)", HOLDS, hold("2"), f"{run}-h2")
+        await post("hold replayed", HOLDS, hold("3"), f"{run}-h1")
+        await post("hold too much", HOLDS, hold("50"))
+        await post("capture", f"{HOLDS}/{ids[0]}/capture", b'{"amount": "0.5"}', f"{run}-c1")
+        await post(
+            "capture replayed", f"{HOLDS}/{ids[0]}/capture", b'{"amount": "0.5"}', f"{run}-c1"
+        )
+        await post("capture twice", f"{HOLDS}/{ids[0]}/capture", b'{"amount": "0.5"}')
+        await post("capture too much", f"{HOLDS}/{ids[1]}/capture", b'{"amount": "9"}')
+        await post("capture unknown", f"{HOLDS}/hold_nope/capture", b"{}")
+        await post("capture extra segment", f"{HOLDS}/{ids[1]}/x/capture", b"{}")
+        await post("capture all, empty body", f"{HOLDS}/{ids[1]}/capture", b"")
+    return seen
+
+
+def test_fast_lane_answers_holds_and_captures_as_the_routes(api: Api, services: Services) -> None:
+    fast_agent, route_agent = api.new_agent(), api.new_agent()
+    fast_agent.fund(10)
+    route_agent.fund(10)
+    route = Recording(_route_only(services))
+    fast = UsageFastPath(route, services)
+    run = uuid.uuid4().hex[:8]
+
+    by_fast = asyncio.run(_play_holds(fast, fast_agent.account_id, f"f{run}"))
+    by_route = asyncio.run(_play_holds(_route_only(services), route_agent.account_id, f"r{run}"))
+
+    assert by_fast == by_route
+    answers = {row["label"]: (row["status"], row["code"]) for row in by_fast}
+    assert answers == {
+        "hold": (201, None),
+        "hold again (known account)": (201, None),
+        "hold replayed": (201, None),
+        "hold too much": (402, "insufficient_funds"),
+        "capture": (200, None),
+        "capture replayed": (200, None),
+        "capture twice": (409, "hold_not_active"),
+        "capture too much": (409, "hold_amount_exceeded"),
+        "capture unknown": (404, "hold_not_found"),
+        "capture extra segment": (404, "not_found"),
+        "capture all, empty body": (200, None),
+    }
+    assert [r["replayed"] for r in by_fast if "replayed" in r["label"]] == ["true", "true"]
+    # The lane answered the plain ones itself; the route saw the first (account not yet
+    # known), the extra segment and the empty body.
+    handed_on = [path for path, _ in route.seen]
+    assert len(handed_on) == 3 and handed_on[0] == HOLDS
+    assert fast_agent.balance() == route_agent.balance() == Decimal("10") - Decimal("2.5")
+    assert api.ledger_check(fast_agent.account_id)["consistent"] is True
