@@ -97,6 +97,15 @@ class Settings(BaseSettings):
 
     db_pool_size: int = 20
     db_max_overflow: int = 20
+    # PostgreSQL outages are answered 503 service_unavailable with Retry-After, quickly:
+    # a connection attempt gives up after db_connect_timeout_seconds (a stopped server
+    # refuses at once), a statement after db_statement_timeout_ms (0: no limit), a wait
+    # for a pooled connection after db_pool_timeout_seconds.
+    db_connect_timeout_seconds: int = Field(default=2, ge=1, le=60)
+    db_statement_timeout_ms: int = Field(default=2000, ge=0)
+    db_pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # What a 503 service_unavailable asks the client to wait (Retry-After, seconds).
+    retry_after_seconds: int = Field(default=1, ge=1, le=300)
 
     @model_validator(mode="after")
     def _stripe_keys_given(self) -> Settings:

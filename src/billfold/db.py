@@ -9,6 +9,8 @@ a second engine whose transactions are deferred (WAL lets them run beside a writ
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,8 +18,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import simplejson
 from sqlalchemy import BigInteger, DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -86,8 +90,29 @@ _JSON: dict[str, Any] = {
 class Database:
     """The engines for one database URL and the transactions over them."""
 
-    def __init__(self, url: str, *, pool_size: int = 20, max_overflow: int = 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 20,
+        max_overflow: int = 20,
+        connect_timeout: int = 2,
+        statement_timeout_ms: int = 0,
+        pool_timeout: float = 30.0,
+    ) -> None:
         self.url = url
+        # How every PostgreSQL connection of this database connects (the engine's and the
+        # usage committer's): a bounded connect, a bounded statement, and TCP keepalives
+        # so a half-open connection is found dead instead of waited on.
+        self.connect_kwargs: dict[str, Any] = {
+            "connect_timeout": connect_timeout,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        if statement_timeout_ms:
+            self.connect_kwargs["options"] = f"-c statement_timeout={statement_timeout_ms}"
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -100,7 +125,13 @@ class Database:
             _configure_sqlite(self.read_engine, immediate=False)
         else:
             self.engine = create_engine(
-                url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, **_JSON
+                url,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_pre_ping=True,
+                pool_timeout=pool_timeout,
+                connect_args=self.connect_kwargs,
+                **_JSON,
             )
             self.read_engine = self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -147,6 +178,31 @@ class Database:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc`, or an error that led to it, says the database is out of reach for
+    now (stopped, restarting, failing over, unreachable, timing out, busy), as opposed to
+    a bug: the HTTP API answers those 503 service_unavailable with Retry-After."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.TimeoutError):  # no pooled connection came free
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        # psycopg's OperationalError: a failed connect, a connection lost, the server
+        # shutting down or refusing connections, a statement or lock timeout, a deadlock.
+        if isinstance(current, psycopg.OperationalError):
+            return True
+        if isinstance(current, sqlite3.OperationalError) and _SQLITE_BUSY.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__  # SQLAlchemy's: the driver's
+    return False
+
+
+_SQLITE_BUSY = re.compile(r"locked|busy|unable to open|disk i/o", re.IGNORECASE)
 
 
 def insert_or_ignore(

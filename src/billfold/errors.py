@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     HTTP_ERROR = "http_error"
     INTERNAL_ERROR = "internal_error"
     PROCESSOR_ERROR = "processor_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     WEBHOOK_SIGNATURE_INVALID = "webhook_signature_invalid"
     # Accounts, tokens and logins
     INVALID_CREDENTIALS = "invalid_credentials"
@@ -158,6 +159,15 @@ _SPECS = [
         _C.PROCESSOR_ERROR,
         502,
         "The payment processor could not be reached or answered unexpectedly.",
+    ),
+    ErrorSpec(
+        _C.SERVICE_UNAVAILABLE,
+        503,
+        "The database is out of reach for now (restarting, failing over, timing out): "
+        "retry after `retry_after_seconds`, also sent as Retry-After, with the same "
+        "Idempotency-Key (a write may or may not have been made; the key makes the retry "
+        "safe).",
+        ("retry_after_seconds",),
     ),
     ErrorSpec(_C.INVALID_CREDENTIALS, 401, "Wrong email or password at login."),
     ErrorSpec(_C.TOKEN_REVOKED, 401, "The agent token has been revoked."),
@@ -464,6 +474,18 @@ class Gone(BillfoldError):
 
 class RateLimited(BillfoldError):
     code = ErrorCode.RATE_LIMITED
+
+
+class ServiceUnavailable(BillfoldError):
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            "The service is briefly unavailable (its database is out of reach); retry "
+            "after Retry-After seconds with the same Idempotency-Key.",
+            details={"retry_after_seconds": retry_after_seconds},
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
 
 
 class InsufficientFunds(BillfoldError):

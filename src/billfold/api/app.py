@@ -232,9 +232,12 @@ def create_app(services: Services) -> FastAPI:
         try:
             with services.database.read() as session:
                 session.execute(text("SELECT 1"))
-        except Exception:
-            log.exception("readiness check failed")
-            return ApiResponse({"status": "unavailable"}, status_code=503)
+        except Exception as exc:
+            log.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
+            retry_after = str(services.settings.retry_after_seconds)
+            return ApiResponse(
+                {"status": "unavailable"}, status_code=503, headers={"Retry-After": retry_after}
+            )
         return ApiResponse({"status": "ok"})
 
     app.include_router(health)

@@ -5,17 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from billfold.api.responses import ApiResponse
+from billfold.db import unavailable
 from billfold.errors import (
     BillfoldError,
     ErrorCode,
     InvalidRequest,
     NotFound,
+    ServiceUnavailable,
     catalogue_json,
     error_body,
     error_payload,
@@ -23,6 +27,8 @@ from billfold.errors import (
 from billfold.payments.service import CardDeclined
 from billfold.processors.base import CardError, UnknownPaymentMethod
 from billfold.processors.cards import InvalidCard
+from billfold.services import Services
+from billfold.wallet.usage import NotWritten
 
 log = logging.getLogger("billfold.api")
 
@@ -50,6 +56,38 @@ def billfold_error_response(exc: BillfoldError, request_id: str) -> ApiResponse:
     return ApiResponse(
         error_payload(exc, request_id), status_code=exc.status_code, headers=exc.headers
     )
+
+
+def unavailable_response(request_id: str, retry_after_seconds: int) -> ApiResponse:
+    """503 service_unavailable with Retry-After: the database is out of reach for now."""
+    return billfold_error_response(ServiceUnavailable(retry_after_seconds), request_id)
+
+
+def error_response(
+    request: Request | None,
+    exc: Exception,
+    request_id: str,
+    services: Services | None = None,
+) -> ApiResponse:
+    """An exception no use case turned into a refusal: 503 if it says the database is out
+    of reach (logged as a warning), else 500 internal_error (a bug, logged with its
+    traceback)."""
+    if unavailable(exc):
+        log.warning("request %s: database unavailable: %s", request_id, _first_line(exc))
+        if services is None and request is not None:
+            services = getattr(request.app.state, "services", None)
+        retry_after = services.settings.retry_after_seconds if services is not None else 1
+        return unavailable_response(request_id, retry_after)
+    log.error("unhandled error in request %s", request_id, exc_info=exc)
+    return ApiResponse(
+        error_body(ErrorCode.INTERNAL_ERROR, "An internal error occurred.", {}, request_id),
+        status_code=500,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def processor_refusal(exc: Exception) -> BillfoldError:
@@ -159,11 +197,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("processor refusal reached the API unmapped: %r", exc)
         return billfold_error_response(processor_refusal(exc), request_id_of(request))
 
+    # Database errors (and the usage writer's, which carry them as their cause) are
+    # answered here, in the router, so an outage's 503s are not re-raised as crashes.
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(psycopg.Error)
+    @app.exception_handler(NotWritten)
+    async def _database(request: Request, exc: Exception) -> ApiResponse:
+        return error_response(request, exc, request_id_of(request))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> ApiResponse:
-        request_id = request_id_of(request)
-        log.exception("unhandled error in request %s", request_id)
-        return ApiResponse(
-            error_body(ErrorCode.INTERNAL_ERROR, "An internal error occurred.", {}, request_id),
-            status_code=500,
-        )
+        return error_response(request, exc, request_id_of(request))

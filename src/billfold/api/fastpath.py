@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billfold.api.deps import call_of, respond
-from billfold.api.errors import billfold_error_response, scope_request_id
+from billfold.api.errors import billfold_error_response, error_response, scope_request_id
 from billfold.api.routing import parse_json_body
 from billfold.application.idempotent import Reply
 from billfold.application.testclock import on_real_time
@@ -127,6 +127,8 @@ class UsageFastPath:
             reply = await lane[0].run(self.services, call, request, lane[1])
         except BillfoldError as exc:
             response = billfold_error_response(exc, call.request_id)
+        except Exception as exc:  # answered as the router's handlers would (503, 500)
+            response = error_response(None, exc, call.request_id, self.services)
         else:
             response = respond(reply)
         await response(scope, replay, send)

@@ -36,16 +36,6 @@ from billfold.wallet import usage
 MAX_BATCH = 512
 LOOP_IDLE_CLOSE_SECONDS = 10.0  # an idle loop committer closes its connection
 COMMITTER_NAME = "billfold-usage-committer"  # its connections' application_name
-# A loop committer's connection: named (pg_stat_activity), a bounded connect, and TCP
-# keepalives so a half-open connection is found dead instead of waited on.
-COMMITTER_CONNECTION: dict[str, Any] = {
-    "application_name": COMMITTER_NAME,
-    "connect_timeout": 5,
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-}
 
 _Pending = tuple[usage.Charge, "Future[usage.Answer | None]"]
 
@@ -181,8 +171,12 @@ class LoopCommitter:
         attempts = 0  # sent again, nothing written (a dead connection, a vanished key)
         while todo:
             if self._connection is None or self._connection.closed:
+                # Connected as the engine's connections are (a bounded connect and
+                # statement, TCP keepalives), and named for pg_stat_activity.
                 self._connection = await psycopg.AsyncConnection.connect(
-                    self.services.database.driver_url, **COMMITTER_CONNECTION
+                    self.services.database.driver_url,
+                    **self.services.database.connect_kwargs,
+                    application_name=COMMITTER_NAME,
                 )
             try:
                 written = await usage.write_pipelined_async(

@@ -19,6 +19,9 @@ def build_services(settings: Settings, admin_key: str) -> Services:
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        pool_timeout=settings.db_pool_timeout_seconds,
     )
     return Services(
         settings=settings,

@@ -24,6 +24,7 @@ from datetime import datetime
 from billfold import clock
 from billfold.checkout.service import EXPIRE_JOB, run_expiry
 from billfold.coupons import service as coupons
+from billfold.db import unavailable
 from billfold.ids import new_id
 from billfold.jobs import maintenance
 from billfold.jobs import service as jobs
@@ -38,6 +39,8 @@ from billfold.wallet.auto_funding import run_top_up
 from billfold.webhooks import service as webhooks
 
 log = logging.getLogger("billfold.worker")
+
+MAX_BACKOFF_SECONDS = 5.0  # the longest wait between claims while the database is out
 
 Handler = Callable[[Services, ClaimedJob], None]
 
@@ -163,7 +166,12 @@ class Worker:
         poll_seconds: float = 0.5,
         before_claim: Callable[[], None] | None = None,
     ) -> None:
-        """Keep up to `threads` jobs of `lane` running, claiming more as threads free up."""
+        """Keep up to `threads` jobs of `lane` running, claiming more as threads free up.
+
+        While claiming fails (the database out of reach), it waits longer after each
+        failure (up to MAX_BACKOFF_SECONDS) and logs the first failure only; it resumes by
+        itself once a claim succeeds."""
+        failures = 0
         with ThreadPoolExecutor(threads, thread_name_prefix=f"worker-{lane}") as pool:
             running: set[Future[None]] = set()
             while not stop.is_set():
@@ -173,8 +181,17 @@ class Worker:
                         before_claim()
                     if len(running) < threads:
                         claimed = self._claim(limit=threads - len(running), lane=lane)
-                except Exception:
-                    log.exception("worker loop error (%s lane)", lane)
+                except Exception as exc:
+                    failures += 1
+                    if failures == 1 and unavailable(exc):
+                        log.warning("worker %s lane: database unavailable, backing off", lane)
+                    elif failures == 1:
+                        log.exception("worker loop error (%s lane)", lane)
+                    stop.wait(min(MAX_BACKOFF_SECONDS, poll_seconds * 2**failures))
+                    continue
+                if failures:
+                    log.info("worker %s lane resumed after %d failed claims", lane, failures)
+                    failures = 0
                 running.update(pool.submit(self._run_logged, job) for job in claimed)
                 if claimed and len(running) < threads:
                     continue  # more may be due already
