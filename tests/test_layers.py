@@ -42,6 +42,7 @@ CORE = frozenset(
 )
 # Bottom to top: a domain may import core and the domains before it, never one after it.
 DOMAINS = (
+    "operator_keys",
     "accounts",
     "webhooks",
     "billing",

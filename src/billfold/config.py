@@ -23,6 +23,8 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer key of the operator API; generated into var/admin_key if unset.",
     )
+    # During a rotation of the admin key: the key before it, still valid until removed.
+    admin_key_previous: str | None = None
     processor: Literal["sandbox", "stripe"] = "sandbox"
     # Stripe (processor=stripe): the account's keys and the signing secret of the webhook
     # endpoint (/webhooks/stripe). `stripe_api_base` points the SDK at another server (a

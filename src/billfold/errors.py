@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
+    SCOPE_MISSING = "scope_missing"
+    OPERATOR_KEY_NOT_FOUND = "operator_key_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
@@ -132,6 +134,14 @@ _SPECS = [
     ),
     ErrorSpec(_C.UNAUTHENTICATED, 401, "No valid agent token or admin key was sent."),
     ErrorSpec(_C.FORBIDDEN, 403, "The credentials sent do not allow this request."),
+    ErrorSpec(
+        _C.SCOPE_MISSING,
+        403,
+        "The operator key lacks the endpoint's scope; `scope` names it (a key with `admin` "
+        "may do everything).",
+        ("scope",),
+    ),
+    ErrorSpec(_C.OPERATOR_KEY_NOT_FOUND, 404, "No such operator key.", ("key_id",)),
     ErrorSpec(_C.NOT_FOUND, 404, "No such endpoint, or no such object."),
     ErrorSpec(_C.METHOD_NOT_ALLOWED, 405, "The endpoint does not take this HTTP method."),
     ErrorSpec(_C.CONFLICT, 409, "The request conflicts with the current state of an object."),

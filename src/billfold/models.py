@@ -9,6 +9,7 @@ from billfold.idempotency.models import IdempotencyKey
 from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries, OperatorSettings
 from billfold.jobs.models import Job
 from billfold.ledger.models import LedgerPosting, LedgerTransaction, Wallet
+from billfold.operator_keys.models import OperatorKey
 from billfold.payments.models import (
     Dispute,
     Payment,
@@ -41,6 +42,7 @@ __all__ = [
     "LedgerPosting",
     "LedgerTransaction",
     "NumberSeries",
+    "OperatorKey",
     "OperatorSettings",
     "Payment",
     "PaymentAttempt",

@@ -24,6 +24,8 @@ class Services:
     database: Database
     processor: Processor
     admin_key_hash: str
+    # The admin key before the current one, valid during a rotation (None: no rotation).
+    previous_admin_key_hash: str | None = None
     # Which test clock each account seen lives on (None: real time), fixed at the
     # account's creation; remembered per process (`application.testclock.account_clock`).
     account_clock_ids: dict[str, str | None] = field(default_factory=dict, repr=False)

@@ -30,6 +30,7 @@ from billfold.api.routers.coupons import router as coupons_router
 from billfold.api.routers.invoices import admin_router as invoices_admin_router
 from billfold.api.routers.invoices import files_router as invoice_files_router
 from billfold.api.routers.invoices import router as invoices_router
+from billfold.api.routers.operator_keys import router as operator_keys_router
 from billfold.api.routers.payment_attempts import admin_router as payment_attempts_admin_router
 from billfold.api.routers.payments import router as payments_router
 from billfold.api.routers.sandbox import router as sandbox_router
@@ -256,6 +257,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(invoices_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(payment_attempts_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(webhooks_admin_router, prefix=ADMIN_PREFIX)
+    app.include_router(operator_keys_router, prefix=ADMIN_PREFIX)
     app.include_router(subscriptions_admin_router, prefix=ADMIN_PREFIX)
     app.include_router(testclock_router, prefix=ADMIN_PREFIX)
     app.include_router(sandbox_router)

@@ -24,13 +24,14 @@ from starlette.concurrency import run_in_threadpool
 from billfold import clock
 from billfold.accounts.service import AgentContext, authenticate_token
 from billfold.api.errors import request_id_of
+from billfold.api.metrics import route_template
+from billfold.api.scopes import scope_of
 from billfold.application.idempotent import Reply, checked_key, request_fingerprint
 from billfold.application.testclock import account_clock, on_real_time
-from billfold.application.usecases import Call
+from billfold.application.usecases import Call, operator_keys
 from billfold.checkout.models import CheckoutSession
-from billfold.errors import Unauthenticated
+from billfold.errors import ErrorCode, Forbidden, Unauthenticated
 from billfold.payments.models import Payment
-from billfold.security import secret_matches
 from billfold.services import Services
 
 __all__ = ["Call", "Services", "request_fingerprint"]
@@ -114,9 +115,21 @@ async def require_operator(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
 ) -> None:
-    """The admin key, and the request on the time of the account it names (if any)."""
-    if not secret_matches(_bearer_token(credentials), services.admin_key_hash):
+    """An operator key with the endpoint's scope (`api/scopes.py`), and the request on the
+    time of the account it names (if any)."""
+    secret = _bearer_token(credentials)
+    scopes = operator_keys.remembered(services, secret)
+    if scopes is None:
+        scopes = await run_in_threadpool(operator_keys.authorize, services, secret)
+    if scopes is None:
         raise Unauthenticated("Invalid admin key.", headers={"WWW-Authenticate": "Bearer"})
+    needed = scope_of(request.method, route_template(request.scope))
+    if not operator_keys.allows(scopes, needed):
+        raise Forbidden(
+            f"This operator key lacks the scope {needed!r}.",
+            code=ErrorCode.SCOPE_MISSING,
+            details={"scope": needed},
+        )
     if not services.processor.test_mode:
         return  # no test clocks: every account is on real time
     named = await _named_account(request)

@@ -33,14 +33,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billfold.api.deps import call_of, respond
 from billfold.api.errors import billfold_error_response, error_response, scope_request_id
 from billfold.api.routing import parse_json_body
+from billfold.api.scopes import USAGE
 from billfold.application.idempotent import Reply
 from billfold.application.testclock import on_real_time
+from billfold.application.usecases import operator_keys
 from billfold.application.usecases.base import Call
 from billfold.application.usecases.holds import capture_hold_async, create_hold_async
 from billfold.application.usecases.usage import USAGE_CHARGES_PATH, charge_usage_async
 from billfold.errors import BillfoldError
 from billfold.schemas import RequestModel
-from billfold.security import secret_matches
 from billfold.services import Services
 from billfold.wallet.schemas import (
     UsageChargeRequest,
@@ -148,7 +149,10 @@ class UsageFastPath:
         scheme, token = get_authorization_scheme_param(authorization)  # as HTTPBearer does
         if scheme.lower() != "bearer" or not token:
             return None, None
-        if not secret_matches(token, self.services.admin_key_hash):
+        # A key known right now to allow usage:write (the admin key, or an operator key
+        # looked up moments ago); any other the route authenticates (and may refuse).
+        scopes = operator_keys.remembered(self.services, token)
+        if scopes is None or not operator_keys.allows(scopes, USAGE):
             return None, None
         try:
             request = lane.model.model_validate(parse_json_body(body))

@@ -43,11 +43,12 @@ from prometheus_client.registry import Collector
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from billfold.application.usecases import operator_keys
 from billfold.clock import wall_now
 from billfold.db import Database
 from billfold.errors import ErrorCode, Unauthenticated
 from billfold.jobs import service as jobs
-from billfold.security import secret_matches
+from billfold.operator_keys.service import ADMIN
 from billfold.services import Services
 
 __all__ = ["RequestMetrics", "router"]
@@ -242,6 +243,7 @@ def metrics(
                 "BILLFOLD_METRICS_PUBLIC=true).",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not secret_matches(given, services.admin_key_hash):
+        scopes = operator_keys.authorize(services, given)
+        if scopes is None or not operator_keys.allows(scopes, ADMIN):
             raise Unauthenticated("Invalid admin key.", headers={"WWW-Authenticate": "Bearer"})
     return Response(exposition(services), media_type=CONTENT_TYPE_LATEST)

@@ -28,6 +28,9 @@ def build_services(settings: Settings, admin_key: str) -> Services:
         database=database,
         processor=build_processor(settings, database),
         admin_key_hash=hash_secret(admin_key),
+        previous_admin_key_hash=(
+            hash_secret(settings.admin_key_previous) if settings.admin_key_previous else None
+        ),
     )
 
 

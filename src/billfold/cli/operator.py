@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 usage_app = typer.Typer(help="Operator: debit wallets for usage.")
 accounts_app = typer.Typer(help="Operator: accounts and their agent tokens.")
 test_clock_app = typer.Typer(help="Operator (sandbox): test clocks that move accounts' time.")
+operator_keys_app = typer.Typer(help="Operator: named API keys with scopes.")
 
 AdminKeyOpt = Annotated[
     str | None,
@@ -44,6 +45,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(usage_app, name="usage")
     app.add_typer(accounts_app, name="accounts")
     app.add_typer(test_clock_app, name="test-clock")
+    app.add_typer(operator_keys_app, name="operator-keys")
 
 
 def admin_client(admin_key: str | None = None, url: str | None = None) -> BillfoldAdmin:
@@ -304,3 +306,72 @@ def clock_advance(
             f"Clock {data.get('id')} now at {data.get('now')} ({data.get('jobs_run')} jobs run)"
         ),
     )
+
+
+# --- operator keys -------------------------------------------------------------------
+
+OPERATOR_KEY_COLUMNS = [
+    ("Id", "id"),
+    ("Name", "name"),
+    ("Key", "key_prefix"),
+    ("Scopes", "scopes"),
+    ("Created", "created_at"),
+    ("Revoked", "revoked_at"),
+]
+
+
+@operator_keys_app.command("create")
+@handled
+def operator_keys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. 'metering'")],
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            "--scope",
+            help="usage:write, accounts, plans, coupons, refunds, webhooks, test-clocks "
+            "or admin (repeat for several)",
+        ),
+    ],
+    admin_key: AdminKeyOpt = None,
+    url: UrlOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an operator key; the key is printed once (store it now)."""
+    result = admin_client(admin_key, url).create_operator_key(name, scope)
+
+    def render(data: Any) -> None:
+        ok(f"Operator key {data['id']} ({', '.join(data['scopes'])})")
+        console.print(data["key"], markup=False, highlight=False)
+        console.print("[dim]Shown once: store it now.[/dim]")
+
+    emit(result, as_json, render)
+
+
+@operator_keys_app.command("list")
+@handled
+def operator_keys_list(
+    include_revoked: Annotated[bool, typer.Option("--include-revoked")] = False,
+    admin_key: AdminKeyOpt = None,
+    url: UrlOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The operator keys (their first characters, never the keys)."""
+
+    def render(data: Any) -> None:
+        rows = [{**item, "scopes": ", ".join(item["scopes"])} for item in data["items"]]
+        show_rows(rows, OPERATOR_KEY_COLUMNS, title="Operator keys", empty="No operator keys.")
+
+    emit(admin_client(admin_key, url).list_operator_keys(include_revoked), as_json, render)
+
+
+@operator_keys_app.command("revoke")
+@handled
+def operator_keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="ID")],
+    admin_key: AdminKeyOpt = None,
+    url: UrlOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke an operator key."""
+    result = admin_client(admin_key, url).revoke_operator_key(key_id)
+    emit(result, as_json, lambda data: ok(f"Operator key {data['id']} revoked"))

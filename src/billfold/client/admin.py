@@ -19,6 +19,11 @@ from billfold.client.agent import Amount
 from billfold.client.core import AsyncCore, Call, ClientBase, SyncCore, body, route, routes_of
 from billfold.coupons.schemas import CouponOut
 from billfold.invoices.schemas import InvoiceSettingsOut
+from billfold.operator_keys.schemas import (
+    OperatorKeyCreatedOut,
+    OperatorKeyListOut,
+    OperatorKeyOut,
+)
 from billfold.payments.schemas import PaymentAttemptList
 from billfold.subscriptions.schemas import AccountSubscriptionsOut, PlanOut, SubscriptionOut
 from billfold.testclock.schemas import AdvancedTestClockOut, TestClockOut
@@ -486,6 +491,21 @@ class AdminAPI(ClientBase):
     @route("POST", "/webhook-deliveries/{delivery_id}/redeliver")
     def redeliver_webhook(self, delivery_id: str) -> Call[DeliveryOut]:
         return Call(DeliveryOut.model_validate, path_params={"delivery_id": delivery_id})
+
+    @route("POST", "/operator-keys")
+    def create_operator_key(self, name: str, scopes: Sequence[str]) -> Call[OperatorKeyCreatedOut]:
+        """A new operator key with `scopes`; the answer's `key` is shown once."""
+        return Call(
+            OperatorKeyCreatedOut.model_validate, json={"name": name, "scopes": list(scopes)}
+        )
+
+    @route("GET", "/operator-keys")
+    def list_operator_keys(self, include_revoked: bool = False) -> Call[OperatorKeyListOut]:
+        return Call(OperatorKeyListOut.model_validate, params={"include_revoked": include_revoked})
+
+    @route("POST", "/operator-keys/{key_id}/revoke")
+    def revoke_operator_key(self, key_id: str) -> Call[OperatorKeyOut]:
+        return Call(OperatorKeyOut.model_validate, path_params={"key_id": key_id})
 
 
 ADMIN_ROUTES: dict[tuple[str, str], tuple[str, ...]] = routes_of(AdminAPI)

@@ -1,0 +1,1 @@
+"""Named operator API keys with scopes (the bootstrap admin key has every scope)."""
