@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # of usage charges a second the line costs about a tenth of the API's CPU; a proxy in
     # front may log requests instead (docs/BENCHMARKS.md).
     access_log: bool = True
+    # SIGTERM to `billfold serve`: it stops accepting connections, lets requests in flight
+    # finish and job workers finish their jobs for up to this long, then stops them (a
+    # killed worker's jobs are handed back, for another worker to take at once).
+    shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     # Dunning: after a renewal's payment fails, retry this many days after the renewal;
     # after the last retry fails the subscription becomes `canceled` (or `unpaid`).

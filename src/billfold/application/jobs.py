@@ -73,7 +73,7 @@ class Worker:
         test_clock_id: str | None = None,
     ) -> None:
         self.services = services
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id('w', 8)}"
+        self.worker_id = worker_id or f"{worker_prefix(os.getpid())}{new_id('w', 8)}"
         self.test_clock_id = test_clock_id
         self.handlers = handlers()
         self._next_schedule = 0.0
@@ -212,6 +212,21 @@ class Worker:
                 maintenance.schedule(session)
                 payment_janitor.schedule_sweep(session)
             self._next_schedule = time.monotonic() + 60
+
+
+def worker_prefix(pid: int) -> str:
+    """How the ids of the workers of process `pid` (on this host) begin."""
+    return f"{socket.gethostname()}:{pid}:"
+
+
+def release_leases_of(services: Services, pid: int) -> int:
+    """Hand back the running jobs of a worker process of this host that was killed (see
+    `jobs.release_leases`); how many."""
+    with services.database.transaction() as session:
+        released = jobs.release_leases(session, worker_prefix=worker_prefix(pid))
+    if released:
+        log.warning("handed back %d job(s) of killed worker process [%d]", released, pid)
+    return released
 
 
 def start_in_thread(services: Services) -> tuple[threading.Thread, threading.Event]:

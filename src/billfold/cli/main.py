@@ -161,12 +161,20 @@ def serve(
     # SIGTERM unwinds like Ctrl-C, through the `finally` that stops the job workers
     # (uvicorn re-raises the signal it caught once it has shut down).
     signal.signal(signal.SIGTERM, _interrupt)
-    job_runners = JobWorkers(job_processes)
+    from billfold.application.jobs import release_leases_of
+
+    job_runners = JobWorkers(
+        job_processes,
+        grace_seconds=settings.shutdown_grace_seconds,
+        on_killed=lambda pid: release_leases_of(services, pid),
+    )
     server_options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": "info",
         "access_log": settings.access_log,
+        # SIGTERM: stop accepting, let the requests in flight finish (up to the grace).
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds),
         # Client addresses (login throttling, abuse limits) come from the connection
         # unless the operator names the proxy whose X-Forwarded-For is to be believed.
         "proxy_headers": settings.forwarded_allow_ips is not None,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("billfold.serve")
 
@@ -24,9 +25,17 @@ RESTART_DELAY_SECONDS = 5.0
 
 
 class JobWorkers:
-    def __init__(self, count: int, *, grace_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        count: int,
+        *,
+        grace_seconds: float = 30.0,
+        on_killed: Callable[[int], object] | None = None,
+    ) -> None:
         self.count = count
         self.grace_seconds = grace_seconds
+        # Called with the pid of a worker that had to be killed (its jobs handed back).
+        self.on_killed = on_killed
         self._processes: list[tuple[subprocess.Popen[bytes], float]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -88,5 +97,10 @@ class JobWorkers:
                 log.warning("job worker process [%d] did not stop: killing it", process.pid)
                 process.kill()
                 process.wait()
+                if self.on_killed is not None:
+                    try:
+                        self.on_killed(process.pid)
+                    except Exception:  # its leases run out instead
+                        log.exception("could not hand back the jobs of [%d]", process.pid)
         if self._watcher is not None:
             self._watcher.join(timeout=5)
