@@ -180,6 +180,28 @@ class Database:
             self.read_engine.dispose()
 
 
+def backup_sqlite(url: str, target: Path) -> int:
+    """Copy the SQLite database at `url` to `target` with SQLite's online backup API: one
+    consistent snapshot, taken while the server keeps writing (WAL: writers are not
+    blocked). Written beside `target` first and renamed, so `target` is never half a
+    copy. The copy's size in bytes."""
+    database = make_url(url).database
+    if make_url(url).get_backend_name() != "sqlite" or not database or database == ":memory:":
+        raise ValueError("backup_sqlite takes the URL of a SQLite file")
+    partial = target.with_name(f".{target.name}.partial")
+    source = sqlite3.connect(f"file:{Path(database).resolve()}?mode=ro", uri=True)
+    try:
+        copy = sqlite3.connect(partial)
+        try:
+            source.backup(copy)  # all pages in one step: one snapshot
+        finally:
+            copy.close()
+    finally:
+        source.close()
+    partial.replace(target)
+    return target.stat().st_size
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether `exc`, or an error that led to it, says the database is out of reach for
     now (stopped, restarting, failing over, unreachable, timing out, busy), as opposed to

@@ -1,4 +1,5 @@
-"""The `billfold` command: serve, migrate."""
+"""The `billfold` command: serve, worker, migrate, backup, check-ledger (and the client
+verbs registered from billfold.cli.agent and billfold.cli.operator)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -63,6 +65,62 @@ def migrate() -> None:
     settings = get_settings()
     upgrade(settings.database_url)
     console.print(f"[green]Schema is up to date[/green] on {_safe_url(settings.database_url)}")
+
+
+@app.command()
+def backup(
+    path: Annotated[Path, typer.Argument(help="Where to write the copy")],
+    force: Annotated[bool, typer.Option("--force", help="Replace PATH if it exists")] = False,
+) -> None:
+    """Back up the SQLite database to PATH, online: one consistent snapshot taken while
+    the server keeps running (SQLite's backup API). PostgreSQL: use pg_dump or
+    point-in-time recovery (docs/OPERATIONS.md)."""
+    from sqlalchemy.engine import make_url
+
+    from billfold.db import backup_sqlite
+
+    settings = get_settings()
+    if make_url(settings.database_url).get_backend_name() != "sqlite":
+        console.print(
+            "[red]billfold backup copies the SQLite default.[/red] For PostgreSQL use "
+            "pg_dump or point-in-time recovery: see docs/OPERATIONS.md."
+        )
+        raise typer.Exit(2)
+    if path.exists() and not force:
+        console.print(f"[red]{path} exists[/red] (--force to replace it)")
+        raise typer.Exit(2)
+    size = backup_sqlite(settings.database_url, path)
+    console.print(f"[green]Backed up[/green] {_safe_url(settings.database_url)} to {path}")
+    console.print(
+        f"{size:,} bytes; check it with BILLFOLD_DATABASE_URL=sqlite:///{path} "
+        "billfold check-ledger"
+    )
+
+
+@app.command("check-ledger")
+def check_ledger(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Check the whole ledger (after a restore or an incident): every wallet against its
+    postings, every transaction balanced, every account's held money against its active
+    holds. Exit status 1 if anything is off."""
+    from billfold.application.container import build_services
+    from billfold.application.usecases.wallet import audit_ledger
+
+    # No statement timeout: reading a large ledger may take longer than a request may.
+    settings = get_settings().model_copy(update={"db_statement_timeout_ms": 0})
+    services = build_services(settings, settings.admin_key or secrets.token_urlsafe(16))
+    report = audit_ledger(services)
+    if as_json:
+        typer.echo(report.model_dump_json())
+    else:
+        state = "[green]consistent[/green]" if report.consistent else "[red]INCONSISTENT[/red]"
+        console.print(f"Ledger of {report.accounts} account(s): {state}")
+        for problem in report.problems:
+            where = problem.account_id or problem.transaction_id
+            console.print(f"  {where}: {problem.problem}", highlight=False)
+    if not report.consistent:
+        raise typer.Exit(1)
 
 
 @app.command()

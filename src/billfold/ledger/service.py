@@ -204,6 +204,42 @@ def lock_wallet(session: Session, account_id: str) -> Wallet:
     return wallet
 
 
+def all_ledger_balances(session: Session) -> dict[str, dict[str, int]]:
+    """`ledger_balances` of every account at once: account → ledger account → sum."""
+    rows = session.execute(
+        select(
+            LedgerPosting.account_id,
+            LedgerPosting.ledger_account,
+            func.sum(LedgerPosting.amount_micros),
+        ).group_by(LedgerPosting.account_id, LedgerPosting.ledger_account)
+    ).all()
+    found: dict[str, dict[str, int]] = {}
+    for account_id, name, total in rows:
+        found.setdefault(account_id, {})[name] = int(total)
+    return found
+
+
+def unbalanced_transactions(session: Session, limit: int = 100) -> list[str]:
+    """Transactions whose postings do not sum to zero (there should be none)."""
+    return list(
+        session.scalars(
+            select(LedgerPosting.transaction_id)
+            .group_by(LedgerPosting.transaction_id)
+            .having(func.sum(LedgerPosting.amount_micros) != 0)
+            .limit(limit)
+        )
+    )
+
+
+def wallet_consistent(cached: dict[str, int], sums: dict[str, int]) -> bool:
+    """A wallet's cached buckets and balance agree with its postings, which sum to zero."""
+    return (
+        all(sums.get(wallet_account(b), 0) == cached[b] for b in BUCKETS)
+        and cached["balance"] == sum(cached[b] for b in BUCKETS)
+        and sum(sums.values()) == 0
+    )
+
+
 def ledger_balances(session: Session, account_id: str) -> dict[str, int]:
     """Sum of postings per ledger account of one account (the ledger's truth)."""
     rows = session.execute(

@@ -223,6 +223,19 @@ class LedgerCheckOut(ResponseModel):
     consistent: bool
 
 
+class LedgerProblemOut(ResponseModel):
+    account_id: str | None = None
+    transaction_id: str | None = None
+    problem: str
+
+
+class LedgerAuditOut(ResponseModel):
+    accounts: int
+    transactions_unbalanced: int
+    consistent: bool
+    problems: list[LedgerProblemOut]
+
+
 class OperatorRefundOut(ResponseModel):
     id: str
     amount: MoneyOut

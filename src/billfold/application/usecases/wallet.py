@@ -5,17 +5,25 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.usecases.base import Call, for_account, for_operator
 from billfold.checkout import service as checkout
 from billfold.errors import ErrorCode, PaymentFailed
-from billfold.ledger.models import BUCKETS
-from billfold.ledger.service import ledger_balances
+from billfold.ledger.models import BUCKETS, Wallet
+from billfold.ledger.service import (
+    HOLDS_USAGE,
+    all_ledger_balances,
+    ledger_balances,
+    unbalanced_transactions,
+    wallet_consistent,
+)
 from billfold.money import from_micros, to_micros
 from billfold.services import Services
 from billfold.wallet import auto_funding, funding, refunds, service
+from billfold.wallet.models import HoldStatus, UsageHold
 from billfold.wallet.schemas import (
     AdjustmentRequest,
     AutoFundingOut,
@@ -23,7 +31,9 @@ from billfold.wallet.schemas import (
     BalanceOut,
     FundOut,
     FundRequest,
+    LedgerAuditOut,
     LedgerCheckOut,
+    LedgerProblemOut,
     OperatorRefundOut,
     OperatorRefundRequest,
     RefundOut,
@@ -202,16 +212,72 @@ def ledger_check(app: Services, *, account_id: str) -> LedgerCheckOut:
         sums = ledger_balances(session, account_id)
     cached = {bucket: getattr(wallet, f"{bucket}_micros") for bucket in BUCKETS}
     cached["balance"] = wallet.balance_micros
-    consistent = (
-        all(sums.get(f"wallet:{b}", 0) == cached[b] for b in BUCKETS)
-        and cached["balance"] == sum(cached[b] for b in BUCKETS)
-        and sum(sums.values()) == 0
-    )
     return LedgerCheckOut(
         account_id=account_id,
         cached={k: from_micros(v) for k, v in cached.items()},
         postings={k: from_micros(v) for k, v in sums.items()},
-        consistent=consistent,
+        consistent=wallet_consistent(cached, sums),
+    )
+
+
+def audit_ledger(app: Services) -> LedgerAuditOut:
+    """The whole ledger checked at once (after a restore, or an incident): every wallet's
+    cached balances against its postings, every transaction's postings summing to zero,
+    and every account's `holds:usage` equal to its active holds. Read in one transaction
+    (one consistent snapshot on PostgreSQL)."""
+    with app.database.read() as session:
+        sums = all_ledger_balances(session)
+        wallets = session.execute(
+            select(
+                Wallet.account_id,
+                Wallet.subscription_micros,
+                Wallet.promotional_micros,
+                Wallet.purchased_micros,
+                Wallet.balance_micros,
+            )
+        ).all()
+        unbalanced = unbalanced_transactions(session)
+        held = dict(
+            session.execute(
+                select(UsageHold.account_id, func.sum(UsageHold.amount_micros))
+                .where(UsageHold.status == HoldStatus.HELD)
+                .group_by(UsageHold.account_id)
+            ).all()
+        )
+    problems: list[LedgerProblemOut] = []
+    for account_id, subscription, promotional, purchased, balance in wallets:
+        cached = {
+            "subscription": subscription,
+            "promotional": promotional,
+            "purchased": purchased,
+            "balance": balance,
+        }
+        postings = sums.get(account_id, {})
+        if not wallet_consistent(cached, postings):
+            problems.append(
+                LedgerProblemOut(
+                    account_id=account_id,
+                    problem="the wallet's cached balances differ from its postings",
+                )
+            )
+        if postings.get(HOLDS_USAGE, 0) != int(held.get(account_id) or 0):
+            problems.append(
+                LedgerProblemOut(
+                    account_id=account_id,
+                    problem="holds:usage differs from the sum of its active holds",
+                )
+            )
+    for transaction_id in unbalanced:
+        problems.append(
+            LedgerProblemOut(
+                transaction_id=transaction_id, problem="the postings do not sum to zero"
+            )
+        )
+    return LedgerAuditOut(
+        accounts=len(wallets),
+        transactions_unbalanced=len(unbalanced),
+        consistent=not problems,
+        problems=problems,
     )
 
 
