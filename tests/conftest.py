@@ -21,7 +21,9 @@ tests/stripe_fake.py (localstripe) started for it alone (`pytest_generate_tests`
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,10 +42,21 @@ import psycopg
 import pytest
 import requests
 
+from billfold import logs
 from billfold.api.embedded import local_socket, serving, start_app
 from billfold.config import Settings
 from billfold.services import Services
-from tests.helpers import Api
+from tests.helpers import (
+    CARD_ATTACH_THEN_FAIL,
+    CARD_DECLINED,
+    CARD_EXPIRED,
+    CARD_INCORRECT_CVC,
+    CARD_INSUFFICIENT_FUNDS,
+    CARD_OK,
+    CARD_PROCESSING_ERROR,
+    CARD_REQUIRES_AUTH,
+    Api,
+)
 
 PG_ADMIN_DSN = os.environ.get(
     "BILLFOLD_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -384,3 +397,53 @@ def browser() -> Iterator[object]:
         )
         yield browser
         browser.close()
+
+
+# --- no secret in the logs of a whole run -------------------------------------------------
+
+# What must never be in a log line: credentials by their shape (admin, operator and agent
+# keys, Stripe keys, webhook secrets), Bearer values, signed links' signatures, and the
+# suite's own passwords and card numbers.
+_LEAKS = re.compile(
+    r"\b(?:bf_admin|bf_at|bfo|whsec|sk_test|sk_live)_[A-Za-z0-9_\-]{4,}"
+    r"|(?i:bearer)\s+(?!\[secret\])[^\s\"']{8,}"
+    r"|signature=(?!\[secret\])[^&\s\"']+"
+)
+_KNOWN_SECRETS = (
+    ADMIN_KEY,
+    "correct horse battery staple",
+    CARD_OK,
+    CARD_DECLINED,
+    CARD_INSUFFICIENT_FUNDS,
+    CARD_EXPIRED,
+    CARD_INCORRECT_CVC,
+    CARD_PROCESSING_ERROR,
+    CARD_ATTACH_THEN_FAIL,
+    CARD_REQUIRES_AUTH,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_the_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every log record of the run (this worker's: the live servers, jobs, use cases, at
+    INFO and above) is written as production writes it (billfold.logs, JSON), and the
+    file is scanned at the end: a secret in it fails the run."""
+    path = tmp_path_factory.mktemp("logs") / "run.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logs.formatter("json"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+    text = path.read_text(encoding="utf-8")
+    found = sorted({match.group(0) for match in _LEAKS.finditer(text)})
+    found += [secret for secret in _KNOWN_SECRETS if secret in text]
+    assert text, "no log line was written: the scan would prove nothing"
+    assert not found, f"secrets in the run's logs ({path}): {found[:20]}"

@@ -29,6 +29,7 @@ CORE = frozenset(
         "jobs",
         "jsonenc",
         "ledger",
+        "logs",
         "migrate",
         "money",
         "processors",

@@ -90,6 +90,7 @@ def test_a_moved_global_clock_becomes_a_test_clock_its_accounts_live_on(
 
 # --- every earlier revision, with rows present ---------------------------------------------
 
+
 def _revision_of(path: Path) -> str:
     found = re.search(r'^revision: str = "([^"]+)"', path.read_text(), re.MULTILINE)
     assert found, path
@@ -135,14 +136,10 @@ def _fill(url: str) -> dict[str, int]:
                 for row in range(2):
                     values: dict[str, Any] = {}
                     for column in table.columns:
-                        if (
-                            (column.primary_key
-                            and column.autoincrement is True)
-                            or (
-                                column.primary_key
-                                and isinstance(column.type, sa_types.Integer)
-                                and len(table.primary_key.columns) == 1
-                            )
+                        if (column.primary_key and column.autoincrement is True) or (
+                            column.primary_key
+                            and isinstance(column.type, sa_types.Integer)
+                            and len(table.primary_key.columns) == 1
                         ):
                             continue  # the database numbers it
                         if column.foreign_keys:

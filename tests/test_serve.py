@@ -73,7 +73,9 @@ def alive(pid: int) -> bool:
 
 
 @contextmanager
-def serving(tmp_path: Path, *args: str) -> Iterator[Served]:
+def serving(
+    tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None
+) -> Iterator[Served]:
     sock = local_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -86,6 +88,7 @@ def serving(tmp_path: Path, *args: str) -> Iterator[Served]:
         PYTHONUNBUFFERED="1",
         COLUMNS="200",
     )
+    env.update(env_extra or {})
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     # of usage charges a second the line costs about a tenth of the API's CPU; a proxy in
     # front may log requests instead (docs/BENCHMARKS.md).
     access_log: bool = True
+    # Log lines: `text` for a terminal, `json` (one object per line, one line per request
+    # and per job, with request id, account, route, status and duration) for a pipeline.
+    # Either way secrets are redacted (billfold.logs). With `json` the request lines
+    # replace uvicorn's access log.
+    log_format: Literal["text", "json"] = "text"
     # SIGTERM to `billfold serve`: it stops accepting connections, lets requests in flight
     # finish and job workers finish their jobs for up to this long, then stops them (a
     # killed worker's jobs are handed back, for another worker to take at once).

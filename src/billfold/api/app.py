@@ -218,7 +218,7 @@ def create_app(services: Services) -> FastAPI:
         app.add_middleware(UsageFastPath, services=services)
     app.add_middleware(RequestContext)
     # Added last, so outermost: its latency includes RequestContext's work.
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestMetrics, log_requests=services.settings.log_format == "json")
 
     health = APIRouter(tags=["health"])
 

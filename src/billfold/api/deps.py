@@ -72,11 +72,13 @@ def _authenticate(services: Services, token: str) -> AgentContext:
 
 
 async def agent_context(
+    request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_agent_bearer)],
 ) -> AgentContext:
     """The agent's account, and the request on its time."""
     agent = await run_in_threadpool(_authenticate, services, _bearer_token(credentials))
+    request.state.account_id = agent.account_id  # for the request's log line
     if services.processor.test_mode:
         clock.use(agent.clock)
     return agent
@@ -130,10 +132,15 @@ async def require_operator(
             code=ErrorCode.SCOPE_MISSING,
             details={"scope": needed},
         )
-    if not services.processor.test_mode:
+    logged = services.settings.log_format == "json"
+    if not services.processor.test_mode and not logged:
         return  # no test clocks: every account is on real time
     named = await _named_account(request)
     if named is None:
+        return
+    if named[0] == "account_id":
+        request.state.account_id = named[1]  # for the request's log line
+    if not services.processor.test_mode:
         return
     if named[0] == "account_id" and on_real_time(services, named[1]):
         clock.use(None)

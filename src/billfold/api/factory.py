@@ -8,10 +8,10 @@ migrates and seeds once, in the parent, and hands the key down as BILLFOLD_ADMIN
 from __future__ import annotations
 
 import gc
-import logging
 
 from fastapi import FastAPI
 
+from billfold import logs
 from billfold.api.app import create_app
 from billfold.application.container import build_services
 from billfold.config import Settings, get_settings
@@ -19,13 +19,11 @@ from billfold.services import Services
 
 __all__ = ["create_app_from_env", "serving_app"]
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
 
 def create_app_from_env() -> FastAPI:
-    # A spawned process starts with bare logging; the ASGI server configures only its own.
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # A spawned process starts with bare logging (serve hands uvicorn no log config).
     settings = get_settings()
+    logs.configure(settings.log_format)
     return serving_app(build_services(settings, admin_key(settings)))
 
 

@@ -123,6 +123,9 @@ class UsageFastPath:
             await self.app(scope, replay, send)
             return
         scope["route"] = lane[0].route
+        account_id = getattr(request, "account_id", None)
+        if account_id is not None:
+            scope.setdefault("state", {})["account_id"] = account_id  # for its log line
         response: Response
         try:
             reply = await lane[0].run(self.services, call, request, lane[1])

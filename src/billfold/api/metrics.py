@@ -122,8 +122,9 @@ class RequestMetrics:
     """Pure ASGI middleware: one histogram sample per HTTP request, and the counters of
     refusals and usage charges. The outermost middleware, so it times everything."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, log_requests: bool = False) -> None:
         self.app = app
+        self.log_requests = log_requests  # one log line per request (BILLFOLD_LOG_FORMAT=json)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,7 +153,10 @@ class RequestMetrics:
             await self.app(scope, receive, send_measured)
         finally:
             route = route_template(scope, root_path)
-            self._record(scope, route, status, code, replayed, perf_counter() - started)
+            seconds = perf_counter() - started
+            self._record(scope, route, status, code, replayed, seconds)
+            if self.log_requests:
+                _log_request(scope, route, status, code, replayed, seconds)
 
     @staticmethod
     def _record(
@@ -165,6 +169,33 @@ class RequestMetrics:
             REFUSALS.labels(code, route).inc()
         if (method, route) in USAGE_CHARGE_ROUTES and not replayed and (refused or status < 300):
             USAGE_CHARGES.labels(code if refused else "charged").inc()
+
+
+_requests_log = logging.getLogger("billfold.request")
+
+
+def _log_request(
+    scope: Scope, route: str, status: int, code: str, replayed: bool, seconds: float
+) -> None:
+    """The request's line: who, what, how it ended, how long it took."""
+    state = scope.get("state") or {}
+    method = scope.get("method", "")
+    _requests_log.info(
+        "%s %s %s",
+        method,
+        route,
+        status,
+        extra={
+            "request_id": state.get("request_id"),
+            "account_id": state.get("account_id"),
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "replayed": replayed,
+            "error_code": code if status >= 400 else None,
+        },
+    )
 
 
 class JobBacklogCollector(Collector):

@@ -122,18 +122,37 @@ class Worker:
 
     def _run_on_its_time(self, job: ClaimedJob) -> None:
         handler = self.handlers.get(job.kind)
+        started = time.monotonic()
+        fields = {
+            "job_id": job.id,
+            "job_kind": job.kind,
+            "attempt": job.attempts,
+            "account_id": job.account_id,
+        }
         try:
             if handler is None:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
             handler(self.services, job)
         except Exception as exc:
-            log.exception("job %s (%s) failed on attempt %s", job.id, job.kind, job.attempts)
+            log.exception(
+                "job %s (%s) failed on attempt %s",
+                job.id,
+                job.kind,
+                job.attempts,
+                extra={**fields, "outcome": "failed", "duration_ms": _ms_since(started)},
+            )
             with self.services.database.transaction() as session:
                 jobs.fail(session, job, worker_id=self.worker_id, error=repr(exc))
             return
         with self.services.database.transaction() as session:
             if not jobs.succeed(session, job, worker_id=self.worker_id):
                 log.warning("job %s finished after its lease was taken over", job.id)
+        log.info(
+            "job %s (%s) done",
+            job.id,
+            job.kind,
+            extra={**fields, "outcome": "succeeded", "duration_ms": _ms_since(started)},
+        )
 
     def run_forever(self, stop: threading.Event, *, poll_seconds: float = 0.5) -> None:
         """Serve every lane until `stop` is set, then finish the jobs in hand."""
@@ -212,6 +231,10 @@ class Worker:
                 maintenance.schedule(session)
                 payment_janitor.schedule_sweep(session)
             self._next_schedule = time.monotonic() + 60
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
 
 
 def worker_prefix(pid: int) -> str:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from billfold import logs
 from billfold.config import Settings, get_settings
 
 app = typer.Typer(help="Billfold: billing, wallet and subscriptions for AI-agent platforms.")
@@ -165,9 +166,9 @@ def serve(
     from billfold.cli.supervise import JobWorkers
     from billfold.migrate import upgrade
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     job_processes = job_workers if worker else 0
     settings = get_settings()
+    logs.configure(settings.log_format)
     if (
         not settings.public_url
         or settings.public_url == Settings.model_fields["public_url"].default
@@ -230,7 +231,9 @@ def serve(
         "host": host,
         "port": port,
         "log_level": "info",
-        "access_log": settings.access_log,
+        # BILLFOLD_LOG_FORMAT=json: billfold's own line per request replaces uvicorn's.
+        "access_log": settings.access_log and settings.log_format != "json",
+        "log_config": None,  # uvicorn logs through the root logger (billfold.logs)
         # SIGTERM: stop accepting, let the requests in flight finish (up to the grace).
         "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds),
         # Client addresses (login throttling, abuse limits) come from the connection
@@ -277,8 +280,8 @@ def run_worker(
     from billfold.application.container import build_services
     from billfold.application.jobs import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    logs.configure(settings.log_format)
     job_runner = Worker(build_services(settings, resolve_admin_key(settings).key))
     if once:
         console.print(f"Ran {job_runner.drain()} job(s).")
