@@ -39,6 +39,7 @@ CORE = frozenset(
         "services",
         "testclock",
         "text",
+        "tracing",
     }
 )
 # Bottom to top: a domain may import core and the domains before it, never one after it.

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # Either way secrets are redacted (billfold.logs). With `json` the request lines
     # replace uvicorn's access log.
     log_format: Literal["text", "json"] = "text"
+    # OpenTelemetry traces over OTLP/HTTP (needs the `otel` extra; the exporter reads the
+    # standard OTEL_EXPORTER_OTLP_ENDPOINT and friends). billfold.tracing.
+    tracing: Literal["off", "otlp"] = "off"
     # SIGTERM to `billfold serve`: it stops accepting connections, lets requests in flight
     # finish and job workers finish their jobs for up to this long, then stops them (a
     # killed worker's jobs are handed back, for another worker to take at once).

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from billfold import __version__
+from billfold import __version__, tracing
 from billfold.api.errors import error_body, install_error_handlers
 from billfold.api.fastpath import UsageFastPath
 from billfold.api.metrics import RequestMetrics
@@ -219,6 +219,11 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(RequestContext)
     # Added last, so outermost: its latency includes RequestContext's work.
     app.add_middleware(RequestMetrics, log_requests=services.settings.log_format == "json")
+    traces = tracing.provider()
+    if traces is not None:  # a span per request, named by its route template
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=traces)
 
     health = APIRouter(tags=["health"])
 

@@ -11,7 +11,7 @@ import gc
 
 from fastapi import FastAPI
 
-from billfold import logs
+from billfold import logs, tracing
 from billfold.api.app import create_app
 from billfold.application.container import build_services
 from billfold.config import Settings, get_settings
@@ -32,6 +32,7 @@ def serving_app(services: Services) -> FastAPI:
     collector: a full collection then walks only what requests allocate, not the hundreds
     of thousands of objects the imports made (measured: p99 of usage charges at 32 clients
     from about 60-90 ms to about 21 ms, docs/BENCHMARKS.md)."""
+    tracing.setup(services)  # before the app: it instruments itself if tracing is on
     app = create_app(services)
     gc.collect()
     gc.freeze()

@@ -29,6 +29,7 @@ from typing import Any, cast
 import anyio.to_thread
 import psycopg
 
+from billfold import tracing
 from billfold.clock import current_test_clock
 from billfold.services import Services
 from billfold.wallet import usage
@@ -179,9 +180,10 @@ class LoopCommitter:
                     application_name=COMMITTER_NAME,
                 )
             try:
-                written = await usage.write_pipelined_async(
-                    self._connection, [ops[i] for i in todo], self.services.key_policy
-                )
+                with tracing.span("usage.batch", **{"billfold.batch_size": len(todo)}):
+                    written = await usage.write_pipelined_async(
+                        self._connection, [ops[i] for i in todo], self.services.key_policy
+                    )
             except usage.KeysTaken as taken:
                 todo = _without_taken(ops, todo, taken)
                 continue

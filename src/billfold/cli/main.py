@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from billfold import logs
+from billfold import logs, tracing
 from billfold.config import Settings, get_settings
 
 app = typer.Typer(help="Billfold: billing, wallet and subscriptions for AI-agent platforms.")
@@ -282,7 +282,9 @@ def run_worker(
 
     settings = get_settings()
     logs.configure(settings.log_format)
-    job_runner = Worker(build_services(settings, resolve_admin_key(settings).key))
+    services = build_services(settings, resolve_admin_key(settings).key)
+    tracing.setup(services)
+    job_runner = Worker(services)
     if once:
         console.print(f"Ran {job_runner.drain()} job(s).")
         return
