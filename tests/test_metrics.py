@@ -18,6 +18,7 @@ from billfold.clock import wall_now
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job, Lane
 from billfold.services import Services
+from tests.conftest import Receiver
 from tests.helpers import Api, assert_error
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -142,3 +143,31 @@ def test_metrics_can_be_public(services: Services) -> None:
     samples = parse(response.text)
     assert value(samples, "billfold_jobs_running", lane="default") >= 0
     assert any(name == "billfold_http_request_duration_seconds_count" for name, _ in samples)
+
+
+def test_attention_gauges_count_disabled_endpoints(api: Api, receiver: Receiver) -> None:
+    """The gauges alerts watch: a webhook endpoint disabled shows in
+    billfold_webhook_endpoints_disabled; the others are present."""
+    before = scrape(api)
+    for name in (
+        "billfold_payment_attempts_pending",
+        "billfold_payment_attempts_unknown",
+        "billfold_subscriptions_past_due",
+        "billfold_subscriptions_unpaid",
+    ):
+        assert (name, frozenset()) in before, name
+    created = api.admin_post("/webhook-endpoints", {"url": f"{receiver.url}/attention"})
+    assert created.status_code == 201, created.text
+    endpoint_id = created.json()["data"]["id"]
+    disabled = api.session.put(
+        api.admin_url(f"/webhook-endpoints/{endpoint_id}"),
+        json={"enabled": False},
+        headers=api.admin_headers,
+        timeout=10,
+    )
+    assert disabled.status_code == 200, disabled.text
+    after = value(scrape(api), "billfold_webhook_endpoints_disabled")
+    assert after == value(before, "billfold_webhook_endpoints_disabled") + 1
+    api.session.delete(
+        api.admin_url(f"/webhook-endpoints/{endpoint_id}"), headers=api.admin_headers
+    )

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from billfold.application.overview import attention
 from billfold.application.usecases import operator_keys
 from billfold.clock import wall_now
 from billfold.db import Database
@@ -243,11 +244,42 @@ class JobBacklogCollector(Collector):
         return iter((due, running, age))
 
 
+class AttentionCollector(Collector):
+    """What alerts watch (`application.overview.attention`), counted when scraped."""
+
+    HELP = {
+        "payment_attempts_pending": "Card charges recorded but not yet answered.",
+        "payment_attempts_unknown": "Card charges whose outcome the processor has not told.",
+        "webhook_endpoints_disabled": "Webhook endpoints disabled after failing deliveries.",
+        "subscriptions_past_due": "Subscriptions in dunning (a renewal payment failed).",
+        "subscriptions_unpaid": "Subscriptions left unpaid after their last retry.",
+    }
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(GaugeMetricFamily(f"billfold_{n}", h) for n, h in self.HELP.items())
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self.database.read() as session:
+                counts = attention(session)
+        except Exception:
+            log.exception("the attention counts could not be read for /metrics")
+            return iter(())
+        return iter(
+            GaugeMetricFamily(f"billfold_{name}", self.HELP[name], value=counts[name])
+            for name in self.HELP
+        )
+
+
 def exposition(services: Services) -> bytes:
     """Every metric in the text format: this process's (or, under multiprocess mode,
     every API process's) plus the job backlog."""
     backlog = CollectorRegistry()
     backlog.register(JobBacklogCollector(services.database))
+    backlog.register(AttentionCollector(services.database))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         processes = CollectorRegistry()
         MultiProcessCollector(processes)
