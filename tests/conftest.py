@@ -46,17 +46,7 @@ from billfold import logs
 from billfold.api.embedded import local_socket, serving, start_app
 from billfold.config import Settings
 from billfold.services import Services
-from tests.helpers import (
-    CARD_ATTACH_THEN_FAIL,
-    CARD_DECLINED,
-    CARD_EXPIRED,
-    CARD_INCORRECT_CVC,
-    CARD_INSUFFICIENT_FUNDS,
-    CARD_OK,
-    CARD_PROCESSING_ERROR,
-    CARD_REQUIRES_AUTH,
-    Api,
-)
+from tests.helpers import TEST_CARDS, Api
 
 PG_ADMIN_DSN = os.environ.get(
     "BILLFOLD_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -409,18 +399,7 @@ _LEAKS = re.compile(
     r"|(?i:bearer)\s+(?!\[secret\])[^\s\"']{8,}"
     r"|signature=(?!\[secret\])[^&\s\"']+"
 )
-_KNOWN_SECRETS = (
-    ADMIN_KEY,
-    "correct horse battery staple",
-    CARD_OK,
-    CARD_DECLINED,
-    CARD_INSUFFICIENT_FUNDS,
-    CARD_EXPIRED,
-    CARD_INCORRECT_CVC,
-    CARD_PROCESSING_ERROR,
-    CARD_ATTACH_THEN_FAIL,
-    CARD_REQUIRES_AUTH,
-)
+_KNOWN_SECRETS = (ADMIN_KEY, "correct horse battery staple", *TEST_CARDS)
 
 
 @pytest.fixture(scope="session", autouse=True)

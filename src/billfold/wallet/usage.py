@@ -58,17 +58,12 @@ KIND = "usage_charge"  # also written out in _WRITE_PG
 _LATER = timedelta(microseconds=1)
 
 
-@dataclass(frozen=True)
-class Charge:
-    """One usage charge as asked for. `created_at` is the caller's time (an account on a
-    test clock charges at its clock's time); `key`: its idempotency key in `scope`."""
+@dataclass(frozen=True, kw_only=True)
+class _Keyed:
+    """What every operation of a batch carries besides its own fields: its idempotency
+    `key` in `scope` (None: none), the request's fingerprint, and its request id (quoted
+    in a refusal)."""
 
-    account_id: str
-    amount_micros: int
-    usecase: str
-    description: str | None
-    metadata: dict[str, Any] | None
-    created_at: datetime
     key: str | None = None
     scope: str = ""
     fingerprint: str = ""
@@ -76,7 +71,20 @@ class Charge:
 
 
 @dataclass(frozen=True)
-class HoldCreate:
+class Charge(_Keyed):
+    """One usage charge as asked for. `created_at` is the caller's time (an account on a
+    test clock charges at its clock's time)."""
+
+    account_id: str
+    amount_micros: int
+    usecase: str
+    description: str | None
+    metadata: dict[str, Any] | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class HoldCreate(_Keyed):
     """A usage hold as asked for (`POST /usage-holds`), on real time: `created_at` is
     when it was asked; it expires `ttl` later."""
 
@@ -87,14 +95,10 @@ class HoldCreate:
     metadata: dict[str, Any] | None
     ttl: timedelta
     created_at: datetime
-    key: str | None = None
-    scope: str = ""
-    fingerprint: str = ""
-    request_id: str = ""
 
 
 @dataclass(frozen=True)
-class HoldCapture:
+class HoldCapture(_Keyed):
     """A capture of a usage hold as asked for: `amount_micros` None captures all of it;
     `account_id`, when given, must own the hold."""
 
@@ -102,10 +106,6 @@ class HoldCapture:
     account_id: str | None
     amount_micros: int | None
     created_at: datetime
-    key: str | None = None
-    scope: str = ""
-    fingerprint: str = ""
-    request_id: str = ""
 
 
 # What a batch carries. A hold operation the batch cannot settle plainly (an unknown or

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from sqlalchemy.orm import Session
@@ -60,47 +60,51 @@ def create_hold(app: Services, *, call: Call, body: UsageHoldRequest) -> Reply:
 
 async def create_hold_async(app: Services, *, call: Call, body: UsageHoldRequest) -> Reply:
     """`create_hold` for an event loop: written in the next usage batch when it can be."""
-    if charging.loop_commits(app):
-        op = usage.HoldCreate(
-            account_id=body.account_id,
-            amount_micros=to_micros(body.amount),
-            usecase=body.usecase,
-            description=body.description,
-            metadata=body.metadata,
-            ttl=timedelta(seconds=body.ttl_seconds),
-            created_at=now(),
-            key=call.key,
-            scope=operator_scope(),
-            fingerprint=call.fingerprint,
-            request_id=call.request_id,
-        )
-        answer = await charging.loop_committer(app).submit(op)
-        if answer is not None:
-            return Reply(answer.status_code, answer.body)
-    return await anyio.to_thread.run_sync(partial(create_hold, app, call=call, body=body))
+    op = usage.HoldCreate(
+        account_id=body.account_id,
+        amount_micros=to_micros(body.amount),
+        usecase=body.usecase,
+        description=body.description,
+        metadata=body.metadata,
+        ttl=timedelta(seconds=body.ttl_seconds),
+        created_at=now(),
+        **_keyed(call),
+    )
+    return await _batched(app, op, partial(create_hold, app, call=call, body=body))
 
 
 async def capture_hold_async(
     app: Services, *, call: Call, hold_id: str, body: UsageHoldCaptureRequest
 ) -> Reply:
     """`capture_hold` for an event loop: written in the next usage batch when it can be."""
+    op = usage.HoldCapture(
+        hold_id=hold_id,
+        account_id=body.account_id,
+        amount_micros=to_micros(body.amount) if body.amount is not None else None,
+        created_at=now(),
+        **_keyed(call),
+    )
+    careful = partial(capture_hold, app, call=call, hold_id=hold_id, body=body)
+    return await _batched(app, op, careful)
+
+
+def _keyed(call: Call) -> dict[str, Any]:
+    return {
+        "key": call.key,
+        "scope": operator_scope(),
+        "fingerprint": call.fingerprint,
+        "request_id": call.request_id,
+    }
+
+
+async def _batched(app: Services, op: usage.Op, careful: Callable[[], Reply]) -> Reply:
+    """`op` in the loop committer's next batch (on PostgreSQL, on real time); what the
+    batch leaves alone, and everything elsewhere, through `careful` in a worker thread."""
     if charging.loop_commits(app):
-        op = usage.HoldCapture(
-            hold_id=hold_id,
-            account_id=body.account_id,
-            amount_micros=to_micros(body.amount) if body.amount is not None else None,
-            created_at=now(),
-            key=call.key,
-            scope=operator_scope(),
-            fingerprint=call.fingerprint,
-            request_id=call.request_id,
-        )
         answer = await charging.loop_committer(app).submit(op)
         if answer is not None:
             return Reply(answer.status_code, answer.body)
-    return await anyio.to_thread.run_sync(
-        partial(capture_hold, app, call=call, hold_id=hold_id, body=body)
-    )
+    return await anyio.to_thread.run_sync(careful)
 
 
 def capture_hold(
