@@ -101,3 +101,25 @@ def test_json_logs_have_a_line_per_request_and_per_job(tmp_path: Path) -> None:
     assert '"GET /api/agents/v1/wallet/balance HTTP/1.1"' not in text
     logged = json.dumps(lines)
     assert api.admin_key not in logged and token not in logged
+
+
+def test_a_json_line_is_valid_json_with_its_secrets_redacted() -> None:
+    import logging
+
+    from billfold.logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "billfold.test",
+        logging.WARNING,
+        __file__,
+        1,
+        'body: {"password": "hunter2"}, header: "Bearer abc", link ?token=abc" and %s',
+        ("{'password': 'x'}",),
+        None,
+    )
+    record.route = "/pdf?signature=abc"
+    line = JsonFormatter().format(record)
+    parsed = json.loads(line)  # still JSON
+    assert "hunter2" not in line and "abc" not in line and "'x'" not in line
+    assert '"password": "[secret]"' in parsed["message"]
+    assert parsed["route"] == "/pdf?signature=[secret]"

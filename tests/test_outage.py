@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
+from billfold.db import conflict, unavailable
 from tests.conftest import ADMIN_KEY, LiveServer, _live_server, local_socket, require_service
 from tests.helpers import Api
 
@@ -232,3 +234,39 @@ def test_a_database_restart_under_load_is_answered_503_and_loses_nothing(
     )
     for agent in agents:
         assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def _raised_through_sqlalchemy(error: Exception) -> Exception:
+    import sqlalchemy.exc
+
+    try:
+        try:
+            raise error
+        except Exception as inner:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, inner) from inner
+    except Exception as outer:
+        return outer
+
+
+@pytest.mark.parametrize(
+    ("error", "outage", "retry_conflict"),
+    [
+        (psycopg.OperationalError("connection failed: refused"), True, False),
+        (psycopg.errors.AdminShutdown("terminating connection"), True, False),
+        (psycopg.errors.CannotConnectNow("the database system is starting up"), True, False),
+        (psycopg.errors.QueryCanceled("statement timeout"), True, False),
+        (psycopg.errors.TooManyConnections("too many clients"), True, False),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), True, True),
+        (psycopg.errors.ProgramLimitExceeded("row too big"), False, False),
+        (psycopg.errors.UndefinedFile("no such file"), False, False),
+        (ValueError("a bug"), False, False),
+    ],
+)
+def test_only_an_unreachable_or_busy_database_counts_as_an_outage(
+    error: Exception, outage: bool, retry_conflict: bool
+) -> None:
+    """503 for what a retry fixes; a bug stays a 500 (a deadlock is 503 but logged with
+    its traceback)."""
+    raised = _raised_through_sqlalchemy(error)
+    assert unavailable(raised) is outage
+    assert conflict(raised) is retry_conflict

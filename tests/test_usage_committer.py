@@ -8,10 +8,13 @@ PostgreSQL only: the pipelined writer and the event-loop committer exist only th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -19,6 +22,7 @@ import pytest
 
 from billfold.application import charging
 from billfold.clock import now
+from billfold.db import unavailable
 from billfold.services import Services
 from billfold.wallet import usage
 from tests.helpers import Api, decimal_json
@@ -226,3 +230,91 @@ def test_a_stopped_committer_fails_its_waiting_charges_and_is_replaced(
     assert all(isinstance(e, RuntimeError) for e in errors)
     assert agent.balance() == 9  # the failed ones wrote nothing
     assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def _rows_written(services: Services, account_id: str) -> list[Any]:
+    with psycopg.connect(services.database.driver_url) as connection:
+        transactions = connection.execute(
+            "SELECT kind, type, amount_micros, balance_after_micros, usecase, description,"
+            " metadata::text, status, created_at FROM ledger_transactions"
+            " WHERE account_id = %s AND kind = 'usage_charge' ORDER BY balance_after_micros DESC",
+            (account_id,),
+        ).fetchall()
+        postings = connection.execute(
+            "SELECT p.ledger_account, p.amount_micros FROM ledger_postings AS p"
+            " JOIN ledger_transactions AS t ON t.id = p.transaction_id"
+            " WHERE t.account_id = %s AND t.kind = 'usage_charge'"
+            " ORDER BY t.balance_after_micros DESC, p.ledger_account",
+            (account_id,),
+        ).fetchall()
+        keys = connection.execute(
+            "SELECT response_status, fingerprint, replace(response_body, %s, 'ACCT')"
+            " FROM idempotency_keys WHERE key LIKE %s ORDER BY key",
+            (account_id, f"{account_id}-%"),
+        ).fetchall()
+    return [transactions, postings, [(s, f, re.sub(r"txn_\w+", "TXN", b)) for s, f, b in keys]]
+
+
+def test_a_large_batch_written_as_json_rows_writes_what_the_arrays_write(
+    api: Api, pg_services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ROWS_AS_JSON_FROM charges the rows go as JSON documents: the same rows, keys
+    and answers as the arrays write (exact decimals, nulls, times included)."""
+    at = now()
+    count = usage.ROWS_AS_JSON_FROM + 6
+    written = []
+    for as_json in (True, False):
+        if not as_json:
+            monkeypatch.setattr(usage, "ROWS_AS_JSON_FROM", 10**9)
+        agent = api.new_agent()
+        agent.fund(100)
+        charges = [
+            usage.Charge(
+                agent.account_id,
+                n + 1,
+                "tokens",
+                None if n % 2 else f"call {n} — “quoted”",
+                None if n % 3 == 0 else {"n": n, "exact": Decimal("0.10000000000000000001")},
+                at,
+                key=f"{agent.account_id}-{n:03}",
+                scope="operator",
+                fingerprint=f"f{n}",
+            )
+            for n in range(count)
+        ]
+        with pg_services.database.driver_connection() as connection:
+            answers = usage.write_pipelined(connection, charges, pg_services.key_policy)
+        assert answers is not None and {a.status_code for a in answers if a} == {201}
+        written.append(_rows_written(pg_services, agent.account_id))
+        assert api.ledger_check(agent.account_id)["consistent"] is True
+    assert written[0] == written[1]
+    assert len(written[0][0]) == count and len(written[0][2]) == count
+
+
+def test_the_json_rows_statement_is_chosen_past_its_threshold(pg_services: Services) -> None:
+    wallet = usage._wallet_states([("acct", "USD", 0, 0, 10**12, False, False, None)])
+    for count, expected in ((usage.ROWS_AS_JSON_FROM - 1, False), (usage.ROWS_AS_JSON_FROM, True)):
+        charges = [_charge("acct", None) for _ in range(count)]
+        plan = usage._plan(charges, dict(wallet))
+        statement, _ = usage._write_statement(charges, plan, pg_services.key_policy)
+        assert ("json_to_recordset" in statement) is expected
+
+
+def test_a_batch_the_database_does_not_answer_in_time_fails_as_an_outage(
+    pg_services: Services,
+) -> None:
+    """A server that stalls on an open connection: the batch gives up after the statement
+    timeout and a second, as an OperationalError (answered 503), not a hang."""
+    settings = pg_services.settings.model_copy(update={"db_statement_timeout_ms": 100})
+    services = dataclasses.replace(pg_services, settings=settings)
+
+    async def scenario() -> float:
+        committer = charging.LoopCommitter(services, asyncio.get_running_loop())
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as raised:
+            await committer._bounded(asyncio.sleep(30))
+        assert unavailable(raised.value)
+        committer._task.cancel()
+        return time.monotonic() - started
+
+    assert 1.0 <= asyncio.run(scenario()) < 2.0

@@ -113,10 +113,13 @@ class Settings(BaseSettings):
     db_max_overflow: int = 20
     # PostgreSQL outages are answered 503 service_unavailable with Retry-After, quickly:
     # a connection attempt gives up after db_connect_timeout_seconds (a stopped server
-    # refuses at once), a statement after db_statement_timeout_ms (0: no limit), a wait
+    # refuses at once), a statement of an API process after db_statement_timeout_ms (0:
+    # no limit; job workers and the CLI's maintenance commands run without one), a wait
     # for a pooled connection after db_pool_timeout_seconds.
     db_connect_timeout_seconds: int = Field(default=2, ge=1, le=60)
-    db_statement_timeout_ms: int = Field(default=2000, ge=0)
+    # (Not 2 s: sixteen concurrent card fundings on a slow processor queue longer than that
+    # for the invoice number series, and a timeout then answers 503 for a charge made.)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=0)
     db_pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     # What a 503 service_unavailable asks the client to wait (Retry-After, seconds).
     retry_after_seconds: int = Field(default=1, ge=1, le=300)

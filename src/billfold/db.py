@@ -9,6 +9,7 @@ a second engine whose transactions are deferred (WAL lets them run beside a writ
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -101,19 +102,27 @@ class Database:
         pool_timeout: float = 30.0,
     ) -> None:
         self.url = url
+        parsed = make_url(url)
         # How every PostgreSQL connection of this database connects (the engine's and the
         # usage committer's): a bounded connect, a bounded statement, and TCP keepalives
         # so a half-open connection is found dead instead of waited on.
+        # (tcp_user_timeout: data sent and not acknowledged for that long, a server gone
+        # mid-statement, drops the connection rather than waiting for the kernel's ~15 min.)
         self.connect_kwargs: dict[str, Any] = {
             "connect_timeout": connect_timeout,
             "keepalives": 1,
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            "tcp_user_timeout": max(connect_timeout * 1000, 5000),
         }
         if statement_timeout_ms:
-            self.connect_kwargs["options"] = f"-c statement_timeout={statement_timeout_ms}"
-        parsed = make_url(url)
+            # Added to the options the URL or PGOPTIONS already give, not in their place.
+            given = parsed.query.get("options") or os.environ.get("PGOPTIONS") or ""
+            if isinstance(given, tuple):
+                given = " ".join(given)
+            timeout = f"-c statement_timeout={statement_timeout_ms}"
+            self.connect_kwargs["options"] = f"{given} {timeout}".strip()
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             database = parsed.database
@@ -214,13 +223,42 @@ def unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
-        # psycopg's OperationalError: a failed connect, a connection lost, the server
-        # shutting down or refusing connections, a statement or lock timeout, a deadlock.
-        if isinstance(current, psycopg.OperationalError):
+        if isinstance(current, psycopg.OperationalError) and _transient(current):
             return True
         if isinstance(current, sqlite3.OperationalError) and _SQLITE_BUSY.search(str(current)):
             return True
         current = current.__cause__ or current.__context__  # SQLAlchemy's: the driver's
+    return False
+
+
+# SQLSTATE classes and codes of a database out of reach or briefly unable to serve: a
+# connection failure (08), the server shutting down, restarting or refusing connections,
+# or a statement cancelled by its timeout (57), out of connections or memory (53), a
+# deadlock or serialization failure (40: retry), a lock not granted in time (55P03), a
+# login refused (28: a rotated password) or a database missing (3D000: a failover or
+# restore under way). Any other error is a bug, answered 500.
+_TRANSIENT_CLASSES = ("08", "57", "53", "40", "28")
+_TRANSIENT_CODES = ("55P03", "3D000")
+
+
+def _transient(exc: psycopg.OperationalError) -> bool:
+    state = exc.sqlstate
+    if state is None:  # raised by the client: a connect failed, a connection was lost
+        return True
+    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES
+
+
+def conflict(exc: BaseException) -> bool:
+    """Whether `exc` (or its cause) is a deadlock or serialization failure: answered 503
+    like an outage (a retry succeeds), but logged with its traceback (a lock-order bug
+    shows up this way)."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg.Error) and (current.sqlstate or "").startswith("40"):
+            return True
+        current = current.__cause__ or current.__context__
     return False
 
 

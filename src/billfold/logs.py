@@ -82,19 +82,23 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, redacted."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # Redacted before encoding: the patterns see the text as written, not JSON-escaped,
+        # and what replaces a secret is escaped with the rest.
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for name in FIELDS:
             value = record.__dict__.get(name)
             if value is not None:
-                line[name] = value
+                line[name] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(line, default=str, ensure_ascii=False))
+            line["exception"] = redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            line["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(line, default=str, ensure_ascii=False)
 
 
 def formatter(log_format: str) -> logging.Formatter:

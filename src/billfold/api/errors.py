@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from billfold.api.responses import ApiResponse
-from billfold.db import unavailable
+from billfold.db import conflict, unavailable
 from billfold.errors import (
     BillfoldError,
     ErrorCode,
@@ -73,7 +73,10 @@ def error_response(
     of reach (logged as a warning), else 500 internal_error (a bug, logged with its
     traceback)."""
     if unavailable(exc):
-        log.warning("request %s: database unavailable: %s", request_id, _first_line(exc))
+        if conflict(exc):
+            log.error("request %s: deadlock or serialization failure", request_id, exc_info=exc)
+        else:
+            log.warning("request %s: database unavailable: %s", request_id, _first_line(exc))
         if services is None and request is not None:
             services = getattr(request.app.state, "services", None)
         retry_after = services.settings.retry_after_seconds if services is not None else 1

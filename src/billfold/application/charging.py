@@ -19,12 +19,13 @@ each other in a cycle.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio.to_thread
 import psycopg
@@ -33,6 +34,8 @@ from billfold import tracing
 from billfold.clock import current_test_clock
 from billfold.services import Services
 from billfold.wallet import usage
+
+T = TypeVar("T")
 
 MAX_BATCH = 512
 LOOP_IDLE_CLOSE_SECONDS = 10.0  # an idle loop committer closes its connection
@@ -115,7 +118,11 @@ class LoopCommitter:
         self._pending: list[tuple[usage.Op, asyncio.Future[usage.Answer | None]]] = []
         self._wake = asyncio.Event()
         self._connection: psycopg.AsyncConnection[Any] | None = None
-        self._task = loop.create_task(self._run(), name="usage-committer")
+        # A context of its own: not the one of the request that happened to start it (its
+        # trace, its clock), which every later batch would otherwise run in.
+        self._task = loop.create_task(
+            self._run(), name="usage-committer", context=contextvars.Context()
+        )
 
     async def submit(self, op: usage.Op) -> usage.Answer | None:
         """Write it (a charge, a hold, a capture) in the next batch; the answer once that
@@ -181,8 +188,10 @@ class LoopCommitter:
                 )
             try:
                 with tracing.span("usage.batch", **{"billfold.batch_size": len(todo)}):
-                    written = await usage.write_pipelined_async(
-                        self._connection, [ops[i] for i in todo], self.services.key_policy
+                    written = await self._bounded(
+                        usage.write_pipelined_async(
+                            self._connection, [ops[i] for i in todo], self.services.key_policy
+                        )
                     )
             except usage.KeysTaken as taken:
                 todo = _without_taken(ops, todo, taken)
@@ -206,6 +215,24 @@ class LoopCommitter:
                 answers[i] = answer
             break
         return answers
+
+    async def _bounded(self, write: Awaitable[T]) -> T:
+        """`write`, or an OperationalError (an outage: 503) if the database has not
+        answered within the statement timeout and a second: a server that stalls on an
+        open connection must not hold every waiting request with it. The connection is
+        dropped; whether the batch committed is unknown, so none of it is answered 2xx
+        (its requests' retries with their keys find out)."""
+        statement_ms = self.services.settings.db_statement_timeout_ms
+        limit = statement_ms / 1000 + 1.0 if statement_ms else None
+        try:
+            return await asyncio.wait_for(write, limit)
+        except TimeoutError as exc:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                await connection.close()
+            raise psycopg.OperationalError(
+                f"the database did not answer a usage batch within {limit} s"
+            ) from exc
 
     async def _close(self) -> None:
         connection, self._connection = self._connection, None

@@ -206,7 +206,7 @@ class Worker:
                         log.warning("worker %s lane: database unavailable, backing off", lane)
                     elif failures == 1:
                         log.exception("worker loop error (%s lane)", lane)
-                    stop.wait(min(MAX_BACKOFF_SECONDS, poll_seconds * 2**failures))
+                    stop.wait(min(MAX_BACKOFF_SECONDS, poll_seconds * 2 ** min(failures, 8)))
                     continue
                 if failures:
                     log.info("worker %s lane resumed after %d failed claims", lane, failures)

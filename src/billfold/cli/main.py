@@ -280,7 +280,9 @@ def run_worker(
     from billfold.application.container import build_services
     from billfold.application.jobs import Worker
 
-    settings = get_settings()
+    # No statement timeout in a worker: it answers no client, and its housekeeping (the
+    # purge of expired keys, say) may take longer than a request may.
+    settings = get_settings().model_copy(update={"db_statement_timeout_ms": 0})
     logs.configure(settings.log_format)
     services = build_services(settings, resolve_admin_key(settings).key)
     tracing.setup(services)

@@ -24,8 +24,11 @@ AUTH_CACHE_SECONDS = 2.0
 _MAX_REMEMBERED = 1024
 ALL_SCOPES = frozenset({service.ADMIN})
 
-# hash of a presented operator key → (its scopes or None, when looked up)
+# hash of a presented operator key → (its scopes or None, when looked up). Keys are
+# global, not per Services: a key's hash names one row of one database's table, and a
+# process serves one database.
 _seen: dict[str, tuple[frozenset[str] | None, float]] = {}
+_revocations = 0  # revocations in this process: a lookup older than one is not kept
 
 
 def create_key(app: Services, *, body: OperatorKeyRequest) -> OperatorKeyCreatedOut:
@@ -46,6 +49,8 @@ def revoke_key(app: Services, *, key_id: str) -> OperatorKeyOut:
     with app.database.transaction() as session:
         key = service.revoke(session, key_id)
         view = _view(key)
+    global _revocations
+    _revocations += 1
     _seen.clear()  # this process stops honouring it at once
     return view
 
@@ -61,11 +66,13 @@ def authorize(app: Services, secret: str) -> frozenset[str] | None:
     found = _seen.get(digest)
     if found is not None and time.monotonic() - found[1] < AUTH_CACHE_SECONDS:
         return found[0]
+    revocations = _revocations
     with app.database.read() as session:
         scopes = service.scopes_of(session, secret)
-    if len(_seen) >= _MAX_REMEMBERED:
-        _seen.clear()
-    _seen[digest] = (scopes, time.monotonic())
+    if revocations == _revocations:  # no revocation here meanwhile: worth remembering
+        if len(_seen) >= _MAX_REMEMBERED:
+            _seen.clear()
+        _seen[digest] = (scopes, time.monotonic())
     return scopes
 
 

@@ -160,19 +160,45 @@ class _Item:
         self.body: UsageBatchItem | None = None
         self.fingerprint = ""
         self.status_code = 0
-        self.payload: dict[str, Any] = {}
+        self.answered: bytes | str = b"{}"
+        self.charge: UsageChargeOut | None = None  # the charge written by this batch
         self.replayed = False
 
-    def answer(self, status_code: int, body: bytes | str, *, replayed: bool = False) -> None:
+    def answer(
+        self,
+        status_code: int,
+        body: bytes | str,
+        *,
+        replayed: bool = False,
+        charge: UsageChargeOut | None = None,
+    ) -> None:
         self.status_code = status_code
-        self.payload = json.loads(body, parse_float=Decimal)
+        self.answered = body
+        self.charge = charge
         self.replayed = replayed
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The answer's envelope, read back (only for a replay or a refusal: a charge this
+        batch wrote is at hand as `charge`)."""
+        loaded: dict[str, Any] = json.loads(self.answered, parse_float=Decimal)
+        return loaded
 
     def refuse(self, exc: BillfoldError, request_id: str) -> None:
         self.answer(exc.status_code, render(error_payload(exc, request_id)))
 
     def out(self) -> UsageBatchItemOut:
-        error = self.payload.get("error")
+        if self.charge is not None and not self.replayed:
+            return UsageBatchItemOut(
+                index=self.index,
+                idempotency_key=self.key,
+                status="charged",
+                http_status=self.status_code,
+                charge=self.charge,
+                error=None,
+            )
+        payload = self.payload
+        error = payload.get("error")
         status: BatchItemStatus
         if self.replayed:
             status = "replayed"
@@ -189,7 +215,7 @@ class _Item:
             idempotency_key=self.key,
             status=status,
             http_status=self.status_code,
-            charge=UsageChargeOut.model_validate(self.payload["data"]) if error is None else None,
+            charge=UsageChargeOut.model_validate(payload["data"]) if error is None else None,
             error=ErrorObject.model_validate(error) if error is not None else None,
         )
 
@@ -285,7 +311,7 @@ def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) ->
         if twin.fingerprint != first.fingerprint:
             twin.refuse(_key_reused(twin), request_id)
         else:
-            twin.answer(first.status_code, render(first.payload), replayed=True)
+            twin.answer(first.status_code, first.answered, replayed=True)
 
     outs = [item.out() for item in items]
     return UsageBatchOut(
@@ -312,7 +338,7 @@ def _write_group(app: Services, items: list[_Item], request_id: str) -> None:
     written = charging.write_batch(app, [_batch_charge(item, request_id, at) for item in items])
     for item, answer in zip(items, written, strict=True):
         if answer is not None:
-            item.answer(answer.status_code, answer.body)
+            item.answer(answer.status_code, answer.body, charge=answer.charge)
             continue
         # Its key was stored meanwhile (a concurrent twin): the careful way.
         assert item.body is not None

@@ -223,9 +223,12 @@ def ledger_check(app: Services, *, account_id: str) -> LedgerCheckOut:
 def audit_ledger(app: Services) -> LedgerAuditOut:
     """The whole ledger checked at once (after a restore, or an incident): every wallet's
     cached balances against its postings, every transaction's postings summing to zero,
-    and every account's `holds:usage` equal to its active holds. Read in one transaction
-    (one consistent snapshot on PostgreSQL)."""
+    and every account's `holds:usage` equal to its active holds. Read in one snapshot:
+    REPEATABLE READ on PostgreSQL (a write committed between two of its queries would
+    otherwise look like an inconsistency); SQLite's read transaction is one already."""
     with app.database.read() as session:
+        if not app.database.is_sqlite:
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         sums = all_ledger_balances(session)
         wallets = session.execute(
             select(
