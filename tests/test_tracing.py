@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import requests
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -32,6 +33,8 @@ def test_requests_database_statements_and_processor_calls_are_traced(tmp_path: P
             agent = api.new_agent()
             assert agent.fund(10).status_code == 200
             assert api.charge_usage(agent.account_id, "1").status_code == 201
+            signed = requests.get(f"{base}/invoices/in_x/pdf?expires=1&signature=s3cr3tsig")
+            assert signed.status_code in (403, 404, 410, 422)
     finally:
         tracing.shutdown()
     spans = exporter.get_finished_spans()
@@ -44,6 +47,10 @@ def test_requests_database_statements_and_processor_calls_are_traced(tmp_path: P
     assert charges and charges[0].attributes["billfold.processor"] == "SandboxProcessor"
     statements = [s for s in inside if (s.attributes or {}).get("db.system") == "sqlite"]
     assert statements, sorted({s.name for s in inside})
+    # A signed link's signature is not in any span (as in no log line).
+    recorded = [str(value) for s in spans for value in (s.attributes or {}).values()]
+    assert any("signature=[secret]" in value for value in recorded)
+    assert not any("s3cr3tsig" in value for value in recorded)
 
 
 def test_without_setup_nothing_is_traced() -> None:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+from billfold.logs import redact
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -105,6 +107,17 @@ def _span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
         yield current
 
 
+def redact_span_urls(span: Any, scope: Any) -> None:
+    """A request span's URL attributes with their secrets redacted (a signed link's
+    signature, a token in a query string), as the log lines have them: the instrumentation
+    records the full URL before this hook runs, so the hook writes over it."""
+    attributes = getattr(span, "attributes", None) or {}
+    for key in ("http.url", "http.target", "url.full", "url.query"):
+        value = attributes.get(key)
+        if isinstance(value, str):
+            span.set_attribute(key, redact(value))
+
+
 def _trace_processor(processor: object) -> None:
     """Each processor call in a span `processor.<call>`: the instance's methods wrapped
     (its class is untouched, so isinstance checks still see a SandboxProcessor)."""
@@ -124,4 +137,4 @@ def _traced(method: Callable[..., Any], name: str, kind: str) -> Callable[..., A
     return call
 
 
-__all__ = ["PROCESSOR_CALLS", "provider", "setup", "shutdown", "span"]
+__all__ = ["PROCESSOR_CALLS", "provider", "redact_span_urls", "setup", "shutdown", "span"]

@@ -223,7 +223,9 @@ def create_app(services: Services) -> FastAPI:
     if traces is not None:  # a span per request, named by its route template
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(app, tracer_provider=traces)
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=traces, server_request_hook=tracing.redact_span_urls
+        )
 
     health = APIRouter(tags=["health"])
 
