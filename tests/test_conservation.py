@@ -48,6 +48,7 @@ from billfold.payments.disputes import record_dispute
 from billfold.payments.models import Payment
 from billfold.services import Services
 from billfold.subscriptions.models import LIVE_STATUSES
+from billfold.wallet import usage
 from billfold.wallet.refunds import record_processor_refund
 from tests.conservation_helpers import (
     CENT,
@@ -123,10 +124,12 @@ STEPS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
     # The same charge sent again with its key (the last keyed one of that account).
     "usage_replay": st.tuples(st.just("usage_replay"), who),
     # A batch across accounts: (account, amount) items, a twin of the first item in the
-    # batch, and the last batch's first key sent again.
+    # batch, the last batch's first key sent again, and whether to add enough one-micro
+    # charges on the real-time account for its group to be written as JSON rows.
     "usage_batch": st.tuples(
         st.just("usage_batch"),
         st.lists(st.tuples(who, usage_amounts), min_size=1, max_size=6),
+        st.booleans(),
         st.booleans(),
         st.booleans(),
     ),
@@ -388,9 +391,14 @@ class World:
         return agent.post(f"{path}/{action[name]}")
 
     def _usage_batch(
-        self, picks: list[tuple[int, Decimal]], twin: bool, replay: bool
+        self, picks: list[tuple[int, Decimal]], twin: bool, replay: bool, large: bool
     ) -> requests.Response:
-        """One batch; each item charged on its own is booked to its account."""
+        """One batch; each item charged on its own is booked to its account. `large`: the
+        real-time account (the last) gets ROWS_AS_JSON_FROM one-micro charges more, so on
+        PostgreSQL its group takes the JSON-rows statement."""
+        if large:
+            real_time = len(self.agents) - 1
+            picks = [*picks, *[(real_time, Decimal("0.000001"))] * usage.ROWS_AS_JSON_FROM]
         items: list[dict[str, Any]] = [
             {
                 "idempotency_key": f"batch-{uuid.uuid4().hex}",
