@@ -215,10 +215,7 @@ def unavailable(exc: BaseException) -> bool:
     """Whether `exc`, or an error that led to it, says the database is out of reach for
     now (stopped, restarting, failing over, unreachable, timing out, busy), as opposed to
     a bug: the HTTP API answers those 503 service_unavailable with Retry-After."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _causes(exc):
         if isinstance(current, sa_exc.TimeoutError):  # no pooled connection came free
             return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
@@ -227,8 +224,17 @@ def unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(current, sqlite3.OperationalError) and _SQLITE_BUSY.search(str(current)):
             return True
-        current = current.__cause__ or current.__context__  # SQLAlchemy's: the driver's
     return False
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what led to it (SQLAlchemy's error, then the driver's), each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 # SQLSTATE classes and codes of a database out of reach or briefly unable to serve: a
@@ -252,14 +258,10 @@ def conflict(exc: BaseException) -> bool:
     """Whether `exc` (or its cause) is a deadlock or serialization failure: answered 503
     like an outage (a retry succeeds), but logged with its traceback (a lock-order bug
     shows up this way)."""
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, psycopg.Error) and (current.sqlstate or "").startswith("40"):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(
+        isinstance(current, psycopg.Error) and (current.sqlstate or "").startswith("40")
+        for current in _causes(exc)
+    )
 
 
 _SQLITE_BUSY = re.compile(r"locked|busy|unable to open|disk i/o", re.IGNORECASE)

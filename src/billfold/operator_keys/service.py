@@ -7,7 +7,6 @@ BILLFOLD_ADMIN_KEY_PREVIOUS) has `admin`.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from billfold.clock import wall_now
 from billfold.errors import ErrorCode, InvalidRequest, NotFound
 from billfold.ids import new_id
 from billfold.operator_keys.models import OperatorKey
-from billfold.security import hash_secret
+from billfold.security import hash_secret, new_secret
 
 ADMIN = "admin"
 # What a key may be allowed to do (`admin`: everything, including managing keys).
@@ -47,7 +46,7 @@ def create(session: Session, *, name: str, scopes: Iterable[str]) -> Created:
     if unknown or not wanted:
         problem = f"Unknown scope(s): {', '.join(unknown)}." if unknown else "No scope named."
         raise InvalidRequest(f"{problem} Scopes: {', '.join(SCOPES)}.", details={"field": "scopes"})
-    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    secret = new_secret(KEY_PREFIX.removesuffix("_"))
     key = OperatorKey(
         id=new_id("opk"),
         name=name,

@@ -63,8 +63,8 @@ def authorize(app: Services, secret: str) -> frozenset[str] | None:
     if not secret.startswith(service.KEY_PREFIX):
         return None
     digest = hash_secret(secret)
-    found = _seen.get(digest)
-    if found is not None and time.monotonic() - found[1] < AUTH_CACHE_SECONDS:
+    found = _recent(digest)
+    if found is not None:
         return found[0]
     revocations = _revocations
     with app.database.read() as session:
@@ -81,9 +81,16 @@ def remembered(app: Services, secret: str) -> frozenset[str] | None:
     keys, or a key looked up within AUTH_CACHE_SECONDS), else None."""
     if _bootstrap(app, secret):
         return ALL_SCOPES
-    found = _seen.get(hash_secret(secret)) if secret.startswith(service.KEY_PREFIX) else None
+    found = _recent(hash_secret(secret)) if secret.startswith(service.KEY_PREFIX) else None
+    return found[0] if found is not None else None
+
+
+def _recent(digest: str) -> tuple[frozenset[str] | None] | None:
+    """What a lookup of the key with this hash found within AUTH_CACHE_SECONDS (its scopes,
+    or None for no valid key), or None if there is none that recent."""
+    found = _seen.get(digest)
     if found is not None and time.monotonic() - found[1] < AUTH_CACHE_SECONDS:
-        return found[0]
+        return (found[0],)
     return None
 
 
