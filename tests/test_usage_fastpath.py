@@ -94,19 +94,24 @@ async def _play(app: ASGIApp, account_id: str, run: str, query: str = "") -> lis
     async with httpx.AsyncClient(transport=transport, base_url="http://billfold.test") as client:
         for label, headers, body in _requests(account_id, run):
             response = await client.post(PATH + query, headers=headers, content=body)
-            payload = response.json()
-            data = payload.get("data") or {}
-            seen.append(
-                {
-                    "label": label,
-                    "status": response.status_code,
-                    "code": (payload.get("error") or {}).get("code"),
-                    "replayed": response.headers.get("Idempotency-Replayed"),
-                    "fields": sorted(data),
-                    "balance_after": data.get("balance_after"),
-                }
-            )
+            seen.append(_seen(label, response, "balance_after"))
     return seen
+
+
+def _seen(label: str, response: httpx.Response, *fields: str) -> dict[str, Any]:
+    """What one answer says, apart from what differs between two accounts (ids, times):
+    its status, error code, replay header, the names of its fields and these fields'
+    values (as `data.<field>`)."""
+    payload = response.json()
+    data = payload.get("data") or {}
+    return {
+        "label": label,
+        "status": response.status_code,
+        "code": (payload.get("error") or {}).get("code"),
+        "replayed": response.headers.get("Idempotency-Replayed"),
+        "fields": sorted(data),
+        **{f"data.{field}": data.get(field) for field in fields},
+    }
 
 
 def _route_only(services: Services) -> ASGIApp:
@@ -187,22 +192,10 @@ async def _play_holds(app: ASGIApp, account_id: str, run: str) -> list[dict[str,
         async def post(label: str, path: str, body: bytes, key: str | None = None) -> None:
             headers = {**admin, "Idempotency-Key": key} if key else admin
             response = await client.post(path, headers=headers, content=body)
-            payload = response.json()
-            data = payload.get("data") or {}
+            data = response.json().get("data") or {}
             if response.status_code == 201 and data.get("id") not in ids:
                 ids.append(data["id"])
-            seen.append(
-                {
-                    "label": label,
-                    "status": response.status_code,
-                    "code": (payload.get("error") or {}).get("code"),
-                    "replayed": response.headers.get("Idempotency-Replayed"),
-                    "fields": sorted(data),
-                    "status_of_hold": data.get("status"),
-                    "captured": data.get("captured_amount"),
-                    "balance_after": data.get("balance_after"),
-                }
-            )
+            seen.append(_seen(label, response, "status", "captured_amount", "balance_after"))
 
         await post("hold", HOLDS, hold("3"), f"{run}-h1")
         await post("hold again (known account)", HOLDS, hold("2"), f"{run}-h2")
