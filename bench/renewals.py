@@ -10,7 +10,11 @@ in the same drain. As a baseline it runs pgbench's tpcb-like script on the same 
 with W clients for the same time, and prints renewals/s, pgbench tps and their ratio as
 a Markdown table row. It then checks that every subscription was charged exactly once.
 
-    .venv/bin/python bench/renewals.py [--subscriptions 400] [--workers 1,4]
+    .venv/bin/python bench/renewals.py [--subscriptions 400] [--workers 1,4] [--processes 1]
+
+With `--processes P`, P worker processes each run W threads (as P `billfold worker`
+processes would; they coordinate only through the database), and pgbench runs P x W
+clients.
 
 The databases it creates (billfold_bench_renewals, billfold_pgbench) are dropped at the
 end. This is a benchmark, not a test: it asserts nothing about speed.
@@ -19,11 +23,13 @@ end. This is a benchmark, not a test: it asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -94,8 +100,39 @@ def _provision(services: Services, count: int, test_clock_id: str) -> None:
         )
 
 
-def drain(services: Services, workers: int, at: clock.ClockTime) -> float:
-    """W worker threads run the clock's due jobs on its time `at`, as an advance would."""
+def drain_processes(url: str, processes: int, workers: int, at: clock.ClockTime) -> float:
+    """P processes of W worker threads each, started together; the seconds until all are
+    done. Each process makes its own engine, as a `billfold worker` process does."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Barrier(processes + 1)
+    children = [
+        context.Process(target=_drain_child, args=(url, workers, at, ready))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    ready.wait()
+    started = time.perf_counter()
+    for child in children:
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"a worker process exited with {child.exitcode}")
+    return time.perf_counter() - started
+
+
+def _drain_child(url: str, workers: int, at: clock.ClockTime, ready: Any) -> None:
+    services = build_services(Settings(database_url=url, admin_key="bench"), "bench")
+    try:
+        with services.database.read() as session:  # connect before the start
+            session.execute(select(1))
+        drain(services, workers, at, ready=ready)
+    finally:
+        services.database.dispose()
+
+
+def drain(services: Services, workers: int, at: clock.ClockTime, ready: Any = None) -> float:
+    """W worker threads run the clock's due jobs on its time `at`, as an advance would
+    (starting when `ready`, a barrier shared with other processes, lets them)."""
     barrier = threading.Barrier(workers + 1)
 
     def run(n: int) -> None:
@@ -109,6 +146,8 @@ def drain(services: Services, workers: int, at: clock.ClockTime) -> float:
     for thread in threads:
         thread.start()
     barrier.wait()
+    if ready is not None:
+        ready.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
@@ -131,7 +170,7 @@ def check(services: Services, count: int) -> None:
         raise SystemExit(f"expected {count} renewals charged once, got {cycle} / {renewed}")
 
 
-def bench(count: int, workers: int) -> tuple[float, float]:
+def bench(count: int, workers: int, processes: int = 1) -> tuple[float, float]:
     recreate_database(BENCH_DB)
     url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     url = f"{url}/{BENCH_DB}"
@@ -141,35 +180,40 @@ def bench(count: int, workers: int) -> tuple[float, float]:
         log(f"provisioning {count} subscriptions")
         time = provision(services, count)
         later = clock.ClockTime(time.test_clock_id, time.offset + timedelta(days=32))
-        log(f"draining with {workers} worker thread(s)")
-        seconds = drain(services, workers, later)
+        log(f"draining with {processes} process(es) of {workers} worker thread(s)")
+        if processes == 1:
+            seconds = drain(services, workers, later)
+        else:
+            services.database.dispose()  # the children make their own
+            seconds = drain_processes(url, processes, workers, later)
         check(services, count)
     finally:
         services.database.dispose()
     rate = count / seconds
     log(f"{count} renewals in {seconds:.2f} s: {rate:.1f}/s")
-    baseline = pgbench_run(workers, max(5, round(seconds))).tps
+    baseline = pgbench_run(processes * workers, max(5, round(seconds))).tps
     return rate, baseline
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscriptions", type=int, default=400)
-    parser.add_argument("--workers", default="1,4")
+    parser.add_argument("--workers", default="1,4", help="worker threads per process")
+    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
     pgbench_init()
     rows = []
     try:
         for workers in [int(w) for w in args.workers.split(",")]:
-            rate, tps = bench(args.subscriptions, workers)
+            rate, tps = bench(args.subscriptions, workers, args.processes)
             rows.append((workers, rate, tps))
     finally:
         drop_database(BENCH_DB)
         drop_database(PGBENCH_DB)
-    print("| Worker threads | Renewals/s | pgbench tpcb-like tps | Ratio |")
+    print("| Processes x threads | Renewals/s | pgbench tpcb-like tps | Ratio |")
     print("|---|---|---|---|")
     for workers, rate, tps in rows:
-        print(f"| {workers} | {rate:.1f} | {tps:.0f} | {rate / tps:.4f} |")
+        print(f"| {args.processes} x {workers} | {rate:.1f} | {tps:.0f} | {rate / tps:.4f} |")
     return 0
 
 
