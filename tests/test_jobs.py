@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from billfold.application.jobs import Worker
@@ -16,6 +17,7 @@ from billfold.jobs import maintenance
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job
 from billfold.jobs.service import ClaimedJob
+from billfold.ratelimit import RateLimitCounter
 from billfold.services import Services
 from tests.helpers import Api
 
@@ -125,6 +127,37 @@ def test_many_workers_run_each_job_once(services: Services, backend: str) -> Non
     with services.database.read() as session:
         statuses = set(session.scalars(select(Job.status).where(Job.kind == kind)))
     assert statuses == {"succeeded"}
+
+
+def test_the_purge_works_in_chunks_until_nothing_expired_is_left(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "PURGE_CHUNK", 2)
+    agent = api.new_agent()
+    keys = [f"chunk-{n}" for n in range(5)]
+    for key in [*keys, "kept"]:
+        agent.fund(10, key=key)
+    scope = f"account:{agent.account_id}"
+    stale = f"test:purge:{uuid.uuid4().hex[:8]}"
+    with services.database.transaction() as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.scope == scope, IdempotencyKey.key.in_(keys))
+            .values(expires_at=now() - timedelta(seconds=1))
+        )
+        for hours in (25, 26, 27):  # counters older than their retention
+            session.add(
+                RateLimitCounter(key=stale, window_start=now() - timedelta(hours=hours), count=1)
+            )
+        session.add(RateLimitCounter(key=stale, window_start=now(), count=1))
+    maintenance.run_purge(services, ClaimedJob(0, maintenance.JOB_KIND, None, {}, 1, 8))
+    with services.database.read() as session:
+        left = set(session.scalars(select(IdempotencyKey.key).where(IdempotencyKey.scope == scope)))
+        counters = session.scalars(
+            select(RateLimitCounter.window_start).where(RateLimitCounter.key == stale)
+        ).all()
+    assert left == {"kept"}
+    assert len(counters) == 1
 
 
 def test_unknown_job_kind_is_buried_not_lost(services: Services) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import wall_now
@@ -145,6 +145,16 @@ def release(session: Session, *, scope: str, key: str) -> None:
     )
 
 
-def purge_expired(session: Session) -> int:
-    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= wall_now()))
+def purge_expired(session: Session, *, limit: int) -> int:
+    """Forget up to `limit` expired keys (the oldest first); how many. The caller repeats it,
+    one transaction each, so no purge holds a huge transaction open."""
+    expired = (
+        select(IdempotencyKey.scope, IdempotencyKey.key)
+        .where(IdempotencyKey.expires_at <= wall_now())
+        .order_by(IdempotencyKey.expires_at)
+        .limit(limit)
+    )
+    result = session.execute(
+        delete(IdempotencyKey).where(tuple_(IdempotencyKey.scope, IdempotencyKey.key).in_(expired))
+    )
     return int(result.rowcount)  # type: ignore[attr-defined]
