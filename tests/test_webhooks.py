@@ -258,3 +258,42 @@ def test_an_event_exists_only_if_its_cause_committed(
         assert len(receiver.at(path)) == before
     finally:
         _disable(api, endpoint["id"])
+
+
+class _RollBack(Exception):
+    pass
+
+
+def test_one_transaction_sees_the_endpoints_it_changes(services: Services) -> None:
+    """Emit reads the endpoints once per transaction; an endpoint created, disabled or
+    re-enabled in that transaction counts for the events emitted after it."""
+
+    def deliveries(session: Any, endpoint_id: str) -> int:
+        return len(
+            session.query(WebhookDelivery).filter(WebhookDelivery.endpoint_id == endpoint_id).all()
+        )
+
+    with pytest.raises(_RollBack), services.database.transaction() as session:  # noqa: PT012
+        webhooks.emit(session, type="invoice.paid", account_id=None, data={"n": 1})
+        endpoint = webhooks.create_endpoint(
+            session,
+            url="http://127.0.0.1:9/hook",
+            event_types=["invoice.paid"],
+            enabled=True,
+            allow_private=True,
+        )
+        webhooks.emit(session, type="invoice.paid", account_id=None, data={"n": 2})
+        assert deliveries(session, endpoint.id) == 1
+        webhooks.emit(session, type="invoice.finalized", account_id=None, data={"n": 3})
+        assert deliveries(session, endpoint.id) == 1  # not a type it listens to
+        webhooks.update_endpoint(
+            session, endpoint.id, url=None, event_types=None, enabled=False, allow_private=False
+        )
+        webhooks.emit(session, type="invoice.paid", account_id=None, data={"n": 4})
+        assert deliveries(session, endpoint.id) == 1
+        webhooks.update_endpoint(
+            session, endpoint.id, url=None, event_types=None, enabled=True, allow_private=False
+        )
+        webhooks.emit(session, type="invoice.paid", account_id=None, data={"n": 5})
+        assert deliveries(session, endpoint.id) == 2
+        raise _RollBack  # leave nothing behind

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -280,18 +280,27 @@ def insert_or_ignore(
     The unique index decides between concurrent writers without aborting the
     transaction, so the loser can go on to read the winner's row.
     """
-    dialect = session.get_bind().dialect.name
+    statement = _insert_or_ignore(
+        session.get_bind().dialect.name, model, tuple(conflict_columns), index_where
+    )
+    return session.execute(statement, values).first() is not None
+
+
+@lru_cache(maxsize=256)
+def _insert_or_ignore(
+    dialect: str, model: type[Base], conflict_columns: tuple[str, ...], index_where: str | None
+) -> Any:
+    """The statement for `insert_or_ignore`, built once (its values are parameters)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt: Any = pg_insert(model).values(**values)
+        stmt: Any = pg_insert(model)
     else:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        stmt = sqlite_insert(model).values(**values)
+        stmt = sqlite_insert(model)
     # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT here.
     where = text(index_where) if index_where else None
-    stmt = stmt.on_conflict_do_nothing(
-        index_elements=conflict_columns, index_where=where
+    return stmt.on_conflict_do_nothing(
+        index_elements=list(conflict_columns), index_where=where
     ).returning(getattr(model, conflict_columns[0]))
-    return session.execute(stmt).first() is not None

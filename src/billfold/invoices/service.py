@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from billfold.billing.models import BillingInfo
@@ -113,14 +113,19 @@ def lock_series(session: Session, kind: str) -> None:
 
 
 def _next_number(session: Session, series: str, prefix: str, issued_at: datetime) -> str:
-    insert_or_ignore(session, NumberSeries, {"series": series, "last_number": 0}, ["series"])
-    value = session.execute(
-        update(NumberSeries)
-        .where(NumberSeries.series == series)
-        .values(last_number=NumberSeries.last_number + 1)
-        .returning(NumberSeries.last_number)
-    ).scalar_one()
+    value = session.execute(_TAKE_NUMBER, {"series_name": series}).scalar()
+    if value is None:  # the series' first document: make its row (once, whoever races)
+        insert_or_ignore(session, NumberSeries, {"series": series, "last_number": 0}, ["series"])
+        value = session.execute(_TAKE_NUMBER, {"series_name": series}).scalar_one()
     return f"{prefix}-{issued_at.year}-{value:06d}"
+
+
+_TAKE_NUMBER = (
+    update(NumberSeries)
+    .where(NumberSeries.series == bindparam("series_name"))
+    .values(last_number=NumberSeries.last_number + 1)
+    .returning(NumberSeries.last_number)
+)
 
 
 def _tax_terms(settings: dict[str, Any], buyer: dict[str, Any]) -> tuple[int, bool]:
@@ -183,13 +188,16 @@ def _finalize(
     subscription_id: str | None = None,
     billing_reason: str | None = None,
     meta: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Invoice:
     """Number and issue a document (negative amounts: a credit note), paid or still open.
 
     Each line's tax is split out of its tax-inclusive amount, rounded to the cent; the
-    document's tax and subtotal are the sums of its lines'.
+    document's tax and subtotal are the sums of its lines'. `settings`: the operator's,
+    when the caller has read them already (for the number's prefix).
     """
-    settings = get_settings(session)
+    if settings is None:
+        settings = get_settings(session)
     series, prefix_key, id_prefix = (
         ("credit_note", "credit_note_prefix", "cn")
         if kind == "credit_note"
@@ -285,6 +293,7 @@ def issue_invoice(
         subscription_id=subscription_id,
         billing_reason=billing_reason,
         meta=meta,
+        settings=settings,
     )
     from billfold.webhooks import service as webhooks  # webhooks render with the API's JSON
 

@@ -257,11 +257,11 @@ def release_leases(session: Session, *, worker_prefix: str) -> int:
     return int(released)
 
 
-def cancel(session: Session, *, dedupe_key: str) -> None:
-    """Drop a queued job that is no longer needed (its work was done another way)."""
+def cancel(session: Session, *dedupe_keys: str) -> None:
+    """Drop queued jobs that are no longer needed (their work was done another way)."""
     session.execute(
         update(Job)
-        .where(Job.dedupe_key == dedupe_key, Job.status == "queued")
+        .where(Job.dedupe_key.in_(dedupe_keys), Job.status == "queued")
         .values(status="succeeded", finished_at=wall_now(), last_error="cancelled: not needed")
     )
 

@@ -37,6 +37,7 @@ HOLDS_USAGE = "holds:usage"
 _WALLETS = cast(Table, Wallet.__table__)
 _TRANSACTIONS = cast(Table, LedgerTransaction.__table__)
 _POSTINGS = cast(Table, LedgerPosting.__table__)
+_INSERT_TRANSACTION = insert(_TRANSACTIONS)
 _BUCKET_COLUMNS = {bucket: _WALLETS.c[f"{bucket}_micros"] for bucket in BUCKETS}
 
 
@@ -121,7 +122,7 @@ def post(
     }
     # Core inserts, in order: the ORM would not know postings depend on their transaction.
     row = {("metadata" if key == "meta" else key): value for key, value in values.items()}
-    session.execute(insert(_TRANSACTIONS).values(row))
+    session.execute(_INSERT_TRANSACTION, row)
     session.execute(
         insert(_POSTINGS),
         [

@@ -260,11 +260,30 @@ def begin(
     number = 1 if previous is None else previous.number + 1
     key = operation if number == 1 else f"{operation}#{number}"
     current = now()
+    written = Attempt(
+        id=new_id("pat"),
+        account_id=account_id,
+        purpose=purpose,
+        operation=operation,
+        number=number,
+        key=key,
+        state=AttemptState.PENDING,
+        amount_micros=amount_micros,
+        currency=currency,
+        payment_method_id=payment_method_id,
+        payment_purpose=payment_purpose,
+        context=dict(context or {}),
+        payment_id=None,
+        failure_reason=None,
+        failure_message=None,
+        created_at=current,
+        new=True,
+    )
     inserted = insert_or_ignore(
         session,
         PaymentAttempt,
         {
-            "id": new_id("pat"),
+            "id": written.id,
             "account_id": account_id,
             "purpose": purpose.value,
             "operation": operation,
@@ -281,31 +300,32 @@ def begin(
         },
         ["key"],
     )
-    row = session.scalars(
-        select(PaymentAttempt)
-        .where(PaymentAttempt.key == key)
-        .execution_options(populate_existing=True)
-    ).one()
-    if inserted:
-        # A first look after a minute records a charge the processor already knows; the
-        # check at STALE_AFTER also settles one it never saw (see billfold.payments.janitor).
-        jobs.enqueue(
-            session,
-            kind=JANITOR_JOB,
-            account_id=account_id,
-            payload={"attempt_id": row.id, "found_only": True},
-            run_at=current + FIRST_LOOK_AFTER,
-            dedupe_key=_first_look_key(row.id),
-        )
-        jobs.enqueue(
-            session,
-            kind=JANITOR_JOB,
-            account_id=account_id,
-            payload={"attempt_id": row.id},
-            run_at=current + STALE_AFTER,
-            dedupe_key=_janitor_key(row.id),
-        )
-    return Attempt.of(row, new=inserted)
+    if not inserted:  # a racer wrote it first: theirs
+        row = session.scalars(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.key == key)
+            .execution_options(populate_existing=True)
+        ).one()
+        return Attempt.of(row)
+    # A first look after a minute records a charge the processor already knows; the
+    # check at STALE_AFTER also settles one it never saw (see billfold.payments.janitor).
+    jobs.enqueue(
+        session,
+        kind=JANITOR_JOB,
+        account_id=account_id,
+        payload={"attempt_id": written.id, "found_only": True},
+        run_at=current + FIRST_LOOK_AFTER,
+        dedupe_key=_first_look_key(written.id),
+    )
+    jobs.enqueue(
+        session,
+        kind=JANITOR_JOB,
+        account_id=account_id,
+        payload={"attempt_id": written.id},
+        run_at=current + STALE_AFTER,
+        dedupe_key=_janitor_key(written.id),
+    )
+    return written
 
 
 # --- charging and recording ---------------------------------------------------------
@@ -482,8 +502,7 @@ def _settle(
             )
         payment = session.get(Payment, settled.payment_id) if settled.payment_id else None
         return Outcome(settled, payment, recorded=False)
-    jobs.cancel(session, dedupe_key=_janitor_key(attempt.id))
-    jobs.cancel(session, dedupe_key=_first_look_key(attempt.id))
+    jobs.cancel(session, _janitor_key(attempt.id), _first_look_key(attempt.id))
     payment = None
     if result is not None:
         payment, _ = payments.record_payment(

@@ -95,7 +95,7 @@ class _Charged:
     outcomes_for: OutcomesFor
 
     def __call__(self, session: Session, event: payment_attempts.Settled) -> Paid:
-        sub, invoice = _lock_pair_of(session, event.attempt)
+        sub, invoice = _locked_for_settling(session, event.attempt)
         payment = event.payment
         assert payment is not None
         if invoice.attempt_key != event.attempt.key:
@@ -109,14 +109,14 @@ class _Charged:
                     description="Subscription payment credited to the wallet (invoice closed)",
                 )
             return Paid(invoice.status == "paid", payment)
-        invoice.attempt_key = None
         if event.card is not None:
             payments.save_card(
                 session, account_id=sub.account_id, card=event.card, make_default=True
             )
         post_payment(session, invoice, payment)
-        invoices.mark_paid(session, invoice, payment_intent_id=payment.id)
+        invoice.attempt_key = None  # written with mark_paid's changes, in one UPDATE
         invoice.last_payment_error = None
+        invoices.mark_paid(session, invoice, payment_intent_id=payment.id)
         _outcomes(self.outcomes_for, event).paid(session, sub, invoice)
         return Paid(True, payment)
 
@@ -128,7 +128,7 @@ class _NotCharged:
     outcomes_for: OutcomesFor
 
     def __call__(self, session: Session, event: payment_attempts.Settled) -> Paid:
-        sub, invoice = _lock_pair_of(session, event.attempt)
+        sub, invoice = _locked_for_settling(session, event.attempt)
         if invoice.attempt_key != event.attempt.key:
             return Paid(invoice.status == "paid", event.payment)
         invoice.attempt_key = None
@@ -209,9 +209,26 @@ def _lock_pair_of(
     )
 
 
+_SETTLING = "billfold.subscriptions.settling"
+
+
 def _lock_for_settling(session: Session, attempt: payment_attempts.Attempt) -> None:
-    """Before the attempt row: the subscription, then its invoice."""
-    _lock_pair_of(session, attempt)
+    """Before the attempt row: the subscription, then its invoice (kept for the outcome's
+    handler, which the machine calls next in this transaction, so that it does not
+    select them again)."""
+    pair = _lock_pair_of(session, attempt)
+    session.info[_SETTLING] = (attempt.id, session.get_transaction(), pair)
+
+
+def _locked_for_settling(
+    session: Session, attempt: payment_attempts.Attempt
+) -> tuple[Subscription, Invoice]:
+    """The pair `_lock_for_settling` locked for this attempt (locked now if it did not)."""
+    kept = session.info.pop(_SETTLING, None)
+    if kept is not None and kept[:2] == (attempt.id, session.get_transaction()):
+        pair: tuple[Subscription, Invoice] = kept[2]
+        return pair
+    return _lock_pair_of(session, attempt)
 
 
 def reserve(session: Session, invoice: Invoice, *, payment_method_id: str, trigger: str) -> Attempt:
@@ -225,17 +242,18 @@ def reserve(session: Session, invoice: Invoice, *, payment_method_id: str, trigg
     else:  # in flight (an attempt reserved before the machine existed is adopted)
         operation = invoice.attempt_key
     assert invoice.attempt_payment_method_id is not None
-    payment = payment_attempts.begin(
-        session,
-        purpose=PURPOSE,
-        operation=operation,
-        account_id=invoice.account_id,
-        amount_micros=invoice.total_micros,
-        currency=invoice.currency,
-        payment_method_id=invoice.attempt_payment_method_id,
-        payment_purpose=invoice.billing_reason or "subscription",
-        context={"invoice_id": invoice.id, "subscription_id": invoice.subscription_id},
-    )
+    with session.no_autoflush:  # the invoice's changes go in one UPDATE, after the attempt
+        payment = payment_attempts.begin(
+            session,
+            purpose=PURPOSE,
+            operation=operation,
+            account_id=invoice.account_id,
+            amount_micros=invoice.total_micros,
+            currency=invoice.currency,
+            payment_method_id=invoice.attempt_payment_method_id,
+            payment_purpose=invoice.billing_reason or "subscription",
+            context={"invoice_id": invoice.id, "subscription_id": invoice.subscription_id},
+        )
     invoice.attempt_key = payment.key
     session.flush()
     return Attempt(

@@ -108,6 +108,7 @@ def create_endpoint(
     )
     session.add(endpoint)
     session.flush()
+    _forget_listeners(session)
     return endpoint
 
 
@@ -120,6 +121,7 @@ def get_endpoint(session: Session, endpoint_id: str) -> WebhookEndpoint:
     endpoint = session.get(WebhookEndpoint, endpoint_id)
     if endpoint is None:
         raise NotFound("No such webhook endpoint.", code=ErrorCode.WEBHOOK_ENDPOINT_NOT_FOUND)
+    _forget_listeners(session)  # the caller may change it
     return endpoint
 
 
@@ -170,8 +172,8 @@ def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> N
     assert type in EVENT_TYPES, type
     endpoints = [
         e
-        for e in session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True)))
-        if "*" in e.event_types or type in e.event_types
+        for e in _listeners(session)
+        if e.enabled and ("*" in e.event_types or type in e.event_types)
     ]
     if not endpoints:
         return
@@ -201,6 +203,29 @@ def emit(session: Session, *, type: str, account_id: str | None, data: Any) -> N
         session.add(delivery)
         session.flush()
         _schedule(session, delivery, attempt=0, delay=timedelta(0))
+
+
+_LISTENERS = "billfold.webhooks.listeners"
+
+
+def _listeners(session: Session) -> list[WebhookEndpoint]:
+    """The enabled endpoints, read once per transaction: a transaction that emits several
+    events (a renewal emits four) reads them once. Whatever fetches an endpoint to change
+    it in the same transaction (`get_endpoint`, `create_endpoint`) makes the next emit
+    read them again."""
+    transaction = session.get_transaction()
+    cached = session.info.get(_LISTENERS)
+    if cached is not None and cached[0] is transaction:
+        return cached[1]
+    endpoints = list(
+        session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True)))
+    )
+    session.info[_LISTENERS] = (session.get_transaction(), endpoints)
+    return endpoints
+
+
+def _forget_listeners(session: Session) -> None:
+    session.info.pop(_LISTENERS, None)
 
 
 def _schedule(
