@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from billfold.application.jobs import Worker
 from billfold.clock import now
+from billfold.idempotency import service as idempotency
 from billfold.idempotency.models import IdempotencyKey
 from billfold.jobs import maintenance
 from billfold.jobs import service as jobs
@@ -140,11 +141,17 @@ def test_the_purge_works_in_chunks_until_nothing_expired_is_left(
     scope = f"account:{agent.account_id}"
     stale = f"test:purge:{uuid.uuid4().hex[:8]}"
     with services.database.transaction() as session:
-        session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.scope == scope, IdempotencyKey.key.in_(keys))
-            .values(expires_at=now() - timedelta(seconds=1))
-        )
+        for n, key in enumerate(keys):  # long expired, the oldest keys there are
+            session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+                .values(expires_at=now() - timedelta(days=30, seconds=n))
+            )
+    with services.database.transaction() as session:  # one chunk: the two oldest
+        assert idempotency.purge_expired(session, limit=2) == 2
+        left = set(session.scalars(select(IdempotencyKey.key).where(IdempotencyKey.scope == scope)))
+        assert left == {"chunk-0", "chunk-1", "chunk-2", "kept"}
+    with services.database.transaction() as session:
         for hours in (25, 26, 27):  # counters older than their retention
             session.add(
                 RateLimitCounter(key=stale, window_start=now() - timedelta(hours=hours), count=1)

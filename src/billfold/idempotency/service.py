@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import wall_now
@@ -146,15 +146,21 @@ def release(session: Session, *, scope: str, key: str) -> None:
 
 
 def purge_expired(session: Session, *, limit: int) -> int:
-    """Forget up to `limit` expired keys (the oldest first); how many. The caller repeats it,
-    one transaction each, so no purge holds a huge transaction open."""
-    expired = (
-        select(IdempotencyKey.scope, IdempotencyKey.key)
-        .where(IdempotencyKey.expires_at <= wall_now())
+    """Forget about `limit` expired keys, the oldest first (more only when several expired
+    at the same instant); how many. The caller repeats it, one transaction each, so no
+    purge holds a huge transaction open. Both statements are range scans of the
+    `expires_at` index."""
+    cutoff = wall_now()
+    boundary = session.scalar(
+        select(IdempotencyKey.expires_at)
+        .where(IdempotencyKey.expires_at <= cutoff)
         .order_by(IdempotencyKey.expires_at)
-        .limit(limit)
+        .offset(limit - 1)
+        .limit(1)
     )
     result = session.execute(
-        delete(IdempotencyKey).where(tuple_(IdempotencyKey.scope, IdempotencyKey.key).in_(expired))
+        delete(IdempotencyKey).where(
+            IdempotencyKey.expires_at <= (boundary if boundary is not None else cutoff)
+        )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

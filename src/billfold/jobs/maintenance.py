@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from billfold.clock import wall_now
@@ -37,37 +36,23 @@ def schedule(session: Session) -> None:
 
 
 def run_purge(services: Services, job: ClaimedJob) -> None:
-    """Delete expired keys and old counters in chunks of PURGE_CHUNK rows, one transaction
-    each, for at most PURGE_BUDGET (well inside the job's lease); what is left waits for
-    the next run. At thousands of charges a second an hour's keys are millions of rows:
-    one DELETE of them all would hold one long transaction and write its WAL at once."""
+    """Forget expired Idempotency-Keys in chunks of about PURGE_CHUNK rows, one transaction
+    each, for at most PURGE_BUDGET (well inside the job's lease): what is left waits for the
+    next run. At thousands of charges a second an hour's keys are millions of rows, and one
+    DELETE of them all would hold one long transaction and write its WAL at once. Old
+    rate-limit counters (a row per login or payment key and window) go in one statement."""
     stop_at = time.monotonic() + PURGE_BUDGET.total_seconds()
-    keys = _purge(
-        services, lambda session: idempotency.purge_expired(session, limit=PURGE_CHUNK), stop_at
-    )
-    counters = _purge(services, _purge_counters, stop_at) if time.monotonic() < stop_at else 0
-    log.info("purged %s expired idempotency keys and %s rate-limit counters", keys, counters)
-
-
-def _purge(services: Services, chunk: Callable[[Session], int], stop_at: float) -> int:
-    total = 0
+    keys = 0
     while True:
         with services.database.transaction() as session:
-            deleted = chunk(session)
-        total += deleted
+            deleted = idempotency.purge_expired(session, limit=PURGE_CHUNK)
+        keys += deleted
         if deleted < PURGE_CHUNK or time.monotonic() >= stop_at:
-            return total
-
-
-def _purge_counters(session: Session) -> int:
-    old = (
-        select(RateLimitCounter.key, RateLimitCounter.window_start)
-        .where(RateLimitCounter.window_start < wall_now() - COUNTER_RETENTION)
-        .limit(PURGE_CHUNK)
-    )
-    result = session.execute(
-        delete(RateLimitCounter).where(
-            tuple_(RateLimitCounter.key, RateLimitCounter.window_start).in_(old)
-        )
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+            break
+    with services.database.transaction() as session:
+        counters = session.execute(
+            delete(RateLimitCounter).where(
+                RateLimitCounter.window_start < wall_now() - COUNTER_RETENTION
+            )
+        ).rowcount  # type: ignore[attr-defined]
+    log.info("purged %s expired idempotency keys and %s rate-limit counters", keys, counters)
