@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,40 @@ def test_operator_verbs(cli: Cli, api: Api) -> None:
     clock = cli.json("test-clock", "create", *base)
     moved = cli.json("test-clock", "advance", clock["id"], "--days", "2", *base)
     assert moved["advanced_seconds"] == 2 * 86_400
+
+
+def test_usage_batch_from_a_file(cli: Cli, api: Api, tmp_path: Path) -> None:
+    base = ["--url", api.base_url]
+    agent = api.new_agent()
+    assert agent.fund(10).status_code == 200
+    run = uuid.uuid4().hex[:8]
+    charges = [
+        {"account_id": agent.account_id, "amount": "2.5", "usecase": "tokens"},
+        {"account_id": agent.account_id, "amount": 1.25, "usecase": "images"},
+        {"account_id": agent.account_id, "amount": "100", "usecase": "tokens"},
+    ]
+    lines = tmp_path / "charges.jsonl"
+    lines.write_text(
+        "\n".join(json.dumps({**c, "idempotency_key": f"{run}-{n}"}) for n, c in enumerate(charges))
+        + "\n\n"
+    )
+    first = json.loads(cli.run("usage", "batch", str(lines), "--json", *base, code=4).stdout)
+    assert [i["status"] for i in first["items"]] == ["charged", "charged", "insufficient_funds"]
+    assert (first["charged"], first["refused"]) == (2, 1)
+    assert agent.balance() == Decimal("6.25")
+    # The same file again charges nothing twice; the table names each item's outcome.
+    again = cli.run("usage", "batch", str(lines), *base, code=4).stdout
+    assert "replayed" in again and "insufficient_funds" in again
+    assert agent.balance() == Decimal("6.25")
+    # A JSON array works too; every item charged exits 0.
+    array = tmp_path / "charges.json"
+    rest = {**charges[0], "amount": "6.25", "idempotency_key": f"{run}-array"}
+    array.write_text(json.dumps([rest]))
+    assert cli.json("usage", "batch", str(array), *base)["charged"] == 1
+    assert agent.balance() == 0
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    assert "invalid_request" in cli.run("usage", "batch", str(broken), *base, code=2).stderr
 
 
 def test_demo_on_the_embedded_server(tmp_path: Path) -> None:

@@ -24,9 +24,11 @@ import requests
 
 from billfold.api.app import create_app
 from billfold.client import (
+    ADMIN_ROUTES,
     AGENT_ROUTES,
     ERROR_CLASSES,
     AsyncBillfold,
+    AsyncBillfoldAdmin,
     AuthenticationRequired,
     Billfold,
     BillfoldAdmin,
@@ -650,6 +652,32 @@ def test_admin_client(api: Api, admin: BillfoldAdmin) -> None:
         BillfoldAdmin(api.base_url, "wrong-key").list_plans()
 
 
+def test_admin_client_sends_a_batch(api: Api, admin: BillfoldAdmin) -> None:
+    agent = api.new_agent()
+    assert agent.fund(10).status_code == 200
+    run = uuid.uuid4().hex[:8]
+    charges = [
+        {
+            "account_id": agent.account_id,
+            "amount": amount,
+            "usecase": "llm_tokens",
+            "idempotency_key": f"{run}-{n}",
+        }
+        for n, amount in enumerate([Decimal("2.5"), Decimal("5"), Decimal("50")])
+    ]
+    first = admin.create_usage_charges_batch(charges)
+    assert [i.status for i in first.items] == ["charged", "charged", "insufficient_funds"]
+    assert (first.charged, first.replayed, first.refused) == (2, 0, 1)
+    assert first.items[1].charge is not None and first.items[1].charge.amount == 5
+    assert first.items[2].error is not None and first.items[2].error.code == "insufficient_funds"
+    again = admin.create_usage_charges_batch(charges[:2])
+    assert [i.status for i in again.items] == ["replayed", "replayed"]
+    assert [i.charge.id for i in again.items if i.charge] == [
+        i.charge.id for i in first.items[:2] if i.charge
+    ]
+    assert agent.balance() == Decimal("2.5")
+
+
 # --- coverage of the API -----------------------------------------------------------------
 
 
@@ -662,6 +690,23 @@ def test_every_reference_function_is_an_sdk_method() -> None:
     for name in sorted(names):
         assert callable(getattr(Billfold("http://x", "t"), name, None)), name
         assert hasattr(AsyncBillfold, name), name
+
+
+def test_every_admin_route_has_an_sdk_method(services: Services) -> None:
+    document = create_app(services).openapi()
+    prefix = "/api/admin/v1"
+    routes = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        if path.startswith(prefix)
+        for method in operations
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+    assert set(ADMIN_ROUTES) == routes
+    for names in ADMIN_ROUTES.values():
+        for name in names:
+            assert callable(getattr(BillfoldAdmin("http://x", "k"), name)), name
+            assert hasattr(AsyncBillfoldAdmin, name), name
 
 
 def test_every_agent_route_has_an_sdk_method(services: Services) -> None:

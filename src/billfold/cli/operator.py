@@ -4,9 +4,12 @@ stored config (`billfold login --admin-key`)."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import sys
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
@@ -14,9 +17,12 @@ import typer
 from billfold.cli.agent import PLAN_COLUMNS, Amount, amount_arg, coupons_app, plans_app
 from billfold.cli.config import ConfigError, resolve
 from billfold.cli.output import (
+    EXIT_INSUFFICIENT_FUNDS,
+    EXIT_USAGE,
     JsonFlag,
     console,
     emit,
+    fail,
     handled,
     money,
     ok,
@@ -85,6 +91,63 @@ def usage_charge(
         )
 
     emit(result, as_json, render)
+
+
+BATCH_COLUMNS = [
+    ("#", "index"),
+    ("Idempotency key", "idempotency_key"),
+    ("Status", "status"),
+    ("Amount", "charge.amount"),
+    ("Balance after", "charge.balance_after"),
+    ("Error", "error.code"),
+]
+
+
+@usage_app.command("batch")
+@handled
+def usage_batch(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="A JSON array of charges, or one charge per line (JSON Lines); - for stdin",
+            allow_dash=True,
+        ),
+    ],
+    admin_key: AdminKeyOpt = None,
+    url: UrlOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Send up to 1,000 charges in one request, each an object with account_id, amount,
+    usecase (description and metadata optional) and its own idempotency_key: sending the
+    same file again charges nothing twice. Exits 0 when every item holds a charge (made
+    now or by an earlier send of its key), 4 when any does not (the table says which and
+    why)."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    charges = _charges_of(text)
+    result = admin_client(admin_key, url).create_usage_charges_batch(charges)
+
+    def render(data: Any) -> None:
+        show_rows(data["items"], BATCH_COLUMNS, title="Usage charges")
+        ok(f"{data['charged']} charged, {data['replayed']} replayed, {data['refused']} refused")
+
+    emit(result, as_json, render)
+    if any(item.charge is None for item in result.items):
+        raise typer.Exit(EXIT_INSUFFICIENT_FUNDS)
+
+
+def _charges_of(text: str) -> list[dict[str, Any]]:
+    """The charges of a batch file: a JSON array, or JSON Lines (blank lines skipped)."""
+    stripped = text.strip()
+    lines = [stripped] if stripped.startswith("[") else stripped.splitlines()
+    try:
+        parsed = [json.loads(line, parse_float=Decimal) for line in lines if line.strip()]
+    except json.JSONDecodeError as exc:
+        fail(f"not JSON or JSON Lines: {exc}", code="invalid_request", exit_code=EXIT_USAGE)
+    charges = parsed[0] if stripped.startswith("[") else parsed
+    if not isinstance(charges, list) or not all(isinstance(c, dict) for c in charges):
+        fail("expected one JSON object per charge", code="invalid_request", exit_code=EXIT_USAGE)
+    return charges
 
 
 # --- accounts ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from billfold.operator_keys.schemas import (
 from billfold.payments.schemas import PaymentAttemptList
 from billfold.subscriptions.schemas import AccountSubscriptionsOut, PlanOut, SubscriptionOut
 from billfold.testclock.schemas import AdvancedTestClockOut, TestClockOut
+from billfold.wallet.batch_schemas import UsageBatchOut
 from billfold.wallet.schemas import (
     LedgerCheckOut,
     OperatorRefundOut,
@@ -139,6 +140,17 @@ class AdminAPI(ClientBase):
             ),
             idempotency_key=idempotency_key,
         )
+
+    @route("POST", "/usage-charges/batch")
+    def create_usage_charges_batch(
+        self, charges: Sequence[Mapping[str, Any]]
+    ) -> Call[UsageBatchOut]:
+        """Up to 1,000 usage charges in one request, each a mapping of a usage charge's
+        fields (account_id, amount, usecase, description?, metadata?) and its own
+        `idempotency_key`. Each item has its own outcome (charged, replayed,
+        insufficient_funds, invalid, refused): a refusal is an item's status, not an
+        exception. Sending the same batch again charges nothing twice."""
+        return Call(UsageBatchOut.model_validate, json={"charges": [dict(c) for c in charges]})
 
     @route("POST", "/usage-holds")
     def create_usage_hold(
