@@ -29,6 +29,7 @@ from billfold.cli.output import (
     show_rows,
     to_data,
 )
+from billfold.errors import ErrorCode
 
 if TYPE_CHECKING:
     from billfold.client.admin import BillfoldAdmin
@@ -143,10 +144,14 @@ def _charges_of(text: str) -> list[dict[str, Any]]:
     try:
         parsed = [json.loads(line, parse_float=Decimal) for line in lines if line.strip()]
     except json.JSONDecodeError as exc:
-        fail(f"not JSON or JSON Lines: {exc}", code="invalid_request", exit_code=EXIT_USAGE)
+        fail(f"not JSON or JSON Lines: {exc}", code=ErrorCode.INVALID_REQUEST, exit_code=EXIT_USAGE)
     charges = parsed[0] if stripped.startswith("[") else parsed
     if not isinstance(charges, list) or not all(isinstance(c, dict) for c in charges):
-        fail("expected one JSON object per charge", code="invalid_request", exit_code=EXIT_USAGE)
+        fail(
+            "expected one JSON object per charge",
+            code=ErrorCode.INVALID_REQUEST,
+            exit_code=EXIT_USAGE,
+        )
     return charges
 
 
