@@ -267,6 +267,24 @@ def conflict(exc: BaseException) -> bool:
 _SQLITE_BUSY = re.compile(r"locked|busy|unable to open|disk i/o", re.IGNORECASE)
 
 
+_MEMO = "billfold.transaction_memo"
+
+
+def transaction_memo(session: Session) -> dict[str, Any]:
+    """A dict that lives as long as the session's current transaction: what one step of a
+    transaction keeps for a later step of the same one (rows it read or locked). Empty
+    again in the session's next transaction; a throwaway dict before any has begun."""
+    transaction = session.get_transaction()
+    if transaction is None:
+        return {}
+    kept = session.info.get(_MEMO)
+    if kept is None or kept[0] is not transaction:
+        kept = (transaction, {})
+        session.info[_MEMO] = kept
+    memo: dict[str, Any] = kept[1]
+    return memo
+
+
 def insert_or_ignore(
     session: Session,
     model: type[Base],

@@ -140,12 +140,18 @@ def usage_batch(
 def _charges_of(text: str) -> list[dict[str, Any]]:
     """The charges of a batch file: a JSON array, or JSON Lines (blank lines skipped)."""
     stripped = text.strip()
-    lines = [stripped] if stripped.startswith("[") else stripped.splitlines()
     try:
-        parsed = [json.loads(line, parse_float=Decimal) for line in lines if line.strip()]
+        charges = (
+            json.loads(stripped, parse_float=Decimal)
+            if stripped.startswith("[")
+            else [
+                json.loads(line, parse_float=Decimal)
+                for line in stripped.splitlines()
+                if line.strip()
+            ]
+        )
     except json.JSONDecodeError as exc:
         fail(f"not JSON or JSON Lines: {exc}", code=ErrorCode.INVALID_REQUEST, exit_code=EXIT_USAGE)
-    charges = parsed[0] if stripped.startswith("[") else parsed
     if not isinstance(charges, list) or not all(isinstance(c, dict) for c in charges):
         fail(
             "expected one JSON object per charge",

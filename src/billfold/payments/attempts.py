@@ -260,46 +260,23 @@ def begin(
     number = 1 if previous is None else previous.number + 1
     key = operation if number == 1 else f"{operation}#{number}"
     current = now()
-    written = Attempt(
-        id=new_id("pat"),
-        account_id=account_id,
-        purpose=purpose,
-        operation=operation,
-        number=number,
-        key=key,
-        state=AttemptState.PENDING,
-        amount_micros=amount_micros,
-        currency=currency,
-        payment_method_id=payment_method_id,
-        payment_purpose=payment_purpose,
-        context=dict(context or {}),
-        payment_id=None,
-        failure_reason=None,
-        failure_message=None,
-        created_at=current,
-        new=True,
-    )
-    inserted = insert_or_ignore(
-        session,
-        PaymentAttempt,
-        {
-            "id": written.id,
-            "account_id": account_id,
-            "purpose": purpose.value,
-            "operation": operation,
-            "number": number,
-            "key": key,
-            "state": AttemptState.PENDING.value,
-            "amount_micros": amount_micros,
-            "currency": currency,
-            "payment_method_id": payment_method_id,
-            "payment_purpose": payment_purpose,
-            "context": context or {},
-            "created_at": current,
-            "updated_at": current,
-        },
-        ["key"],
-    )
+    values: dict[str, Any] = {
+        "id": new_id("pat"),
+        "account_id": account_id,
+        "purpose": purpose.value,
+        "operation": operation,
+        "number": number,
+        "key": key,
+        "state": AttemptState.PENDING.value,
+        "amount_micros": amount_micros,
+        "currency": currency,
+        "payment_method_id": payment_method_id,
+        "payment_purpose": payment_purpose,
+        "context": context or {},
+        "created_at": current,
+        "updated_at": current,
+    }
+    inserted = insert_or_ignore(session, PaymentAttempt, values, ["key"])
     if not inserted:  # a racer wrote it first: theirs
         row = session.scalars(
             select(PaymentAttempt)
@@ -307,6 +284,7 @@ def begin(
             .execution_options(populate_existing=True)
         ).one()
         return Attempt.of(row)
+    written = Attempt.of(PaymentAttempt(**values), new=True)  # as written: no read back
     # A first look after a minute records a charge the processor already knows; the
     # check at STALE_AFTER also settles one it never saw (see billfold.payments.janitor).
     jobs.enqueue(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billfold.db import transaction_memo
 from billfold.errors import ErrorCode
 from billfold.invoices import service as invoices
 from billfold.invoices.models import Invoice
@@ -216,17 +217,16 @@ def _lock_for_settling(session: Session, attempt: payment_attempts.Attempt) -> N
     """Before the attempt row: the subscription, then its invoice (kept for the outcome's
     handler, which the machine calls next in this transaction, so that it does not
     select them again)."""
-    pair = _lock_pair_of(session, attempt)
-    session.info[_SETTLING] = (attempt.id, session.get_transaction(), pair)
+    transaction_memo(session)[_SETTLING] = (attempt.id, _lock_pair_of(session, attempt))
 
 
 def _locked_for_settling(
     session: Session, attempt: payment_attempts.Attempt
 ) -> tuple[Subscription, Invoice]:
     """The pair `_lock_for_settling` locked for this attempt (locked now if it did not)."""
-    kept = session.info.pop(_SETTLING, None)
-    if kept is not None and kept[:2] == (attempt.id, session.get_transaction()):
-        pair: tuple[Subscription, Invoice] = kept[2]
+    kept = transaction_memo(session).pop(_SETTLING, None)
+    if kept is not None and kept[0] == attempt.id:
+        pair: tuple[Subscription, Invoice] = kept[1]
         return pair
     return _lock_pair_of(session, attempt)
 

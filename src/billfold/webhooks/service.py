@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
 from billfold.clock import now, wall_now
+from billfold.db import transaction_memo
 from billfold.errors import ErrorCode, InvalidRequest, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
@@ -213,19 +214,18 @@ def _listeners(session: Session) -> list[WebhookEndpoint]:
     events (a renewal emits four) reads them once. Whatever fetches an endpoint to change
     it in the same transaction (`get_endpoint`, `create_endpoint`) makes the next emit
     read them again."""
-    transaction = session.get_transaction()
-    cached = session.info.get(_LISTENERS)
-    if cached is not None and cached[0] is transaction:
-        return cached[1]
-    endpoints = list(
-        session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True)))
-    )
-    session.info[_LISTENERS] = (session.get_transaction(), endpoints)
+    memo = transaction_memo(session)
+    endpoints: list[WebhookEndpoint] | None = memo.get(_LISTENERS)
+    if endpoints is None:
+        endpoints = list(
+            session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True)))
+        )
+        transaction_memo(session)[_LISTENERS] = endpoints  # begun by the read, if not before
     return endpoints
 
 
 def _forget_listeners(session: Session) -> None:
-    session.info.pop(_LISTENERS, None)
+    transaction_memo(session).pop(_LISTENERS, None)
 
 
 def _schedule(
