@@ -12,22 +12,33 @@ _BUFFER_BYTES = 4096
 
 class _Entropy(threading.local):
     """The operating system's randomness (os.urandom, as `secrets` uses), read 4 KiB at a
-    time: one system call per ~200 ids instead of one or more per id."""
+    time: one system call per ~200 ids instead of one or more per id. A forked child starts
+    with an empty buffer (`_forget_after_fork`): it must not reuse its parent's bytes."""
 
     def __init__(self) -> None:
         self.buffer = b""
         self.offset = 0
-        self.pid = os.getpid()
+        self.generation = _generation
 
     def take(self, size: int) -> bytes:
-        if self.offset + size > len(self.buffer) or self.pid != os.getpid():
-            # A forked child must not reuse its parent's bytes.
-            self.buffer, self.offset, self.pid = os.urandom(_BUFFER_BYTES), 0, os.getpid()
+        if self.offset + size > len(self.buffer) or self.generation != _generation:
+            self.buffer, self.offset, self.generation = os.urandom(_BUFFER_BYTES), 0, _generation
         chunk = self.buffer[self.offset : self.offset + size]
         self.offset += size
         return chunk
 
 
+# Bumped in a forked child, so every thread's buffer there is read afresh (a check of
+# os.getpid() per id was a system call per id, dear on a virtual machine).
+_generation = 0
+
+
+def _forget_after_fork() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 _entropy = _Entropy()
 
 

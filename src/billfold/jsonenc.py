@@ -7,6 +7,8 @@ so a number reads the same digit for digit wherever a client meets it.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import simplejson
@@ -37,6 +39,39 @@ def render(payload: Any) -> bytes:
         return simplejson.dumps(
             payload, use_decimal=True, default=_default, ensure_ascii=True
         ).encode()
+
+
+def _scalar(value: Any) -> str:
+    """One plain value as `dumps` writes it (a string: as with ensure_ascii=False)."""
+    if isinstance(value, str):
+        quoted: str = encode_basestring(value)
+        return quoted
+    if isinstance(value, Decimal) and value.is_finite():
+        return str(value)
+    if isinstance(value, datetime):
+        return _scalar(_default(value))
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def render_data(data: dict[str, Any]) -> bytes:
+    """`render({"data": data})` for a flat object of plain values (strings, exact
+    decimals, whole numbers, booleans, times, None), byte for byte, at a fraction of the
+    cost: the hot path's answers. Anything else goes to `render`."""
+    try:
+        fields = [
+            f"{encode_basestring(key)}: "
+            + (encode_basestring(value) if type(value) is str else _scalar(value))
+            for key, value in data.items()
+        ]
+        return ('{"data": {' + ", ".join(fields) + "}}").encode()
+    except (TypeError, UnicodeEncodeError):
+        return render({"data": data})
 
 
 def envelope(data: Any) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import wall_now
@@ -143,6 +144,41 @@ def release(session: Session, *, scope: str, key: str) -> None:
             IdempotencyKey.status == "in_progress",
         )
     )
+
+
+# One short statement for any number of keys on PostgreSQL (an array, prepared once); a
+# list of placeholders elsewhere, in slices SQLite's limit on them allows.
+_LIVE_PG = text(
+    """
+    SELECT key, fingerprint, status, response_status, response_body FROM idempotency_keys
+    WHERE scope = :scope AND key = ANY(CAST(:keys AS varchar[])) AND expires_at > :now
+    """
+)
+_LIVE_SLICE = 500
+
+
+def live(session: Session, *, scope: str, keys: list[str]) -> dict[str, Row[Any]]:
+    """The live stored keys among `keys` in `scope`, by key: each row's key, fingerprint,
+    status, response_status and response_body (what a replay or a refusal needs)."""
+    current = wall_now()
+    if session.get_bind().dialect.name == "postgresql":
+        rows = list(session.execute(_LIVE_PG, {"scope": scope, "keys": keys, "now": current}))
+    else:
+        k = IdempotencyKey
+        rows = []
+        for start in range(0, len(keys), _LIVE_SLICE):
+            rows.extend(
+                session.execute(
+                    select(
+                        k.key, k.fingerprint, k.status, k.response_status, k.response_body
+                    ).where(
+                        k.scope == scope,
+                        k.key.in_(keys[start : start + _LIVE_SLICE]),
+                        k.expires_at > current,
+                    )
+                )
+            )
+    return {row.key: row for row in rows}
 
 
 def purge_expired(session: Session, *, limit: int) -> int:

@@ -39,7 +39,7 @@ from billfold.errors import (
 from billfold.idempotency import service as idempotency
 from billfold.idempotency.models import IdempotencyKey
 from billfold.ids import new_id
-from billfold.jsonenc import render
+from billfold.jsonenc import render, render_data
 from billfold.ledger import service as ledger
 from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wallet
 from billfold.money import from_micros
@@ -340,15 +340,16 @@ def _plan_charge(plan: _Plan, charge: Charge, wallets: dict[str, _WalletState]) 
             (ledger.REVENUE_USAGE, charge.amount_micros),
         ],
     )
-    out = UsageChargeOut(
-        id=txn_id,
-        account_id=charge.account_id,
-        amount=from_micros(charge.amount_micros),
-        usecase=charge.usecase,
-        balance_after=from_micros(balance_after),
-        created_at=charge.created_at,
-    )
-    return Answer(201, render({"data": out.model_dump()}), charge=out)
+    # Its fields are what they are (a ledger row's): built and rendered without a check.
+    data = {
+        "id": txn_id,
+        "account_id": charge.account_id,
+        "amount": from_micros(charge.amount_micros),
+        "usecase": charge.usecase,
+        "balance_after": from_micros(balance_after),
+        "created_at": charge.created_at,
+    }
+    return Answer(201, render_data(data), charge=UsageChargeOut.model_construct(**data))
 
 
 def _plan_hold(plan: _Plan, op: HoldCreate, wallets: dict[str, _WalletState]) -> Answer | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio.to_thread
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from billfold import clock
@@ -28,11 +28,11 @@ from billfold.application.idempotent import (
     Reply,
     checked_key,
     operator_scope,
-    request_fingerprint,
+    payload_fingerprint,
 )
 from billfold.application.testclock import account_clock
 from billfold.application.usecases.base import Call, for_operator
-from billfold.clock import ClockTime, current_test_clock, now, wall_now
+from billfold.clock import ClockTime, current_test_clock, now
 from billfold.errors import (
     BillfoldError,
     ErrorCode,
@@ -41,7 +41,7 @@ from billfold.errors import (
     InvalidRequest,
     error_payload,
 )
-from billfold.idempotency.models import IdempotencyKey
+from billfold.idempotency import service as idempotency
 from billfold.jsonenc import render
 from billfold.money import from_micros, to_micros
 from billfold.schemas import ErrorObject
@@ -252,24 +252,14 @@ def _parse(item: _Item, request_id: str) -> bool:
     assert key is not None
     item.key, item.body = key, body
     fields = {k: v for k, v in item.raw.items() if k != "idempotency_key"}
-    item.fingerprint = request_fingerprint("POST", USAGE_CHARGES_PATH, "", render(fields))
+    item.fingerprint = payload_fingerprint("POST", USAGE_CHARGES_PATH, "", fields)
     return True
 
 
-def _stored(app: Services, keys: list[str]) -> dict[str, IdempotencyKey]:
+def _stored(app: Services, keys: list[str]) -> dict[str, Row[Any]]:
     """The live stored keys among `keys`, in the operator's key space."""
-    found: dict[str, IdempotencyKey] = {}
     with app.database.read() as session:
-        for start in range(0, len(keys), 500):
-            rows = session.scalars(
-                select(IdempotencyKey).where(
-                    IdempotencyKey.scope == operator_scope(),
-                    IdempotencyKey.key.in_(keys[start : start + 500]),
-                    IdempotencyKey.expires_at > wall_now(),
-                )
-            )
-            found.update({row.key: row for row in rows})
-    return found
+        return idempotency.live(session, scope=operator_scope(), keys=keys)
 
 
 def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) -> UsageBatchOut:
