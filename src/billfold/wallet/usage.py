@@ -341,7 +341,7 @@ def _plan_charge(plan: _Plan, charge: Charge, wallets: dict[str, _WalletState]) 
         ],
     )
     # Its fields are what they are (a ledger row's): built and rendered without a check.
-    data = {
+    data: dict[str, Any] = {
         "id": txn_id,
         "account_id": charge.account_id,
         "amount": from_micros(charge.amount_micros),
