@@ -48,7 +48,6 @@ from billfold.payments.disputes import record_dispute
 from billfold.payments.models import Payment
 from billfold.services import Services
 from billfold.subscriptions.models import LIVE_STATUSES
-from billfold.wallet import usage
 from billfold.wallet.refunds import record_processor_refund
 from tests.conservation_helpers import (
     CENT,
@@ -82,6 +81,7 @@ from tests.subscription_helpers import (
 
 # Monthly plans, included credits ≤ price (some equal, one with none), by price.
 PLANS = ((10, 10), (20, 15), (30, 0), (45, 45))
+LARGE_BATCH = 64  # one-micro charges a large batch adds
 
 
 @pytest.fixture(scope="module")
@@ -394,11 +394,10 @@ class World:
         self, picks: list[tuple[int, Decimal]], twin: bool, replay: bool, large: bool
     ) -> requests.Response:
         """One batch; each item charged on its own is booked to its account. `large`: the
-        real-time account (the last) gets ROWS_AS_JSON_FROM one-micro charges more, so on
-        PostgreSQL its group takes the JSON-rows statement."""
+        real-time account (the last) gets LARGE_BATCH one-micro charges more."""
         if large:
             real_time = len(self.agents) - 1
-            picks = [*picks, *[(real_time, Decimal("0.000001"))] * usage.ROWS_AS_JSON_FROM]
+            picks = [*picks, *[(real_time, Decimal("0.000001"))] * LARGE_BATCH]
         items: list[dict[str, Any]] = [
             {
                 "idempotency_key": f"batch-{uuid.uuid4().hex}",

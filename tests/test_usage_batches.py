@@ -102,6 +102,33 @@ def test_one_refusal_leaves_its_neighbours_charged(api: Api, services: Services)
         assert api.ledger_check(agent.account_id)["consistent"] is True
 
 
+def test_descriptions_are_stored_as_sent_empty_and_absent_included(
+    api: Api, services: Services
+) -> None:
+    """An empty description stays empty and an absent one stays absent, in a batch of one
+    (which PostgreSQL cannot send as a packed column) and in a larger one."""
+    agent = api.new_agent()
+    agent.fund(10)
+    sent = [[""], ["", None, 'text, with \\ and " and ,']]
+    for descriptions in sent:
+        items = []
+        for description in descriptions:
+            extra = {} if description is None else {"description": description}
+            items.append(item(agent.account_id, "0.01", **extra))
+        assert {i["status"] for i in outcomes(batch(api, items))} == {"charged"}
+    with services.database.read() as session:
+        stored = session.scalars(
+            select(LedgerTransaction.description)
+            .where(
+                LedgerTransaction.account_id == agent.account_id,
+                LedgerTransaction.kind == "usage_charge",
+            )
+            .order_by(LedgerTransaction.created_at, LedgerTransaction.balance_after_micros.desc())
+        ).all()
+    assert stored == [d for descriptions in sent for d in descriptions]
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
 def test_replays_inside_and_across_batches_and_single_charges(api: Api, services: Services) -> None:
     agent = api.new_agent()
     agent.fund(10)

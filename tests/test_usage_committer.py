@@ -255,25 +255,29 @@ def _rows_written(services: Services, account_id: str) -> list[Any]:
     return [transactions, postings, [(s, f, re.sub(r"txn_\w+", "TXN", b)) for s, f, b in keys]]
 
 
-def test_a_large_batch_written_as_json_rows_writes_what_the_arrays_write(
-    api: Api, pg_services: Services, monkeypatch: pytest.MonkeyPatch
+def _unpackable(values: object) -> str:
+    raise usage._Unpackable
+
+
+@pytest.mark.parametrize("count", [1, 70])
+def test_a_batch_written_as_packed_columns_writes_what_the_arrays_write(
+    api: Api, pg_services: Services, monkeypatch: pytest.MonkeyPatch, count: int
 ) -> None:
-    """Past ROWS_AS_JSON_FROM charges the rows go as JSON documents: the same rows, keys
-    and answers as the arrays write (exact decimals, nulls, times included)."""
+    """The columns packed into one text each: the same rows, keys and answers as the arrays
+    write (exact decimals, nulls, empty and unusual text, times included)."""
     at = now()
-    count = usage.ROWS_AS_JSON_FROM + 6
     written = []
-    for as_json in (True, False):
-        if not as_json:
-            monkeypatch.setattr(usage, "ROWS_AS_JSON_FROM", 10**9)
+    for packed in (True, False):
+        if not packed:
+            monkeypatch.setattr(usage, "_packed", _unpackable)
         agent = api.new_agent()
         agent.fund(100)
         charges = [
             usage.Charge(
                 agent.account_id,
                 n + 1,
-                "tokens",
-                None if n % 2 else f"call {n} — “quoted”",
+                "tokens" if n % 5 else "« ünïcode » \\ \"quoted\" 'single' , {braces}",
+                [None, "", f"call {n} — “quoted”", "NULL", "a\\tb"][n % 5],
                 None if n % 3 == 0 else {"n": n, "exact": Decimal("0.10000000000000000001")},
                 at,
                 key=f"{agent.account_id}-{n:03}",
@@ -291,13 +295,21 @@ def test_a_large_batch_written_as_json_rows_writes_what_the_arrays_write(
     assert len(written[0][0]) == count and len(written[0][2]) == count
 
 
-def test_the_json_rows_statement_is_chosen_past_its_threshold(pg_services: Services) -> None:
+def test_a_column_is_packed_only_when_it_splits_back_to_its_values() -> None:
+    assert usage._packed(["a", None, "", "b c"]) == "a\x1f\x1e\x1f\x1fb c"
+    assert usage._packed([]) == ""
+    for unpackable in (["a\x1fb"], ["a", "b\x1e"], [""]):
+        with pytest.raises(usage._Unpackable):
+            usage._packed(unpackable)
+
+
+def test_a_batch_with_a_value_it_cannot_pack_goes_as_arrays(pg_services: Services) -> None:
     wallet = usage._wallet_states([("acct", "USD", 0, 0, 10**12, False, False, None)])
-    for count, expected in ((usage.ROWS_AS_JSON_FROM - 1, False), (usage.ROWS_AS_JSON_FROM, True)):
-        charges = [_charge("acct", None) for _ in range(count)]
+    for description, packed in (("plain", True), ("", False), ("odd \x1f", False)):
+        charges = [dataclasses.replace(_charge("acct", None), description=description)]
         plan = usage._plan(charges, dict(wallet))
         statement, _ = usage._write_statement(charges, plan, pg_services.key_policy)
-        assert ("json_to_recordset" in statement) is expected
+        assert ("string_to_array" in statement) is packed
 
 
 def test_a_batch_the_database_does_not_answer_in_time_fails_as_an_outage(
