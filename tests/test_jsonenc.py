@@ -8,10 +8,16 @@ import json
 from datetime import UTC, timedelta, timezone
 from typing import Any
 
+import simplejson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billfold.application.idempotent import payload_fingerprint, request_fingerprint
+from billfold.application.idempotent import (
+    _canonical,
+    _canonical_text,
+    payload_fingerprint,
+    request_fingerprint,
+)
 from billfold.jsonenc import render, render_data
 
 texts = st.text()  # every code point, control characters and lone surrogates included
@@ -74,3 +80,11 @@ def test_payload_fingerprint_counts_numbers_by_value() -> None:
     assert payload_fingerprint("POST", path, "", sent) == request_fingerprint(
         "POST", path, "", b'{"n": 1, "amount": 0.1000}'
     )
+
+
+@given(st.dictionaries(texts, st.one_of(st.none(), st.booleans(), decimals, texts, json_values)))
+def test_the_canonical_text_is_the_encoders(payload: dict[str, Any]) -> None:
+    """The fingerprint's own writer of flat objects writes what simplejson writes."""
+    canonical = _canonical(payload)
+    expected = simplejson.dumps(canonical, sort_keys=True, separators=(",", ":"), use_decimal=True)
+    assert _canonical_text(canonical) == expected.encode()

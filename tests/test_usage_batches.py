@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from billfold.application import charging
 from billfold.clock import now
+from billfold.idempotency import service as idempotency
 from billfold.ledger.models import LedgerTransaction
 from billfold.services import Services
 from billfold.wallet import usage
@@ -127,6 +128,19 @@ def test_descriptions_are_stored_as_sent_empty_and_absent_included(
         ).all()
     assert stored == [d for descriptions in sent for d in descriptions]
     assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+def test_stored_keys_are_found_among_any_keys(api: Api, services: Services) -> None:
+    """The probe of stored keys finds them, also beside a key it cannot send packed."""
+    agent = api.new_agent()
+    agent.fund(10)
+    key = f"s-{uuid.uuid4()}"
+    assert api.charge_usage(agent.account_id, "0.01", key=key).status_code == 201
+    for others in ([], [f"missing-{uuid.uuid4()}"], ["odd\x1fkey", ""]):
+        with services.database.read() as session:
+            found = idempotency.live(session, scope="operator", keys=[*others, key])
+        assert list(found) == [key]
+        assert found[key].status == "completed" and found[key].response_status == 201
 
 
 def test_replays_inside_and_across_batches_and_single_charges(api: Api, services: Services) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from billfold import db
 from billfold.application import charging
 from billfold.clock import now
 from billfold.db import unavailable
@@ -256,7 +257,7 @@ def _rows_written(services: Services, account_id: str) -> list[Any]:
 
 
 def _unpackable(values: object) -> str:
-    raise usage._Unpackable
+    raise db.Unpackable
 
 
 @pytest.mark.parametrize("count", [1, 70])
@@ -269,7 +270,7 @@ def test_a_batch_written_as_packed_columns_writes_what_the_arrays_write(
     written = []
     for packed in (True, False):
         if not packed:
-            monkeypatch.setattr(usage, "_packed", _unpackable)
+            monkeypatch.setattr(usage, "packed", _unpackable)
         agent = api.new_agent()
         agent.fund(100)
         charges = [
@@ -296,11 +297,11 @@ def test_a_batch_written_as_packed_columns_writes_what_the_arrays_write(
 
 
 def test_a_column_is_packed_only_when_it_splits_back_to_its_values() -> None:
-    assert usage._packed(["a", None, "", "b c"]) == "a\x1f\x1e\x1f\x1fb c"
-    assert usage._packed([]) == ""
+    assert db.packed(["a", None, "", "b c"]) == "a\x1f\x1e\x1f\x1fb c"
+    assert db.packed([]) == ""
     for unpackable in (["a\x1fb"], ["a", "b\x1e"], [""]):
-        with pytest.raises(usage._Unpackable):
-            usage._packed(unpackable)
+        with pytest.raises(db.Unpackable):
+            db.packed(unpackable)
 
 
 def test_a_batch_with_a_value_it_cannot_pack_goes_as_arrays(pg_services: Services) -> None:

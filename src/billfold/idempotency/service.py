@@ -18,7 +18,7 @@ from sqlalchemy import Row, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import wall_now
-from billfold.db import insert_or_ignore
+from billfold.db import UNPACK, Unpackable, insert_or_ignore, packed
 from billfold.errors import IdempotencyInProgress, IdempotencyKeyReused
 from billfold.idempotency.models import IdempotencyKey
 
@@ -146,14 +146,15 @@ def release(session: Session, *, scope: str, key: str) -> None:
     )
 
 
-# One short statement for any number of keys on PostgreSQL (an array, prepared once); a
-# list of placeholders elsewhere, in slices SQLite's limit on them allows.
-_LIVE_PG = text(
-    """
+# One short statement for any number of keys on PostgreSQL (prepared once): the keys packed
+# into one text (keys are printable ASCII), or as an array; a list of placeholders
+# elsewhere, in slices SQLite's limit on them allows.
+_LIVE_PG = """
     SELECT key, fingerprint, status, response_status, response_body FROM idempotency_keys
-    WHERE scope = :scope AND key = ANY(CAST(:keys AS varchar[])) AND expires_at > :now
-    """
-)
+    WHERE scope = :scope AND key = ANY({}) AND expires_at > :now
+"""
+_LIVE_PACKED_PG = text(_LIVE_PG.format(UNPACK.format(":keys")))
+_LIVE_ARRAY_PG = text(_LIVE_PG.format("CAST(:keys AS varchar[])"))
 _LIVE_SLICE = 500
 
 
@@ -162,7 +163,12 @@ def live(session: Session, *, scope: str, keys: list[str]) -> dict[str, Row[Any]
     status, response_status and response_body (what a replay or a refusal needs)."""
     current = wall_now()
     if session.get_bind().dialect.name == "postgresql":
-        rows = list(session.execute(_LIVE_PG, {"scope": scope, "keys": keys, "now": current}))
+        sent: str | list[str]
+        try:
+            statement, sent = _LIVE_PACKED_PG, packed(keys)
+        except Unpackable:
+            statement, sent = _LIVE_ARRAY_PG, keys
+        rows = list(session.execute(statement, {"scope": scope, "keys": sent, "now": current}))
     else:
         k = IdempotencyKey
         rows = []

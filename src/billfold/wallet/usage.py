@@ -16,7 +16,7 @@ raise `KeysTaken`: the caller rolls back and sends those charges the careful way
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -28,6 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from billfold.clock import wall_now
+from billfold.db import UNPACK, Unpackable, packed, packed_numbers
 from billfold.errors import (
     BillfoldError,
     ErrorCode,
@@ -755,14 +756,13 @@ _WRITE_PG = (
     f"WITH {_KEYS_CTE}, {_CHARGES_CTE}, {_POSTINGS_CTE}, {_WALLETS_CTE}"  # noqa: S608
     " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s THEN 1 ELSE 0 END)"
 )
-# The same writes with each column as one text, its values joined by the unit separator
-# (U+001F; the record separator U+001E stands for NULL) and split by string_to_array: the
-# cheapest way to send a column from Python. psycopg dumps an array element by element in
-# Python and a JSON document escapes every quote of the stored answers: at 1,000 charges
-# either was a fifth to a quarter of the request's time. No value of these columns holds a
-# control character (ids, printable keys, CleanText, rendered JSON, numbers, times), and
-# `_packed` checks it: a column it cannot pack sends the batch as arrays (`_WRITE_PG`).
-_SPLIT = "string_to_array(%({})s, E'\\x1f', E'\\x1e')"
+# The same writes with each column packed into one text (`db.packed`): psycopg dumps an
+# array element by element in Python and a JSON document escapes every quote of the stored
+# answers, at 1,000 charges either a fifth to a quarter of the request's time. No value of
+# these columns holds a control character (ids, printable keys, CleanText, rendered JSON,
+# numbers, times); a column that cannot be packed anyway sends the batch as arrays
+# (`_WRITE_PG`).
+_SPLIT = UNPACK.format("%({})s")
 _PACKED_CTES = f"""
     keys AS (
         INSERT INTO idempotency_keys
@@ -798,29 +798,6 @@ _WRITE_PACKED_PG = (
     f"WITH {_PACKED_CTES}, {_WALLETS_CTE}"  # noqa: S608
     " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s THEN 1 ELSE 0 END)"
 )
-_US, _RS = "\x1f", "\x1e"
-
-
-class _Unpackable(ValueError):
-    """A value holds a separator (or is a lone empty string): send the column as an array."""
-
-
-def _packed(values: Sequence[str | None]) -> str:
-    """A text column as one parameter for `_SPLIT` (None as NULL)."""
-    text = _US.join([_RS if value is None else value for value in values])
-    if (
-        (values and text.count(_US) != len(values) - 1)
-        or text.count(_RS) != values.count(None)
-        or (len(values) == 1 and values[0] == "")  # would split to no value at all
-    ):
-        raise _Unpackable
-    return text
-
-
-def _packed_numbers(values: Iterable[int]) -> str:
-    return _US.join(map(str, values))
-
-
 _WRITE_HOLDS_PG = (
     f"WITH {_KEYS_CTE}, {_TRANSACTIONS_CTE}, {_POSTINGS_CTE}, {_HOLDS_CTES}, {_WALLETS_CTE}"  # noqa: S608
     " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s"
@@ -831,17 +808,19 @@ _TAKEN_PG = """
     JOIN unnest(%s::varchar[], %s::varchar[]) AS u(scope, key)
         ON k.scope = u.scope AND k.key = u.key
 """
-_TAKEN_PACKED_PG = """
+_TAKEN_PACKED_PG = f"""
     SELECT k.scope, k.key FROM idempotency_keys AS k
-    JOIN unnest(string_to_array(%s, E'\\x1f'), string_to_array(%s, E'\\x1f')) AS u(scope, key)
+    JOIN unnest({UNPACK.format("%s")}, {UNPACK.format("%s")}) AS u(scope, key)
         ON k.scope = u.scope AND k.key = u.key
-"""
+"""  # noqa: S608 (put together from constants only)
 
 
 def write_pipelined(
     connection: psycopg.Connection[Any],
     charges: Sequence[Op],
     policy: idempotency.KeyPolicy,
+    *,
+    probe: bool = True,
 ) -> list[Answer | None] | None:
     """`write` on PostgreSQL over a psycopg connection in its own transaction (committed
     here), through psycopg's pipeline. The wallets are locked for one exchange with the
@@ -852,7 +831,9 @@ def write_pipelined(
     caller writes that batch with `write`, which also announces the crossing). KeysTaken,
     with nothing written, when a key is already stored: found by the probe, or (a key
     stored by another transaction meanwhile) by the INSERT. NotWritten when the batch
-    surely wrote nothing and may be sent again (see `_outcome`)."""
+    surely wrote nothing and may be sent again (see `_outcome`). `probe=False` skips the
+    probe, for keys the caller found unstored a moment ago (the INSERT finds one stored
+    since)."""
     _check_keys_unique(charges)
     plan: _Plan | None = None
     taken: set[tuple[str, str]] = set()
@@ -863,8 +844,9 @@ def write_pipelined(
                 captures = _capture_parameters(charges)
                 wallets = connection.execute(*_lock_statement(charges))
                 held = connection.execute(_HOLDS_PG, captures) if captures[0] else None
-                stored = connection.execute(*_taken(charges))
-                wallet_rows, stored_rows = wallets.fetchall(), stored.fetchall()
+                stored = connection.execute(*_taken(charges)) if probe else None
+                wallet_rows = wallets.fetchall()
+                stored_rows = stored.fetchall() if stored is not None else []
                 hold_rows = held.fetchall() if held is not None else []
             except psycopg.OperationalError as exc:
                 raise _lost(connection, exc) from exc
@@ -1030,8 +1012,8 @@ def _taken(charges: Sequence[Op]) -> tuple[str, tuple[Any, Any]]:
     scopes = [c.scope for c in charges if c.key is not None]
     keys = [c.key for c in charges if c.key is not None]
     try:
-        return _TAKEN_PACKED_PG, (_packed(scopes), _packed(keys))
-    except _Unpackable:
+        return _TAKEN_PACKED_PG, (packed(scopes), packed(keys))
+    except Unpackable:
         return _TAKEN_PG, (scopes, keys)
 
 
@@ -1057,26 +1039,26 @@ def _write_statement(
             return _WRITE_PACKED_PG, {
                 "now": current,
                 "expires": current + policy.ttl,
-                "k_scope": _packed([k["scope"] for k in keys]),
-                "k_key": _packed([k["key"] for k in keys]),
-                "k_fingerprint": _packed([k["fingerprint"] for k in keys]),
-                "k_status": _packed_numbers(k["response_status"] for k in keys),
-                "k_body": _packed([k["response_body"] for k in keys]),
-                "t_id": _packed([t["id"] for t in transactions]),
-                "t_account": _packed([t["account_id"] for t in transactions]),
-                "t_amount": _packed_numbers(t["amount_micros"] for t in transactions),
-                "t_after": _packed_numbers(t["balance_after_micros"] for t in transactions),
-                "t_usecase": _packed([t["usecase"] for t in transactions]),
-                "t_description": _packed([t["description"] for t in transactions]),
-                "t_metadata": _packed([_json(t["metadata"]) for t in transactions]),
-                "t_created": _packed([t["created_at"].isoformat() for t in transactions]),
-                "p_transaction": _packed([p["transaction_id"] for p in postings]),
-                "p_account": _packed([p["account_id"] for p in postings]),
-                "p_ledger": _packed([p["ledger_account"] for p in postings]),
-                "p_amount": _packed_numbers(p["amount_micros"] for p in postings),
+                "k_scope": packed([k["scope"] for k in keys]),
+                "k_key": packed([k["key"] for k in keys]),
+                "k_fingerprint": packed([k["fingerprint"] for k in keys]),
+                "k_status": packed_numbers(k["response_status"] for k in keys),
+                "k_body": packed([k["response_body"] for k in keys]),
+                "t_id": packed([t["id"] for t in transactions]),
+                "t_account": packed([t["account_id"] for t in transactions]),
+                "t_amount": packed_numbers(t["amount_micros"] for t in transactions),
+                "t_after": packed_numbers(t["balance_after_micros"] for t in transactions),
+                "t_usecase": packed([t["usecase"] for t in transactions]),
+                "t_description": packed([t["description"] for t in transactions]),
+                "t_metadata": packed([_json(t["metadata"]) for t in transactions]),
+                "t_created": packed([t["created_at"].isoformat() for t in transactions]),
+                "p_transaction": packed([p["transaction_id"] for p in postings]),
+                "p_account": packed([p["account_id"] for p in postings]),
+                "p_ledger": packed([p["ledger_account"] for p in postings]),
+                "p_amount": packed_numbers(p["amount_micros"] for p in postings),
                 **changed,
             }
-        except _Unpackable:
+        except Unpackable:
             pass  # as arrays, below
     parameters = {
         "now": current,

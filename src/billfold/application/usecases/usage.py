@@ -325,7 +325,8 @@ def _by_clock(app: Services, items: list[_Item]) -> list[tuple[ClockTime | None,
 
 def _write_group(app: Services, items: list[_Item], request_id: str) -> None:
     at = now()  # one request, one time: every item of it is charged at it
-    written = charging.write_batch(app, [_batch_charge(item, request_id, at) for item in items])
+    charges = [_batch_charge(item, request_id, at) for item in items]
+    written = charging.write_batch(app, charges, probe=False)  # `_stored` just probed them
     for item, answer in zip(items, written, strict=True):
         if answer is not None:
             item.answer(answer.status_code, answer.body, charge=answer.charge)
