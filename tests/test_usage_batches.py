@@ -14,8 +14,10 @@ import requests
 from sqlalchemy import func, select
 
 from billfold.application import charging
+from billfold.application.usecases import usage as usage_use_cases
 from billfold.clock import now
 from billfold.idempotency import service as idempotency
+from billfold.jsonenc import envelope, render
 from billfold.ledger.models import LedgerTransaction
 from billfold.services import Services
 from billfold.wallet import usage
@@ -141,6 +143,40 @@ def test_stored_keys_are_found_among_any_keys(api: Api, services: Services) -> N
             found = idempotency.live(session, scope="operator", keys=[*others, key])
         assert list(found) == [key]
         assert found[key].status == "completed" and found[key].response_status == 201
+
+
+def test_the_batch_answer_renders_as_its_model_would(api: Api, services: Services) -> None:
+    """The answer quotes each fresh charge as written: the bytes `render` makes of the
+    typed answer, every kind of outcome included."""
+    agent = api.new_agent()
+    agent.fund(10)
+    replayed = f"r-{uuid.uuid4()}"
+    assert api.charge_usage(agent.account_id, "0.5", key=replayed).status_code == 201
+    twin = item(agent.account_id, "0.25", usecase='« tökens » \\ "quoted"')
+    charges = [
+        item(agent.account_id, "1.5", description="", metadata={"n": Decimal("0.1")}),
+        twin,
+        dict(twin),
+        {**twin, "amount": "0.26"},  # the same key with another payload
+        item(agent.account_id, "0.5", key=replayed),
+        item(agent.account_id, "100"),
+        item("acct_doesnotexist", 1),
+        {"account_id": agent.account_id},
+        7,
+    ]
+    batch = usage_use_cases.charge_usage_batch(services, charges=charges, request_id="req_test")
+    assert batch.render() == render(envelope(batch.out()))
+    assert [i.status for i in batch.out().items] == [
+        "charged",
+        "charged",
+        "replayed",
+        "invalid",
+        "replayed",
+        "insufficient_funds",
+        "invalid",
+        "invalid",
+        "invalid",
+    ]
 
 
 def test_replays_inside_and_across_batches_and_single_charges(api: Api, services: Services) -> None:

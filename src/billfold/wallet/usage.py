@@ -45,7 +45,7 @@ from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wa
 from billfold.money import from_micros
 from billfold.wallet import auto_funding, holds
 from billfold.wallet.models import HoldStatus, UsageHold
-from billfold.wallet.schemas import UsageChargeOut, UsageHoldOut
+from billfold.wallet.schemas import UsageHoldOut
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,6 @@ class Answer:
 
     status_code: int
     body: bytes
-    charge: UsageChargeOut | None = None
     error: BillfoldError | None = None
 
 
@@ -340,7 +339,7 @@ def _plan_charge(plan: _Plan, charge: Charge, wallets: dict[str, _WalletState]) 
             (ledger.REVENUE_USAGE, charge.amount_micros),
         ],
     )
-    # Its fields are what they are (a ledger row's): built and rendered without a check.
+    # Its fields are what they are (a ledger row's): rendered without a model.
     data: dict[str, Any] = {
         "id": txn_id,
         "account_id": charge.account_id,
@@ -349,7 +348,7 @@ def _plan_charge(plan: _Plan, charge: Charge, wallets: dict[str, _WalletState]) 
         "balance_after": from_micros(balance_after),
         "created_at": charge.created_at,
     }
-    return Answer(201, render_data(data), charge=UsageChargeOut.model_construct(**data))
+    return Answer(201, render_data(data))
 
 
 def _plan_hold(plan: _Plan, op: HoldCreate, wallets: dict[str, _WalletState]) -> Answer | None:

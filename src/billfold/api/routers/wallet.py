@@ -124,9 +124,10 @@ def create_usage_charge_batch(
     """Up to 1,000 usage charges in one transaction, each with its own `idempotency_key`
     and its own outcome (charged, replayed, insufficient_funds, invalid, refused): one
     refusal never fails its neighbours. The request as a whole takes no Idempotency-Key."""
-    return ok(
-        usage.charge_usage_batch(services, charges=body.charges, request_id=request_id_of(request))
+    batch = usage.charge_usage_batch(
+        services, charges=body.charges, request_id=request_id_of(request)
     )
+    return Response(batch.render(), media_type="application/json")
 
 
 @admin_router.get("/accounts/{account_id}/ledger-check", response_model=Envelope[LedgerCheckOut])

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 import anyio.to_thread
@@ -42,7 +42,7 @@ from billfold.errors import (
     error_payload,
 )
 from billfold.idempotency import service as idempotency
-from billfold.jsonenc import render
+from billfold.jsonenc import dumps, envelope, render
 from billfold.money import from_micros, to_micros
 from billfold.schemas import ErrorObject
 from billfold.services import Services
@@ -161,63 +161,97 @@ class _Item:
         self.fingerprint = ""
         self.status_code = 0
         self.answered: bytes | str = b"{}"
-        self.charge: UsageChargeOut | None = None  # the charge written by this batch
+        # A charge this batch wrote: `answered` is its `{"data": …}` as the hot path renders
+        # it (`jsonenc.render_data`), to be quoted, not read back.
+        self.fresh = False
         self.replayed = False
 
     def answer(
-        self,
-        status_code: int,
-        body: bytes | str,
-        *,
-        replayed: bool = False,
-        charge: UsageChargeOut | None = None,
+        self, status_code: int, body: bytes | str, *, replayed: bool = False, fresh: bool = False
     ) -> None:
         self.status_code = status_code
         self.answered = body
-        self.charge = charge
+        self.fresh = fresh
         self.replayed = replayed
 
-    @property
+    @cached_property
     def payload(self) -> dict[str, Any]:
-        """The answer's envelope, read back (only for a replay or a refusal: a charge this
-        batch wrote is at hand as `charge`)."""
+        """The answer's envelope, read back."""
         loaded: dict[str, Any] = json.loads(self.answered, parse_float=Decimal)
         return loaded
 
     def refuse(self, exc: BillfoldError, request_id: str) -> None:
         self.answer(exc.status_code, render(error_payload(exc, request_id)))
 
+    @property
+    def status(self) -> BatchItemStatus:
+        if self.fresh:
+            return "charged"
+        if self.replayed:
+            return "replayed"
+        error = self.payload.get("error")
+        if error is None:
+            return "charged"
+        if error["code"] == ErrorCode.INSUFFICIENT_FUNDS.value:
+            return "insufficient_funds"
+        if error["code"] in INVALID_CODES:
+            return "invalid"
+        return "refused"
+
     def out(self) -> UsageBatchItemOut:
-        if self.charge is not None and not self.replayed:
-            return UsageBatchItemOut(
-                index=self.index,
-                idempotency_key=self.key,
-                status="charged",
-                http_status=self.status_code,
-                charge=self.charge,
-                error=None,
-            )
         payload = self.payload
         error = payload.get("error")
-        status: BatchItemStatus
-        if self.replayed:
-            status = "replayed"
-        elif error is None:
-            status = "charged"
-        elif error["code"] == ErrorCode.INSUFFICIENT_FUNDS.value:
-            status = "insufficient_funds"
-        elif error["code"] in INVALID_CODES:
-            status = "invalid"
-        else:
-            status = "refused"
         return UsageBatchItemOut(
             index=self.index,
             idempotency_key=self.key,
-            status=status,
+            status=self.status,
             http_status=self.status_code,
             charge=UsageChargeOut.model_validate(payload["data"]) if error is None else None,
             error=ErrorObject.model_validate(error) if error is not None else None,
         )
+
+    def rendered(self) -> str:
+        """`out()` as `jsonenc.dumps` writes it; a fresh charge's by quoting its answer."""
+        if not self.fresh:
+            return dumps(self.out().model_dump())
+        answered = self.answered if isinstance(self.answered, str) else self.answered.decode()
+        assert answered.startswith(_DATA) and answered.endswith("}")
+        return (
+            f'{{"index": {self.index}, "idempotency_key": {dumps(self.key)}, '
+            f'"status": "charged", "http_status": {self.status_code}, '
+            f'"charge": {answered[len(_DATA) : -1]}, "error": null}}'
+        )
+
+
+_DATA = '{"data": '
+
+
+class UsageBatch:
+    """A batch's outcome: each item's, in order."""
+
+    def __init__(self, items: list[_Item]) -> None:
+        self.items = items
+        self._statuses = [item.status for item in items]
+
+    def _counts(self) -> dict[str, int]:
+        return {
+            "charged": self._statuses.count("charged"),
+            "replayed": self._statuses.count("replayed"),
+            "refused": sum(s not in ("charged", "replayed") for s in self._statuses),
+        }
+
+    def out(self) -> UsageBatchOut:
+        return UsageBatchOut(items=[item.out() for item in self.items], **self._counts())
+
+    def render(self) -> bytes:
+        """`{"data": out()}` as `jsonenc.render` writes it, byte for byte, without building
+        and dumping a model per item: each fresh charge's answer is quoted as it is."""
+        counts = ", ".join(f'"{name}": {count}' for name, count in self._counts().items())
+        items = ", ".join(item.rendered() for item in self.items)
+        try:
+            return f'{{"data": {{"items": [{items}], {counts}}}}}'.encode()
+        except UnicodeEncodeError:
+            return render(envelope(self.out()))
 
 
 def _validation_error(exc: ValidationError) -> InvalidRequest:
@@ -262,7 +296,7 @@ def _stored(app: Services, keys: list[str]) -> dict[str, Row[Any]]:
         return idempotency.live(session, scope=operator_scope(), keys=keys)
 
 
-def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) -> UsageBatchOut:
+def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) -> UsageBatch:
     """Check, then charge up to 1,000 items in one transaction, each on its own: a refusal
     (insufficient funds, an unknown account, a bad item) leaves its neighbours charged;
     an item whose key is stored answers that key's outcome (replayed)."""
@@ -303,13 +337,7 @@ def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) ->
         else:
             twin.answer(first.status_code, first.answered, replayed=True)
 
-    outs = [item.out() for item in items]
-    return UsageBatchOut(
-        items=outs,
-        charged=sum(o.status == "charged" for o in outs),
-        replayed=sum(o.status == "replayed" for o in outs),
-        refused=sum(o.status not in ("charged", "replayed") for o in outs),
-    )
+    return UsageBatch(items)
 
 
 def _by_clock(app: Services, items: list[_Item]) -> list[tuple[ClockTime | None, list[_Item]]]:
@@ -329,7 +357,7 @@ def _write_group(app: Services, items: list[_Item], request_id: str) -> None:
     written = charging.write_batch(app, charges, probe=False)  # `_stored` just probed them
     for item, answer in zip(items, written, strict=True):
         if answer is not None:
-            item.answer(answer.status_code, answer.body, charge=answer.charge)
+            item.answer(answer.status_code, answer.body, fresh=answer.status_code == 201)
             continue
         # Its key was stored meanwhile (a concurrent twin): the careful way.
         assert item.body is not None
@@ -358,4 +386,10 @@ def _key_in_progress(item: _Item) -> IdempotencyInProgress:
     )
 
 
-__all__ = ["USAGE_CHARGES_PATH", "charge_usage", "charge_usage_async", "charge_usage_batch"]
+__all__ = [
+    "USAGE_CHARGES_PATH",
+    "UsageBatch",
+    "charge_usage",
+    "charge_usage_async",
+    "charge_usage_batch",
+]
