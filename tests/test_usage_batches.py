@@ -14,7 +14,9 @@ import requests
 from sqlalchemy import func, select
 
 from billfold.application import charging
+from billfold.application.idempotent import payload_fingerprint
 from billfold.application.usecases import usage as usage_use_cases
+from billfold.application.usecases.usage import USAGE_CHARGES_PATH
 from billfold.clock import now
 from billfold.idempotency import service as idempotency
 from billfold.jsonenc import envelope, render
@@ -177,6 +179,29 @@ def test_the_batch_answer_renders_as_its_model_would(api: Api, services: Service
         "invalid",
         "invalid",
     ]
+
+
+def test_an_item_whose_key_is_still_in_progress_is_refused(api: Api, services: Services) -> None:
+    """A key another request holds (claimed, not completed): the item answers 409, charges
+    nothing, and its neighbours are charged."""
+    agent = api.new_agent()
+    agent.fund(10)
+    held = item(agent.account_id, "0.5")
+    payload = {k: v for k, v in held.items() if k != "idempotency_key"}
+    with services.database.transaction() as session:
+        claimed = idempotency.claim(
+            session,
+            scope="operator",
+            key=held["idempotency_key"],
+            fingerprint=payload_fingerprint("POST", USAGE_CHARGES_PATH, "", payload),
+            policy=services.key_policy,
+        )
+    assert claimed is None
+    got = outcomes(batch(api, [held, item(agent.account_id, "0.1")]))
+    assert [i["status"] for i in got] == ["refused", "charged"]
+    assert got[0]["http_status"] == 409
+    assert got[0]["error"]["code"] == "idempotency_request_in_progress"
+    assert agent.balance() == Decimal("9.9")
 
 
 def test_replays_inside_and_across_batches_and_single_charges(api: Api, services: Services) -> None:

@@ -25,7 +25,6 @@ import queue
 import threading
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future
-from functools import partial
 from typing import Any, TypeVar, cast
 
 import anyio.to_thread
@@ -302,18 +301,15 @@ def _without_taken(
     return [i for i in todo if (charges[i].scope, charges[i].key or "") not in taken.taken]
 
 
-def write_batch(
-    app: Services, charges: Sequence[usage.Charge], *, probe: bool = True
-) -> list[usage.Answer | None]:
+def write_batch(app: Services, charges: Sequence[usage.Charge]) -> list[usage.Answer | None]:
     """Write `charges` in one transaction; None for each whose key was already stored
     (those were not written: the transaction is retried without them). On PostgreSQL over
-    psycopg's pipeline (`usage.write_pipelined`) on a pooled connection; `probe=False`
-    when the caller has just found their keys unstored."""
+    psycopg's pipeline (`usage.write_pipelined`) on a pooled connection."""
     answers: list[usage.Answer | None] = [None] * len(charges)
     todo = _firsts_of_keys(charges)
     while todo:
         try:
-            written = _write(app, [charges[i] for i in todo], probe=probe)
+            written = _write(app, [charges[i] for i in todo])
         except usage.KeysTaken as taken:
             todo = _without_taken(charges, todo, taken)
             continue
@@ -323,18 +319,17 @@ def write_batch(
     return answers
 
 
-def _write(app: Services, charges: list[usage.Charge], *, probe: bool) -> list[usage.Answer | None]:
+def _write(app: Services, charges: list[usage.Charge]) -> list[usage.Answer | None]:
     written: list[usage.Answer | None] | None = None
     if not app.database.is_sqlite:
-        write = partial(usage.write_pipelined, charges=charges, policy=app.key_policy)
         try:
             with app.database.driver_connection() as connection:
-                written = write(connection, probe=probe)
+                written = usage.write_pipelined(connection, charges, app.key_policy)
         except usage.NotWritten:
             # Nothing was written (a pooled connection that had died, a vanished key):
-            # once more, on a connection the pool checks first, with the probe.
+            # once more, on a connection the pool checks first.
             with app.database.driver_connection() as connection:
-                written = write(connection)
+                written = usage.write_pipelined(connection, charges, app.key_policy)
     if written is None:  # SQLite, or a wallet crossing its auto-funding threshold
         with app.database.transaction() as session:
             return list(usage.write(session, charges, app.key_policy))

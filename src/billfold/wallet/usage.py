@@ -818,8 +818,6 @@ def write_pipelined(
     connection: psycopg.Connection[Any],
     charges: Sequence[Op],
     policy: idempotency.KeyPolicy,
-    *,
-    probe: bool = True,
 ) -> list[Answer | None] | None:
     """`write` on PostgreSQL over a psycopg connection in its own transaction (committed
     here), through psycopg's pipeline. The wallets are locked for one exchange with the
@@ -830,9 +828,7 @@ def write_pipelined(
     caller writes that batch with `write`, which also announces the crossing). KeysTaken,
     with nothing written, when a key is already stored: found by the probe, or (a key
     stored by another transaction meanwhile) by the INSERT. NotWritten when the batch
-    surely wrote nothing and may be sent again (see `_outcome`). `probe=False` skips the
-    probe, for keys the caller found unstored a moment ago (the INSERT finds one stored
-    since)."""
+    surely wrote nothing and may be sent again (see `_outcome`)."""
     _check_keys_unique(charges)
     plan: _Plan | None = None
     taken: set[tuple[str, str]] = set()
@@ -843,9 +839,8 @@ def write_pipelined(
                 captures = _capture_parameters(charges)
                 wallets = connection.execute(*_lock_statement(charges))
                 held = connection.execute(_HOLDS_PG, captures) if captures[0] else None
-                stored = connection.execute(*_taken(charges)) if probe else None
-                wallet_rows = wallets.fetchall()
-                stored_rows = stored.fetchall() if stored is not None else []
+                stored = connection.execute(*_taken(charges))
+                wallet_rows, stored_rows = wallets.fetchall(), stored.fetchall()
                 hold_rows = held.fetchall() if held is not None else []
             except psycopg.OperationalError as exc:
                 raise _lost(connection, exc) from exc
@@ -1050,7 +1045,7 @@ def _write_statement(
                 "t_usecase": packed([t["usecase"] for t in transactions]),
                 "t_description": packed([t["description"] for t in transactions]),
                 "t_metadata": packed([_json(t["metadata"]) for t in transactions]),
-                "t_created": packed([t["created_at"].isoformat() for t in transactions]),
+                "t_created": packed(_isoformat([t["created_at"] for t in transactions])),
                 "p_transaction": packed([p["transaction_id"] for p in postings]),
                 "p_account": packed([p["account_id"] for p in postings]),
                 "p_ledger": packed([p["ledger_account"] for p in postings]),
@@ -1108,6 +1103,13 @@ def _write_statement(
         "c_charge": [c["charge_transaction_id"] for c in captured],
         "c_count": len(captured),
     }
+
+
+def _isoformat(times: list[datetime]) -> list[str]:
+    """Each time as ISO 8601 text, each distinct time written once (a batch request's
+    charges share one)."""
+    texts = {at: at.isoformat() for at in set(times)}
+    return [texts[at] for at in times]
 
 
 def _json(value: Any) -> str:

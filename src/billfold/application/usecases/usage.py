@@ -314,20 +314,7 @@ def charge_usage_batch(app: Services, *, charges: list[Any], request_id: str) ->
         else:
             fresh.append(item)
 
-    stored = _stored(app, [item.key for item in fresh if item.key is not None])
-    to_write: list[_Item] = []
-    for item in fresh:
-        row = stored.get(item.key or "")
-        if row is None:
-            to_write.append(item)
-        elif row.fingerprint != item.fingerprint:
-            item.refuse(_key_reused(item), request_id)
-        elif row.status == "completed" and row.response_body is not None:
-            item.answer(row.response_status or 0, row.response_body, replayed=True)
-        else:
-            item.refuse(_key_in_progress(item), request_id)
-
-    for time, group in _by_clock(app, to_write):
+    for time, group in _by_clock(app, fresh):
         with clock.on(time):
             _write_group(app, group, request_id)
 
@@ -354,16 +341,34 @@ def _by_clock(app: Services, items: list[_Item]) -> list[tuple[ClockTime | None,
 def _write_group(app: Services, items: list[_Item], request_id: str) -> None:
     at = now()  # one request, one time: every item of it is charged at it
     charges = [_batch_charge(item, request_id, at) for item in items]
-    written = charging.write_batch(app, charges, probe=False)  # `_stored` just probed them
+    written = charging.write_batch(app, charges)
     for item, answer in zip(items, written, strict=True):
         if answer is not None:
             item.answer(answer.status_code, answer.body, fresh=answer.status_code == 201)
-            continue
-        # Its key was stored meanwhile (a concurrent twin): the careful way.
-        assert item.body is not None
-        call = Call(key=item.key, fingerprint=item.fingerprint, request_id=request_id)
-        reply = for_operator(app, call).atomic(_careful_charge(item.body))
-        item.answer(reply.status_code, reply.body, replayed=reply.replayed)
+    taken = [item for item, answer in zip(items, written, strict=True) if answer is None]
+    _answer_stored(app, taken, request_id)
+
+
+def _answer_stored(app: Services, items: list[_Item], request_id: str) -> None:
+    """Items whose key was found stored (a replay, a twin of another request): answered as
+    that key answers (its outcome, or a refusal: another payload, still in progress)."""
+    if not items:
+        return
+    stored = _stored(app, [item.key for item in items if item.key is not None])
+    for item in items:
+        row = stored.get(item.key or "")
+        if row is None:
+            # Gone since (released by a failed request, or expired): the careful way.
+            assert item.body is not None
+            call = Call(key=item.key, fingerprint=item.fingerprint, request_id=request_id)
+            reply = for_operator(app, call).atomic(_careful_charge(item.body))
+            item.answer(reply.status_code, reply.body, replayed=reply.replayed)
+        elif row.fingerprint != item.fingerprint:
+            item.refuse(_key_reused(item), request_id)
+        elif row.status == "completed" and row.response_body is not None:
+            item.answer(row.response_status or 0, row.response_body, replayed=True)
+        else:
+            item.refuse(_key_in_progress(item), request_id)
 
 
 def _batch_charge(item: _Item, request_id: str, at: datetime) -> usage.Charge:
