@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -17,10 +18,16 @@ from pydantic import BaseModel
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return _time(value)
     if isinstance(value, BaseModel):
         return value.model_dump()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+@lru_cache(maxsize=256)
+def _time(value: datetime) -> str:
+    """A time as ISO 8601 with a Z for UTC (remembered: the answers of one batch share one)."""
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def dumps(payload: Any) -> str:
@@ -49,7 +56,8 @@ def _scalar(value: Any) -> str:
     if isinstance(value, Decimal) and value.is_finite():
         return str(value)
     if isinstance(value, datetime):
-        return _scalar(_default(value))
+        quoted_time: str = encode_basestring(_time(value))
+        return quoted_time
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import simplejson
@@ -193,29 +194,38 @@ def _canonical(value: Any) -> Any:
     float (a number as `json.loads` parses it without parse_float) counts as the decimal
     its JSON text denotes; one that is not finite (NaN, Infinity) stays as it is, as
     `_canonical_body`'s parse leaves it."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return value
-        value = Decimal(repr(value))
-    if isinstance(value, int | Decimal):
-        number = Decimal(value)
-        if not number.is_finite() or number == 0:
-            return Decimal(0) if number == 0 else str(number)
-        # Strip trailing zeros from the coefficient by hand: normalize() would round to the
-        # context's 28 digits, and expanding the exponent could make 1e999999999 a 1 GB string.
-        sign, digits, exponent = number.as_tuple()
-        assert isinstance(exponent, int)
-        kept = len(digits)
-        while digits[kept - 1] == 0:
-            kept -= 1
-        return Decimal((sign, digits[:kept], exponent + len(digits) - kept))
-    if isinstance(value, dict):
+    if kind is dict:
         return {key: _canonical(item) for key, item in value.items()}
+    if kind is int or (kind is Decimal and value.is_finite()):
+        return _canonical_number(value)
+    if isinstance(value, float):
+        return _canonical_number(Decimal(repr(value))) if math.isfinite(value) else value
+    if isinstance(value, int | Decimal):  # a subclass, or a Decimal NaN or infinity
+        number = Decimal(value)
+        return _canonical_number(number) if number.is_finite() else str(number)
     if isinstance(value, list):
         return [_canonical(item) for item in value]
     return value
+
+
+@lru_cache(maxsize=4096)
+def _canonical_number(value: int | Decimal) -> Decimal:
+    """A finite number's canonical decimal (a function of its value alone, so equal
+    numbers, 1 and 1.0 included, may share a cached result: a batch repeats its amounts)."""
+    number = Decimal(value)
+    if number == 0:
+        return Decimal(0)
+    # Strip trailing zeros from the coefficient by hand: normalize() would round to the
+    # context's 28 digits, and expanding the exponent could make 1e999999999 a 1 GB string.
+    sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    kept = len(digits)
+    while digits[kept - 1] == 0:
+        kept -= 1
+    return Decimal((sign, digits[:kept], exponent + len(digits) - kept))
 
 
 def _canonical_body(body: bytes) -> bytes:

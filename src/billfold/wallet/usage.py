@@ -1114,6 +1114,8 @@ def _isoformat(times: list[datetime]) -> list[str]:
 
 def _json(value: Any) -> str:
     """As the engine's JSON columns store it: exact decimals, None as JSON null."""
+    if value is None:
+        return "null"
     encoded: str = simplejson.dumps(value, use_decimal=True)
     return encoded
 

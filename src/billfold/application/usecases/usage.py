@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property, partial
+from json.encoder import encode_basestring
 from typing import Any
 
 import anyio.to_thread
@@ -215,9 +216,9 @@ class _Item:
         if not self.fresh:
             return dumps(self.out().model_dump())
         answered = self.answered if isinstance(self.answered, str) else self.answered.decode()
-        assert answered.startswith(_DATA) and answered.endswith("}")
+        assert answered.startswith(_DATA) and answered.endswith("}") and self.key is not None
         return (
-            f'{{"index": {self.index}, "idempotency_key": {dumps(self.key)}, '
+            f'{{"index": {self.index}, "idempotency_key": {encode_basestring(self.key)}, '
             f'"status": "charged", "http_status": {self.status_code}, '
             f'"charge": {answered[len(_DATA) : -1]}, "error": null}}'
         )
