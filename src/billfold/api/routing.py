@@ -9,6 +9,7 @@ refused here, for every body field, before any model sees them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any
@@ -38,11 +39,18 @@ def _refuse_unstorable(value: Any) -> None:
             pending.extend(item)
 
 
+# Where a string that cannot be stored could come from: an escape (\\u0000, \\udfff) or
+# a surrogate's bytes (json.loads decodes bytes with surrogatepass). A raw NUL is not valid
+# JSON. A body without any of them needs no walk through its strings.
+_MAYBE_UNSTORABLE = re.compile(rb"\\u|\xed[\xa0-\xbf]|\x00")
+
+
 def parse_json_body(body: bytes) -> Any:
     """A request body as Billfold reads JSON: numbers as Decimal, no NaN/Infinity, no
     string that could not be stored (ValueError otherwise)."""
     parsed = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
-    _refuse_unstorable(parsed)
+    if _MAYBE_UNSTORABLE.search(body):
+        _refuse_unstorable(parsed)
     return parsed
 
 
