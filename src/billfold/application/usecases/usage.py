@@ -174,6 +174,7 @@ class _Item:
         self.answered = body
         self.fresh = fresh
         self.replayed = replayed
+        self.__dict__.pop("payload", None)  # read back from this answer, if ever
 
     @cached_property
     def payload(self) -> dict[str, Any]:
