@@ -5,7 +5,7 @@ rendered body (a batch item's key must replay the single charge sent with the sa
 from __future__ import annotations
 
 import json
-from datetime import UTC, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import simplejson
@@ -41,6 +41,15 @@ def test_render_data_is_render_of_the_envelope(data: dict[str, Any]) -> None:
 )
 def test_render_data_of_anything_else_is_still_render(data: dict[str, Any]) -> None:
     assert render_data(data) == render({"data": data})
+
+
+def test_equal_instants_in_other_zones_render_as_their_own_time() -> None:
+    at = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    elsewhere = at.astimezone(timezone(timedelta(hours=-5)))
+    assert at == elsewhere
+    assert render_data({"t": at}) == b'{"data": {"t": "2026-12-06T12:00:00Z"}}'
+    assert render_data({"t": elsewhere}) == b'{"data": {"t": "2026-12-06T07:00:00-05:00"}}'
+    assert render({"t": elsewhere}) == b'{"t": "2026-12-06T07:00:00-05:00"}'
 
 
 json_values = st.recursive(

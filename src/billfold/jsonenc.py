@@ -6,7 +6,7 @@ so a number reads the same digit for digit wherever a client meets it.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
 from json.encoder import encode_basestring
@@ -24,9 +24,17 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-@lru_cache(maxsize=256)
 def _time(value: datetime) -> str:
-    """A time as ISO 8601 with a Z for UTC (remembered: the answers of one batch share one)."""
+    """A time as ISO 8601 with a Z for UTC."""
+    if value.tzinfo is UTC:
+        return _utc_time(value)
+    # Not remembered: equal instants in other zones are equal keys, with other texts.
+    return value.isoformat().replace("+00:00", "Z")
+
+
+@lru_cache(maxsize=256)
+def _utc_time(value: datetime) -> str:
+    """`_time` of a UTC time, remembered (the answers of one batch share one)."""
     return value.isoformat().replace("+00:00", "Z")
 
 
