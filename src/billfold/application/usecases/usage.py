@@ -162,19 +162,19 @@ class _Item:
         self.fingerprint = ""
         self.status_code = 0
         self.answered: bytes | str = b"{}"
-        # A charge this batch wrote: `answered` is its `{"data": …}` as the hot path renders
-        # it (`jsonenc.render_data`), to be quoted, not read back.
-        self.fresh = False
         self.replayed = False
 
-    def answer(
-        self, status_code: int, body: bytes | str, *, replayed: bool = False, fresh: bool = False
-    ) -> None:
+    def answer(self, status_code: int, body: bytes | str, *, replayed: bool = False) -> None:
         self.status_code = status_code
         self.answered = body
-        self.fresh = fresh
         self.replayed = replayed
         self.__dict__.pop("payload", None)  # read back from this answer, if ever
+
+    @property
+    def fresh(self) -> bool:
+        """A charge this request made: `answered` is its `{"data": …}` as `render` writes
+        it, to be quoted, not read back."""
+        return self.status_code == 201 and not self.replayed
 
     @cached_property
     def payload(self) -> dict[str, Any]:
@@ -346,7 +346,7 @@ def _write_group(app: Services, items: list[_Item], request_id: str) -> None:
     written = charging.write_batch(app, charges)
     for item, answer in zip(items, written, strict=True):
         if answer is not None:
-            item.answer(answer.status_code, answer.body, fresh=answer.status_code == 201)
+            item.answer(answer.status_code, answer.body)
     taken = [item for item, answer in zip(items, written, strict=True) if answer is None]
     _answer_stored(app, taken, request_id)
 
