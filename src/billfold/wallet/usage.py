@@ -122,7 +122,6 @@ class Answer:
 
     status_code: int
     body: bytes
-    error: BillfoldError | None = None
 
 
 class KeysTaken(Exception):
@@ -223,7 +222,7 @@ def _lock(session: Session, account_ids: list[str]) -> dict[str, _WalletState]:
 
 
 def _refusal(exc: BillfoldError, charge: Charge) -> Answer:
-    return Answer(exc.status_code, render(error_payload(exc, charge.request_id)), error=exc)
+    return Answer(exc.status_code, render(error_payload(exc, charge.request_id)))
 
 
 @dataclass
