@@ -19,6 +19,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from billfold.api.app import create_app
+from billfold.api.http_protocol import CoalescingHttpToolsProtocol
 from billfold.application.container import build_services
 from billfold.application.jobs import start_in_thread
 from billfold.config import Settings, get_settings
@@ -65,7 +66,12 @@ def serving(
 ) -> Iterator[str]:
     """Serve `app` on `sock` in a daemon thread until the block ends; yields its URL."""
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", proxy_headers=proxy_headers
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        proxy_headers=proxy_headers,
+        http=CoalescingHttpToolsProtocol,  # as `billfold serve` runs it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(

@@ -162,6 +162,7 @@ def serve(
 
     import uvicorn
 
+    from billfold.api.http_protocol import CoalescingHttpToolsProtocol
     from billfold.application.container import build_services
     from billfold.cli.supervise import JobWorkers
     from billfold.migrate import upgrade
@@ -234,6 +235,7 @@ def serve(
         # BILLFOLD_LOG_FORMAT=json: billfold's own line per request replaces uvicorn's.
         "access_log": settings.access_log and settings.log_format != "json",
         "log_config": None,  # uvicorn logs through the root logger (billfold.logs)
+        "http": CoalescingHttpToolsProtocol,  # a response's head and body in one write
         # SIGTERM: stop accepting, let the requests in flight finish (up to the grace).
         "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds),
         # Client addresses (login throttling, abuse limits) come from the connection
