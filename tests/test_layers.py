@@ -32,6 +32,7 @@ CORE = frozenset(
         "logs",
         "migrate",
         "money",
+        "pgwire",
         "processors",
         "ratelimit",
         "schemas",

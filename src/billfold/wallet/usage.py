@@ -27,6 +27,7 @@ from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from billfold import pgwire
 from billfold.clock import wall_now
 from billfold.db import UNPACK, Unpackable, packed, packed_numbers
 from billfold.errors import (
@@ -617,7 +618,7 @@ def _store_keys_postgresql(session: Session, rows: list[dict[str, Any]]) -> set[
 _LOCK_PG = """
     SELECT account_id, currency, subscription_micros, promotional_micros, purchased_micros,
            auto_funding_enabled, auto_funding_armed, charge_threshold_micros
-    FROM wallets WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE
+    FROM wallets WHERE account_id = ANY(%s::varchar[]) ORDER BY account_id FOR UPDATE
 """
 # A batch that captures holds also locks the wallets of those holds (a hold's account
 # never changes), all in account order; then the holds, with their account's test clock:
@@ -813,6 +814,26 @@ _TAKEN_PACKED_PG = f"""
 """  # noqa: S608 (put together from constants only)
 
 
+# The same statements as `pgwire` sends them (prepared once per connection, by name).
+_WIRE = {
+    sql: pgwire.Statement.of(name, sql)
+    for name, sql in [
+        ("usage_lock", _LOCK_PG),
+        ("usage_lock_with_holds", _LOCK_WITH_HOLDS_PG),
+        ("usage_holds", _HOLDS_PG),
+        ("usage_taken", _TAKEN_PG),
+        ("usage_taken_packed", _TAKEN_PACKED_PG),
+        ("usage_write", _WRITE_PG),
+        ("usage_write_packed", _WRITE_PACKED_PG),
+        ("usage_write_holds", _WRITE_HOLDS_PG),
+    ]
+}
+
+
+def _wire(sql: str, parameters: Any) -> pgwire.Sent:
+    return _WIRE[sql], parameters
+
+
 def write_pipelined(
     connection: psycopg.Connection[Any],
     charges: Sequence[Op],
@@ -872,44 +893,57 @@ async def write_pipelined_async(
     charges: Sequence[Op],
     policy: idempotency.KeyPolicy,
 ) -> list[Answer | None] | None:
-    """`write_pipelined` for an event loop (the same statements, the same outcomes)."""
+    """`write_pipelined` for an event loop (the same statements, the same outcomes), in two
+    round trips (`pgwire`): BEGIN, the wallets' lock and the probes in one write; then the
+    write statement and COMMIT in the next (or ROLLBACK)."""
     _check_keys_unique(charges)
     plan: _Plan | None = None
     taken: set[tuple[str, str]] = set()
     committed = False
     try:
-        async with connection.pipeline():
-            try:
-                captures = _capture_parameters(charges)
-                wallets = await connection.execute(*_lock_statement(charges))
-                held = await connection.execute(_HOLDS_PG, captures) if captures[0] else None
-                stored = await connection.execute(*_taken(charges))
-                wallet_rows, stored_rows = await wallets.fetchall(), await stored.fetchall()
-                hold_rows = await held.fetchall() if held is not None else []
-            except psycopg.OperationalError as exc:
-                raise _lost(connection, exc) from exc
-            plan = _plan(charges, _wallet_states(wallet_rows), _hold_states(hold_rows))
-            taken = {(row[0], row[1]) for row in stored_rows}
-            if plan.low_balance or taken:
-                await connection.rollback()
-            else:
-                await connection.execute(*_write_statement(charges, plan, policy))
-                await connection.commit()
-                committed = True
+        captures = _capture_parameters(charges)
+        first: list[pgwire.Sent] = [pgwire.BEGIN, _wire(*_lock_statement(charges))]
+        if captures[0]:
+            first.append(_wire(_HOLDS_PG, captures))
+        first.append(_wire(*_taken(charges)))
+        try:
+            read = await pgwire.exchange(connection, first)
+        except psycopg.OperationalError as exc:
+            raise _lost(connection, exc) from exc
+        wallet_rows, stored_rows = read[1], read[-1]
+        hold_rows = read[2] if captures[0] else []
+        plan = _plan(charges, _wallet_states(wallet_rows), _hold_states(hold_rows))
+        taken = {(row[0], row[1]) for row in stored_rows}
+        if plan.low_balance or taken:
+            await pgwire.exchange(connection, [pgwire.ROLLBACK])
+        else:
+            await pgwire.exchange(
+                connection, [_wire(*_write_statement(charges, plan, policy)), pgwire.COMMIT]
+            )
+            committed = True
     except psycopg.errors.UniqueViolation as exc:
-        await connection.rollback()
+        await pgwire.exchange(connection, [pgwire.ROLLBACK])
         if exc.diag.table_name != _KEYS.name:
             raise
-        stored = await connection.execute(*_taken(charges))
-        taken = {(row[0], row[1]) for row in await stored.fetchall()}
-        await connection.rollback()
+        probed = await pgwire.exchange(connection, [_wire(*_taken(charges))])
+        taken = {(row[0], row[1]) for row in probed[0]}
     except BaseException as exc:
         if not (committed and isinstance(exc, Exception)):
-            if not connection.closed:
-                await connection.rollback()
+            if not connection.closed and not connection.broken:
+                await _roll_back_quietly(connection)
             raise
         _log_after_commit(exc)
     return _outcome(plan, taken, committed)
+
+
+async def _roll_back_quietly(connection: psycopg.AsyncConnection[Any]) -> None:
+    """End whatever transaction a failed exchange left open; a connection that cannot is
+    closed (the committer opens another)."""
+    try:
+        await pgwire.exchange(connection, [pgwire.ROLLBACK])
+    except BaseException:
+        await connection.close()
+        raise
 
 
 def _lost(
