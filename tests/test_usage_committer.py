@@ -331,3 +331,62 @@ def test_a_batch_the_database_does_not_answer_in_time_fails_as_an_outage(
         return time.monotonic() - started
 
     assert 1.0 <= asyncio.run(scenario()) < 2.0
+
+
+def test_the_committers_cached_plans_look_rows_up_by_key_whatever_the_tables_sizes(
+    api: Api, pg_services: Services
+) -> None:
+    """A plan cached while idempotency_keys and wallets are small must not scan them whole
+    once they have grown: the committer's connection is left keyed plans only, even the
+    generic ones PostgreSQL caches for its prepared statements."""
+    agent = api.new_agent()
+    agent.fund(50)
+    database = pg_services.database
+
+    async def scenario() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(
+            database.driver_url,
+            **database.connect_kwargs_with(
+                *usage.KEYED_PLANS, "plan_cache_mode=force_generic_plan"
+            ),
+        ) as connection:
+            for _ in range(7):
+                written = await usage.write_pipelined_async(
+                    connection,
+                    [_charge(agent.account_id, f"plan-{uuid.uuid4()}") for _ in range(3)],
+                    pg_services.key_policy,
+                )
+                assert written is not None and {a.status_code for a in written} == {201}
+            plans = []
+            for name, arguments in [
+                ("billfold_usage_lock", "ARRAY['x']"),
+                ("billfold_usage_taken_packed", "'operator', 'k'"),
+            ]:
+                cursor = await connection.execute(f"EXPLAIN EXECUTE {name}({arguments})")
+                plans.append("\n".join(row[0] for row in await cursor.fetchall()))
+            return plans
+
+    lock, taken = asyncio.run(scenario())
+    for plan in (lock, taken):
+        assert "Seq Scan" not in plan and "Hash Join" not in plan, plan
+    assert "pk_wallets" in lock  # an index scan, or a bitmap scan of the index
+    assert "Index Only Scan using pk_idempotency_keys" in taken
+    assert agent.balance() == 50 - 21
+
+
+def test_the_committers_settings_add_to_the_urls_options_and_the_statement_timeout(
+    pg_services: Services,
+) -> None:
+    url = f"{pg_services.settings.database_url}?options=-c%20application_name%3Dfrom_url"
+    database = db.Database(url, statement_timeout_ms=4321)
+    try:
+        kwargs = database.connect_kwargs_with(*usage.KEYED_PLANS)
+        with psycopg.connect(database.driver_url, **kwargs) as connection:
+            shown = [
+                connection.execute(f"SHOW {name}").fetchone()
+                for name in ("application_name", "statement_timeout", "enable_hashjoin")
+            ]
+        assert shown == [("from_url",), ("4321ms",), ("off",)]
+        assert "enable_hashjoin" not in database.connect_kwargs.get("options", "")
+    finally:
+        database.dispose()
