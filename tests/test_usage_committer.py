@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -270,6 +271,7 @@ def test_a_batch_written_as_packed_columns_writes_what_the_arrays_write(
     written = []
     for packed in (True, False):
         if not packed:
+            monkeypatch.setattr(db, "packed_column", _unpackable)
             monkeypatch.setattr(usage, "packed", _unpackable)
         agent = api.new_agent()
         agent.fund(100)
@@ -294,6 +296,28 @@ def test_a_batch_written_as_packed_columns_writes_what_the_arrays_write(
         assert api.ledger_check(agent.account_id)["consistent"] is True
     assert written[0] == written[1]
     assert len(written[0][0]) == count and len(written[0][2]) == count
+
+
+def test_every_array_of_a_write_statement_is_sent_packed() -> None:
+    for statement in (usage._WRITE_PG, usage._WRITE_HOLDS_PG):
+        form = usage._PACKED[statement]
+        assert "[]" in statement
+        assert not re.search(r"%\(\w+\)s::\w+\[\]", form.sql)  # none left as an array
+        assert set(form.arrays) == set(re.findall(r"%\((\w+)\)s::\w+\[\]", statement))
+    at = datetime(2026, 12, 6, 20, 0, 0, 123456, tzinfo=UTC)
+    column = db.packed_column([1, None, True, False, "x", at, at, -7])
+    assert column.split("\x1f") == [
+        "1",
+        "\x1e",
+        "t",
+        "f",
+        "x",
+        at.isoformat(),
+        at.isoformat(),
+        "-7",
+    ]
+    with pytest.raises(db.Unpackable):
+        db.packed_column([Decimal("1.5")])
 
 
 def test_a_column_is_packed_only_when_it_splits_back_to_its_values() -> None:

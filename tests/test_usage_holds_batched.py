@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from billfold import db
 from billfold.application import charging
 from billfold.application.usecases import holds as hold_usecases
 from billfold.application.usecases.base import Call
@@ -151,15 +152,26 @@ def _shown(response_data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _unpackable(values: object) -> str:
+    raise db.Unpackable
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "arrays"])
 def test_holds_and_captures_in_the_batch_write_what_the_careful_path_writes(
-    api: Api, pg_services: Services
+    api: Api, pg_services: Services, monkeypatch: pytest.MonkeyPatch, packed: bool
 ) -> None:
+    """Written with each column packed into one text, or (a column that cannot be) as
+    arrays: the same rows either way."""
+    if not packed:
+        monkeypatch.setattr(db, "packed_column", _unpackable)
     batched, careful = _funded(api), _funded(api)
     before = charging.charges_committed(pg_services)
 
     # Through the routes (the batch) for one account ...
     answers_batched = []
-    first = api.admin_post("/usage-holds", _hold_body(batched.account_id, "3"), key="k1")
+    first = api.admin_post(
+        "/usage-holds", _hold_body(batched.account_id, "3"), key=f"k1-{uuid.uuid4()}"
+    )
     second = api.admin_post("/usage-holds", _hold_body(batched.account_id, "4.5"))
     assert (first.status_code, second.status_code) == (201, 201), (first.text, second.text)
     answers_batched += [decimal_json(first)["data"], decimal_json(second)["data"]]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache, partial
@@ -355,6 +355,49 @@ def packed(values: Sequence[str | None]) -> str:
     return text
 
 
-def packed_numbers(values: Iterable[int]) -> str:
-    """Whole numbers as one parameter for `UNPACK` (cast the result: `::bigint[]`)."""
-    return _US.join(map(str, values))
+# A statement's array parameters (`%(name)s::type[]`), each taken as one packed text instead.
+_ARRAY_PARAMETER = re.compile(r"%\((\w+)\)s::(\w+)\[\]")
+
+
+class PackedForm:
+    """A statement whose named array parameters (`%(name)s::type[]`) are each sent as one
+    packed text, split and cast back to the array by the server."""
+
+    def __init__(self, sql: str) -> None:
+        arrays: list[str] = []
+
+        def split(match: re.Match[str]) -> str:
+            arrays.append(match.group(1))
+            return f"{UNPACK.format(f'%({match.group(1)})s')}::{match.group(2)}[]"
+
+        self.sql = _ARRAY_PARAMETER.sub(split, sql)
+        self.arrays = tuple(dict.fromkeys(arrays))
+
+    def parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """`parameters` with each array packed; Unpackable if one cannot be."""
+        return {
+            **parameters,
+            **{name: packed_column(parameters[name]) for name in self.arrays},
+        }
+
+
+def packed_column(values: Sequence[Any]) -> str:
+    """A column of text, whole numbers, booleans, times or None as one text for `UNPACK`
+    (each as PostgreSQL reads it back through the statement's cast)."""
+    texts: list[str | None] = []
+    # A batch's rows mostly share their times. (An equal instant in another zone is the
+    # same timestamptz, so either's text will do.)
+    times: dict[datetime, str] = {}
+    for value in values:
+        if value is None or isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, bool):
+            texts.append("t" if value else "f")
+        elif isinstance(value, int):
+            texts.append(str(value))
+        elif isinstance(value, datetime):
+            found = times.get(value)
+            texts.append(found if found is not None else times.setdefault(value, value.isoformat()))
+        else:
+            raise Unpackable(f"no packed text for {type(value).__name__}")
+    return packed(texts)

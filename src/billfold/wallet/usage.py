@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from billfold import pgwire
 from billfold.clock import wall_now
-from billfold.db import UNPACK, Unpackable, packed, packed_numbers
+from billfold.db import UNPACK, PackedForm, Unpackable, packed
 from billfold.errors import (
     BillfoldError,
     ErrorCode,
@@ -755,53 +755,17 @@ _WRITE_PG = (
     f"WITH {_KEYS_CTE}, {_CHARGES_CTE}, {_POSTINGS_CTE}, {_WALLETS_CTE}"  # noqa: S608
     " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s THEN 1 ELSE 0 END)"
 )
-# The same writes with each column packed into one text (`db.packed`): psycopg dumps an
-# array element by element in Python and a JSON document escapes every quote of the stored
-# answers, at 1,000 charges either a fifth to a quarter of the request's time. No value of
-# these columns holds a control character (ids, printable keys, CleanText, rendered JSON,
-# numbers, times); a column that cannot be packed anyway sends the batch as arrays
-# (`_WRITE_PG`).
-_SPLIT = UNPACK.format("%({})s")
-_PACKED_CTES = f"""
-    keys AS (
-        INSERT INTO idempotency_keys
-            (scope, key, fingerprint, status, response_status, response_body,
-             created_at, locked_at, expires_at)
-        SELECT u.scope, u.key, u.fingerprint, 'completed', u.response_status::integer,
-               u.response_body, %(now)s, %(now)s, %(expires)s
-        FROM unnest({_SPLIT.format("k_scope")}, {_SPLIT.format("k_key")},
-                    {_SPLIT.format("k_fingerprint")}, {_SPLIT.format("k_status")},
-                    {_SPLIT.format("k_body")})
-            AS u(scope, key, fingerprint, response_status, response_body)
-    ), transactions AS (
-        INSERT INTO ledger_transactions
-            (id, account_id, kind, type, amount_micros, status, balance_after_micros,
-             usecase, description, metadata, created_at)
-        SELECT u.id, u.account_id, 'usage_charge', 'debit', u.amount_micros::bigint,
-               'succeeded', u.balance_after_micros::bigint, u.usecase, u.description,
-               u.metadata::json, u.created_at::timestamptz
-        FROM unnest({_SPLIT.format("t_id")}, {_SPLIT.format("t_account")},
-                    {_SPLIT.format("t_amount")}, {_SPLIT.format("t_after")},
-                    {_SPLIT.format("t_usecase")}, {_SPLIT.format("t_description")},
-                    {_SPLIT.format("t_metadata")}, {_SPLIT.format("t_created")})
-            AS u(id, account_id, amount_micros, balance_after_micros, usecase, description,
-                 metadata, created_at)
-    ), postings AS (
-        INSERT INTO ledger_postings (transaction_id, account_id, ledger_account, amount_micros)
-        SELECT u.transaction_id, u.account_id, u.ledger_account, u.amount_micros::bigint
-        FROM unnest({_SPLIT.format("p_transaction")}, {_SPLIT.format("p_account")},
-                    {_SPLIT.format("p_ledger")}, {_SPLIT.format("p_amount")})
-            AS u(transaction_id, account_id, ledger_account, amount_micros)
-    )"""  # noqa: S608 (put together from constants only)
-_WRITE_PACKED_PG = (
-    f"WITH {_PACKED_CTES}, {_WALLETS_CTE}"  # noqa: S608
-    " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s THEN 1 ELSE 0 END)"
-)
 _WRITE_HOLDS_PG = (
     f"WITH {_KEYS_CTE}, {_TRANSACTIONS_CTE}, {_POSTINGS_CTE}, {_HOLDS_CTES}, {_WALLETS_CTE}"  # noqa: S608
     " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s"
     " AND (SELECT count(*) FROM captured) = %(c_count)s THEN 1 ELSE 0 END)"
 )
+# The same writes with each array packed into one text (`db.PackedForm`): psycopg dumps an
+# array element by element in Python and a JSON document escapes every quote of the stored
+# answers, at 1,000 charges either a fifth to a quarter of the request's time. No value of
+# these columns holds a control character (ids, printable keys, CleanText, rendered JSON,
+# numbers, times); a column that cannot be packed anyway sends the batch as arrays.
+_PACKED = {statement: PackedForm(statement) for statement in (_WRITE_PG, _WRITE_HOLDS_PG)}
 _TAKEN_PG = """
     SELECT k.scope, k.key FROM idempotency_keys AS k
     JOIN unnest(%s::varchar[], %s::varchar[]) AS u(scope, key)
@@ -841,8 +805,9 @@ _WIRE = {
         ("usage_taken", _TAKEN_PG),
         ("usage_taken_packed", _TAKEN_PACKED_PG),
         ("usage_write", _WRITE_PG),
-        ("usage_write_packed", _WRITE_PACKED_PG),
+        ("usage_write_packed", _PACKED[_WRITE_PG].sql),
         ("usage_write_holds", _WRITE_HOLDS_PG),
+        ("usage_write_holds_packed", _PACKED[_WRITE_HOLDS_PG].sql),
     ]
 }
 
@@ -1065,46 +1030,12 @@ def _taken(charges: Sequence[Op]) -> tuple[str, tuple[Any, Any]]:
 def _write_statement(
     ops: Sequence[Op], plan: _Plan, policy: idempotency.KeyPolicy
 ) -> tuple[str, dict[str, Any]]:
-    """The batch's write statement and its arrays (a column each)."""
+    """The batch's write statement and its parameters: a column each, packed when every
+    column can be."""
     current = wall_now()
     keys = _key_rows(ops, plan.answers, policy, current)
     transactions, postings, wallets = plan.transactions, plan.postings, plan.changed
     new_holds, captured = plan.new_holds, plan.captured_holds
-    changed = {
-        "w_account": [w.account_id for w in wallets],
-        "w_subscription": [w.delta["subscription"] for w in wallets],
-        "w_promotional": [w.delta["promotional"] for w in wallets],
-        "w_purchased": [w.delta["purchased"] for w in wallets],
-        "w_armed": [w.armed for w in wallets],
-        "w_updated": [w.updated_at for w in wallets],
-        "w_count": len(wallets),
-    }
-    if not new_holds and not captured:
-        try:
-            return _WRITE_PACKED_PG, {
-                "now": current,
-                "expires": current + policy.ttl,
-                "k_scope": packed([k["scope"] for k in keys]),
-                "k_key": packed([k["key"] for k in keys]),
-                "k_fingerprint": packed([k["fingerprint"] for k in keys]),
-                "k_status": packed_numbers(k["response_status"] for k in keys),
-                "k_body": packed([k["response_body"] for k in keys]),
-                "t_id": packed([t["id"] for t in transactions]),
-                "t_account": packed([t["account_id"] for t in transactions]),
-                "t_amount": packed_numbers(t["amount_micros"] for t in transactions),
-                "t_after": packed_numbers(t["balance_after_micros"] for t in transactions),
-                "t_usecase": packed([t["usecase"] for t in transactions]),
-                "t_description": packed([t["description"] for t in transactions]),
-                "t_metadata": packed([_json(t["metadata"]) for t in transactions]),
-                "t_created": packed(_isoformat([t["created_at"] for t in transactions])),
-                "p_transaction": packed([p["transaction_id"] for p in postings]),
-                "p_account": packed([p["account_id"] for p in postings]),
-                "p_ledger": packed([p["ledger_account"] for p in postings]),
-                "p_amount": packed_numbers(p["amount_micros"] for p in postings),
-                **changed,
-            }
-        except Unpackable:
-            pass  # as arrays, below
     parameters = {
         "now": current,
         "expires": current + policy.ttl,
@@ -1125,42 +1056,46 @@ def _write_statement(
         "p_account": [p["account_id"] for p in postings],
         "p_ledger": [p["ledger_account"] for p in postings],
         "p_amount": [p["amount_micros"] for p in postings],
-        **changed,
+        "w_account": [w.account_id for w in wallets],
+        "w_subscription": [w.delta["subscription"] for w in wallets],
+        "w_promotional": [w.delta["promotional"] for w in wallets],
+        "w_purchased": [w.delta["purchased"] for w in wallets],
+        "w_armed": [w.armed for w in wallets],
+        "w_updated": [w.updated_at for w in wallets],
+        "w_count": len(wallets),
     }
-    if not new_holds and not captured:
-        return _WRITE_PG, parameters  # usage charges only
-    return _WRITE_HOLDS_PG, {
-        **parameters,
-        "t_kind": [t["kind"] for t in transactions],
-        "t_type": [t["type"] for t in transactions],
-        "t_reference": [t["reference"] for t in transactions],
-        "h_id": [h["id"] for h in new_holds],
-        "h_account": [h["account_id"] for h in new_holds],
-        "h_amount": [h["amount_micros"] for h in new_holds],
-        "h_subscription": [h["subscription_micros"] for h in new_holds],
-        "h_promotional": [h["promotional_micros"] for h in new_holds],
-        "h_purchased": [h["purchased_micros"] for h in new_holds],
-        "h_usecase": [h["usecase"] for h in new_holds],
-        "h_description": [h["description"] for h in new_holds],
-        "h_metadata": [_json(h["meta"]) for h in new_holds],
-        "h_expires": [h["expires_at"] for h in new_holds],
-        "h_created": [h["created_at"] for h in new_holds],
-        "h_transaction": [h["hold_transaction_id"] for h in new_holds],
-        "h_job": [_json({"hold_id": h["id"]}) for h in new_holds],
-        "c_id": [c["id"] for c in captured],
-        "c_captured": [c["captured_micros"] for c in captured],
-        "c_resolved": [c["resolved_at"] for c in captured],
-        "c_release": [c["release_transaction_id"] for c in captured],
-        "c_charge": [c["charge_transaction_id"] for c in captured],
-        "c_count": len(captured),
-    }
-
-
-def _isoformat(times: list[datetime]) -> list[str]:
-    """Each time as ISO 8601 text, each distinct time written once (a batch request's
-    charges share one)."""
-    texts = {at: at.isoformat() for at in set(times)}
-    return [texts[at] for at in times]
+    statement = _WRITE_PG  # usage charges only
+    if new_holds or captured:
+        statement = _WRITE_HOLDS_PG
+        parameters |= {
+            "t_kind": [t["kind"] for t in transactions],
+            "t_type": [t["type"] for t in transactions],
+            "t_reference": [t["reference"] for t in transactions],
+            "h_id": [h["id"] for h in new_holds],
+            "h_account": [h["account_id"] for h in new_holds],
+            "h_amount": [h["amount_micros"] for h in new_holds],
+            "h_subscription": [h["subscription_micros"] for h in new_holds],
+            "h_promotional": [h["promotional_micros"] for h in new_holds],
+            "h_purchased": [h["purchased_micros"] for h in new_holds],
+            "h_usecase": [h["usecase"] for h in new_holds],
+            "h_description": [h["description"] for h in new_holds],
+            "h_metadata": [_json(h["meta"]) for h in new_holds],
+            "h_expires": [h["expires_at"] for h in new_holds],
+            "h_created": [h["created_at"] for h in new_holds],
+            "h_transaction": [h["hold_transaction_id"] for h in new_holds],
+            "h_job": [_json({"hold_id": h["id"]}) for h in new_holds],
+            "c_id": [c["id"] for c in captured],
+            "c_captured": [c["captured_micros"] for c in captured],
+            "c_resolved": [c["resolved_at"] for c in captured],
+            "c_release": [c["release_transaction_id"] for c in captured],
+            "c_charge": [c["charge_transaction_id"] for c in captured],
+            "c_count": len(captured),
+        }
+    form = _PACKED[statement]
+    try:
+        return form.sql, form.parameters(parameters)
+    except Unpackable:
+        return statement, parameters
 
 
 def _json(value: Any) -> str:
