@@ -305,19 +305,15 @@ def test_every_array_of_a_write_statement_is_sent_packed() -> None:
         assert not re.search(r"%\(\w+\)s::\w+\[\]", form.sql)  # none left as an array
         assert set(form.arrays) == set(re.findall(r"%\((\w+)\)s::\w+\[\]", statement))
     at = datetime(2026, 12, 6, 20, 0, 0, 123456, tzinfo=UTC)
-    column = db.packed_column([1, None, True, False, "x", at, at, -7])
-    assert column.split("\x1f") == [
-        "1",
-        "\x1e",
-        "t",
-        "f",
-        "x",
-        at.isoformat(),
-        at.isoformat(),
-        "-7",
-    ]
-    with pytest.raises(db.Unpackable):
-        db.packed_column([Decimal("1.5")])
+    assert db.packed_column([1, None, -7]) == "1\x1f\x1e\x1f-7"
+    assert db.packed_column([True, False, None]) == "t\x1ff\x1f\x1e"
+    assert db.packed_column(["x", None, "y"]) == "x\x1f\x1e\x1fy"
+    time = at.isoformat()
+    assert db.packed_column([at, None, at]).split("\x1f") == [time, "\x1e", time]
+    assert db.packed_column([]) == ""
+    for unpackable in ([Decimal("1.5")], [1, "1"], ["a\x1fb"]):
+        with pytest.raises(db.Unpackable):
+            db.packed_column(unpackable)
 
 
 def test_a_column_is_packed_only_when_it_splits_back_to_its_values() -> None:

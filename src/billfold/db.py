@@ -384,20 +384,17 @@ class PackedForm:
 def packed_column(values: Sequence[Any]) -> str:
     """A column of text, whole numbers, booleans, times or None as one text for `UNPACK`
     (each as PostgreSQL reads it back through the statement's cast)."""
-    texts: list[str | None] = []
-    # A batch's rows mostly share their times. (An equal instant in another zone is the
-    # same timestamptz, so either's text will do.)
-    times: dict[datetime, str] = {}
-    for value in values:
-        if value is None or isinstance(value, str):
-            texts.append(value)
-        elif isinstance(value, bool):
-            texts.append("t" if value else "f")
-        elif isinstance(value, int):
-            texts.append(str(value))
-        elif isinstance(value, datetime):
-            found = times.get(value)
-            texts.append(found if found is not None else times.setdefault(value, value.isoformat()))
-        else:
-            raise Unpackable(f"no packed text for {type(value).__name__}")
-    return packed(texts)
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if kinds <= {str}:
+        return packed(values)
+    if kinds == {int}:
+        return packed([None if value is None else str(value) for value in values])
+    if kinds == {bool}:
+        return packed([None if value is None else "t" if value else "f" for value in values])
+    if all(issubclass(kind, datetime) for kind in kinds):
+        # A batch's rows mostly share their times. (An equal instant in another zone is
+        # the same timestamptz, so either's text will do.)
+        texts = {value: value.isoformat() for value in set(values) if value is not None}
+        return packed([None if value is None else texts[value] for value in values])
+    raise Unpackable(f"no packed text for {', '.join(sorted(k.__name__ for k in kinds))}")
