@@ -366,9 +366,7 @@ def test_the_committers_cached_plans_look_rows_up_by_key_whatever_the_tables_siz
     async def scenario() -> list[str]:
         async with await psycopg.AsyncConnection.connect(
             database.driver_url,
-            **database.connect_kwargs_with(
-                *usage.KEYED_PLANS, "plan_cache_mode=force_generic_plan"
-            ),
+            **{**database.connect_kwargs, "options": "-c plan_cache_mode=force_generic_plan"},
         ) as connection:
             for _ in range(7):
                 written = await usage.write_pipelined_async(
@@ -392,21 +390,3 @@ def test_the_committers_cached_plans_look_rows_up_by_key_whatever_the_tables_siz
     assert "pk_wallets" in lock  # an index scan, or a bitmap scan of the index
     assert "Index Only Scan using pk_idempotency_keys" in taken
     assert agent.balance() == 50 - 21
-
-
-def test_the_committers_settings_add_to_the_urls_options_and_the_statement_timeout(
-    pg_services: Services,
-) -> None:
-    url = f"{pg_services.settings.database_url}?options=-c%20application_name%3Dfrom_url"
-    database = db.Database(url, statement_timeout_ms=4321)
-    try:
-        kwargs = database.connect_kwargs_with(*usage.KEYED_PLANS)
-        with psycopg.connect(database.driver_url, **kwargs) as connection:
-            shown = [
-                connection.execute(f"SHOW {name}").fetchone()
-                for name in ("application_name", "statement_timeout", "enable_hashjoin")
-            ]
-        assert shown == [("from_url",), ("4321ms",), ("off",)]
-        assert "enable_hashjoin" not in database.connect_kwargs.get("options", "")
-    finally:
-        database.dispose()

@@ -116,12 +116,13 @@ class Database:
             "keepalives_count": 3,
             "tcp_user_timeout": max(connect_timeout * 1000, 5000),
         }
-        # Added to the options the URL or PGOPTIONS already give, not in their place.
-        given = parsed.query.get("options") or os.environ.get("PGOPTIONS") or ""
-        self._options = " ".join(given) if isinstance(given, tuple) else given
         if statement_timeout_ms:
-            self._options = f"{self._options} -c statement_timeout={statement_timeout_ms}"
-            self.connect_kwargs["options"] = self._options.strip()
+            # Added to the options the URL or PGOPTIONS already give, not in their place.
+            given = parsed.query.get("options") or os.environ.get("PGOPTIONS") or ""
+            if isinstance(given, tuple):
+                given = " ".join(given)
+            timeout = f"-c statement_timeout={statement_timeout_ms}"
+            self.connect_kwargs["options"] = f"{given} {timeout}".strip()
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             database = parsed.database
@@ -181,11 +182,6 @@ class Database:
             if connection is None or connection.closed or getattr(connection, "broken", False):
                 pooled.invalidate()
             pooled.close()
-
-    def connect_kwargs_with(self, *settings: str) -> dict[str, Any]:
-        """`connect_kwargs`, with these server settings (`name=value`) on top."""
-        extra = " ".join(f"-c {setting}" for setting in settings)
-        return {**self.connect_kwargs, "options": f"{self._options} {extra}".strip()}
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -183,8 +183,7 @@ class LoopCommitter:
                 # statement, TCP keepalives), and named for pg_stat_activity.
                 self._connection = await psycopg.AsyncConnection.connect(
                     self.services.database.driver_url,
-                    # It runs the usage statements only: plans by key (usage.KEYED_PLANS).
-                    **self.services.database.connect_kwargs_with(*usage.KEYED_PLANS),
+                    **self.services.database.connect_kwargs,
                     application_name=COMMITTER_NAME,
                 )
             try:

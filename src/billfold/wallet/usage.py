@@ -785,20 +785,19 @@ _TAKEN_PACKED_PG = f"""
 # tables as they are then: made while idempotency_keys is small, it scans the whole table
 # (a hash join), and keeps doing so while the table grows (5 ms a batch at 25,000 keys,
 # seen on a committer's connection). With sequential scans and hash and merge joins priced
-# out, the only plans left are the keyed ones, and caching them costs nothing later.
-KEYED_PLANS = ("enable_seqscan=off", "enable_hashjoin=off", "enable_mergejoin=off")
-_KEYED_PLANS_LOCAL = "SELECT {}".format(
-    ", ".join(
-        f"set_config('{name}', '{value}', true)"
-        for name, value in (setting.split("=") for setting in KEYED_PLANS)
-    )
-)
+# out for the transaction (in the transaction itself, so that it holds behind PgBouncer
+# too), the only plans left are the keyed ones, and caching them costs nothing later.
+_KEYED_PLANS = """
+    SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true),
+           set_config('enable_mergejoin', 'off', true)
+"""
 
 
 # The same statements as `pgwire` sends them (prepared once per connection, by name).
 _WIRE = {
     sql: pgwire.Statement.of(name, sql)
     for name, sql in [
+        ("usage_keyed_plans", _KEYED_PLANS),
         ("usage_lock", _LOCK_PG),
         ("usage_lock_with_holds", _LOCK_WITH_HOLDS_PG),
         ("usage_holds", _HOLDS_PG),
@@ -839,7 +838,7 @@ def write_pipelined(
         with connection.pipeline():
             try:
                 captures = _capture_parameters(charges)
-                connection.execute(_KEYED_PLANS_LOCAL)  # for this transaction (pooled)
+                connection.execute(_KEYED_PLANS)
                 wallets = connection.execute(*_lock_statement(charges))
                 held = connection.execute(_HOLDS_PG, captures) if captures[0] else None
                 stored = connection.execute(*_taken(charges))
@@ -885,7 +884,11 @@ async def write_pipelined_async(
     committed = False
     try:
         captures = _capture_parameters(charges)
-        first: list[pgwire.Sent] = [pgwire.BEGIN, _wire(*_lock_statement(charges))]
+        first: list[pgwire.Sent] = [
+            pgwire.BEGIN,
+            _wire(_KEYED_PLANS, ()),
+            _wire(*_lock_statement(charges)),
+        ]
         if captures[0]:
             first.append(_wire(_HOLDS_PG, captures))
         first.append(_wire(*_taken(charges)))
@@ -893,8 +896,8 @@ async def write_pipelined_async(
             read = await pgwire.exchange(connection, first)
         except psycopg.OperationalError as exc:
             raise _lost(connection, exc) from exc
-        wallet_rows, stored_rows = read[1], read[-1]
-        hold_rows = read[2] if captures[0] else []
+        wallet_rows, stored_rows = read[2], read[-1]
+        hold_rows = read[3] if captures[0] else []
         plan = _plan(charges, _wallet_states(wallet_rows), _hold_states(hold_rows))
         taken = {(row[0], row[1]) for row in stored_rows}
         if plan.low_balance or taken:
