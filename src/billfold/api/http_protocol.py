@@ -3,11 +3,9 @@
 uvicorn writes a response's status line and headers when the app starts the response and
 its body when the app sends it: two `send` system calls, and on loopback or a busy machine
 two wake-ups of the client, for an answer of a few hundred bytes. Here the connection's
-transport keeps what it is given until the end of the event loop's current step: what is
-written in the same step (the head, then the body, as Starlette sends them) leaves in one
-write. Nothing waits longer than that step, so a streamed response (server-sent events)
-still gets its head out before its first event, and a write before `close()` is flushed
-first.
+transport holds the head until the body is written, and sends both in one write. A head
+is held no longer than the event loop's current step, so a streamed response (server-sent
+events) still gets its head out before its first event; a close sends it first.
 """
 
 from __future__ import annotations
@@ -19,25 +17,30 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class _CoalescingTransport:
-    """The transport, with the writes of one event-loop step joined into one."""
+    """The transport, holding a response's head until its body is written (then both go
+    in one write), or until the end of the event loop's step if no body comes in it."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held: list[bytes] = []
+        self._held: bytes | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._held:
+        if self._held is not None:
+            data, self._held = self._held + bytes(data), None
+            self._transport.write(data)
+        elif bytes(data[:9]) == b"HTTP/1.1 ":  # a head (or a 100 Continue): held
+            self._held = bytes(data)
             self._loop.call_soon(self.flush)
-        self._held.append(bytes(data))
+        else:
+            self._transport.write(data)
 
     def flush(self) -> None:
-        if not self._held:
+        if self._held is None:
             return
-        held, self._held = self._held, []
-        data = held[0] if len(held) == 1 else b"".join(held)
+        held, self._held = self._held, None
         if not self._transport.is_closing():
-            self._transport.write(data)
+            self._transport.write(held)
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -52,7 +55,7 @@ class _CoalescingTransport:
         self._transport.write_eof()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (reading, flow control, extra info, abort) is the transport's.
