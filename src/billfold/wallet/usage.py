@@ -924,12 +924,11 @@ async def write_pipelined_async(
 
 async def _roll_back_quietly(connection: psycopg.AsyncConnection[Any]) -> None:
     """End whatever transaction a failed exchange left open; a connection that cannot is
-    closed (the committer opens another)."""
+    closed (the committer opens another). The error that led here is the one raised."""
     try:
         await pgwire.exchange(connection, [pgwire.ROLLBACK])
-    except BaseException:
+    except Exception:
         await connection.close()
-        raise
 
 
 def _lost(
