@@ -272,7 +272,6 @@ def test_a_batch_written_as_packed_columns_writes_what_the_arrays_write(
     for packed in (True, False):
         if not packed:
             monkeypatch.setattr(db, "packed_column", _unpackable)
-            monkeypatch.setattr(usage, "packed", _unpackable)
         agent = api.new_agent()
         agent.fund(100)
         charges = [

@@ -366,6 +366,7 @@ class PackedForm:
             arrays.append(match.group(1))
             return f"{UNPACK.format(f'%({match.group(1)})s')}::{match.group(2)}[]"
 
+        self.arrays_sql = sql
         self.sql = _ARRAY_PARAMETER.sub(split, sql)
         self.arrays = tuple(dict.fromkeys(arrays))
 
@@ -375,6 +376,14 @@ class PackedForm:
             **parameters,
             **{name: packed_column(parameters[name]) for name in self.arrays},
         }
+
+    def sent(self, parameters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The statement and its parameters as they go: packed, or as arrays when a column
+        cannot be packed."""
+        try:
+            return self.sql, self.parameters(parameters)
+        except Unpackable:
+            return self.arrays_sql, parameters
 
 
 def packed_column(values: Sequence[Any]) -> str:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from billfold import pgwire
 from billfold.clock import wall_now
-from billfold.db import UNPACK, PackedForm, Unpackable, packed
+from billfold.db import PackedForm
 from billfold.errors import (
     BillfoldError,
     ErrorCode,
@@ -760,22 +760,20 @@ _WRITE_HOLDS_PG = (
     " SELECT 1 / (CASE WHEN (SELECT count(*) FROM changed) = %(w_count)s"
     " AND (SELECT count(*) FROM captured) = %(c_count)s THEN 1 ELSE 0 END)"
 )
+_TAKEN_PG = """
+    SELECT k.scope, k.key FROM idempotency_keys AS k
+    JOIN unnest(%(scopes)s::varchar[], %(keys)s::varchar[]) AS u(scope, key)
+        ON k.scope = u.scope AND k.key = u.key
+"""
 # The same writes with each array packed into one text (`db.PackedForm`): psycopg dumps an
 # array element by element in Python and a JSON document escapes every quote of the stored
 # answers, at 1,000 charges either a fifth to a quarter of the request's time. No value of
 # these columns holds a control character (ids, printable keys, CleanText, rendered JSON,
 # numbers, times); a column that cannot be packed anyway sends the batch as arrays.
-_PACKED = {statement: PackedForm(statement) for statement in (_WRITE_PG, _WRITE_HOLDS_PG)}
-_TAKEN_PG = """
-    SELECT k.scope, k.key FROM idempotency_keys AS k
-    JOIN unnest(%s::varchar[], %s::varchar[]) AS u(scope, key)
-        ON k.scope = u.scope AND k.key = u.key
-"""
-_TAKEN_PACKED_PG = f"""
-    SELECT k.scope, k.key FROM idempotency_keys AS k
-    JOIN unnest({UNPACK.format("%s")}, {UNPACK.format("%s")}) AS u(scope, key)
-        ON k.scope = u.scope AND k.key = u.key
-"""  # noqa: S608 (put together from constants only)
+# The probe of stored keys likewise (keys are printable ASCII).
+_PACKED = {
+    statement: PackedForm(statement) for statement in (_WRITE_PG, _WRITE_HOLDS_PG, _TAKEN_PG)
+}
 
 
 # Plans by key only. Every statement above reads or writes rows by their key (a wallet, a
@@ -802,7 +800,7 @@ _WIRE = {
         ("usage_lock_with_holds", _LOCK_WITH_HOLDS_PG),
         ("usage_holds", _HOLDS_PG),
         ("usage_taken", _TAKEN_PG),
-        ("usage_taken_packed", _TAKEN_PACKED_PG),
+        ("usage_taken_packed", _PACKED[_TAKEN_PG].sql),
         ("usage_write", _WRITE_PG),
         ("usage_write_packed", _PACKED[_WRITE_PG].sql),
         ("usage_write_holds", _WRITE_HOLDS_PG),
@@ -1018,15 +1016,13 @@ def _wallet_states(rows: Sequence[Any]) -> dict[str, _WalletState]:
     }
 
 
-def _taken(charges: Sequence[Op]) -> tuple[str, tuple[Any, Any]]:
+def _taken(charges: Sequence[Op]) -> tuple[str, dict[str, Any]]:
     """The probe of the keyed operations' stored keys, with its parameters: their scopes and
-    keys packed (keys are printable ASCII), or as arrays."""
-    scopes = [c.scope for c in charges if c.key is not None]
-    keys = [c.key for c in charges if c.key is not None]
-    try:
-        return _TAKEN_PACKED_PG, (packed(scopes), packed(keys))
-    except Unpackable:
-        return _TAKEN_PG, (scopes, keys)
+    keys, packed or as arrays."""
+    keyed = [c for c in charges if c.key is not None]
+    return _PACKED[_TAKEN_PG].sent(
+        {"scopes": [c.scope for c in keyed], "keys": [c.key for c in keyed]}
+    )
 
 
 def _write_statement(
@@ -1093,11 +1089,7 @@ def _write_statement(
             "c_charge": [c["charge_transaction_id"] for c in captured],
             "c_count": len(captured),
         }
-    form = _PACKED[statement]
-    try:
-        return form.sql, form.parameters(parameters)
-    except Unpackable:
-        return statement, parameters
+    return _PACKED[statement].sent(parameters)
 
 
 def _json(value: Any) -> str:
