@@ -1,5 +1,6 @@
 """Usage holds: reserve funds, then capture part of them as a usage charge or release them;
-expiry (by its job, or found on the next call) gives the money back. Both databases."""
+expiry (by the sweep, by its job on a test clock, or found on the next call) gives the
+money back. Both databases."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from decimal import Decimal
 from typing import Any
 
 import requests
+from sqlalchemy import func, select
 
 from billfold.application.jobs import Worker
 from billfold.client import BillfoldAdmin
+from billfold.jobs.models import Job
+from billfold.jobs.service import ClaimedJob
 from billfold.services import Services
+from billfold.wallet import holds
 from tests.helpers import Agent, Api, assert_error, decimal_json
 
 D = Decimal
@@ -216,6 +221,87 @@ def test_the_expiry_job_on_real_time(api: Api, services: Services) -> None:
     assert wallet(agent)["balance"] == 12
     read = decimal_json(api.admin_get(f"/usage-holds/{data['id']}"))["data"]
     assert read["status"] == "expired"
+    consistent(api, agent)
+
+
+def _jobs_of(services: Services, account_id: str) -> int:
+    with services.database.read() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.account_id == account_id, Job.kind.like("wallet.%hold%"))
+            )
+            or 0
+        )
+
+
+def test_a_hold_on_real_time_queues_no_job_and_the_sweep_expires_it(
+    api: Api, services: Services
+) -> None:
+    agent = funded(api)
+    kept = held(api, agent, 2, ttl_seconds=600)
+    data = held(api, agent, 5, ttl_seconds=1)
+    assert _jobs_of(services, agent.account_id) == 0  # no job row per hold
+    with services.database.transaction() as session:
+        assert holds.schedule_sweep(session) is False  # nothing due yet: nothing queued
+    time.sleep(1.2)
+    with services.database.transaction() as session:
+        assert holds.schedule_sweep(session) is True
+        assert holds.schedule_sweep(session) is False  # one sweep at a time
+    assert Worker(services).drain() >= 1
+    shown = wallet(agent)
+    assert (shown["balance"], shown["held"]) == (10, 2)
+    assert history(agent)[0] == ("usage_hold_release", "credit", D(5))
+    read = decimal_json(api.admin_get(f"/usage-holds/{data['id']}"))["data"]
+    assert read["status"] == "expired" and read["release_transaction_id"]
+    assert decimal_json(api.admin_get(f"/usage-holds/{kept['id']}"))["data"]["status"] == "held"
+    consistent(api, agent)
+
+
+def test_the_sweep_leaves_a_test_clocks_hold_to_its_advance(api: Api, services: Services) -> None:
+    clock = api.new_clock()
+    agent = api.new_agent(clock=clock)
+    assert agent.fund(10).status_code == 200
+    data = held(api, agent, 4, ttl_seconds=1)
+    time.sleep(1.2)  # past its expiry: its clock's advance runs its job, not the sweep
+    with services.database.transaction() as session:
+        assert holds.schedule_sweep(session) is False
+    sweep = ClaimedJob(
+        id=0, kind=holds.SWEEP_JOB, account_id=None, payload={}, attempts=1, max_attempts=8
+    )
+    holds.run_sweep(services, sweep)
+    assert wallet(agent)["held"] == 4
+    clock.advance(seconds=2)
+    assert decimal_json(api.admin_get(f"/usage-holds/{data['id']}"))["data"]["status"] == (
+        "expired"
+    )
+    assert wallet(agent)["balance"] == 10
+    consistent(api, agent)
+
+
+def test_sweeps_and_reads_racing_give_each_expired_hold_back_once(
+    api: Api, services: Services
+) -> None:
+    agent = funded(api, purchased=20, promotional=0)
+    ids = [held(api, agent, 1, ttl_seconds=1)["id"] for _ in range(6)]
+    time.sleep(1.2)
+    sweep = ClaimedJob(
+        id=0, kind=holds.SWEEP_JOB, account_id=None, payload={}, attempts=1, max_attempts=8
+    )
+
+    def race(i: int) -> None:
+        if i % 3:
+            assert api.admin_get(f"/usage-holds/{ids[i % len(ids)]}").status_code == 200
+        else:
+            holds.run_sweep(services, sweep)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(race, range(12)))
+    shown = wallet(agent)
+    assert (shown["balance"], shown["held"]) == (20, 0)
+    releases = [entry for entry in history(agent) if entry[0] == "usage_hold_release"]
+    assert releases == [("usage_hold_release", "credit", D(1))] * 6
     consistent(api, agent)
 
 

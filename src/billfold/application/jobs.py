@@ -51,6 +51,7 @@ def handlers() -> dict[str, Handler]:
         TOP_UP_JOB: run_top_up,
         EXPIRE_JOB: run_expiry,
         holds.EXPIRE_JOB: holds.run_expiry,
+        holds.SWEEP_JOB: holds.run_sweep,
         maintenance.JOB_KIND: maintenance.run_purge,
         payment_janitor.JANITOR_JOB: payment_janitor.run_janitor,
         payment_janitor.LEGACY_RECOVERY_JOB: payment_janitor.run_legacy_recovery,
@@ -77,6 +78,7 @@ class Worker:
         self.test_clock_id = test_clock_id
         self.handlers = handlers()
         self._next_schedule = 0.0
+        self._next_hold_check = 0.0
 
     def run_once(
         self, *, limit: int = 20, at: datetime | None = None, lane: Lane | None = None
@@ -104,7 +106,11 @@ class Worker:
             )
 
     def drain(self, *, at: datetime | None = None, max_batches: int = 100) -> int:
-        """Run due jobs until none is left (tests and the CLI's one-shot mode)."""
+        """Run due jobs until none is left (tests and the CLI's one-shot mode), the sweep
+        of expired holds included (on real time)."""
+        if self.test_clock_id is None:
+            with clock.real_time(), self.services.database.transaction() as session:
+                holds.schedule_sweep(session)
         total = 0
         for _ in range(max_batches):
             ran = self.run_once(at=at)
@@ -226,6 +232,10 @@ class Worker:
             log.exception("job %s (%s): its outcome could not be recorded", job.id, job.kind)
 
     def _housekeeping(self) -> None:
+        if time.monotonic() >= self._next_hold_check:
+            with self.services.database.transaction() as session:
+                holds.schedule_sweep(session)
+            self._next_hold_check = time.monotonic() + holds.SWEEP_CHECK_SECONDS
         if time.monotonic() >= self._next_schedule:
             with self.services.database.transaction() as session:
                 maintenance.schedule(session)

@@ -20,12 +20,20 @@ Every change of a hold's status is one conditional UPDATE from `held` (and, but 
 expiry, from before `expires_at`), taken after the wallet row is locked (the lock order
 of every wallet write: wallet, then hold): of a concurrent capture, release and expiry
 exactly one wins and the others answer 409 `hold_not_active`. A hold past its expiry
-counts as expired at once; a job at `expires_at` (or the next capture, release or read
-of it) gives its money back.
+counts as expired at once; the sweep (or the next capture, release or read of it) gives
+its money back.
+
+The sweep: every worker process checks each second (`schedule_sweep`, one indexed read)
+for held holds past their expiry and, if it finds one, queues the one sweep job
+(`SWEEP_JOB`, a dedupe key: never two at once), which expires them in chunks. Creating a
+hold queues nothing, so the usage path writes no job row per hold. A hold of an account
+on a sandbox test clock is the exception: its expiry is a job at `expires_at` on the
+clock's time (`EXPIRE_JOB`), which only the clock's advance runs.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from billfold.clock import now
+from billfold.accounts.models import Account
+from billfold.clock import current_test_clock, now, wall_now
 from billfold.errors import Conflict, ErrorCode, InsufficientFunds, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
@@ -47,7 +56,11 @@ from billfold.wallet.models import HoldStatus, UsageHold
 if TYPE_CHECKING:
     from billfold.services import Services
 
-EXPIRE_JOB = "wallet.expire_usage_hold"
+EXPIRE_JOB = "wallet.expire_usage_hold"  # one hold's, on a test clock
+SWEEP_JOB = "wallet.sweep_usage_holds"
+SWEEP_CHECK_SECONDS = 1.0  # how often each worker process looks for expired holds
+SWEEP_CHUNK = 100
+SWEEP_BUDGET = jobs.LEASE * 0.8  # per run, well inside the job's lease
 HOLD_KIND = "usage_hold"
 RELEASE_KIND = "usage_hold_release"
 CHARGE_KIND = "usage_charge"  # a capture is a usage charge like any other
@@ -152,13 +165,14 @@ def create(
     )
     session.add(hold)
     session.flush()
-    jobs.enqueue(
-        session,
-        kind=EXPIRE_JOB,
-        account_id=account_id,
-        payload={"hold_id": hold_id},
-        run_at=hold.expires_at,
-    )
+    if current_test_clock() is not None:  # on real time, the sweep expires it
+        jobs.enqueue(
+            session,
+            kind=EXPIRE_JOB,
+            account_id=account_id,
+            payload={"hold_id": hold_id},
+            run_at=hold.expires_at,
+        )
     auto_funding.after_debit(
         session, locked_wallet=wallet, balance_after_micros=txn.balance_after_micros
     )
@@ -261,9 +275,48 @@ def expire_if_due(session: Session, hold_id: str) -> bool:
 
 
 def run_expiry(services: Services, job: ClaimedJob) -> None:
-    """The job scheduled at a hold's expiry: a hold still held gives its money back."""
+    """The job scheduled at a hold's expiry (on a test clock, or queued before the sweep):
+    a hold still held gives its money back."""
     with services.database.transaction() as session:
         expire_if_due(session, str(job.payload["hold_id"]))
+
+
+def _due_on_real_time(limit: int) -> Any:
+    """The held holds past their expiry on real time, soonest expired first (read through
+    the index on status and expiry); holds on a test clock wait for its advance."""
+    return (
+        select(UsageHold.id)
+        .join(Account, Account.id == UsageHold.account_id)
+        .where(
+            UsageHold.status == HoldStatus.HELD,
+            UsageHold.expires_at <= wall_now(),
+            Account.test_clock_id.is_(None),
+        )
+        .order_by(UsageHold.expires_at)
+        .limit(limit)
+    )
+
+
+def schedule_sweep(session: Session) -> bool:
+    """Queue the sweep if a hold waits for it (a no-op while one is queued or running)."""
+    if session.scalar(_due_on_real_time(1)) is None:
+        return False
+    return jobs.enqueue(session, kind=SWEEP_JOB, dedupe_key=SWEEP_JOB)
+
+
+def run_sweep(services: Services, job: ClaimedJob) -> None:
+    """Give back the money of every hold past its expiry, a transaction per hold (each an
+    `expire_if_due`, so a capture, release or read racing it still finds exactly one
+    winner), for at most SWEEP_BUDGET; what is left is found by the next check."""
+    stop_at = time.monotonic() + SWEEP_BUDGET.total_seconds()
+    while time.monotonic() < stop_at:
+        with services.database.read() as session:
+            due = list(session.scalars(_due_on_real_time(SWEEP_CHUNK)))
+        for hold_id in due:
+            with services.database.transaction() as session:
+                expire_if_due(session, hold_id)
+        if len(due) < SWEEP_CHUNK:
+            return
 
 
 def _require_active(hold: UsageHold) -> None:

@@ -646,9 +646,9 @@ _HOLDS_PG = """
 # below zero) fail the transaction if a bucket would go negative anyway. (The postings'
 # foreign key is checked at the end of the statement, when their transactions are in.)
 # Two forms: `_WRITE_PG` for a batch of usage charges only (the hot path: the fewest
-# arrays), `_WRITE_HOLDS_PG` for one that also creates or captures holds. A new hold's
-# expiry job is queued as jobs.enqueue would on real time. (The job's kind,
-# holds.EXPIRE_JOB, and the holds' statuses are written out, as KIND is.)
+# arrays), `_WRITE_HOLDS_PG` for one that also creates or captures holds. A new hold
+# queues no job: the sweep (holds.schedule_sweep) expires it. (The holds' statuses are
+# written out, as KIND is.)
 _KEYS_CTE = """
     keys AS (
         INSERT INTO idempotency_keys
@@ -714,13 +714,6 @@ _HOLDS_CTES = """
                     %(h_transaction)s::varchar[])
             AS u(id, account_id, amount, subscription, promotional, purchased, usecase,
                  description, metadata, expires_at, created_at, transaction_id)
-    ), expiries AS (
-        INSERT INTO jobs (kind, lane, account_id, payload, status, run_at, attempts,
-                          max_attempts, created_at)
-        SELECT 'wallet.expire_usage_hold', 'default', u.account_id, u.payload, 'queued',
-               u.expires_at, 0, 8, %(now)s
-        FROM unnest(%(h_account)s::varchar[], %(h_job)s::json[], %(h_expires)s::timestamptz[])
-            AS u(account_id, payload, expires_at)
     ), captured AS (
         UPDATE usage_holds AS h SET
             status = 'captured', captured_micros = u.captured, resolved_at = u.resolved_at,
@@ -1081,7 +1074,6 @@ def _write_statement(
             "h_expires": [h["expires_at"] for h in new_holds],
             "h_created": [h["created_at"] for h in new_holds],
             "h_transaction": [h["hold_transaction_id"] for h in new_holds],
-            "h_job": [_json({"hold_id": h["id"]}) for h in new_holds],
             "c_id": [c["id"] for c in captured],
             "c_captured": [c["captured_micros"] for c in captured],
             "c_resolved": [c["resolved_at"] for c in captured],
