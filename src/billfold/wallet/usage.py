@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, cast
 
 import psycopg
@@ -46,7 +47,6 @@ from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wa
 from billfold.money import from_micros
 from billfold.wallet import auto_funding, holds
 from billfold.wallet.models import HoldStatus, UsageHold
-from billfold.wallet.schemas import UsageHoldOut
 
 log = logging.getLogger(__name__)
 
@@ -477,11 +477,16 @@ def _plan_capture(
     return _hold_answer(200, row, wallet.balance)
 
 
+_UNRESOLVED = {"resolved_at": None, "release_transaction_id": None, "charge_transaction_id": None}
+
+
 def _hold_answer(status_code: int, row: dict[str, Any], balance_after: int) -> Answer:
-    """The hold's answer as the careful path renders it (`holds.hold_view`)."""
-    view = holds.hold_view(UsageHold(**row), balance_after_micros=balance_after)
-    out = UsageHoldOut.model_validate(view)
-    return Answer(status_code, render({"data": out.model_dump()}))
+    """The hold's answer as the careful path renders it (`holds.hold_view`, whose keys and
+    values `UsageHoldOut` passes through unchanged), from the row as a plain object: no ORM
+    instance and no model validation per answer."""
+    hold = cast(UsageHold, SimpleNamespace(**{**_UNRESOLVED, **row}))  # the fields it reads
+    view = holds.hold_view(hold, balance_after_micros=balance_after)
+    return Answer(status_code, render({"data": view}))
 
 
 def _check_keys_unique(charges: Sequence[Op]) -> None:
