@@ -21,10 +21,13 @@ balances' drop with those counts (acknowledged <= charged on the server <= ackno
 in doubt), replays each request in doubt with its Idempotency-Key (which charges it or
 replays its answer) and then requires, for every account, balance = funding - amount x
 acknowledged charges exactly, and the ledger check consistent. --kill-test adds a
-scenario-a run during which one API worker process gets kill -9.
+scenario-a run during which one API worker process gets kill -9. --repeat N runs each
+PostgreSQL level N times, each run followed by its own pgbench run, and adds the median of
+the N ratios: on a machine whose speed drifts by half within minutes, the figure to hold
+against a target.
 
     .venv/bin/python bench/usage_wrk.py [--seconds 10] [--warmup 2] [--clients 1,8,32] \
-        [--scenarios a,b,c,d,e] [--workers 2] [--kill-test] [--json PATH]
+        [--scenarios a,b,c,d,e] [--workers 2] [--repeat 1] [--kill-test] [--json PATH]
 
 Prints Markdown tables at the end (progress goes to stderr). Everything it creates (the
 databases billfold_wrk_bench and billfold_wrk_pgbench, a temporary directory, the server
@@ -40,6 +43,7 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -790,9 +794,16 @@ def bench_postgres(
                         continue
                 for n in args.clients:
                     targets = hot if scenario == "b" else accounts[:n]
-                    result = runner.measure(scenario, targets, n, backend="PostgreSQL")
-                    result.pgbench = baseline(n)
-                    out.results.append(result)
+                    for _ in range(args.repeat):
+                        result = runner.measure(scenario, targets, n, backend="PostgreSQL")
+                        # Repeated: each run paired with a pgbench run right after it, so a
+                        # ratio compares two runs a few seconds apart on a noisy machine.
+                        result.pgbench = (
+                            pgbench_run(n, args.seconds, PGBENCH_DB)
+                            if args.repeat > 1
+                            else baseline(n)
+                        )
+                        out.results.append(result)
             if args.kill_test:
                 n = max(args.clients)
                 result = runner.measure("a", accounts[:n], n, backend="PostgreSQL", kill=True)
@@ -861,6 +872,8 @@ def render(out: Outcome, args: argparse.Namespace, background: tuple[float, list
             f"| {fmt(base.tps) if base else '—'} "
             f"| {fmt(r.ratio, 3) if base else '—'} |"
         )
+    if args.repeat > 1:
+        lines += ["", *medians(out.results)]
     for r in out.results:
         if r.backend == "SQLite":
             verdict = "meets" if r.charges_per_s >= SQLITE_TARGET else "misses"
@@ -936,6 +949,29 @@ def render(out: Outcome, args: argparse.Namespace, background: tuple[float, list
     return "\n".join(lines)
 
 
+def medians(results: list[Result]) -> list[str]:
+    """With --repeat: per scenario and client count, the median of the paired ratios (and
+    the lowest and highest), the figure to hold against a target."""
+    groups: dict[tuple[str, str, int], list[Result]] = {}
+    for r in results:
+        if r.pgbench is not None:
+            groups.setdefault((r.backend, r.scenario, r.clients), []).append(r)
+    lines = [
+        "| Database | Scenario | Clients | runs | median ratio | lowest | highest "
+        "| median p99 ms |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for (backend, scenario, clients), runs in groups.items():
+        ratios = sorted(r.ratio for r in runs)
+        p99 = statistics.median(r.p99_ms for r in runs)
+        lines.append(
+            f"| {backend} | {scenario} | {clients} | {len(runs)} "
+            f"| {fmt(statistics.median(ratios), 3)} | {fmt(ratios[0], 3)} "
+            f"| {fmt(ratios[-1], 3)} | {fmt(p99)} |"
+        )
+    return lines
+
+
 def dump_json(path: Path, out: Outcome, args: argparse.Namespace) -> None:
     payload = {
         "args": {k: v for k, v in vars(args).items() if k != "json"},
@@ -985,12 +1021,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run scenario a at the largest client count with one API worker "
         "killed (kill -9) half-way",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per PostgreSQL scenario and client count, each paired with its own "
+        "pgbench run; adds the median ratio (default 1: one pgbench run per client count)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the raw figures here")
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 600 or not 0 <= args.warmup <= 60:
         parser.error("--seconds must be 1..600 and --warmup 0..60")
     if not 1 <= args.workers <= 64 or not 0 <= args.job_workers <= 16:
         parser.error("--workers must be 1..64 and --job-workers 0..16")
+    if not 1 <= args.repeat <= 50:
+        parser.error("--repeat must be 1..50")
     if not 1 <= args.sqlite_clients <= 256 or not 1 <= args.batch_size <= 10_000:
         parser.error("--sqlite-clients must be 1..256 and --batch-size 1..10000")
     return args
