@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from billfold.logs import redact
+from billfold.logs import redact, redact_all
 from tests.test_serve import serving
 
 
@@ -41,6 +43,43 @@ def test_redact_leaves_ordinary_numbers_and_ids_alone() -> None:
     assert redact(plain) == plain
 
 
+# Pieces of every secret's shape (and of lookalikes), in both cases, glued by separators:
+# lines where the shortcuts of `redact` skip a pattern, and lines where they must not.
+_PIECES = [
+    "bf_admin_", "bf_at_", "bfo_", "whsec_", "sk_live_", "sk_test_", "rk_live_", "rk_test_",
+    "abcd1234", "Bearer", "bearer", "BEARER", "token", "Token", "secret", "SECRET",
+    "password", "new_password", "api_key", "signature", "key", "number", "card_number",
+    "cvc", "=", ":", '"', "'", " ", "-", "&", "?", ",", ";", "4242", "4000", "0000", "0002",
+    "1234", "5678", "[secret]", "\u017f", "\u212a", "\u00e9", "/api/admin/v1/usage-holds",
+]  # fmt: skip
+
+
+@settings(max_examples=2000)
+@given(st.lists(st.sampled_from(_PIECES), max_size=10).map("".join))
+def test_redact_equals_every_pattern_applied(text: str) -> None:
+    assert redact(text) == redact_all(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /pdf?api_key=abc&x=1", "GET /a?Signature=abc", "TOKEN=abc", "password=x",
+        'x {"card_number": "4242"}', "{'Key' : 'v'}", '{"CVC":"123"}', "bearer abc",
+        "Authorization: BEARER abc", "rk_live_abcd", "whsec_abcd", "bf_at_abcd=1",
+        '{"password": "bf_admin_abcd"}',
+    ],
+)  # fmt: skip
+def test_redact_takes_no_shortcut_past_a_secret(text: str) -> None:
+    assert redact(text) == redact_all(text) != text
+
+
+def test_redact_folds_case_as_the_patterns_do() -> None:
+    # Non-ASCII text takes every pattern: (?i) matches the long s with an s.
+    long_s = "\u017fecret=abc"
+    assert redact(long_s) == redact_all(long_s) == "\u017fecret=[secret]"
+    assert redact('{"TOKEN": "abc"}') == '{"TOKEN": "[secret]"}'
+
+
 def _json_lines(log: Path) -> list[dict[str, Any]]:
     lines = []
     for line in log.read_text().splitlines():
@@ -67,10 +106,10 @@ def test_json_logs_have_a_line_per_request_and_per_job(tmp_path: Path) -> None:
         )
         assert held.status_code == 201
         assert agent.get("/wallet/balance").status_code == 200
-        deadline = time.monotonic() + 30  # the hold's expiry job runs in the worker
+        deadline = time.monotonic() + 30  # the sweep of expired holds runs in the worker
         while time.monotonic() < deadline:
             if any(
-                line.get("job_kind") == "wallet.expire_usage_hold"
+                line.get("job_kind") == "wallet.sweep_usage_holds"
                 for line in _json_lines(served.log)
             ):
                 break
@@ -93,9 +132,10 @@ def test_json_logs_have_a_line_per_request_and_per_job(tmp_path: Path) -> None:
     assert charges[2]["error_code"] == "insufficient_funds"
     balance = [line for line in requests_logged if line["route"] == "/api/agents/v1/wallet/balance"]
     assert balance and balance[0]["account_id"] == agent.account_id
-    jobs = [line for line in lines if line.get("job_kind") == "wallet.expire_usage_hold"]
+    jobs = [line for line in lines if line.get("job_kind") == "wallet.sweep_usage_holds"]
     assert jobs and jobs[0]["outcome"] == "succeeded" and jobs[0]["attempt"] == 1
-    assert jobs[0]["account_id"] == agent.account_id
+    assert jobs[0]["job_id"] and jobs[0]["duration_ms"] >= 0
+    assert "account_id" not in jobs[0]  # the sweep is of every account's holds: none named
     # No uvicorn access lines beside billfold's own, and no secret in any log line (the
     # banner printed the generated admin key, on purpose, this one time).
     assert '"GET /api/agents/v1/wallet/balance HTTP/1.1"' not in text
