@@ -65,8 +65,10 @@ def _card(match: re.Match[str]) -> str:
 # What each pattern cannot match without (in ASCII text, lower-cased where the pattern
 # ignores case): a line holding none of it skips that pattern's scan. Every request's
 # access line is redacted, and a scan costs several microseconds.
-_SECRET_PREFIXES = ("bf_admin_", "bf_at_", "bfo_", "whsec_", "sk_live_", "sk_test_")
-_SECRET_PREFIXES += ("rk_live_", "rk_test_")
+_SECRET_PREFIXES = (
+    *("bf_admin_", "bf_at_", "bfo_", "whsec_"),
+    *("sk_live_", "sk_test_", "rk_live_", "rk_test_"),
+)
 _QUERY_WORDS = ("signature=", "token=", "password=", "secret=", "api_key=")
 _JSON_WORDS = ("password", "token", "secret", "key", "number", "cvc")
 
