@@ -150,6 +150,13 @@ def configure(log_format: str = "text", level: int = logging.INFO) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # No line says where in the code, or in which process or thread, it was logged: the
+    # logging HOWTO's optimizations, which spare every record (an access line per request)
+    # a walk up the stack and a getpid call.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 __all__ = [
