@@ -85,6 +85,8 @@ class RedactSignedLinks(logging.Filter):
         # uvicorn's access line: (client, method, path?query, http version, status)
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
             path, _, query = args[2].partition("?")
+            if not query:  # the usual line: nothing to parse
+                return True
             names = {name for name, _ in parse_qsl(query, keep_blank_values=True)}
             if names & SIGNED_LINK_PARAMS:
                 record.args = (*args[:2], f"{path}?[redacted]", *args[3:])
