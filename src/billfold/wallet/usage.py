@@ -238,6 +238,8 @@ _UPDATE_WALLETS = (
     )
 )
 del _w
+_INSERT_TRANSACTIONS = insert(_TRANSACTIONS)
+_INSERT_POSTINGS = insert(_POSTINGS)
 
 
 def _lock(session: Session, account_ids: list[str]) -> dict[str, _WalletState]:
@@ -532,8 +534,8 @@ def write(
     assert len(answers) == len(charges)  # a charge is always charged or refused here
     _store_keys(session, _key_rows(charges, answers, policy, wall_now()))
     if plan.transactions:
-        session.execute(insert(_TRANSACTIONS), plan.transactions)
-        session.execute(insert(_POSTINGS), plan.postings)
+        session.execute(_INSERT_TRANSACTIONS, plan.transactions)
+        session.execute(_INSERT_POSTINGS, plan.postings)
     _update_wallets(session, plan.changed)
     for account_id, (balance_after, threshold) in plan.low_balance.items():
         auto_funding.announce_low_balance(
@@ -574,6 +576,13 @@ def _key_rows(
     return rows
 
 
+_STORE_KEYS_SQLITE = (
+    sqlite_insert(_KEYS)
+    .on_conflict_do_nothing(index_elements=["scope", "key"])
+    .returning(_KEYS.c.scope, _KEYS.c.key)
+)
+
+
 def _store_keys(session: Session, rows: list[dict[str, Any]]) -> None:
     """Store the keyed charges' answers under their keys, or raise KeysTaken."""
     if not rows:
@@ -583,15 +592,7 @@ def _store_keys(session: Session, rows: list[dict[str, Any]]) -> None:
     else:
         # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues") and
         # compiles the statement once per process, however many rows a batch has.
-        stored = {
-            (row.scope, row.key)
-            for row in session.execute(
-                sqlite_insert(_KEYS)
-                .on_conflict_do_nothing(index_elements=["scope", "key"])
-                .returning(_KEYS.c.scope, _KEYS.c.key),
-                rows,
-            )
-        }
+        stored = {(row.scope, row.key) for row in session.execute(_STORE_KEYS_SQLITE, rows)}
     wanted = {(row["scope"], row["key"]) for row in rows}
     if stored != wanted:
         raise KeysTaken(wanted - stored)
