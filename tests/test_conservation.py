@@ -8,7 +8,8 @@ refused without changing anything.
 
 A hypothesis state machine draws sequences of what 2-3 accounts, the operator and time can do (card
 fundings with good and declining cards, payment links, usage charges, usage holds (held,
-captured in part, whole or a micro too much, released, expired by the clock), withdrawals,
+captured in part, whole or a micro too much, released, expired by the clock, swept),
+withdrawals,
 coupons of every kind, operator adjustments and refunds, subscriptions: start, renew
 through their test clock, change plan, reset the cycle, pause, resume, cancel now or at
 period end, a failing card and fix-payment, charge-amount), and what the processor
@@ -48,6 +49,7 @@ from billfold.payments.disputes import record_dispute
 from billfold.payments.models import Payment
 from billfold.services import Services
 from billfold.subscriptions.models import LIVE_STATUSES
+from billfold.wallet import holds
 from billfold.wallet.refunds import record_processor_refund
 from tests.conservation_helpers import (
     CENT,
@@ -178,6 +180,10 @@ STEPS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
         st.none() | st.just("over") | st.integers(0, 100),
     ),
     "release": st.tuples(st.just("release"), who, st.integers(0, 9)),
+    # The real-time sweep of expired holds, as a worker runs it, between any two steps:
+    # whatever it gives back, the books still balance. (That it leaves a test clock's holds
+    # to the clock's advance is tests/test_usage_holds.py's.)
+    "sweep": st.tuples(st.just("sweep")),
 }
 # Steps after which rounding to the cent may legitimately favour the account by up to a
 # cent (prorations, and the pro rata claw-back of a bonus on a refund).
@@ -234,6 +240,9 @@ class World:
             return moved
         if name == "usage_batch":
             return self._usage_batch(*step[1:])
+        if name == "sweep":
+            holds.sweep(self.services)
+            return None
         index = step[1] % len(self.agents)
         agent, seen = self.agents[index], self.seen[index]
         response = self._act(name, agent, seen, step[2:])

@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 from billfold.application.jobs import Worker
 from billfold.client import BillfoldAdmin
 from billfold.jobs.models import Job
-from billfold.jobs.service import ClaimedJob
 from billfold.services import Services
 from billfold.wallet import holds
 from tests.helpers import Agent, Api, assert_error, decimal_json
@@ -213,13 +212,6 @@ def test_the_expiry_job_releases_a_hold(api: Api, services: Services) -> None:
     consistent(api, agent)
 
 
-def _sweep_job() -> ClaimedJob:
-    """The sweep as a worker would hand it to its handler."""
-    return ClaimedJob(
-        id=0, kind=holds.SWEEP_JOB, account_id=None, payload={}, attempts=1, max_attempts=8
-    )
-
-
 def _jobs_of(services: Services, account_id: str) -> int:
     with services.database.read() as session:
         return int(
@@ -240,7 +232,7 @@ def test_a_hold_on_real_time_queues_no_job_and_the_sweep_expires_it(
     kept = held(api, agent, 2, ttl_seconds=600)
     data = held(api, agent, 5, ttl_seconds=1)
     assert _jobs_of(services, agent.account_id) == 0  # no job row per hold
-    holds.run_sweep(services, _sweep_job())
+    holds.sweep(services)
     assert wallet(agent)["held"] == 7  # not due yet: the sweep leaves both
     time.sleep(1.2)
     with services.database.transaction() as session:
@@ -262,7 +254,7 @@ def test_the_sweep_leaves_a_test_clocks_hold_to_its_advance(api: Api, services: 
     assert agent.fund(10).status_code == 200
     data = held(api, agent, 4, ttl_seconds=1)
     time.sleep(1.2)  # past its expiry: its clock's advance runs its job, not the sweep
-    holds.run_sweep(services, _sweep_job())
+    holds.sweep(services)
     assert wallet(agent)["held"] == 4
     clock.advance(seconds=2)
     assert decimal_json(api.admin_get(f"/usage-holds/{data['id']}"))["data"]["status"] == (
@@ -283,7 +275,7 @@ def test_sweeps_and_reads_racing_give_each_expired_hold_back_once(
         if i % 3:
             assert api.admin_get(f"/usage-holds/{ids[i % len(ids)]}").status_code == 200
         else:
-            holds.run_sweep(services, _sweep_job())
+            holds.sweep(services)
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         list(pool.map(race, range(12)))

@@ -109,7 +109,7 @@ class Worker:
         """Run due jobs until none is left (tests and the CLI's one-shot mode), the sweep
         of expired holds included (on real time)."""
         if self.test_clock_id is None:
-            with clock.real_time(), self.services.database.transaction() as session:
+            with self.services.database.transaction() as session:
                 holds.schedule_sweep(session)
         total = 0
         for _ in range(max_batches):

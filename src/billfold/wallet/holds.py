@@ -42,7 +42,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from billfold.accounts.models import Account
-from billfold.clock import current_test_clock, now, wall_now
+from billfold.clock import current_test_clock, now, real_time, wall_now
 from billfold.errors import Conflict, ErrorCode, InsufficientFunds, NotFound
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
@@ -298,13 +298,20 @@ def _due_on_real_time(limit: int) -> Any:
 
 
 def schedule_sweep(session: Session) -> bool:
-    """Queue the sweep if a hold waits for it (a no-op while one is queued or running)."""
+    """Queue the sweep if a hold waits for it (a no-op while one is queued or running);
+    a job on real time, whatever clock the caller is on."""
     if session.scalar(_due_on_real_time(1)) is None:
         return False
-    return jobs.enqueue(session, kind=SWEEP_JOB, dedupe_key=SWEEP_JOB)
+    with real_time():
+        return jobs.enqueue(session, kind=SWEEP_JOB, dedupe_key=SWEEP_JOB)
 
 
 def run_sweep(services: Services, job: ClaimedJob) -> None:
+    """The sweep job."""
+    sweep(services)
+
+
+def sweep(services: Services) -> None:
     """Give back the money of every hold past its expiry, a transaction per hold (each an
     `expire_if_due`, so a capture, release or read racing it still finds exactly one
     winner), for at most SWEEP_BUDGET; what is left is found by the next check."""
