@@ -9,8 +9,7 @@ refused without changing anything.
 A hypothesis state machine draws sequences of what 2-3 accounts, the operator and time can do (card
 fundings with good and declining cards, payment links, usage charges, usage holds (held,
 captured in part, whole or a micro too much, released, expired by the clock, swept),
-withdrawals,
-coupons of every kind, operator adjustments and refunds, subscriptions: start, renew
+withdrawals, coupons of every kind, operator adjustments and refunds, subscriptions: start, renew
 through their test clock, change plan, reset the cycle, pause, resume, cancel now or at
 period end, a failing card and fix-payment, charge-amount), and what the processor
 reports by webhook (a refund made in its dashboard, a dispute, each sometimes replayed).
