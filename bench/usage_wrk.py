@@ -828,11 +828,15 @@ def bench_sqlite(
     if "e" not in args.scenarios:
         return
     url = f"sqlite:///{workdir / 'bench.db'}"
-    # One API process, as `billfold serve` runs on SQLite by default (one writer at a time).
-    single = list(options)
-    if "--workers" in single:
-        single[single.index("--workers") + 1] = "1"
-    server = WrkServer(url, workdir, "sqlite", WORKING_TREE, single)
+    # As many API processes as `billfold serve` runs by default (one per core; before
+    # the writer gate, one on SQLite), unless --sqlite-workers names them.
+    sqlite_options = list(options)
+    if "--workers" in sqlite_options:
+        at = sqlite_options.index("--workers")
+        del sqlite_options[at : at + 2]
+    if args.sqlite_workers:
+        sqlite_options += ["--workers", str(args.sqlite_workers)]
+    server = WrkServer(url, workdir, "sqlite", WORKING_TREE, sqlite_options)
     with started(server, servers):
         runner = Runner(server, args, run_tag)
         try:
@@ -1014,6 +1018,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--job-workers", type=int, default=0, help="job worker processes (0: --no-worker)"
     )
     parser.add_argument("--sqlite-clients", type=int, default=8, help="clients of scenario e")
+    parser.add_argument(
+        "--sqlite-workers",
+        type=int,
+        default=0,
+        help="API processes of scenario e (default: billfold serve's own default)",
+    )
     parser.add_argument("--batch-size", type=int, default=1000, help="charges per batch (d)")
     parser.add_argument(
         "--kill-test",

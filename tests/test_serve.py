@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -241,11 +242,36 @@ def test_a_job_worker_goes_when_serve_is_killed(tmp_path: Path) -> None:
         assert not alive(worker)
 
 
-def test_on_sqlite_serve_runs_one_api_process_unless_told_otherwise(tmp_path: Path) -> None:
-    """SQLite has one writer at a time: more processes would only queue for it (through
-    its sleeping busy handler), so the default is the one process serve itself runs."""
+def test_on_sqlite_serve_runs_an_api_process_per_core_by_default(tmp_path: Path) -> None:
+    """As on PostgreSQL: the processes' writers take turns at SQLite's writer gate."""
+    cores = os.cpu_count() or 1
     with serving(tmp_path, "--no-worker") as served:
-        assert not _api_processes(served.descendants())
-        assert "1 API, 0 job worker(s)" in served.log.read_text()
+        assert f"{cores} API, 0 job worker(s)" in served.log.read_text()
+        if cores > 1:
+            assert len(_api_processes(served.descendants())) == cores
+        else:
+            assert not _api_processes(served.descendants())
         assert requests.get(f"{served.api.base_url}/healthz", timeout=10).status_code == 200
+        stop(served)
+
+
+def test_sqlite_api_processes_charge_one_wallet_exactly(tmp_path: Path) -> None:
+    """Two API processes on SQLite charging one wallet at once: every charge answered
+    201 and on the books once, the balance exact and the ledger consistent."""
+    with serving(tmp_path, "--workers", "2", "--no-worker") as served:
+        api = served.api
+        agent = api.new_agent()
+        assert agent.fund(10).status_code in (200, 201)
+        url = api.admin_url("/usage-charges")
+
+        def charge(n: int) -> int:
+            body = {"account_id": agent.account_id, "amount": "0.01", "usecase": "tokens"}
+            headers = {**api.admin_headers, "Idempotency-Key": f"gate-{n}"}
+            return requests.post(url, json=body, headers=headers, timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(charge, range(240)))
+        assert codes == [201] * 240
+        assert agent.balance() == Decimal("7.60")
+        assert api.ledger_check(agent.account_id)["consistent"] is True
         stop(served)

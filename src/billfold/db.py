@@ -9,15 +9,17 @@ a second engine whose transactions are deferred (WAL lets them run beside a writ
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import simplejson
@@ -64,6 +66,74 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
+class _GatedConnection(sqlite3.Connection):
+    """A SQLite connection that queues for the database's one writer on an OS file lock
+    (`flock` on `<database>-writer.lock`) before its `BEGIN IMMEDIATE`, and lets go when
+    its transaction ends (commit, rollback or close).
+
+    A queue, not a guard: SQLite's own locks still decide who writes, and a writer that
+    does not take the gate (a migration, the sqlite3 shell) is still excluded by them. But
+    a waiter blocked in `flock` wakes as soon as the writer before it is done, where
+    SQLite's busy handler sleeps and polls (up to 100 ms a sleep), so several processes
+    or threads writing take turns in about the time their transactions take. The kernel
+    drops the lock of a process that dies. A thread that already holds the gate on another
+    connection (a write transaction opened inside another) does not wait for it: SQLite's
+    busy timeout answers that one, as it did before, rather than a wait on itself that
+    would never end."""
+
+    _holders: ClassVar[dict[int, int]] = {}  # thread id -> gates it holds
+    _holders_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        self._gate_fd = -1
+        self._gate_owner: int | None = None
+        name = os.fspath(database)
+        if name and name != ":memory:" and not name.startswith("file:"):
+            self._gate_fd = os.open(f"{name}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def enter_gate(self) -> None:
+        """Wait for the gate (before `BEGIN IMMEDIATE`)."""
+        me = threading.get_ident()
+        if self._gate_fd < 0 or self._gate_owner is not None or self._holders.get(me):
+            return
+        fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
+        self._gate_owner = me
+        with self._holders_lock:
+            self._holders[me] = self._holders.get(me, 0) + 1
+
+    def _leave_gate(self) -> None:
+        owner, self._gate_owner = self._gate_owner, None
+        if owner is None:
+            return
+        with self._holders_lock:
+            left = self._holders.pop(owner, 1) - 1
+            if left:
+                self._holders[owner] = left
+        fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._leave_gate()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._leave_gate()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._leave_gate()
+            if self._gate_fd >= 0:
+                os.close(self._gate_fd)
+                self._gate_fd = -1
+
+
 def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -78,6 +148,10 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
+        if immediate:
+            driver = connection.connection.driver_connection
+            if isinstance(driver, _GatedConnection):
+                driver.enter_gate()
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
@@ -128,7 +202,9 @@ class Database:
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(url, connect_args={"timeout": 30}, **_JSON)
+            self.engine = create_engine(
+                url, connect_args={"timeout": 30, "factory": _GatedConnection}, **_JSON
+            )
             self.read_engine = create_engine(url, connect_args={"timeout": 30}, **_JSON)
             _configure_sqlite(self.engine, immediate=True)
             _configure_sqlite(self.read_engine, immediate=False)
