@@ -124,6 +124,9 @@ def check_ledger(
         raise typer.Exit(1)
 
 
+SQLITE_API_PROCESSES = 2  # serve's default on SQLite, at most (see serve)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
@@ -140,7 +143,7 @@ def serve(
         typer.Option(
             "--workers",
             min=1,
-            help="API server processes (default: the number of CPU cores)",
+            help="API server processes (default: the number of CPU cores; at most 2 on SQLite)",
         ),
     ] = None,
     job_workers: Annotated[
@@ -183,12 +186,17 @@ def serve(
     os.environ["BILLFOLD_PUBLIC_URL"] = settings.public_url
     os.environ["BILLFOLD_ADMIN_KEY"] = admin_key.key
     services = build_services(settings, admin_key.key)
-    # As many API processes as cores, on SQLite too: its writers take turns at the
-    # database's writer gate (db._GatedConnection), so a second process adds a core for
-    # everything around the writes. Measured at 8 clients on 2 cores: 1 process about
-    # 950 charges/s, 2 about 1,300-1,500/s with a p99 of 14-16 ms (without the gate,
-    # SQLite's sleeping busy handler gave 2 processes about 800/s and a p99 of 0.5 s).
-    api_processes = workers or os.cpu_count() or 1
+    # As many API processes as cores; on SQLite two at most. Its writers take turns at
+    # the database's writer gate (db._GatedConnection), so a second process adds a core
+    # for everything around the writes; more only split the clients' charges into
+    # smaller batches that queue for the one writer. Measured at 8 clients on 2 cores:
+    # 1 process 1,020-1,250 charges/s, 2 processes 1,200-1,520/s (p99 14-17 ms),
+    # 4 processes 700/s; before the gate, SQLite's sleeping busy handler gave 2 processes
+    # about 800-950/s with a p99 of 0.5-1 s.
+    cores = os.cpu_count() or 1
+    api_processes = workers or (
+        min(cores, SQLITE_API_PROCESSES) if services.database.is_sqlite else cores
+    )
     if demo is None:
         demo = services.database.is_sqlite
     lines = [
