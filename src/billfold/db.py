@@ -5,6 +5,8 @@ work with `database.transaction()`, services only add to the session it yields, 
 commits once. On SQLite every write transaction starts with `BEGIN IMMEDIATE`, so
 writers queue on the database lock instead of failing to upgrade a read lock; reads use
 a second engine whose transactions are deferred (WAL lets them run beside a writer).
+Writers, in every process, queue for SQLite's one write lock at a file lock beside the
+database (`_GatedConnection`), which hands it on as soon as it is free.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class _GatedConnection(sqlite3.Connection):
         super().__init__(database, *args, **kwargs)
         self._gate_fd = -1
         self._gate_owner: int | None = None
+        self._gate_pid = os.getpid()  # a forked child's copy never unlocks its parent's
         name = os.fspath(database)
         if name and name != ":memory:" and not name.startswith("file:"):
             self._gate_fd = os.open(f"{name}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -95,7 +98,12 @@ class _GatedConnection(sqlite3.Connection):
     def enter_gate(self) -> None:
         """Wait for the gate (before `BEGIN IMMEDIATE`)."""
         me = threading.get_ident()
-        if self._gate_fd < 0 or self._gate_owner is not None or self._holders.get(me):
+        if (
+            self._gate_fd < 0
+            or self._gate_owner is not None
+            or self._holders.get(me)
+            or self._gate_pid != os.getpid()  # inherited over a fork: not this process's
+        ):
             return
         fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
         self._gate_owner = me
@@ -104,7 +112,7 @@ class _GatedConnection(sqlite3.Connection):
 
     def _leave_gate(self) -> None:
         owner, self._gate_owner = self._gate_owner, None
-        if owner is None:
+        if owner is None or self._gate_pid != os.getpid():
             return
         with self._holders_lock:
             left = self._holders.pop(owner, 1) - 1
@@ -129,7 +137,7 @@ class _GatedConnection(sqlite3.Connection):
             super().close()
         finally:
             self._leave_gate()
-            if self._gate_fd >= 0:
+            if self._gate_fd >= 0 and self._gate_pid == os.getpid():
                 os.close(self._gate_fd)
                 self._gate_fd = -1
 
