@@ -11,7 +11,6 @@ database (`_GatedConnection`), which hands it on as soon as it is free.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import sqlite3
@@ -22,6 +21,11 @@ from datetime import datetime
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, ClassVar
+
+try:  # POSIX; elsewhere SQLite's writers wait in its busy handler, as without the gate
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 import psycopg
 import simplejson
@@ -92,7 +96,7 @@ class _GatedConnection(sqlite3.Connection):
         self._gate_owner: int | None = None
         self._gate_pid = os.getpid()  # a forked child's copy never unlocks its parent's
         name = os.fspath(database)
-        if name and name != ":memory:" and not name.startswith("file:"):
+        if fcntl is not None and name and name != ":memory:" and not name.startswith("file:"):
             self._gate_fd = os.open(f"{name}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
     def enter_gate(self) -> None:
