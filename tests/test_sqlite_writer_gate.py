@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from billfold.db import Database
+from billfold.db import Database, _open_gate
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_a_thread_holding_the_gate_does_not_wait_for_it_again(database: Database
 _HOLDER = """
 import sys, time
 from sqlalchemy import text
-from billfold.db import Database
+from billfold.db import Database, _open_gate
 db = Database(sys.argv[1])
 with db.transaction() as session:
     session.execute(text("INSERT INTO marks VALUES (9)"))
@@ -153,3 +153,11 @@ def test_a_killed_writer_leaves_the_gate_and_the_database_writable(
         session.execute(text("INSERT INTO marks VALUES (1)"))
     assert _marks(database) == [1]  # the killed writer's row never committed
     assert _gate_is_free(database)
+
+
+def test_a_gate_that_cannot_be_opened_means_no_gate(tmp_path: Path) -> None:
+    """(SQLite's busy handler then orders the writers, as before the gate.)"""
+    assert _open_gate(str(tmp_path / "missing" / "db-writer.lock")) == -1
+    fd = _open_gate(str(tmp_path / "db-writer.lock"))
+    assert fd >= 0
+    os.close(fd)

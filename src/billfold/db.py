@@ -97,7 +97,7 @@ class _GatedConnection(sqlite3.Connection):
         self._gate_pid = os.getpid()  # a forked child's copy never unlocks its parent's
         name = os.fspath(database)
         if fcntl is not None and name and name != ":memory:" and not name.startswith("file:"):
-            self._gate_fd = os.open(f"{name}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._gate_fd = _open_gate(f"{name}-writer.lock")
 
     def enter_gate(self) -> None:
         """Wait for the gate (before `BEGIN IMMEDIATE`)."""
@@ -144,6 +144,18 @@ class _GatedConnection(sqlite3.Connection):
             if self._gate_fd >= 0 and self._gate_pid == os.getpid():
                 os.close(self._gate_fd)
                 self._gate_fd = -1
+
+
+def _open_gate(path: str) -> int:
+    """The gate's lock file, opened (made if missing); -1 if it cannot be (no gate then).
+    `flock` needs no write access: another user's process may open it read-only."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            return -1
 
 
 def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
