@@ -7,15 +7,18 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from billfold.db import Database, _open_gate
 
@@ -122,7 +125,8 @@ def test_a_thread_holding_the_gate_does_not_wait_for_it_again(database: Database
 
 _HOLDER = """
 import sys, time
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 from billfold.db import Database, _open_gate
 db = Database(sys.argv[1])
 with db.transaction() as session:
@@ -161,3 +165,37 @@ def test_a_gate_that_cannot_be_opened_means_no_gate(tmp_path: Path) -> None:
     fd = _open_gate(str(tmp_path / "db-writer.lock"))
     assert fd >= 0
     os.close(fd)
+
+
+def _write_mark(db: Database, n: int) -> None:
+    with db.transaction() as session:
+        session.execute(text("INSERT INTO marks VALUES (:n)"), {"n": n})
+
+
+def test_a_begin_that_fails_lets_go_of_the_gate(tmp_path: Path) -> None:
+    """A writer outside the gate (the sqlite3 shell, say) holds SQLite's lock past the
+    busy timeout: the gated BEGIN fails, and the gate is not left held by it."""
+    db = Database(f"sqlite:///{tmp_path / 'gate.db'}")
+    try:
+        with db.transaction() as session:
+            session.execute(text("CREATE TABLE marks (n INTEGER NOT NULL)"))
+
+        @event.listens_for(db.engine, "connect")
+        def _short_timeout(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute("PRAGMA busy_timeout=50")
+
+        db.engine.dispose()  # new connections, with the short timeout
+        outsider = sqlite3.connect(str(tmp_path / "gate.db"), isolation_level=None)
+        outsider.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(OperationalError, match="locked"):
+                _write_mark(db, 1)
+            assert _gate_is_free(db)
+        finally:
+            outsider.rollback()
+            outsider.close()
+        with db.transaction() as session:
+            session.execute(text("INSERT INTO marks VALUES (2)"))
+        assert _marks(db) == [2]
+    finally:
+        db.dispose()

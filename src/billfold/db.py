@@ -114,7 +114,8 @@ class _GatedConnection(sqlite3.Connection):
         with self._holders_lock:
             self._holders[me] = self._holders.get(me, 0) + 1
 
-    def _leave_gate(self) -> None:
+    def leave_gate(self) -> None:
+        """Let go of the gate (when the transaction ends)."""
         owner, self._gate_owner = self._gate_owner, None
         if owner is None or self._gate_pid != os.getpid():
             return
@@ -128,19 +129,19 @@ class _GatedConnection(sqlite3.Connection):
         try:
             super().commit()
         finally:
-            self._leave_gate()
+            self.leave_gate()
 
     def rollback(self) -> None:
         try:
             super().rollback()
         finally:
-            self._leave_gate()
+            self.leave_gate()
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            self._leave_gate()
+            self.leave_gate()
             if self._gate_fd >= 0 and self._gate_pid == os.getpid():
                 os.close(self._gate_fd)
                 self._gate_fd = -1
@@ -172,11 +173,18 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        if immediate:
-            driver = connection.connection.driver_connection
+        if not immediate:
+            connection.exec_driver_sql("BEGIN")
+            return
+        driver = connection.connection.driver_connection
+        if isinstance(driver, _GatedConnection):
+            driver.enter_gate()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
             if isinstance(driver, _GatedConnection):
-                driver.enter_gate()
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                driver.leave_gate()  # no transaction began: nothing will end it
+            raise
 
 
 # JSON columns keep decimals exact both ways (request bodies carry Decimal, never float).
