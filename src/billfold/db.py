@@ -87,8 +87,7 @@ class _GatedConnection(sqlite3.Connection):
     busy timeout answers that one, as it did before, rather than a wait on itself that
     would never end."""
 
-    _holders: ClassVar[dict[int, int]] = {}  # thread id -> gates it holds
-    _holders_lock: ClassVar[threading.Lock] = threading.Lock()
+    _holders: ClassVar[set[int]] = set()  # the threads holding a gate (one each at most)
 
     def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(database, *args, **kwargs)
@@ -105,24 +104,20 @@ class _GatedConnection(sqlite3.Connection):
         if (
             self._gate_fd < 0
             or self._gate_owner is not None
-            or self._holders.get(me)
+            or me in self._holders
             or self._gate_pid != os.getpid()  # inherited over a fork: not this process's
         ):
             return
         fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
         self._gate_owner = me
-        with self._holders_lock:
-            self._holders[me] = self._holders.get(me, 0) + 1
+        self._holders.add(me)
 
     def leave_gate(self) -> None:
         """Let go of the gate (when the transaction ends)."""
         owner, self._gate_owner = self._gate_owner, None
         if owner is None or self._gate_pid != os.getpid():
             return
-        with self._holders_lock:
-            left = self._holders.pop(owner, 1) - 1
-            if left:
-                self._holders[owner] = left
+        self._holders.discard(owner)
         fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
 
     def commit(self) -> None:
@@ -177,13 +172,12 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
             connection.exec_driver_sql("BEGIN")
             return
         driver = connection.connection.driver_connection
-        if isinstance(driver, _GatedConnection):
-            driver.enter_gate()
+        assert isinstance(driver, _GatedConnection)  # the write engine's factory
+        driver.enter_gate()
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
-            if isinstance(driver, _GatedConnection):
-                driver.leave_gate()  # no transaction began: nothing will end it
+            driver.leave_gate()  # no transaction began: nothing will end it
             raise
 
 
