@@ -50,6 +50,11 @@ def _marks(database: Database) -> list[int]:
         return list(session.scalars(text("SELECT n FROM marks ORDER BY rowid")))
 
 
+def _write_mark(db: Database, n: int) -> None:
+    with db.transaction() as session:
+        session.execute(text("INSERT INTO marks VALUES (:n)"), {"n": n})
+
+
 def test_a_write_transaction_holds_the_gate_until_it_commits(database: Database) -> None:
     assert _gate_is_free(database)
     with database.transaction() as session:
@@ -153,8 +158,7 @@ def test_a_killed_writer_leaves_the_gate_and_the_database_writable(
     finally:
         if holder.poll() is None:
             holder.kill()
-    with database.transaction() as session:
-        session.execute(text("INSERT INTO marks VALUES (1)"))
+    _write_mark(database, 1)
     assert _marks(database) == [1]  # the killed writer's row never committed
     assert _gate_is_free(database)
 
@@ -167,35 +171,23 @@ def test_a_gate_that_cannot_be_opened_means_no_gate(tmp_path: Path) -> None:
     os.close(fd)
 
 
-def _write_mark(db: Database, n: int) -> None:
-    with db.transaction() as session:
-        session.execute(text("INSERT INTO marks VALUES (:n)"), {"n": n})
-
-
-def test_a_begin_that_fails_lets_go_of_the_gate(tmp_path: Path) -> None:
+def test_a_begin_that_fails_lets_go_of_the_gate(database: Database) -> None:
     """A writer outside the gate (the sqlite3 shell, say) holds SQLite's lock past the
     busy timeout: the gated BEGIN fails, and the gate is not left held by it."""
-    db = Database(f"sqlite:///{tmp_path / 'gate.db'}")
+
+    @event.listens_for(database.engine, "connect")
+    def _short_timeout(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=50")
+
+    database.engine.dispose()  # new connections, with the short timeout
+    outsider = sqlite3.connect(str(database.engine.url.database), isolation_level=None)
+    outsider.execute("BEGIN IMMEDIATE")
     try:
-        with db.transaction() as session:
-            session.execute(text("CREATE TABLE marks (n INTEGER NOT NULL)"))
-
-        @event.listens_for(db.engine, "connect")
-        def _short_timeout(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.execute("PRAGMA busy_timeout=50")
-
-        db.engine.dispose()  # new connections, with the short timeout
-        outsider = sqlite3.connect(str(tmp_path / "gate.db"), isolation_level=None)
-        outsider.execute("BEGIN IMMEDIATE")
-        try:
-            with pytest.raises(OperationalError, match="locked"):
-                _write_mark(db, 1)
-            assert _gate_is_free(db)
-        finally:
-            outsider.rollback()
-            outsider.close()
-        with db.transaction() as session:
-            session.execute(text("INSERT INTO marks VALUES (2)"))
-        assert _marks(db) == [2]
+        with pytest.raises(OperationalError, match="locked"):
+            _write_mark(database, 1)
+        assert _gate_is_free(database)
     finally:
-        db.dispose()
+        outsider.rollback()
+        outsider.close()
+    _write_mark(database, 2)
+    assert _marks(database) == [2]
