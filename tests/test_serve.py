@@ -166,11 +166,14 @@ def test_workers_are_processes_sharing_one_database(tmp_path: Path, receiver: Re
         assert len(metrics_dirs) == 1
 
         # Many concurrent requests, until both API processes have answered some (each
-        # process writes its samples to files of its own, named after its pid).
+        # process writes its samples to files of its own, named after its pid). Ready
+        # means one process answered /readyz: on a busy machine the other may still be
+        # starting, so this waits for it by the clock, not by a count of rounds.
         sent = 0
         served_by: set[int] = set()
+        deadline = time.monotonic() + 60
         with ThreadPoolExecutor(8) as pool:
-            for _ in range(20):
+            while time.monotonic() < deadline:
                 codes = list(
                     pool.map(
                         lambda _: requests.get(f"{api.base_url}/healthz", timeout=10).status_code,
