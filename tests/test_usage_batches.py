@@ -15,14 +15,17 @@ from sqlalchemy import func, select
 
 from billfold.application import charging
 from billfold.application.idempotent import payload_fingerprint
+from billfold.application.jobs import Worker
 from billfold.application.usecases import usage as usage_use_cases
 from billfold.application.usecases.usage import USAGE_CHARGES_PATH
 from billfold.clock import now
 from billfold.idempotency import service as idempotency
+from billfold.jobs.models import Job
 from billfold.jsonenc import envelope, render
 from billfold.ledger.models import LedgerTransaction
 from billfold.services import Services
 from billfold.wallet import usage
+from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from tests.conservation_helpers import new_account
 from tests.helpers import CARD_OK, Api, assert_error, decimal_json
 
@@ -381,3 +384,33 @@ def test_items_of_accounts_on_test_clocks_are_charged_on_their_clocks_time(api: 
     years = [datetime.fromisoformat(o["charge"]["created_at"]).year for o in out[:3]]
     assert years == [2031, 2040, now().year]
     assert (on_past.balance(), on_future.balance(), on_real.balance()) == (9, 8, 7)
+
+
+def test_a_threshold_crossing_in_a_later_chunk_tops_up_once_and_writes_each_charge_once(
+    api: Api, services: Services
+) -> None:
+    """A batch request is written a chunk at a time: the crossing in its last chunk rolls
+    back the chunks already sent and the whole batch goes the way that announces it."""
+    agent = api.new_agent()
+    agent.fund(10)
+    response = agent.put("/wallet/auto-funding", {"auto_charge_amount": 25, "charge_threshold": 5})
+    assert response.status_code == 200, response.text
+    count = usage.WRITE_CHUNK * 2 + 10
+    amount = Decimal("0.01")
+    crossing = count - 5  # balance 10 - 0.01 x n drops below 5 at n > 500: the last chunk
+    assert 10 - amount * (crossing + 1) < 5 <= 10 - amount * usage.WRITE_CHUNK * 2
+    got = outcomes(batch(api, [item(agent.account_id, "0.01") for _ in range(count)]))
+    assert [i["status"] for i in got] == ["charged"] * count
+    balances = [i["charge"]["balance_after"] for i in got]
+    assert balances == [10 - amount * (n + 1) for n in range(count)]
+    assert usage_charges(services, agent.account_id) == count
+    with services.database.read() as session:
+        queued = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.account_id == agent.account_id, Job.kind == TOP_UP_JOB)
+        )
+    assert queued == 1
+    Worker(services).drain()
+    assert agent.balance() == 10 - amount * count + 25
+    assert api.ledger_check(agent.account_id)["consistent"] is True

@@ -58,6 +58,9 @@ _BUCKET_ACCOUNTS = {bucket: ledger.wallet_account(bucket) for bucket in BUCKETS}
 
 KIND = "usage_charge"  # also written out in _WRITE_PG
 _LATER = timedelta(microseconds=1)
+# Operations per write statement of a batch request (`write_pipelined`): a batch of 1,000
+# goes as four statements, the first written while the second is planned.
+WRITE_CHUNK = 250
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -865,12 +868,18 @@ def write_pipelined(
                 hold_rows = held.fetchall() if held is not None else []
             except psycopg.OperationalError as exc:
                 raise _lost(connection, exc) from exc
-            plan = _plan(charges, _wallet_states(wallet_rows), _hold_states(hold_rows))
             taken = {(row[0], row[1]) for row in stored_rows}
-            if plan.low_balance or taken:
+            if not taken:
+                plan = _send_in_chunks(
+                    connection,
+                    charges,
+                    _wallet_states(wallet_rows),
+                    _hold_states(hold_rows),
+                    policy,
+                )
+            if plan is None or plan.low_balance:
                 connection.rollback()
             else:
-                connection.execute(*_write_statement(charges, plan, policy))
                 connection.commit()
                 committed = True
     except psycopg.errors.UniqueViolation as exc:
@@ -887,6 +896,34 @@ def write_pipelined(
             raise
         _log_after_commit(exc)
     return _outcome(plan, taken, committed)
+
+
+def _send_in_chunks(
+    connection: psycopg.Connection[Any],
+    ops: Sequence[Op],
+    wallets: dict[str, _WalletState],
+    held: dict[str, _HoldState],
+    policy: idempotency.KeyPolicy,
+) -> _Plan:
+    """Plan the batch and send its writes WRITE_CHUNK operations at a time, into the open
+    transaction: the server writes one chunk while the next is planned (a batch of 1,000
+    spent a quarter of its time planning while the server waited, then the server wrote
+    while Python waited). Each chunk's statement moves its wallets by that chunk's own
+    deltas. Stops at the first chunk with a threshold crossing (the plan's `low_balance`:
+    the caller rolls back and the batch goes the way that announces it)."""
+    whole = _Plan()
+    for start in range(0, len(ops), WRITE_CHUNK):
+        chunk = ops[start : start + WRITE_CHUNK]
+        part = _plan(chunk, wallets, held)
+        whole.answers += part.answers
+        if part.low_balance:
+            whole.low_balance = part.low_balance
+            break
+        connection.execute(*_write_statement(chunk, part, policy))
+        for wallet in part.changed:  # the next chunk moves it on from here
+            wallet.delta = dict.fromkeys(BUCKETS, 0)
+            wallet.changed = False
+    return whole
 
 
 async def write_pipelined_async(
