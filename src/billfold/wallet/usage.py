@@ -531,15 +531,21 @@ def write(
     already stored; the caller's transaction must then be rolled back.
     """
     _check_keys_unique(charges)
-    wallets = _lock(session, sorted({c.account_id for c in charges}))
+    accounts = sorted({c.account_id for c in charges})
+    raw = _SqliteWrites.of(session)
+    wallets = raw.lock(accounts) if raw is not None else _lock(session, accounts)
     plan = _plan(charges, wallets)
     answers = [answer for answer in plan.answers if answer is not None]
     assert len(answers) == len(charges)  # a charge is always charged or refused here
-    _store_keys(session, _key_rows(charges, answers, policy, wall_now()))
-    if plan.transactions:
-        session.execute(_INSERT_TRANSACTIONS, plan.transactions)
-        session.execute(_INSERT_POSTINGS, plan.postings)
-    _update_wallets(session, plan.changed)
+    keys = _key_rows(charges, answers, policy, wall_now())
+    if raw is not None:
+        raw.write(keys, plan)
+    else:
+        _store_keys(session, keys)
+        if plan.transactions:
+            session.execute(_INSERT_TRANSACTIONS, plan.transactions)
+            session.execute(_INSERT_POSTINGS, plan.postings)
+        _update_wallets(session, plan.changed)
     for account_id, (balance_after, threshold) in plan.low_balance.items():
         auto_funding.announce_low_balance(
             session,
@@ -549,6 +555,127 @@ def write(
             currency=wallets[account_id].currency,
         )
     return answers
+
+
+class _SqliteWrites:
+    """`write`'s statements on SQLite, on the session's own sqlite3 connection (in its
+    transaction, begun IMMEDIATE behind the writer gate): the same rows as the statements
+    above, each value made by its column type's own bind processor, without SQLAlchemy's
+    execution machinery, which took about half of a small batch's time behind the gate
+    (1.3 of 2.3 ms for four charges), and every other process's writer waits that long."""
+
+    _processors: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def __init__(self, connection: Any, dialect: Any) -> None:
+        self.cursor = connection.cursor()
+        self.dialect = dialect
+
+    @classmethod
+    def of(cls, session: Session) -> _SqliteWrites | None:
+        connection = session.connection()
+        if connection.dialect.name != "sqlite":
+            return None
+        return cls(connection.connection.driver_connection, connection.dialect)
+
+    def _values(self, table: Table, columns: tuple[str, ...], row: dict[str, Any]) -> list[Any]:
+        key = (table.name, ",".join(columns))
+        processors = self._processors.get(key)
+        if processors is None:
+            processors = tuple(
+                table.c[name].type.dialect_impl(self.dialect).bind_processor(self.dialect)
+                for name in columns
+            )
+            self._processors[key] = processors
+        return [
+            value if process is None else process(value)
+            for process, value in zip(processors, (row[name] for name in columns), strict=True)
+        ]
+
+    def lock(self, account_ids: list[str]) -> dict[str, _WalletState]:
+        """The wallets, as `_lock` reads them (the transaction holds SQLite's write lock)."""
+        marks = ", ".join("?" * len(account_ids))
+        rows = self.cursor.execute(
+            f"SELECT {', '.join(_LOCKED_COLUMNS)} FROM wallets"  # noqa: S608
+            f" WHERE account_id IN ({marks}) ORDER BY account_id",
+            account_ids,
+        ).fetchall()
+        return _wallet_states(rows)
+
+    def write(self, keys: list[dict[str, Any]], plan: _Plan) -> None:
+        """Store the keys (or raise KeysTaken), the ledger rows and the wallets' moves."""
+        if keys:
+            columns = tuple(_KEYS.c.keys())
+            marks = f"({', '.join('?' * len(columns))})"
+            stored = self.cursor.execute(
+                f"INSERT INTO idempotency_keys ({', '.join(columns)})"  # noqa: S608
+                f" VALUES {', '.join([marks] * len(keys))}"
+                " ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key",
+                [value for row in keys for value in self._values(_KEYS, columns, row)],
+            ).fetchall()
+            wanted = {(row["scope"], row["key"]) for row in keys}
+            if {(row[0], row[1]) for row in stored} != wanted:
+                raise KeysTaken(wanted - {(row[0], row[1]) for row in stored})
+        self._insert(_TRANSACTIONS, plan.transactions)
+        self._insert(_POSTINGS, plan.postings)
+        if not plan.changed:
+            return
+        columns = ("b_subscription", "b_promotional", "b_purchased", "b_total")
+        self.cursor.executemany(
+            "UPDATE wallets SET subscription_micros = subscription_micros - ?,"
+            " promotional_micros = promotional_micros - ?,"
+            " purchased_micros = purchased_micros - ?, balance_micros = balance_micros - ?,"
+            " auto_funding_armed = ?, updated_at = ?"
+            " WHERE account_id = ? AND subscription_micros >= ? AND promotional_micros >= ?"
+            " AND purchased_micros >= ?",
+            [
+                [
+                    *(move[name] for name in columns),
+                    *self._values(_WALLETS, ("auto_funding_armed", "updated_at"), state),
+                    wallet.account_id,
+                    *(move[name] for name in columns[:3]),
+                ]
+                for wallet in plan.changed
+                for move, state in [(_wallet_move(wallet), _wallet_state_row(wallet))]
+            ],
+        )
+        if self.cursor.rowcount != len(plan.changed):
+            raise AssertionError("a locked wallet changed under the batch")
+
+    def _insert(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = tuple(rows[0])
+        self.cursor.executemany(
+            f"INSERT INTO {table.name} ({', '.join(columns)})"  # noqa: S608
+            f" VALUES ({', '.join('?' * len(columns))})",
+            [self._values(table, columns, row) for row in rows],
+        )
+
+
+_LOCKED_COLUMNS = (
+    "account_id",
+    "currency",
+    "subscription_micros",
+    "promotional_micros",
+    "purchased_micros",
+    "auto_funding_enabled",
+    "auto_funding_armed",
+    "charge_threshold_micros",
+)
+
+
+def _wallet_move(wallet: _WalletState) -> dict[str, int]:
+    """What a batch takes from each bucket of `wallet` (positive), and in all."""
+    return {
+        "b_subscription": -wallet.delta["subscription"],
+        "b_promotional": -wallet.delta["promotional"],
+        "b_purchased": -wallet.delta["purchased"],
+        "b_total": -sum(wallet.delta.values()),
+    }
+
+
+def _wallet_state_row(wallet: _WalletState) -> dict[str, Any]:
+    return {"auto_funding_armed": wallet.armed, "updated_at": wallet.updated_at}
 
 
 def _key_rows(
@@ -1166,10 +1293,7 @@ def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
     rows = [
         {
             "b_account_id": wallet.account_id,
-            "b_subscription": -wallet.delta["subscription"],
-            "b_promotional": -wallet.delta["promotional"],
-            "b_purchased": -wallet.delta["purchased"],
-            "b_total": -sum(wallet.delta.values()),
+            **_wallet_move(wallet),
             "b_armed": wallet.armed,
             "b_updated_at": wallet.updated_at,
         }
