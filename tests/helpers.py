@@ -11,8 +11,11 @@ from decimal import Decimal
 from typing import Any
 
 import requests
+from sqlalchemy import func, select
 
 from billfold.clock import wall_now
+from billfold.jobs.models import Job
+from billfold.services import Services
 
 CARD_OK = "4242424242424242"
 CARD_DECLINED = "4000000000000002"
@@ -290,6 +293,17 @@ def assert_error(
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+def jobs_of(services: Services, account_id: str, kind: str, *, status: str | None = None) -> int:
+    """How many jobs of `kind` (in `status`, if given) the account has."""
+    query = (
+        select(func.count()).select_from(Job).where(Job.account_id == account_id, Job.kind == kind)
+    )
+    if status is not None:
+        query = query.where(Job.status == status)
+    with services.database.read() as session:
+        return int(session.scalar(query) or 0)
 
 
 def fresh_window(window_seconds: int, need_seconds: int) -> None:

@@ -16,7 +16,7 @@ from billfold.processors.sandbox import SandboxObject
 from billfold.processors.stripe import KEY_FIELD, StripeProcessor, key_hash
 from billfold.services import Services
 from billfold.wallet.auto_funding import JOB_KIND, run_top_up
-from tests.helpers import CARD_ATTACH_THEN_FAIL, Agent, Api, assert_error, decimal_json
+from tests.helpers import CARD_ATTACH_THEN_FAIL, Agent, Api, assert_error, decimal_json, jobs_of
 
 # Run on both processors (tests/conftest.py `pytest_generate_tests`).
 PROCESSORS = ("sandbox", "stripe")
@@ -97,13 +97,7 @@ def test_concurrent_charges_crossing_the_threshold_top_up_once(
         results = list(pool.map(lambda _: api.charge_usage(agent.account_id, "0.2"), range(50)))
     assert all(r.status_code == 201 for r in results), [r.text for r in results][:3]
     assert agent.balance() == 0  # 50 x 0.2, top-up not run yet
-    with services.database.read() as session:
-        queued = session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.account_id == agent.account_id, Job.kind == JOB_KIND)
-        )
-    assert queued == 1
+    assert jobs_of(services, agent.account_id, JOB_KIND) == 1
     Worker(services).drain()
     assert agent.balance() == 25
     top_ups = _payments(services, agent.account_id, "auto_funding")

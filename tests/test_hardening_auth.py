@@ -29,7 +29,6 @@ from billfold.config import Settings
 from billfold.coupons import service as coupons
 from billfold.coupons.models import CouponRedemption
 from billfold.errors import RateLimited
-from billfold.jobs.models import Job
 from billfold.payments import attempts
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
@@ -42,6 +41,7 @@ from tests.helpers import (
     assert_error,
     bonus_coupon,
     fresh_window,
+    jobs_of,
 )
 
 # --- clients at their own addresses ---------------------------------------------------------
@@ -259,17 +259,8 @@ def test_a_card_the_processor_no_longer_has_is_a_4xx(api: Api, services: Service
     assert error["details"]["payment_method_id"] == pm
     assert_error(agent.post("/wallet/fund", {"amount": 20}), 404, "payment_method_not_found")
     assert agent.balance() == 0
-    with services.database.read() as session:  # nothing left for the janitor to look for
-        queued = session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(
-                Job.account_id == agent.account_id,
-                Job.kind == attempts.JANITOR_JOB,
-                Job.status == "queued",
-            )
-        )
-    assert queued == 0
+    # Nothing left for the janitor to look for.
+    assert jobs_of(services, agent.account_id, attempts.JANITOR_JOB, status="queued") == 0
     # A coupon purchase with it gives the coupon back.
     code = bonus_coupon(api, max_redemptions=1)
     assert_error(_redeem(agent, code, pm), 404, "payment_method_not_found")

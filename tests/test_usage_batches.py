@@ -20,14 +20,13 @@ from billfold.application.usecases import usage as usage_use_cases
 from billfold.application.usecases.usage import USAGE_CHARGES_PATH
 from billfold.clock import now
 from billfold.idempotency import service as idempotency
-from billfold.jobs.models import Job
 from billfold.jsonenc import envelope, render
 from billfold.ledger.models import LedgerTransaction
 from billfold.services import Services
 from billfold.wallet import usage
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from tests.conservation_helpers import new_account
-from tests.helpers import CARD_OK, Api, assert_error, decimal_json
+from tests.helpers import CARD_OK, Api, assert_error, decimal_json, jobs_of
 
 
 def batch(api: Api, charges: list[Any]) -> requests.Response:
@@ -404,13 +403,7 @@ def test_a_threshold_crossing_in_a_later_chunk_tops_up_once_and_writes_each_char
     balances = [i["charge"]["balance_after"] for i in got]
     assert balances == [10 - amount * (n + 1) for n in range(count)]
     assert usage_charges(services, agent.account_id) == count
-    with services.database.read() as session:
-        queued = session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.account_id == agent.account_id, Job.kind == TOP_UP_JOB)
-        )
-    assert queued == 1
+    assert jobs_of(services, agent.account_id, TOP_UP_JOB) == 1
     Worker(services).drain()
     assert agent.balance() == 10 - amount * count + 25
     assert api.ledger_check(agent.account_id)["consistent"] is True
