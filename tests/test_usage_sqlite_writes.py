@@ -143,3 +143,33 @@ def test_a_stored_key_found_by_the_sqlite_statements_writes_nothing(
         rows = usage._SqliteWrites.of(session)
         assert rows is not None
         assert rows.lock([account_id])[account_id].balance == 10_000_000 - 250_000
+
+
+def test_keys_go_in_as_many_statements_as_sqlites_variable_limit_asks(
+    sqlite_services: Services,
+) -> None:
+    account_id = _funded_account(sqlite_services, "limit@example.com")
+    charges = [
+        usage_use_cases._charge(
+            UsageChargeRequest.model_validate(
+                {"account_id": account_id, "amount": "0.01", "usecase": "llm"}
+            ),
+            Call(key=f"limit-{n}", fingerprint="f" * 64, request_id="req"),
+            AT,
+        )
+        for n in range(7)
+    ]
+    with sqlite_services.database.transaction() as session:
+        driver = session.connection().connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20)  # two keys a statement
+        answers = usage.write(session, charges, sqlite_services.key_policy)
+    assert [answer.status_code for answer in answers] == [201] * 7
+    with sqlite_services.database.read() as session:
+        raw = usage._SqliteWrites.of(session)
+        assert raw is not None
+        assert raw.lock([account_id])[account_id].balance == 10_000_000 - 70_000
+        stored = raw.cursor.execute(
+            "SELECT count(*) FROM idempotency_keys WHERE key LIKE 'limit-%'"
+        ).fetchone()
+    assert stored == (7,)

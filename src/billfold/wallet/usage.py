@@ -16,6 +16,7 @@ raise `KeysTaken`: the caller rolls back and sends those charges the careful way
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -566,16 +567,19 @@ class _SqliteWrites:
 
     _processors: dict[tuple[str, str], tuple[Any, ...]] = {}
 
-    def __init__(self, connection: Any, dialect: Any) -> None:
+    def __init__(self, connection: sqlite3.Connection, dialect: Any) -> None:
         self.cursor = connection.cursor()
         self.dialect = dialect
+        self.most_variables = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
     @classmethod
     def of(cls, session: Session) -> _SqliteWrites | None:
         connection = session.connection()
         if connection.dialect.name != "sqlite":
             return None
-        return cls(connection.connection.driver_connection, connection.dialect)
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        return cls(driver, connection.dialect)
 
     def _values(self, table: Table, columns: tuple[str, ...], row: dict[str, Any]) -> list[Any]:
         key = (table.name, ",".join(columns))
@@ -603,43 +607,49 @@ class _SqliteWrites:
 
     def write(self, keys: list[dict[str, Any]], plan: _Plan) -> None:
         """Store the keys (or raise KeysTaken), the ledger rows and the wallets' moves."""
-        if keys:
-            columns = tuple(_KEYS.c.keys())
-            marks = f"({', '.join('?' * len(columns))})"
-            stored = self.cursor.execute(
-                f"INSERT INTO idempotency_keys ({', '.join(columns)})"  # noqa: S608
-                f" VALUES {', '.join([marks] * len(keys))}"
-                " ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key",
-                [value for row in keys for value in self._values(_KEYS, columns, row)],
-            ).fetchall()
-            wanted = {(row["scope"], row["key"]) for row in keys}
-            if {(row[0], row[1]) for row in stored} != wanted:
-                raise KeysTaken(wanted - {(row[0], row[1]) for row in stored})
+        stored = self._store_keys(keys)
+        wanted = {(row["scope"], row["key"]) for row in keys}
+        if stored != wanted:
+            raise KeysTaken(wanted - stored)
         self._insert(_TRANSACTIONS, plan.transactions)
         self._insert(_POSTINGS, plan.postings)
-        if not plan.changed:
-            return
-        columns = ("b_subscription", "b_promotional", "b_purchased", "b_total")
-        self.cursor.executemany(
-            "UPDATE wallets SET subscription_micros = subscription_micros - ?,"
-            " promotional_micros = promotional_micros - ?,"
-            " purchased_micros = purchased_micros - ?, balance_micros = balance_micros - ?,"
-            " auto_funding_armed = ?, updated_at = ?"
-            " WHERE account_id = ? AND subscription_micros >= ? AND promotional_micros >= ?"
-            " AND purchased_micros >= ?",
-            [
-                [
-                    *(move[name] for name in columns),
-                    *self._values(_WALLETS, ("auto_funding_armed", "updated_at"), state),
-                    wallet.account_id,
-                    *(move[name] for name in columns[:3]),
-                ]
-                for wallet in plan.changed
-                for move, state in [(_wallet_move(wallet), _wallet_state_row(wallet))]
-            ],
-        )
-        if self.cursor.rowcount != len(plan.changed):
-            raise AssertionError("a locked wallet changed under the batch")
+        if plan.changed:
+            self.cursor.executemany(_UPDATE_WALLET_SQLITE, map(self._wallet_update, plan.changed))
+            if self.cursor.rowcount != len(plan.changed):
+                raise AssertionError("a locked wallet changed under the batch")
+
+    def _store_keys(self, keys: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        """Multi-row INSERTs, as many rows each as SQLite takes variables for; the keys
+        stored (a key stored before is left as it is and not returned)."""
+        columns = tuple(_KEYS.c.keys())
+        marks = f"({', '.join('?' * len(columns))})"
+        per_statement = max(1, self.most_variables // len(columns))
+        stored: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), per_statement):
+            rows = keys[start : start + per_statement]
+            stored.update(
+                (row[0], row[1])
+                for row in self.cursor.execute(
+                    f"INSERT INTO idempotency_keys ({', '.join(columns)})"  # noqa: S608
+                    f" VALUES {', '.join([marks] * len(rows))}"
+                    " ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key",
+                    [value for row in rows for value in self._values(_KEYS, columns, row)],
+                )
+            )
+        return stored
+
+    def _wallet_update(self, wallet: _WalletState) -> list[Any]:
+        """`_UPDATE_WALLET_SQLITE`'s parameters for `wallet`."""
+        move = _wallet_move(wallet)
+        state = {"auto_funding_armed": wallet.armed, "updated_at": wallet.updated_at}
+        taken = [move["b_subscription"], move["b_promotional"], move["b_purchased"]]
+        return [
+            *taken,
+            move["b_total"],
+            *self._values(_WALLETS, ("auto_funding_armed", "updated_at"), state),
+            wallet.account_id,
+            *taken,
+        ]
 
     def _insert(self, table: Table, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -674,8 +684,15 @@ def _wallet_move(wallet: _WalletState) -> dict[str, int]:
     }
 
 
-def _wallet_state_row(wallet: _WalletState) -> dict[str, Any]:
-    return {"auto_funding_armed": wallet.armed, "updated_at": wallet.updated_at}
+# `_UPDATE_WALLETS` for `_SqliteWrites`: each bucket lowered by what the batch took from it,
+# never below zero.
+_UPDATE_WALLET_SQLITE = (
+    "UPDATE wallets SET subscription_micros = subscription_micros - ?,"
+    " promotional_micros = promotional_micros - ?, purchased_micros = purchased_micros - ?,"
+    " balance_micros = balance_micros - ?, auto_funding_armed = ?, updated_at = ?"
+    " WHERE account_id = ? AND subscription_micros >= ? AND promotional_micros >= ?"
+    " AND purchased_micros >= ?"
+)
 
 
 def _key_rows(
