@@ -9,15 +9,19 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from sqlalchemy import Table
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 from billfold.accounts import service as accounts
 from billfold.application.container import build_services
 from billfold.application.usecases import usage as usage_use_cases
 from billfold.application.usecases.base import Call
 from billfold.config import Settings
+from billfold.idempotency.models import IdempotencyKey
 from billfold.migrate import upgrade
 from billfold.services import Services
 from billfold.wallet import usage
@@ -76,6 +80,16 @@ def _write(services: Services, charges: list[usage.Charge]) -> list[int]:
         return [answer.status_code for answer in usage.write(session, charges, services.key_policy)]
 
 
+def _store_keys_with_sqlalchemy(session: Session, rows: list[dict[str, Any]]) -> set[Any]:
+    table = cast(Table, IdempotencyKey.__table__)
+    statement = (
+        sqlite_insert(table)
+        .on_conflict_do_nothing(index_elements=["scope", "key"])
+        .returning(table.c.scope, table.c.key)
+    )
+    return {(row.scope, row.key) for row in session.execute(statement, rows)}
+
+
 def _rows(db: sqlite3.Connection, sql: str, account_id: str) -> list[tuple[Any, ...]]:
     return [
         tuple((type(value).__name__, value) for value in row)
@@ -89,7 +103,10 @@ def test_the_sqlite_statements_write_what_the_sqlalchemy_statements_write(
     direct = _funded_account(sqlite_services, "direct@example.com")
     through = _funded_account(sqlite_services, "through@example.com")
     assert _write(sqlite_services, _charges(direct, "direct")) == [201, 201, 402]
+    # The SQLAlchemy statements: `write`'s own on PostgreSQL, and for the keys (whose
+    # PostgreSQL statement takes arrays) SQLAlchemy's insert of the same rows.
     monkeypatch.setattr(usage._SqliteWrites, "of", classmethod(lambda cls, session: None))
+    monkeypatch.setattr(usage, "_store_keys_postgresql", _store_keys_with_sqlalchemy)
     assert _write(sqlite_services, _charges(through, "through")) == [201, 201, 402]
 
     url = sqlite_services.database.engine.url.database

@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import psycopg
 import simplejson
 from sqlalchemy import Table, bindparam, insert, select, text, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from billfold import pgwire
@@ -538,11 +537,10 @@ def write(
     plan = _plan(charges, wallets)
     answers = [answer for answer in plan.answers if answer is not None]
     assert len(answers) == len(charges)  # a charge is always charged or refused here
-    keys = _key_rows(charges, answers, policy, wall_now())
+    _store_keys(session, _key_rows(charges, answers, policy, wall_now()), raw)
     if raw is not None:
-        raw.write(keys, plan)
+        raw.write(plan)
     else:
-        _store_keys(session, keys)
         if plan.transactions:
             session.execute(_INSERT_TRANSACTIONS, plan.transactions)
             session.execute(_INSERT_POSTINGS, plan.postings)
@@ -560,12 +558,15 @@ def write(
 
 class _SqliteWrites:
     """`write`'s statements on SQLite, on the session's own sqlite3 connection (in its
-    transaction, begun IMMEDIATE behind the writer gate): the same rows as the statements
-    above, each value made by its column type's own bind processor, without SQLAlchemy's
+    transaction, begun IMMEDIATE behind the writer gate): the statements above, compiled
+    once for SQLite, each value made by its type's own bind processor, without SQLAlchemy's
     execution machinery, which took about half of a small batch's time behind the gate
     (1.3 of 2.3 ms for four charges), and every other process's writer waits that long."""
 
-    _processors: dict[tuple[str, str], tuple[Any, ...]] = {}
+    # (statement, column keys) -> its SQL, its parameters' names in order, their processors
+    _compiled: ClassVar[
+        dict[tuple[Any, tuple[str, ...]], tuple[str, tuple[str, ...], tuple[Any, ...]]]
+    ] = {}
 
     def __init__(self, connection: sqlite3.Connection, dialect: Any) -> None:
         self.cursor = connection.cursor()
@@ -581,118 +582,95 @@ class _SqliteWrites:
         assert isinstance(driver, sqlite3.Connection)
         return cls(driver, connection.dialect)
 
-    def _values(self, table: Table, columns: tuple[str, ...], row: dict[str, Any]) -> list[Any]:
-        key = (table.name, ",".join(columns))
-        processors = self._processors.get(key)
-        if processors is None:
-            processors = tuple(
-                table.c[name].type.dialect_impl(self.dialect).bind_processor(self.dialect)
-                for name in columns
-            )
-            self._processors[key] = processors
-        return [
-            value if process is None else process(value)
-            for process, value in zip(processors, (row[name] for name in columns), strict=True)
-        ]
+    def _processor(self, type_: Any) -> Any:
+        return type_.dialect_impl(self.dialect).bind_processor(self.dialect)
+
+    def _statement(
+        self, statement: Any, keys: tuple[str, ...] = ()
+    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+        found = self._compiled.get((statement, keys))
+        if found is None:
+            compiled = statement.compile(dialect=self.dialect, column_keys=list(keys) or None)
+            names = tuple(compiled.positiontup or ())
+            processors = tuple(self._processor(compiled.binds[name].type) for name in names)
+            found = self._compiled[(statement, keys)] = (compiled.string, names, processors)
+        return found
+
+    def _execute_many(
+        self, statement: Any, rows: list[dict[str, Any]], keys: tuple[str, ...] = ()
+    ) -> None:
+        sql, names, processors = self._statement(statement, keys)
+        self.cursor.executemany(
+            sql,
+            [_bound(processors, [row[name] for name in names]) for row in rows],
+        )
 
     def lock(self, account_ids: list[str]) -> dict[str, _WalletState]:
         """The wallets, as `_lock` reads them (the transaction holds SQLite's write lock)."""
-        marks = ", ".join("?" * len(account_ids))
+        columns = ", ".join(column.name for column in _LOCK.selected_columns)
         rows = self.cursor.execute(
-            f"SELECT {', '.join(_LOCKED_COLUMNS)} FROM wallets"  # noqa: S608
-            f" WHERE account_id IN ({marks}) ORDER BY account_id",
+            f"SELECT {columns} FROM wallets"  # noqa: S608
+            f" WHERE account_id IN ({', '.join('?' * len(account_ids))}) ORDER BY account_id",
             account_ids,
         ).fetchall()
         return _wallet_states(rows)
 
-    def write(self, keys: list[dict[str, Any]], plan: _Plan) -> None:
-        """Store the keys (or raise KeysTaken), the ledger rows and the wallets' moves."""
-        stored = self._store_keys(keys)
-        wanted = {(row["scope"], row["key"]) for row in keys}
-        if stored != wanted:
-            raise KeysTaken(wanted - stored)
-        self._insert(_TRANSACTIONS, plan.transactions)
-        self._insert(_POSTINGS, plan.postings)
-        if plan.changed:
-            self.cursor.executemany(_UPDATE_WALLET_SQLITE, map(self._wallet_update, plan.changed))
-            if self.cursor.rowcount != len(plan.changed):
-                raise AssertionError("a locked wallet changed under the batch")
-
-    def _store_keys(self, keys: list[dict[str, Any]]) -> set[tuple[str, str]]:
-        """Multi-row INSERTs, as many rows each as SQLite takes variables for; the keys
-        stored (a key stored before is left as it is and not returned)."""
+    def store_keys(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        """The keys stored, in multi-row INSERTs of as many rows as SQLite takes variables
+        for (a key stored before is left as it is and not returned)."""
         columns = tuple(_KEYS.c.keys())
+        processors = [self._processor(_KEYS.c[name].type) for name in columns]
         marks = f"({', '.join('?' * len(columns))})"
         per_statement = max(1, self.most_variables // len(columns))
         stored: set[tuple[str, str]] = set()
-        for start in range(0, len(keys), per_statement):
-            rows = keys[start : start + per_statement]
+        for start in range(0, len(rows), per_statement):
+            part = rows[start : start + per_statement]
             stored.update(
-                (row[0], row[1])
-                for row in self.cursor.execute(
+                (found[0], found[1])
+                for found in self.cursor.execute(
                     f"INSERT INTO idempotency_keys ({', '.join(columns)})"  # noqa: S608
-                    f" VALUES {', '.join([marks] * len(rows))}"
+                    f" VALUES {', '.join([marks] * len(part))}"
                     " ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key",
-                    [value for row in rows for value in self._values(_KEYS, columns, row)],
+                    [
+                        value
+                        for row in part
+                        for value in _bound(processors, [row[name] for name in columns])
+                    ],
                 )
             )
         return stored
 
-    def _wallet_update(self, wallet: _WalletState) -> list[Any]:
-        """`_UPDATE_WALLET_SQLITE`'s parameters for `wallet`."""
-        move = _wallet_move(wallet)
-        state = {"auto_funding_armed": wallet.armed, "updated_at": wallet.updated_at}
-        taken = [move["b_subscription"], move["b_promotional"], move["b_purchased"]]
-        return [
-            *taken,
-            move["b_total"],
-            *self._values(_WALLETS, ("auto_funding_armed", "updated_at"), state),
-            wallet.account_id,
-            *taken,
-        ]
-
-    def _insert(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        columns = tuple(rows[0])
-        self.cursor.executemany(
-            f"INSERT INTO {table.name} ({', '.join(columns)})"  # noqa: S608
-            f" VALUES ({', '.join('?' * len(columns))})",
-            [self._values(table, columns, row) for row in rows],
-        )
+    def write(self, plan: _Plan) -> None:
+        """The ledger rows and the wallets' moves, as `write` sends them on PostgreSQL."""
+        if plan.transactions:
+            self._execute_many(_INSERT_TRANSACTIONS, plan.transactions, tuple(plan.transactions[0]))
+            self._execute_many(_INSERT_POSTINGS, plan.postings, tuple(plan.postings[0]))
+        if plan.changed:
+            self._execute_many(_UPDATE_WALLETS, [_wallet_update(w) for w in plan.changed])
+            if self.cursor.rowcount != len(plan.changed):
+                raise AssertionError("a locked wallet changed under the batch")
 
 
-_LOCKED_COLUMNS = (
-    "account_id",
-    "currency",
-    "subscription_micros",
-    "promotional_micros",
-    "purchased_micros",
-    "auto_funding_enabled",
-    "auto_funding_armed",
-    "charge_threshold_micros",
-)
+def _bound(processors: Sequence[Any], values: list[Any]) -> list[Any]:
+    """`values` as their columns' bind processors (None: as they are) send them."""
+    return [
+        value if process is None else process(value)
+        for process, value in zip(processors, values, strict=True)
+    ]
 
 
-def _wallet_move(wallet: _WalletState) -> dict[str, int]:
-    """What a batch takes from each bucket of `wallet` (positive), and in all."""
+def _wallet_update(wallet: _WalletState) -> dict[str, Any]:
+    """`_UPDATE_WALLETS`'s parameters for `wallet`: what the batch took from each bucket
+    (positive) and in all, and the wallet's new state."""
     return {
+        "b_account_id": wallet.account_id,
         "b_subscription": -wallet.delta["subscription"],
         "b_promotional": -wallet.delta["promotional"],
         "b_purchased": -wallet.delta["purchased"],
         "b_total": -sum(wallet.delta.values()),
+        "b_armed": wallet.armed,
+        "b_updated_at": wallet.updated_at,
     }
-
-
-# `_UPDATE_WALLETS` for `_SqliteWrites`: each bucket lowered by what the batch took from it,
-# never below zero.
-_UPDATE_WALLET_SQLITE = (
-    "UPDATE wallets SET subscription_micros = subscription_micros - ?,"
-    " promotional_micros = promotional_micros - ?, purchased_micros = purchased_micros - ?,"
-    " balance_micros = balance_micros - ?, auto_funding_armed = ?, updated_at = ?"
-    " WHERE account_id = ? AND subscription_micros >= ? AND promotional_micros >= ?"
-    " AND purchased_micros >= ?"
-)
 
 
 def _key_rows(
@@ -723,23 +701,11 @@ def _key_rows(
     return rows
 
 
-_STORE_KEYS_SQLITE = (
-    sqlite_insert(_KEYS)
-    .on_conflict_do_nothing(index_elements=["scope", "key"])
-    .returning(_KEYS.c.scope, _KEYS.c.key)
-)
-
-
-def _store_keys(session: Session, rows: list[dict[str, Any]]) -> None:
+def _store_keys(session: Session, rows: list[dict[str, Any]], raw: _SqliteWrites | None) -> None:
     """Store the keyed charges' answers under their keys, or raise KeysTaken."""
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        stored = _store_keys_postgresql(session, rows)
-    else:
-        # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues") and
-        # compiles the statement once per process, however many rows a batch has.
-        stored = {(row.scope, row.key) for row in session.execute(_STORE_KEYS_SQLITE, rows)}
+    stored = raw.store_keys(rows) if raw is not None else _store_keys_postgresql(session, rows)
     wanted = {(row["scope"], row["key"]) for row in rows}
     if stored != wanted:
         raise KeysTaken(wanted - stored)
@@ -1307,16 +1273,7 @@ def _update_wallets(session: Session, wallets: list[_WalletState]) -> None:
     executemany (one pipelined round trip on PostgreSQL), its row count checked."""
     if not wallets:
         return
-    rows = [
-        {
-            "b_account_id": wallet.account_id,
-            **_wallet_move(wallet),
-            "b_armed": wallet.armed,
-            "b_updated_at": wallet.updated_at,
-        }
-        for wallet in wallets
-    ]
-    result = session.connection().execute(_UPDATE_WALLETS, rows)
+    result = session.connection().execute(_UPDATE_WALLETS, [_wallet_update(w) for w in wallets])
     if result.rowcount != len(wallets):
         raise AssertionError("a locked wallet changed under the batch")
 
