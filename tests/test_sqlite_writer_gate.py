@@ -130,9 +130,8 @@ def test_a_thread_holding_the_gate_does_not_wait_for_it_again(database: Database
 
 _HOLDER = """
 import sys, time
-from sqlalchemy import event, text
-from sqlalchemy.exc import OperationalError
-from billfold.db import Database, _open_gate
+from sqlalchemy import text
+from billfold.db import Database
 db = Database(sys.argv[1])
 with db.transaction() as session:
     session.execute(text("INSERT INTO marks VALUES (9)"))
