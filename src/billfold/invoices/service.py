@@ -13,12 +13,13 @@ reverse-charge note, for an EU business buyer in another EU country than the sel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Integer, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from billfold.billing.models import BillingInfo
@@ -112,18 +113,24 @@ def lock_series(session: Session, kind: str) -> None:
     )
 
 
-def _next_number(session: Session, series: str, prefix: str, issued_at: datetime) -> str:
-    value = session.execute(_TAKE_NUMBER, {"series_name": series}).scalar()
-    if value is None:  # the series' first document: make its row (once, whoever races)
+def _next_numbers(
+    session: Session, series: str, prefix: str, issued_at: datetime, count: int
+) -> list[str]:
+    """The next `count` numbers of the series, taken in one UPDATE (its row stays locked
+    until the caller's transaction ends, so they are consecutive and a rollback returns
+    them)."""
+    taken = {"series_name": series, "count": count}
+    last = session.execute(_TAKE_NUMBERS, taken).scalar()
+    if last is None:  # the series' first document: make its row (once, whoever races)
         insert_or_ignore(session, NumberSeries, {"series": series, "last_number": 0}, ["series"])
-        value = session.execute(_TAKE_NUMBER, {"series_name": series}).scalar_one()
-    return f"{prefix}-{issued_at.year}-{value:06d}"
+        last = session.execute(_TAKE_NUMBERS, taken).scalar_one()
+    return [f"{prefix}-{issued_at.year}-{value:06d}" for value in range(last - count + 1, last + 1)]
 
 
-_TAKE_NUMBER = (
+_TAKE_NUMBERS = (
     update(NumberSeries)
     .where(NumberSeries.series == bindparam("series_name"))
-    .values(last_number=NumberSeries.last_number + 1)
+    .values(last_number=NumberSeries.last_number + bindparam("count", type_=Integer))
     .returning(NumberSeries.last_number)
 )
 
@@ -150,13 +157,29 @@ def tax_percent(basis_points: int) -> Decimal:
 
 
 def _buyer_snapshot(session: Session, account_id: str) -> dict[str, Any]:
+    return _buyer_snapshots(session, [account_id])[account_id]
+
+
+def _buyer_snapshots(session: Session, account_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Each account's billing details and email as an invoice records its buyer."""
     from billfold.accounts.models import Account
     from billfold.billing.service import info_view  # billing reads wallets, which invoice
 
-    info = info_view(session.get(BillingInfo, account_id))
-    account = session.get(Account, account_id)
-    info["account_email"] = account.email if account else None
-    return info
+    infos = {
+        info.account_id: info
+        for info in session.scalars(
+            select(BillingInfo).where(BillingInfo.account_id.in_(account_ids))
+        )
+    }
+    emails = dict(
+        session.execute(select(Account.id, Account.email).where(Account.id.in_(account_ids))).all()
+    )
+    snapshots = {}
+    for account_id in account_ids:
+        snapshot = info_view(infos.get(account_id))
+        snapshot["account_email"] = emails.get(account_id)
+        snapshots[account_id] = snapshot
+    return snapshots
 
 
 @dataclass(frozen=True)
@@ -203,60 +226,109 @@ def _finalize(
         if kind == "credit_note"
         else ("invoice", "invoice_prefix", "in")
     )
+    issued = now()
+    values, line_values = _document(
+        id=new_id(id_prefix),
+        number=_next_numbers(session, series, settings[prefix_key], issued, 1)[0],
+        issued=issued,
+        kind=kind,
+        account_id=account_id,
+        currency=currency,
+        rate_bp=rate_bp,
+        reverse_charge=reverse_charge,
+        seller=seller,
+        buyer=buyer,
+        source=source,
+        lines=lines,
+        status=status,
+        payment_intent_id=payment_intent_id,
+        refund_id=refund_id,
+        reverses_invoice_id=reverses_invoice_id,
+        subscription_id=subscription_id,
+        billing_reason=billing_reason,
+        meta=meta,
+    )
+    invoice = Invoice(**values)
+    session.add(invoice)
+    session.add_all(InvoiceLine(**line) for line in line_values)
+    session.flush()
+    return invoice
+
+
+def _document(
+    *,
+    id: str,
+    number: str,
+    issued: datetime,
+    kind: str,
+    account_id: str,
+    currency: str,
+    rate_bp: int,
+    reverse_charge: bool,
+    seller: dict[str, Any],
+    buyer: dict[str, Any],
+    source: str,
+    lines: list[Line],
+    status: str,
+    payment_intent_id: str | None = None,
+    refund_id: str | None = None,
+    reverses_invoice_id: str | None = None,
+    subscription_id: str | None = None,
+    billing_reason: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A numbered document's row and its lines' rows, as `_finalize` writes them."""
     taxes = [
         (-1 if line.amount_micros < 0 else 1) * tax_inside(abs(line.amount_micros), rate_bp)
         for line in lines
     ]
     total = sum(line.amount_micros for line in lines)
     tax = sum(taxes)
-    issued = now()
     paid = status == "paid"
-    invoice = Invoice(
-        id=new_id(id_prefix),
-        account_id=account_id,
-        kind=kind,
-        number=_next_number(session, series, settings[prefix_key], issued),
-        status=status,
-        currency=currency,
-        subtotal_micros=total - tax,
-        discount_micros=0,
-        tax_micros=tax,
-        total_micros=total,
-        amount_paid_micros=total if paid else 0,
-        tax_rate_basis_points=rate_bp,
-        reverse_charge=reverse_charge,
-        payment_intent_id=payment_intent_id,
-        refund_id=refund_id,
-        reverses_invoice_id=reverses_invoice_id,
-        source=source,
-        seller=seller,
-        buyer=buyer,
-        issued_at=issued,
-        paid_at=issued if paid else None,
-        created_at=issued,
-        subscription_id=subscription_id,
-        billing_reason=billing_reason,
-        attempt_count=0,
-        meta=meta,
-    )
-    session.add(invoice)
-    for position, (line, line_tax) in enumerate(zip(lines, taxes, strict=True), start=1):
-        session.add(
-            InvoiceLine(
-                invoice_id=invoice.id,
-                account_id=account_id,
-                position=position,
-                kind=line.kind,
-                description=line.description,
-                quantity=1,
-                unit_amount_micros=line.amount_micros - line_tax,
-                amount_micros=line.amount_micros - line_tax,
-                period_start=line.period[0] if line.period else None,
-                period_end=line.period[1] if line.period else None,
-            )
-        )
-    session.flush()
-    return invoice
+    values = {
+        "id": id,
+        "account_id": account_id,
+        "kind": kind,
+        "number": number,
+        "status": status,
+        "currency": currency,
+        "subtotal_micros": total - tax,
+        "discount_micros": 0,
+        "tax_micros": tax,
+        "total_micros": total,
+        "amount_paid_micros": total if paid else 0,
+        "tax_rate_basis_points": rate_bp,
+        "reverse_charge": reverse_charge,
+        "payment_intent_id": payment_intent_id,
+        "refund_id": refund_id,
+        "reverses_invoice_id": reverses_invoice_id,
+        "source": source,
+        "seller": seller,
+        "buyer": buyer,
+        "issued_at": issued,
+        "paid_at": issued if paid else None,
+        "created_at": issued,
+        "subscription_id": subscription_id,
+        "billing_reason": billing_reason,
+        "attempt_count": 0,
+        "meta": meta,
+    }
+    line_values = [
+        {
+            "invoice_id": id,
+            "account_id": account_id,
+            "position": position,
+            "kind": line.kind,
+            "description": line.description,
+            "quantity": 1,
+            "unit_amount_micros": line.amount_micros - line_tax,
+            "amount_micros": line.amount_micros - line_tax,
+            "period_start": line.period[0] if line.period else None,
+            "period_end": line.period[1] if line.period else None,
+        }
+        for position, (line, line_tax) in enumerate(zip(lines, taxes, strict=True), start=1)
+    ]
+    return values, line_values
 
 
 def issue_invoice(
@@ -302,6 +374,75 @@ def issue_invoice(
     if invoice.status == "paid":
         webhooks.emit(session, type="invoice.paid", account_id=account_id, data=summary)
     return invoice
+
+
+def new_invoice_id() -> str:
+    return new_id("in")
+
+
+@dataclass(frozen=True)
+class OpenInvoice:
+    """An invoice for `issue_open_invoices` to finalize open (its id from
+    `new_invoice_id`), with `columns` its payer sets in the same row (its first payment
+    attempt)."""
+
+    id: str
+    account_id: str
+    currency: str
+    lines: list[Line]
+    source: str
+    subscription_id: str
+    billing_reason: str
+    meta: dict[str, Any]
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+def issue_open_invoices(session: Session, drafts: list[OpenInvoice]) -> None:
+    """`issue_invoice(status="open")` for many invoices in a few statements: numbered in
+    the drafts' order by one UPDATE of the series, written by multi-row INSERTs, and each
+    emitting invoice.finalized as it was at finalization (before its `columns`)."""
+    if not drafts:
+        return
+    from billfold.webhooks import service as webhooks  # webhooks render with the API's JSON
+
+    settings = get_settings(session)
+    buyers = _buyer_snapshots(session, {draft.account_id for draft in drafts})
+    issued = now()
+    numbers = _next_numbers(session, "invoice", settings["invoice_prefix"], issued, len(drafts))
+    rows, line_rows, finalized = [], [], []
+    for draft, number in zip(drafts, numbers, strict=True):
+        buyer = buyers[draft.account_id]
+        rate_bp, reverse = _tax_terms(settings, buyer)
+        values, lines = _document(
+            id=draft.id,
+            number=number,
+            issued=issued,
+            kind="invoice",
+            account_id=draft.account_id,
+            currency=draft.currency,
+            rate_bp=rate_bp,
+            reverse_charge=reverse,
+            seller=settings["seller"],
+            buyer=buyer,
+            source=draft.source,
+            lines=draft.lines,
+            status="open",
+            subscription_id=draft.subscription_id,
+            billing_reason=draft.billing_reason,
+            meta=draft.meta,
+        )
+        finalized.append(values)
+        rows.append({**values, **draft.columns})
+        line_rows += lines
+    session.execute(insert(Invoice), rows)
+    session.execute(insert(InvoiceLine), line_rows)
+    for values in finalized:
+        webhooks.emit(
+            session,
+            type="invoice.finalized",
+            account_id=values["account_id"],
+            data=lambda values=values: summary_view(Invoice(**values)),
+        )
 
 
 def mark_paid(session: Session, invoice: Invoice, *, payment_intent_id: str | None) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -76,21 +76,10 @@ def enqueue(
 
     The job is on the test clock the caller runs on (see the module docstring), unless it
     is a webhook delivery; `run_at` is on that time."""
-    test_clock_id = current_test_clock() if lane != Lane.WEBHOOKS else None
-    values = {
-        "kind": kind,
-        "lane": lane,
-        "concurrency_key": concurrency_key,
-        "account_id": account_id,
-        "test_clock_id": test_clock_id,
-        "payload": payload or {},
-        "status": "queued",
-        "run_at": run_at or (now() if test_clock_id else wall_now()),
-        "attempts": 0,
-        "max_attempts": max_attempts,
-        "dedupe_key": dedupe_key,
-        "created_at": wall_now(),
-    }
+    values = _values(
+        NewJob(kind, account_id, payload, run_at, dedupe_key, max_attempts, lane),
+        concurrency_key=concurrency_key,
+    )
     if dedupe_key is None:
         session.add(Job(**values))
         return True
@@ -101,6 +90,44 @@ def enqueue(
         ["dedupe_key"],
         index_where="status IN ('queued', 'running')",
     )
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job for `enqueue_new`, with `enqueue`'s arguments."""
+
+    kind: str
+    account_id: str | None = None
+    payload: dict[str, Any] | None = None
+    run_at: datetime | None = None
+    dedupe_key: str | None = None
+    max_attempts: int = 8
+    lane: Lane = Lane.DEFAULT
+
+
+def enqueue_new(session: Session, new: list[NewJob]) -> None:
+    """Add jobs in one multi-row INSERT, for dedupe keys no other job can hold (made from
+    rows the caller's transaction just wrote): a duplicate is a bug, and raises."""
+    if new:
+        session.execute(insert(Job), [_values(job) for job in new])
+
+
+def _values(job: NewJob, *, concurrency_key: str | None = None) -> dict[str, Any]:
+    test_clock_id = current_test_clock() if job.lane != Lane.WEBHOOKS else None
+    return {
+        "kind": job.kind,
+        "lane": job.lane,
+        "concurrency_key": concurrency_key,
+        "account_id": job.account_id,
+        "test_clock_id": test_clock_id,
+        "payload": job.payload or {},
+        "status": "queued",
+        "run_at": job.run_at or (now() if test_clock_id else wall_now()),
+        "attempts": 0,
+        "max_attempts": job.max_attempts,
+        "dedupe_key": job.dedupe_key,
+        "created_at": wall_now(),
+    }
 
 
 _CLAIMED = (
@@ -122,9 +149,11 @@ def claim(
     lane: Lane | None = None,
     at: datetime | None = None,
     test_clock_id: str | None = None,
+    kind: str | None = None,
 ) -> list[ClaimedJob]:
-    """Take up to `limit` due jobs of `lane` (every lane: None) for this worker, skipping
-    those whose concurrency key has no free slot (the caller commits the claim).
+    """Take up to `limit` due jobs of `lane` (every lane: None), or of one `kind`, for
+    this worker, skipping those whose concurrency key has no free slot (the caller
+    commits the claim).
 
     Real-time jobs due at `at` (default: now), or with `test_clock_id` that clock's jobs
     due at `at` on its time (default: `now()`, which the caller runs on the clock's time)."""
@@ -161,6 +190,8 @@ def claim(
     )
     if lane is not None:
         due = due.where(Job.lane == lane)
+    if kind is not None:
+        due = due.where(Job.kind == kind)
     candidates = session.execute(due).all()
     lease = {
         "status": "running",
