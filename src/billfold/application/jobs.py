@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 
 from billfold import clock
@@ -65,6 +66,20 @@ def handlers() -> dict[str, Handler]:
     }
 
 
+# Job kinds whose claimed jobs are first handed over together: the call does what can be
+# done for all of them at once and leaves each job's rest to run as any job runs.
+BatchHandler = Callable[[Services, list[ClaimedJob]], dict[int, Callable[[], object]]]
+
+
+# How many due jobs of a batch kind a serving worker takes at once, run in turn by one of
+# its threads: a renewal batch of 25 takes about a second.
+BATCH = 25
+
+
+def batch_handlers() -> dict[str, BatchHandler]:
+    return {engine.RENEW_JOB: renewal.prepare_renewals}
+
+
 class Worker:
     def __init__(
         self,
@@ -77,6 +92,7 @@ class Worker:
         self.worker_id = worker_id or f"{worker_prefix(os.getpid())}{new_id('w', 8)}"
         self.test_clock_id = test_clock_id
         self.handlers = handlers()
+        self.batch_handlers = batch_handlers()
         self._next_schedule = 0.0
         self._next_hold_check = 0.0
 
@@ -86,12 +102,38 @@ class Worker:
         """Claim and run one batch of due jobs (of one lane, or all), one after another;
         the number of jobs run."""
         claimed = self._claim(limit=limit, at=at, lane=lane)
+        prepared: dict[int, Callable[[], object]] = {}
+        handed: set[str] = set()  # the kinds handed to their batch handler
         for job in claimed:
-            self._run(job)
+            if job.kind in self.batch_handlers and job.kind not in handed:
+                handed.add(job.kind)
+                group = [other for other in claimed if other.kind == job.kind]
+                prepared.update(self._prepare(job.kind, group))
+            self._run(job, prepared.get(job.id))
         return len(claimed)
 
+    def _prepare(self, kind: str, group: list[ClaimedJob]) -> dict[int, Callable[[], object]]:
+        """Hand jobs of one kind to its batch handler together; what is left of each
+        (nothing if the handler failed: then each job runs alone)."""
+        try:
+            with _time_of(group[0]):  # a worker claims one clock's jobs, or real time's
+                return self.batch_handlers[kind](self.services, group)
+        except Exception:
+            log.exception("%d %s jobs failed together; each runs alone", len(group), kind)
+            return {}
+
+    def _run_batch(self, kind: str, group: list[ClaimedJob]) -> None:
+        prepared = self._prepare(kind, group)
+        for job in group:
+            self._run_logged(job, prepared.get(job.id))
+
     def _claim(
-        self, *, limit: int, at: datetime | None = None, lane: Lane | None = None
+        self,
+        *,
+        limit: int,
+        at: datetime | None = None,
+        lane: Lane | None = None,
+        kind: str | None = None,
     ) -> list[ClaimedJob]:
         if self.test_clock_id is not None:
             assert clock.current_test_clock() == self.test_clock_id, "run me on my clock"
@@ -103,6 +145,7 @@ class Worker:
                 lane=lane,
                 at=at,
                 test_clock_id=self.test_clock_id,
+                kind=kind,
             )
 
     def drain(self, *, at: datetime | None = None, max_batches: int = 100) -> int:
@@ -119,14 +162,13 @@ class Worker:
                 break
         return total
 
-    def _run(self, job: ClaimedJob) -> None:
-        if job.test_clock_id is None:
-            with clock.real_time():
-                self._run_on_its_time(job)
-        else:
-            self._run_on_its_time(job)  # on the clock's time, set by this worker's caller
+    def _run(self, job: ClaimedJob, rest: Callable[[], object] | None = None) -> None:
+        """Run the job (or `rest`, what its batch handler left of it) and record how it
+        went, on the job's time."""
+        with _time_of(job):
+            self._run_on_its_time(job, rest)
 
-    def _run_on_its_time(self, job: ClaimedJob) -> None:
+    def _run_on_its_time(self, job: ClaimedJob, rest: Callable[[], object] | None) -> None:
         handler = self.handlers.get(job.kind)
         started = time.monotonic()
         fields = {
@@ -136,9 +178,12 @@ class Worker:
             "account_id": job.account_id,
         }
         try:
-            if handler is None:
+            if rest is not None:
+                rest()
+            elif handler is None:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
-            handler(self.services, job)
+            else:
+                handler(self.services, job)
         except Exception as exc:
             log.exception(
                 "job %s (%s) failed on attempt %s",
@@ -217,7 +262,7 @@ class Worker:
                 if failures:
                     log.info("worker %s lane resumed after %d failed claims", lane, failures)
                     failures = 0
-                running.update(pool.submit(self._run_logged, job) for job in claimed)
+                running.update(self._submit(pool, claimed, lane))
                 if claimed and len(running) < threads:
                     continue  # more may be due already
                 if running:
@@ -225,9 +270,30 @@ class Worker:
                 else:
                     stop.wait(poll_seconds)
 
-    def _run_logged(self, job: ClaimedJob) -> None:
+    def _submit(
+        self, pool: ThreadPoolExecutor, claimed: list[ClaimedJob], lane: Lane
+    ) -> list[Future[None]]:
+        """A task per claimed job, but one per kind with a batch handler, which takes up
+        to BATCH due jobs of its kind (claimed now) and runs them in turn."""
+        futures = [
+            pool.submit(self._run_logged, job)
+            for job in claimed
+            if job.kind not in self.batch_handlers
+        ]
+        for kind in self.batch_handlers:
+            group = [job for job in claimed if job.kind == kind]
+            if group and len(group) < BATCH:
+                try:
+                    group += self._claim(limit=BATCH - len(group), lane=lane, kind=kind)
+                except Exception:  # the next claim finds out what failed
+                    log.warning("could not claim more %s jobs to run together", kind)
+            if group:
+                futures.append(pool.submit(self._run_batch, kind, group))
+        return futures
+
+    def _run_logged(self, job: ClaimedJob, rest: Callable[[], object] | None = None) -> None:
         try:
-            self._run(job)
+            self._run(job, rest)
         except Exception:  # recording the outcome failed: the lease will run out
             log.exception("job %s (%s): its outcome could not be recorded", job.id, job.kind)
 
@@ -241,6 +307,12 @@ class Worker:
                 maintenance.schedule(session)
                 payment_janitor.schedule_sweep(session)
             self._next_schedule = time.monotonic() + 60
+
+
+def _time_of(job: ClaimedJob) -> AbstractContextManager[object]:
+    """Real time for a real-time job; a test clock's job runs on the clock's time, which
+    the worker's caller set."""
+    return clock.real_time() if job.test_clock_id is None else nullcontext()
 
 
 def _ms_since(started: float) -> float:

@@ -3,18 +3,33 @@ the next period, whose invoice is finalized and charged.
 
 A renewal is a job at the period's end (`engine.RENEW_JOB`), so the sandbox test clock
 can drive a subscription through a year; a scheduled plan change takes effect here.
+
+The worker hands the renewal jobs it claims to `prepare_renewals` together. The plain
+ones (an active subscription whose period ends as its job says, nothing scheduled for
+that moment, a price to pay and a default card) roll into their next period in one
+transaction of a few multi-row statements, which also reserves each invoice's first
+payment attempt; each job then charges its own attempt. Every other renewal takes
+`run_renewal`, one at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.clock import as_utc, now
+from billfold.invoices import service as invoices
 from billfold.jobs.service import ClaimedJob
-from billfold.subscriptions import states
+from billfold.ledger.models import Wallet
+from billfold.payments import attempts as payment_attempts
+from billfold.payments.models import PaymentMethod
+from billfold.subscriptions import attempts, states
 from billfold.subscriptions.engine import end, lock, lock_invoice, open_invoice, period_line
 from billfold.subscriptions.models import Plan, Subscription
 from billfold.subscriptions.outcomes import pay_invoice
@@ -24,18 +39,26 @@ from billfold.subscriptions.states import BillingReason, Event
 if TYPE_CHECKING:
     from billfold.services import Services
 
+TRIGGER = "renewal"
+
 
 def run_renewal(services: Services, job: ClaimedJob) -> None:
     """At a period's end: end it (cancel_at_period_end), or open the next period's invoice
     and charge it. Safe to run twice: the second run finds the period already rolled and
     joins the same payment attempt."""
-    sub_id = str(job.payload["subscription_id"])
-    period_end = datetime.fromisoformat(str(job.payload["period_end"]))
+    sub_id, period_end = _due(job)
     with services.database.transaction() as session:
         sub = lock(session, sub_id)
         invoice_id = roll_period(session, sub, period_end)
     if invoice_id is not None:
-        pay_invoice(services, invoice_id, trigger="renewal")
+        pay_invoice(services, invoice_id, trigger=TRIGGER)
+
+
+def _due(job: ClaimedJob) -> tuple[str, datetime]:
+    """The subscription a renewal job renews, and the end of the period it renews after."""
+    return str(job.payload["subscription_id"]), datetime.fromisoformat(
+        str(job.payload["period_end"])
+    )
 
 
 def roll_period(session: Session, sub: Subscription, period_end: datetime) -> str | None:
@@ -68,17 +91,150 @@ def roll_period(session: Session, sub: Subscription, period_end: datetime) -> st
             sub.cycle_number = -1
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
+    cycle = _roll(sub, plan, period_end)
+    invoice = open_invoice(
+        session,
+        sub,
+        reason=BillingReason.CYCLE,
+        lines=cycle.lines,
+        source=cycle.source,
+        meta=cycle.meta,
+    )
+    return invoice.id
+
+
+@dataclass(frozen=True)
+class _Cycle:
+    """What the invoice of a new period bills."""
+
+    lines: list[invoices.Line]
+    source: str
+    meta: dict[str, Any]
+
+
+def _roll(sub: Subscription, plan: Plan, period_end: datetime) -> _Cycle:
+    """Move the subscription into the period after `period_end`."""
     sub.cycle_number += 1
     sub.current_period_start = period_end
     sub.current_period_end = add_periods(
         as_utc(sub.cycle_anchor), plan.period, sub.cycle_number + 1
     )
-    invoice = open_invoice(
-        session,
-        sub,
-        reason=BillingReason.CYCLE,
+    return _Cycle(
         lines=[period_line(plan, sub.current_period_start, sub.current_period_end)],
         source=f"subscription:{sub.id}:cycle:{period_end.isoformat()}",
         meta={"period_start": period_end.isoformat()},
     )
-    return invoice.id
+
+
+# --- many at once -------------------------------------------------------------------
+
+
+def prepare_renewals(services: Services, jobs: list[ClaimedJob]) -> dict[int, Callable[[], object]]:
+    """Roll the plain renewals among `jobs` together and reserve their first attempts
+    (one transaction); what is left of each job, to run on its own: the charge of its
+    attempt, or `run_renewal`."""
+    with services.database.transaction() as session:
+        reserved = _roll_plain(session, [_due(job) for job in jobs])
+    rest: dict[int, Callable[[], object]] = {}
+    for job in jobs:
+        attempt = reserved.pop(_due(job), None)  # a second job for it renews alone
+        rest[job.id] = (
+            partial(run_renewal, services, job)
+            if attempt is None
+            else partial(attempts.pay_reserved, services, attempt)
+        )
+    return rest
+
+
+def _roll_plain(
+    session: Session, due: list[tuple[str, datetime]]
+) -> dict[tuple[str, datetime], attempts.Attempt]:
+    """Roll the plain renewals among `due` (subscription, end of the period it renews
+    after) and reserve their invoices' first attempts; the attempt of each."""
+    current = now()
+    subs = attempts.lock_subscriptions(session, sorted({sub_id for sub_id, _ in due}))
+    plain = [
+        (subs[sub_id], period_end)
+        for sub_id, period_end in dict.fromkeys(due)  # twice the same job: rolled once
+        if sub_id in subs and _is_plain(subs[sub_id], period_end, current)
+    ]
+    if not plain:
+        return {}
+    plans = {
+        plan.id: plan
+        for plan in session.scalars(select(Plan).where(Plan.id.in_({s.plan_id for s, _ in plain})))
+    }
+    account_ids = {sub.account_id for sub, _ in plain}
+    currencies = dict(
+        session.execute(
+            select(Wallet.account_id, Wallet.currency).where(Wallet.account_id.in_(account_ids))
+        ).all()
+    )
+    cards = dict(
+        session.execute(
+            select(PaymentMethod.account_id, PaymentMethod.id).where(
+                PaymentMethod.account_id.in_(account_ids), PaymentMethod.is_default.is_(True)
+            )
+        ).all()
+    )
+    drafts: list[invoices.OpenInvoice] = []
+    firsts: list[payment_attempts.NewAttempt] = []
+    rolled: list[tuple[Subscription, datetime, str]] = []
+    for sub, period_end in plain:
+        plan, card = plans[sub.plan_id], cards.get(sub.account_id)
+        if plan.price_micros <= 0 or card is None or sub.account_id not in currencies:
+            continue  # paid without a charge, or failed without one: run_renewal
+        cycle = _roll(sub, plan, period_end)
+        invoice_id = invoices.new_invoice_id()
+        operation = f"{invoice_id}:1"  # as attempts.reserve names an invoice's first
+        drafts.append(
+            invoices.OpenInvoice(
+                id=invoice_id,
+                account_id=sub.account_id,
+                currency=currencies[sub.account_id],
+                lines=cycle.lines,
+                source=cycle.source,
+                subscription_id=sub.id,
+                billing_reason=BillingReason.CYCLE.value,
+                meta=cycle.meta,
+                columns={
+                    "attempt_count": 1,
+                    "attempt_key": operation,
+                    "attempt_payment_method_id": card,
+                    "meta": {**cycle.meta, "attempt_trigger": TRIGGER},
+                },
+            )
+        )
+        firsts.append(
+            payment_attempts.NewAttempt(
+                purpose=attempts.PURPOSE,
+                operation=operation,
+                account_id=sub.account_id,
+                amount_micros=plan.price_micros,  # the invoice's total: its one line
+                currency=currencies[sub.account_id],
+                payment_method_id=card,
+                payment_purpose=BillingReason.CYCLE.value,
+                context={"invoice_id": invoice_id, "subscription_id": sub.id},
+            )
+        )
+        rolled.append((sub, period_end, invoice_id))
+    invoices.issue_open_invoices(session, drafts)
+    for sub, _, invoice_id in rolled:
+        sub.open_invoice_id = sub.latest_invoice_id = invoice_id
+    begun = payment_attempts.begin_first(session, firsts)
+    return {
+        (sub.id, period_end): attempts.Attempt.of(attempt)
+        for (sub, period_end, _), attempt in zip(rolled, begun, strict=True)
+    }
+
+
+def _is_plain(sub: Subscription, period_end: datetime, current: datetime) -> bool:
+    """Due now to roll into a next period like the last, with no invoice open."""
+    return (
+        sub.open_invoice_id is None
+        and states.can(sub, Event.RENEW)
+        and as_utc(sub.current_period_end) == period_end
+        and current >= period_end
+        and not sub.cancel_at_period_end
+        and sub.scheduled_plan_id is None
+    )

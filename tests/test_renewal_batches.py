@@ -1,0 +1,250 @@
+"""Renewals handed over together (`renewal.prepare_renewals`): the plain ones roll and
+reserve their first attempts in one transaction, the rest renew one at a time, and
+every subscription ends up as a renewal on its own would leave it. Both databases."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+from sqlalchemy import select
+
+from billfold.application.jobs import Worker
+from billfold.jobs import service as jobs
+from billfold.jobs.models import Job
+from billfold.jobs.service import ClaimedJob
+from billfold.payments.models import PaymentAttempt
+from billfold.services import Services
+from billfold.subscriptions import attempts, engine, renewal
+from tests.helpers import CARD_ATTACH_THEN_FAIL, Api, TestClock
+from tests.subscription_helpers import (
+    advance_to,
+    create_plan,
+    instant,
+    invoices_of,
+    on_clock,
+    payments_of,
+    set_default_card,
+    status,
+    subscribe,
+    subscriber,
+)
+
+D = Decimal
+AFTER_THE_END = timedelta(minutes=2)
+
+
+class Subscribed:
+    """An agent on a test clock with a subscription, and the card it subscribed with."""
+
+    def __init__(self, api: Api, clock: TestClock, plan: dict[str, Any]) -> None:
+        self.agent, self.card = subscriber(api, clock)
+        self.subscription = subscribe(self.agent, plan["id"], self.card)
+        self.id: str = self.subscription["id"]
+
+    def status(self) -> dict[str, Any]:
+        return status(self.agent, self.id)
+
+
+def _subscribers(api: Api, clock: TestClock, plan: dict[str, Any], count: int) -> list[Subscribed]:
+    """`count` subscribers of `plan` on `clock`, whose periods end together."""
+    return [Subscribed(api, clock, plan) for _ in range(count)]
+
+
+def _claim_renewals(services: Services, clock: TestClock) -> list[ClaimedJob]:
+    with services.database.transaction() as session:
+        return jobs.claim(
+            session,
+            worker_id="test-batch",
+            limit=50,
+            test_clock_id=clock.id,
+            kind=engine.RENEW_JOB,
+        )
+
+
+def test_plain_renewals_roll_together_and_the_others_renew_alone(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=20, included_credits=3)
+    cheaper = create_plan(api, price=8)
+    clock = api.new_clock()
+    plain = _subscribers(api, clock, plan, 3)
+    declined, canceling, downgrading, cardless = _subscribers(api, clock, plan, 4)
+    set_default_card(api, declined.agent, CARD_ATTACH_THEN_FAIL)
+    ended = canceling.agent.post(f"/subscriptions/{canceling.id}/cancel", {"at_period_end": True})
+    assert ended.status_code == 200, ended.text
+    changed = downgrading.agent.put(
+        f"/subscriptions/{downgrading.id}", {"new_plan_id": cheaper["id"]}
+    )
+    assert changed.status_code == 200, changed.text
+    removed = cardless.agent.delete(f"/billing/payment-methods/{cardless.card}")
+    assert removed.status_code == 200, removed.text
+    end = instant(plain[0].subscription["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = _claim_renewals(services, clock)
+        assert len(claimed) == 7
+        rest = renewal.prepare_renewals(services, claimed)
+        by_sub = {job.payload["subscription_id"]: rest[job.id] for job in claimed}
+        together = [*plain, declined]
+        for one in together:
+            step = by_sub[one.id]
+            assert isinstance(step, partial) and step.func is attempts.pay_reserved
+        for one in (canceling, downgrading, cardless):
+            step = by_sub[one.id]
+            assert isinstance(step, partial) and step.func is renewal.run_renewal
+
+        # Rolled and reserved, not charged yet: one open invoice each, numbered in one run
+        # of the series, its first attempt pending under the invoice's own key.
+        opened = [invoices_of(services, one.agent.account_id)[-1] for one in together]
+        assert [(i.billing_reason, i.status, i.attempt_count) for i in opened] == [
+            ("subscription_cycle", "open", 1)
+        ] * 4
+        numbers = sorted(int(i.number.rsplit("-", 1)[1]) for i in opened)
+        assert numbers == list(range(numbers[0], numbers[0] + 4))
+        with services.database.read() as session:
+            pending = {
+                row.key: row.state
+                for row in session.scalars(
+                    select(PaymentAttempt).where(
+                        PaymentAttempt.key.in_([f"{i.id}:1" for i in opened])
+                    )
+                )
+            }
+        assert pending == {f"{i.id}:1": "pending" for i in opened}
+        for one in together:
+            current = one.status()
+            assert current["payment_status"] == "processing"
+
+        for job in claimed:
+            rest[job.id]()
+        # The old period's credits expire (their own job, due at the same moment).
+        Worker(services, worker_id="test-batch-rest", test_clock_id=clock.id).drain()
+
+    for one in plain:
+        current = one.status()
+        assert (current["status"], current["payment_status"]) == ("active", "paid")
+        assert current["current_period_start"] == one.subscription["current_period_end"]
+        assert len(payments_of(services, one.agent.account_id)) == 2
+        assert one.agent.balance() == D(3)  # the new period's credits; the old ones expired
+        assert api.ledger_check(one.agent.account_id)["consistent"] is True
+    assert declined.status()["status"] == "past_due"
+    assert canceling.status()["status"] == "canceled"
+    moved = downgrading.status()
+    assert (moved["plan_id"], moved["status"]) == (cheaper["id"], "active")
+    assert invoices_of(services, downgrading.agent.account_id)[-1].total == D(8)
+    lacking = cardless.status()
+    assert lacking["status"] == "past_due"
+    assert lacking["latest_invoice"]["last_payment_error"]["decline_code"] == "no_payment_method"
+    numbers_everywhere = [
+        i.number
+        for one in [*plain, declined, canceling, downgrading, cardless]
+        for i in invoices_of(services, one.agent.account_id)
+    ]
+    assert len(set(numbers_everywhere)) == len(numbers_everywhere)
+
+
+def test_renewals_rolled_together_whose_charges_never_ran_are_charged_once_later(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=15)
+    clock = api.new_clock()
+    agents = _subscribers(api, clock, plan, 3)
+    end = instant(agents[0].subscription["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = _claim_renewals(services, clock)
+        renewal.prepare_renewals(services, claimed)  # the worker dies before the charges
+        # Claimed again (the lease ran out): the periods have rolled, so each one joins
+        # its invoice's attempt in flight, alone.
+        again = renewal.prepare_renewals(services, claimed)
+        assert all(
+            isinstance(step, partial) and step.func is renewal.run_renewal
+            for step in again.values()
+        )
+        for job in claimed:
+            again[job.id]()
+    for one in agents:
+        current = one.status()
+        assert (current["status"], current["payment_status"]) == ("active", "paid")
+        [_, cycle] = invoices_of(services, one.agent.account_id)
+        assert (cycle.billing_reason, cycle.status, cycle.attempt_count) == (
+            "subscription_cycle",
+            "paid",
+            1,
+        )
+        assert len(payments_of(services, one.agent.account_id)) == 2
+
+
+def test_a_bad_job_among_renewals_leaves_its_neighbours_to_renew_alone(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=12)
+    clock = api.new_clock()
+    agents = _subscribers(api, clock, plan, 2)
+    end = instant(agents[0].subscription["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+    with on_clock(services, clock), services.database.transaction() as session:
+        jobs.enqueue(
+            session,
+            kind=engine.RENEW_JOB,
+            account_id=agents[0].agent.account_id,
+            payload={"subscription_id": agents[0].id, "period_end": "not a time"},
+            run_at=end,
+        )
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        worker = Worker(services, worker_id="test-bad-batch", test_clock_id=clock.id)
+        assert worker.run_once(limit=50) >= 3  # the batch fails; each job runs alone
+    for one in agents:
+        current = one.status()
+        assert (current["status"], current["payment_status"]) == ("active", "paid")
+        assert len(payments_of(services, one.agent.account_id)) == 2
+    with services.database.read() as session:
+        bad = session.scalars(
+            select(Job).where(
+                Job.kind == engine.RENEW_JOB,
+                Job.account_id == agents[0].agent.account_id,
+                Job.dedupe_key.is_(None),
+            )
+        ).one()
+        assert (bad.status, bad.attempts) == ("queued", 1)  # to be retried; it renewed nothing
+        assert bad.last_error is not None and "not a time" in bad.last_error
+
+
+def test_one_renewal_claimed_twice_in_a_batch_rolls_and_charges_once(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=9)
+    clock = api.new_clock()
+    [one] = _subscribers(api, clock, plan, 1)
+    end = instant(one.subscription["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+    # A second job for the same renewal (as a lease taken over would leave).
+    with on_clock(services, clock), services.database.transaction() as session:
+        jobs.enqueue(
+            session,
+            kind=engine.RENEW_JOB,
+            account_id=one.agent.account_id,
+            payload={"subscription_id": one.id, "period_end": end.isoformat()},
+            run_at=end,
+        )
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = _claim_renewals(services, clock)
+        assert len(claimed) == 2
+        rest = renewal.prepare_renewals(services, claimed)
+        steps = sorted(step.func.__name__ for step in rest.values() if isinstance(step, partial))
+        assert steps == ["pay_reserved", "run_renewal"]
+        for job in claimed:
+            rest[job.id]()
+    current = one.status()
+    assert (current["status"], current["payment_status"]) == ("active", "paid")
+    cycles = [
+        (i.status, i.attempt_count)
+        for i in invoices_of(services, one.agent.account_id)
+        if i.billing_reason == "subscription_cycle"
+    ]
+    assert cycles == [("paid", 1)]
+    assert len(payments_of(services, one.agent.account_id)) == 2
