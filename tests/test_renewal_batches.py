@@ -4,6 +4,7 @@ every subscription ends up as a renewal on its own would leave it. Both database
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial
@@ -12,8 +13,9 @@ from typing import Any
 from sqlalchemy import select
 
 from billfold.application.jobs import Worker
+from billfold.clock import wall_now
 from billfold.jobs import service as jobs
-from billfold.jobs.models import Job
+from billfold.jobs.models import Job, Lane
 from billfold.jobs.service import ClaimedJob
 from billfold.payments.models import PaymentAttempt
 from billfold.services import Services
@@ -39,7 +41,7 @@ AFTER_THE_END = timedelta(minutes=2)
 class Subscribed:
     """An agent on a test clock with a subscription, and the card it subscribed with."""
 
-    def __init__(self, api: Api, clock: TestClock, plan: dict[str, Any]) -> None:
+    def __init__(self, api: Api, clock: TestClock | None, plan: dict[str, Any]) -> None:
         self.agent, self.card = subscriber(api, clock)
         self.subscription = subscribe(self.agent, plan["id"], self.card)
         self.id: str = self.subscription["id"]
@@ -248,3 +250,41 @@ def test_one_renewal_claimed_twice_in_a_batch_rolls_and_charges_once(
     ]
     assert cycles == [("paid", 1)]
     assert len(payments_of(services, one.agent.account_id)) == 2
+
+
+def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=7)
+    subscribed = [Subscribed(api, None, plan) for _ in range(3)]  # on real time
+    # Renewal jobs due now for periods that have not ended yet: each renews nothing.
+    with services.database.transaction() as session:
+        for one in subscribed:
+            jobs.enqueue(
+                session,
+                kind=engine.RENEW_JOB,
+                account_id=one.agent.account_id,
+                payload={
+                    "subscription_id": one.id,
+                    "period_end": one.subscription["current_period_end"],
+                },
+                run_at=wall_now() - timedelta(seconds=1),
+            )
+    worker = Worker(services, worker_id="test-serving-batch")
+    first = worker._claim(limit=1, kind=engine.RENEW_JOB)
+    assert len(first) == 1
+    with ThreadPoolExecutor(1) as pool:
+        tasks = worker._submit(pool, first, Lane.DEFAULT)  # claims the other two as well
+        assert len(tasks) == 1
+        wait(tasks)
+    with services.database.read() as session:
+        done = session.scalars(
+            select(Job.status).where(
+                Job.kind == engine.RENEW_JOB,
+                Job.account_id.in_([one.agent.account_id for one in subscribed]),
+                Job.locked_by == "test-serving-batch",
+            )
+        ).all()
+    assert done == ["succeeded"] * 3  # all three, by this worker
+    for one in subscribed:
+        assert one.status()["current_period_end"] == one.subscription["current_period_end"]
