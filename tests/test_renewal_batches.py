@@ -5,7 +5,7 @@ every subscription ends up as a renewal on its own would leave it. Both database
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -53,6 +53,17 @@ class Subscribed:
 def _subscribers(api: Api, clock: TestClock, plan: dict[str, Any], count: int) -> list[Subscribed]:
     """`count` subscribers of `plan` on `clock`, whose periods end together."""
     return [Subscribed(api, clock, plan) for _ in range(count)]
+
+
+def _due_together(api: Api, price: int, count: int) -> tuple[TestClock, list[Subscribed], datetime]:
+    """`count` subscribers of a new plan at `price` on a new clock, which stops a minute
+    before the first of their periods ends; the end."""
+    plan = create_plan(api, price=price)
+    clock = api.new_clock()
+    subscribed = _subscribers(api, clock, plan, count)
+    end = instant(subscribed[0].subscription["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+    return clock, subscribed, end
 
 
 def _claim_renewals(services: Services, clock: TestClock) -> list[ClaimedJob]:
@@ -152,11 +163,7 @@ def test_plain_renewals_roll_together_and_the_others_renew_alone(
 def test_renewals_rolled_together_whose_charges_never_ran_are_charged_once_later(
     api: Api, services: Services
 ) -> None:
-    plan = create_plan(api, price=15)
-    clock = api.new_clock()
-    agents = _subscribers(api, clock, plan, 3)
-    end = instant(agents[0].subscription["current_period_end"])
-    advance_to(clock, end - timedelta(minutes=1))
+    clock, agents, _ = _due_together(api, price=15, count=3)
     with on_clock(services, clock, ahead=AFTER_THE_END):
         claimed = _claim_renewals(services, clock)
         renewal.prepare_renewals(services, claimed)  # the worker dies before the charges
@@ -184,11 +191,7 @@ def test_renewals_rolled_together_whose_charges_never_ran_are_charged_once_later
 def test_a_bad_job_among_renewals_leaves_its_neighbours_to_renew_alone(
     api: Api, services: Services
 ) -> None:
-    plan = create_plan(api, price=12)
-    clock = api.new_clock()
-    agents = _subscribers(api, clock, plan, 2)
-    end = instant(agents[0].subscription["current_period_end"])
-    advance_to(clock, end - timedelta(minutes=1))
+    clock, agents, end = _due_together(api, price=12, count=2)
     with on_clock(services, clock), services.database.transaction() as session:
         jobs.enqueue(
             session,
@@ -219,11 +222,7 @@ def test_a_bad_job_among_renewals_leaves_its_neighbours_to_renew_alone(
 def test_one_renewal_claimed_twice_in_a_batch_rolls_and_charges_once(
     api: Api, services: Services
 ) -> None:
-    plan = create_plan(api, price=9)
-    clock = api.new_clock()
-    [one] = _subscribers(api, clock, plan, 1)
-    end = instant(one.subscription["current_period_end"])
-    advance_to(clock, end - timedelta(minutes=1))
+    clock, [one], end = _due_together(api, price=9, count=1)
     # A second job for the same renewal (as a lease taken over would leave).
     with on_clock(services, clock), services.database.transaction() as session:
         jobs.enqueue(
