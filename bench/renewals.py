@@ -11,6 +11,11 @@ with W clients for the same time, and prints renewals/s, pgbench tps and their r
 a Markdown table row. It then checks that every subscription was charged exactly once.
 
     .venv/bin/python bench/renewals.py [--subscriptions 400] [--workers 1,4] [--processes 1]
+    .venv/bin/python bench/renewals.py --cpu [--subscriptions 300]
+
+With `--cpu`, one worker thread drains in this process while the CPU is counted: this
+process's (Python), every PostgreSQL process's, and the SQL statements sent, each per
+renewal (the other jobs of the drain included). No pgbench.
 
 With `--processes P`, P worker processes each run W threads (as P `billfold worker`
 processes would; they coordinate only through the database), and pgbench runs P x W
@@ -31,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -50,6 +55,7 @@ from billfold.testclock import service as testclock
 from usage_charges import (
     PG_ADMIN_DSN,
     PGBENCH_DB,
+    _all_processes,
     drop_database,
     log,
     pgbench_init,
@@ -195,12 +201,57 @@ def bench(count: int, workers: int, processes: int = 1) -> tuple[float, float]:
     return rate, baseline
 
 
+def cpu_per_renewal(count: int) -> str:
+    """One worker thread's drain, as CPU and statements per renewal (a table row)."""
+    recreate_database(BENCH_DB)
+    url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    url = f"{url}/{BENCH_DB}"
+    upgrade(url)
+    services = build_services(Settings(database_url=url, admin_key="bench"), "bench")
+    statements = 0
+
+    def count_statement(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    try:
+        log(f"provisioning {count} subscriptions")
+        time_ = provision(services, count)
+        later = clock.ClockTime(time_.test_clock_id, time_.offset + timedelta(days=32))
+        event.listen(services.database.engine, "before_cursor_execute", count_statement)
+        postgres_before, python_before = _postgres_cpu(), time.process_time()
+        seconds = drain(services, 1, later)
+        python = time.process_time() - python_before
+        postgres = _postgres_cpu() - postgres_before
+        check(services, count)
+    finally:
+        services.database.dispose()
+    return (
+        f"| {count / seconds:.1f} | {python / count * 1000:.1f} ms | "
+        f"{postgres / count * 1000:.1f} ms | {statements / count:.1f} |"
+    )
+
+
+def _postgres_cpu() -> float:
+    return sum(cpu for name, cpu in _all_processes().values() if name == "postgres")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscriptions", type=int, default=400)
     parser.add_argument("--workers", default="1,4", help="worker threads per process")
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--cpu", action="store_true", help="CPU per renewal, one thread")
     args = parser.parse_args()
+    if args.cpu:
+        try:
+            row = cpu_per_renewal(args.subscriptions)
+        finally:
+            drop_database(BENCH_DB)
+        print("| Renewals/s (one thread) | Python CPU | PostgreSQL CPU | Statements |")
+        print("|--:|--:|--:|--:|")
+        print(row)
+        return 0
     pgbench_init()
     rows = []
     try:
