@@ -10,6 +10,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from billfold.application.jobs import Worker
@@ -17,9 +18,11 @@ from billfold.clock import wall_now
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job, Lane
 from billfold.jobs.service import ClaimedJob
-from billfold.payments.models import PaymentAttempt
+from billfold.payments import attempts as payment_attempts
+from billfold.payments.models import FailureReason, PaymentAttempt
+from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
-from billfold.subscriptions import attempts, engine, renewal
+from billfold.subscriptions import engine, renewal
 from tests.helpers import CARD_ATTACH_THEN_FAIL, Api, TestClock
 from tests.subscription_helpers import (
     advance_to,
@@ -105,7 +108,7 @@ def test_plain_renewals_roll_together_and_the_others_renew_alone(
         together = [*plain, declined]
         for one in together:
             step = by_sub[one.id]
-            assert isinstance(step, partial) and step.func is attempts.pay_reserved
+            assert isinstance(step, partial) and step.func is renewal.charge_reserved
         for one in (canceling, downgrading, cardless):
             step = by_sub[one.id]
             assert isinstance(step, partial) and step.func is renewal.run_renewal
@@ -237,7 +240,7 @@ def test_one_renewal_claimed_twice_in_a_batch_rolls_and_charges_once(
         assert len(claimed) == 2
         rest = renewal.prepare_renewals(services, claimed)
         steps = sorted(step.func.__name__ for step in rest.values() if isinstance(step, partial))
-        assert steps == ["pay_reserved", "run_renewal"]
+        assert steps == ["charge_reserved", "run_renewal"]
         for job in claimed:
             rest[job.id]()
     current = one.status()
@@ -287,3 +290,40 @@ def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
     assert done == ["succeeded"] * 3  # all three, by this worker
     for one in subscribed:
         assert one.status()["current_period_end"] == one.subscription["current_period_end"]
+
+
+def test_a_reserved_attempt_whose_turn_comes_too_late_is_read_again_before_any_charge(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock, subscribed, _ = _due_together(api, price=11, count=2)
+    # Every reserved attempt's turn comes after the deadline (as behind slow processor
+    # calls), and meanwhile the janitor settled the first as never charged: that one
+    # must not reach the processor under its old key; the other joins its attempt.
+    monkeypatch.setattr(renewal, "CHARGE_WITHIN", timedelta(seconds=-1))
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = sorted(_claim_renewals(services, clock), key=lambda job: job.account_id or "")
+        rest = renewal.prepare_renewals(services, claimed)
+        reserved = [step.args[2] for step in rest.values() if isinstance(step, partial)]
+        assert len(reserved) == 2
+        dropped = next(a for a in reserved if a.account_id == claimed[0].account_id)
+        payment_attempts.fail(
+            services.database, dropped.payment, FailureReason.NOT_CHARGED, services=services
+        )
+        for job in claimed:
+            rest[job.id]()
+    with services.database.read() as session:
+        charged = set(
+            session.scalars(
+                select(SandboxObject.idempotency_key).where(
+                    SandboxObject.idempotency_key.in_([a.key for a in reserved])
+                )
+            )
+        )
+    kept = next(a for a in reserved if a is not dropped)
+    assert charged == {kept.key}
+    for one in subscribed:
+        if one.agent.account_id == dropped.account_id:
+            assert len(payments_of(services, one.agent.account_id)) == 1  # the start's only
+        else:
+            assert one.status()["payment_status"] == "paid"
+            assert len(payments_of(services, one.agent.account_id)) == 2

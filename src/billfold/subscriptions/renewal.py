@@ -14,6 +14,7 @@ payment attempt; each job then charges its own attempt. Every other renewal take
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -135,15 +136,34 @@ def prepare_renewals(services: Services, jobs: list[ClaimedJob]) -> dict[int, Ca
     attempt, or `run_renewal`."""
     with services.database.transaction() as session:
         reserved = _roll_plain(session, [_due(job) for job in jobs])
+    deadline = time.monotonic() + CHARGE_WITHIN.total_seconds()
     rest: dict[int, Callable[[], object]] = {}
     for job in jobs:
         attempt = reserved.pop(_due(job), None)  # a second job for it renews alone
         rest[job.id] = (
             partial(run_renewal, services, job)
             if attempt is None
-            else partial(attempts.pay_reserved, services, attempt)
+            else partial(charge_reserved, services, job, attempt, deadline)
         )
     return rest
+
+
+# A batch's attempts are charged one after another. One whose turn comes later than this
+# after it was reserved (slow processor calls ahead of it) renews alone instead, which
+# reads its attempt again: long before the janitor would take it for one whose worker
+# died (payment attempts' STALE_AFTER).
+CHARGE_WITHIN = payment_attempts.FIRST_LOOK_AFTER
+
+
+def charge_reserved(
+    services: Services, job: ClaimedJob, attempt: attempts.Attempt, deadline: float
+) -> None:
+    """Charge the attempt `prepare_renewals` reserved for the job, by `deadline`
+    (`time.monotonic()`); after it, renew alone."""
+    if time.monotonic() > deadline:
+        run_renewal(services, job)
+    else:
+        attempts.pay_reserved(services, attempt)
 
 
 def _roll_plain(
