@@ -1,10 +1,14 @@
 """Renewals handed over together (`renewal.prepare_renewals`): the plain ones roll and
-reserve their first attempts in one transaction, the rest renew one at a time, and
-every subscription ends up as a renewal on its own would leave it. Both databases."""
+finalize their invoices in one transaction, then each pays its own; the rest renew one
+at a time; every subscription ends up as a renewal on its own would leave it, to the
+rows and events it writes. Both databases."""
 
 from __future__ import annotations
 
+import json
+import re
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -13,22 +17,26 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from billfold.application import jobs as worker_module
 from billfold.application.jobs import Worker
 from billfold.clock import wall_now
+from billfold.invoices import service as invoices
+from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job, Lane
 from billfold.jobs.service import ClaimedJob
-from billfold.payments import attempts as payment_attempts
-from billfold.payments.models import FailureReason, PaymentAttempt
-from billfold.processors.sandbox import SandboxObject
+from billfold.payments.models import PaymentAttempt
 from billfold.services import Services
 from billfold.subscriptions import engine, renewal
+from billfold.subscriptions.outcomes import pay_invoice
+from billfold.webhooks.models import WebhookEvent
 from tests.helpers import CARD_ATTACH_THEN_FAIL, Api, TestClock
 from tests.subscription_helpers import (
     advance_to,
     create_plan,
     instant,
     invoices_of,
+    listen_to_every_event,
     on_clock,
     payments_of,
     set_default_card,
@@ -80,6 +88,12 @@ def _claim_renewals(services: Services, clock: TestClock) -> list[ClaimedJob]:
         )
 
 
+def _step(step: object) -> object:
+    """What a job's rest runs."""
+    assert isinstance(step, partial)
+    return step.func
+
+
 def test_plain_renewals_roll_together_and_the_others_renew_alone(
     api: Api, services: Services
 ) -> None:
@@ -87,16 +101,16 @@ def test_plain_renewals_roll_together_and_the_others_renew_alone(
     cheaper = create_plan(api, price=8)
     clock = api.new_clock()
     plain = _subscribers(api, clock, plan, 3)
-    declined, canceling, downgrading, cardless = _subscribers(api, clock, plan, 4)
+    declined, cardless, canceling, downgrading = _subscribers(api, clock, plan, 4)
     set_default_card(api, declined.agent, CARD_ATTACH_THEN_FAIL)
+    removed = cardless.agent.delete(f"/billing/payment-methods/{cardless.card}")
+    assert removed.status_code == 200, removed.text
     ended = canceling.agent.post(f"/subscriptions/{canceling.id}/cancel", {"at_period_end": True})
     assert ended.status_code == 200, ended.text
     changed = downgrading.agent.put(
         f"/subscriptions/{downgrading.id}", {"new_plan_id": cheaper["id"]}
     )
     assert changed.status_code == 200, changed.text
-    removed = cardless.agent.delete(f"/billing/payment-methods/{cardless.card}")
-    assert removed.status_code == 200, removed.text
     end = instant(plain[0].subscription["current_period_end"])
     advance_to(clock, end - timedelta(minutes=1))
 
@@ -105,35 +119,25 @@ def test_plain_renewals_roll_together_and_the_others_renew_alone(
         assert len(claimed) == 7
         rest = renewal.prepare_renewals(services, claimed)
         by_sub = {job.payload["subscription_id"]: rest[job.id] for job in claimed}
-        together = [*plain, declined]
-        for one in together:
-            step = by_sub[one.id]
-            assert isinstance(step, partial) and step.func is renewal.charge_reserved
-        for one in (canceling, downgrading, cardless):
-            step = by_sub[one.id]
-            assert isinstance(step, partial) and step.func is renewal.run_renewal
+        together = [*plain, declined, cardless]
+        assert all(_step(by_sub[one.id]) is pay_invoice for one in together)
+        assert all(_step(by_sub[one.id]) is renewal.run_renewal for one in (canceling, downgrading))
 
-        # Rolled and reserved, not charged yet: one open invoice each, numbered in one run
-        # of the series, its first attempt pending under the invoice's own key.
+        # Rolled, not paid yet: one open invoice each, numbered in one run of the series,
+        # no attempt reserved before its turn to be charged.
         opened = [invoices_of(services, one.agent.account_id)[-1] for one in together]
         assert [(i.billing_reason, i.status, i.attempt_count) for i in opened] == [
-            ("subscription_cycle", "open", 1)
-        ] * 4
+            ("subscription_cycle", "open", 0)
+        ] * 5
         numbers = sorted(int(i.number.rsplit("-", 1)[1]) for i in opened)
-        assert numbers == list(range(numbers[0], numbers[0] + 4))
+        assert numbers == list(range(numbers[0], numbers[0] + 5))
         with services.database.read() as session:
-            pending = {
-                row.key: row.state
-                for row in session.scalars(
-                    select(PaymentAttempt).where(
-                        PaymentAttempt.key.in_([f"{i.id}:1" for i in opened])
-                    )
+            reserved = session.scalars(
+                select(PaymentAttempt.key).where(
+                    PaymentAttempt.operation.in_([f"{i.id}:1" for i in opened])
                 )
-            }
-        assert pending == {f"{i.id}:1": "pending" for i in opened}
-        for one in together:
-            current = one.status()
-            assert current["payment_status"] == "processing"
+            ).all()
+        assert reserved == []
 
         for job in claimed:
             rest[job.id]()
@@ -148,38 +152,144 @@ def test_plain_renewals_roll_together_and_the_others_renew_alone(
         assert one.agent.balance() == D(3)  # the new period's credits; the old ones expired
         assert api.ledger_check(one.agent.account_id)["consistent"] is True
     assert declined.status()["status"] == "past_due"
+    lacking = cardless.status()
+    assert lacking["status"] == "past_due"
+    assert lacking["latest_invoice"]["last_payment_error"]["decline_code"] == "no_payment_method"
     assert canceling.status()["status"] == "canceled"
     moved = downgrading.status()
     assert (moved["plan_id"], moved["status"]) == (cheaper["id"], "active")
     assert invoices_of(services, downgrading.agent.account_id)[-1].total == D(8)
-    lacking = cardless.status()
-    assert lacking["status"] == "past_due"
-    assert lacking["latest_invoice"]["last_payment_error"]["decline_code"] == "no_payment_method"
     numbers_everywhere = [
         i.number
-        for one in [*plain, declined, canceling, downgrading, cardless]
+        for one in [*plain, declined, cardless, canceling, downgrading]
         for i in invoices_of(services, one.agent.account_id)
     ]
     assert len(set(numbers_everywhere)) == len(numbers_everywhere)
 
 
-def test_renewals_rolled_together_whose_charges_never_ran_are_charged_once_later(
+def test_invoices_issued_together_take_the_series_next_numbers_without_a_gap(
     api: Api, services: Services
 ) -> None:
-    clock, agents, _ = _due_together(api, price=15, count=3)
+    _, subscribed, _ = _due_together(api, price=5, count=3)
+    with services.database.transaction() as session:
+        drafts = [
+            invoices.OpenInvoice(
+                id=invoices.new_invoice_id(),
+                account_id=one.agent.account_id,
+                currency="USD",
+                lines=[invoices.Line("subscription", "A period", 5_000_000)],
+                source=f"test:{one.id}:numbers",
+                subscription_id=one.id,
+                billing_reason="subscription_cycle",
+                meta={},
+            )
+            for one in subscribed
+        ]
+        invoices.issue_open_invoices(session, drafts)
+        issued = session.scalars(
+            select(Invoice.number).where(Invoice.id.in_([d.id for d in drafts]))
+        ).all()
+        numbers = sorted(int(str(number).rsplit("-", 1)[1]) for number in issued)
+        series = session.get(NumberSeries, "invoice")  # locked by this transaction
+        assert series is not None
+        assert numbers == [series.last_number - 2, series.last_number - 1, series.last_number]
+        session.rollback()  # the numbers go back to the series
+
+
+def _comparable(value: Any) -> Any:
+    """A row's or event's values without what differs between two accounts (ids, numbers,
+    times, emails)."""
+    if isinstance(value, dict):
+        return {key: _comparable(item) for key, item in value.items() if key not in _OWN}
+    if isinstance(value, list):
+        return [_comparable(item) for item in value]
+    if isinstance(value, datetime):
+        return "<time>"
+    if isinstance(value, str) and re.match(r"^([a-z]+_\w+|\d{4}-\d\d-\d\dT.*|.*@.*)$", value):
+        return "<id>"
+    return value
+
+
+_OWN = {"id", "number", "account_id", "subscription_id", "invoice_id", "buyer", "source"}
+_OWN |= {"attempt_key", "attempt_payment_method_id", "payment_method_id", "payment_id"}
+_OWN |= {"operation", "key", "context", "description", "latest_invoice_id", "customer"}
+
+
+def _written_for(services: Services, account_id: str) -> dict[str, Any]:
+    """What the account's renewal wrote: its cycle invoice with lines, payment attempts,
+    jobs and webhook events, comparable with another account's."""
+
+    def columns(row: Any) -> dict[str, Any]:
+        return {column.key: getattr(row, column.key) for column in row.__table__.columns}
+
+    with services.database.read() as session:
+        cycle = session.scalars(
+            select(Invoice).where(
+                Invoice.account_id == account_id, Invoice.billing_reason == "subscription_cycle"
+            )
+        ).all()
+        lines = session.scalars(
+            select(InvoiceLine).where(InvoiceLine.invoice_id.in_([i.id for i in cycle]))
+        ).all()
+        attempts = session.scalars(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.account_id == account_id)
+            .order_by(PaymentAttempt.created_at)
+        ).all()
+        queued = session.scalars(
+            select(Job).where(Job.account_id == account_id).order_by(Job.id)
+        ).all()
+        events = session.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.account_id == account_id)
+            .order_by(WebhookEvent.created_at, WebhookEvent.id)
+        ).all()
+        return _comparable(
+            {
+                "invoices": [columns(i) for i in cycle],
+                "lines": [{**columns(line), "position": line.position} for line in lines],
+                "attempts": [columns(a) for a in attempts],
+                "jobs": sorted(
+                    [j.kind, j.status, j.test_clock_id is not None, sorted(j.payload), j.lane]
+                    for j in queued
+                ),
+                "events": [[e.type, json.loads(e.payload)["data"]] for e in events],
+            }
+        )
+
+
+def test_a_renewal_rolled_in_a_batch_writes_what_one_renewed_alone_writes(
+    api: Api, services: Services
+) -> None:
+    with contextmanager(listen_to_every_event)(api, services, "http://127.0.0.1:9/hook"):
+        clock, (batched, alone), _ = _due_together(api, price=15, count=2)
+        with on_clock(services, clock, ahead=AFTER_THE_END):
+            claimed = {job.account_id: job for job in _claim_renewals(services, clock)}
+            rest = renewal.prepare_renewals(services, [claimed[batched.agent.account_id]])
+            assert _step(rest[claimed[batched.agent.account_id].id]) is pay_invoice
+            rest[claimed[batched.agent.account_id].id]()
+            renewal.run_renewal(services, claimed[alone.agent.account_id])
+        written = _written_for(services, batched.agent.account_id)
+        assert {"invoice.finalized", "invoice.paid", "subscription.renewed"} <= {
+            kind for kind, _ in written["events"]
+        }
+        assert written == _written_for(services, alone.agent.account_id)
+
+
+def test_renewals_rolled_together_whose_payments_never_ran_are_paid_once_later(
+    api: Api, services: Services
+) -> None:
+    clock, subscribed, _ = _due_together(api, price=15, count=3)
     with on_clock(services, clock, ahead=AFTER_THE_END):
         claimed = _claim_renewals(services, clock)
-        renewal.prepare_renewals(services, claimed)  # the worker dies before the charges
-        # Claimed again (the lease ran out): the periods have rolled, so each one joins
-        # its invoice's attempt in flight, alone.
+        renewal.prepare_renewals(services, claimed)  # the worker dies before paying
+    # The clock moves on past the payment janitor's checks before the jobs run again.
+    with on_clock(services, clock, ahead=AFTER_THE_END + timedelta(minutes=10)):
         again = renewal.prepare_renewals(services, claimed)
-        assert all(
-            isinstance(step, partial) and step.func is renewal.run_renewal
-            for step in again.values()
-        )
+        assert all(_step(step) is renewal.run_renewal for step in again.values())
         for job in claimed:
             again[job.id]()
-    for one in agents:
+    for one in subscribed:
         current = one.status()
         assert (current["status"], current["payment_status"]) == ("active", "paid")
         [_, cycle] = invoices_of(services, one.agent.account_id)
@@ -239,8 +349,8 @@ def test_one_renewal_claimed_twice_in_a_batch_rolls_and_charges_once(
         claimed = _claim_renewals(services, clock)
         assert len(claimed) == 2
         rest = renewal.prepare_renewals(services, claimed)
-        steps = sorted(step.func.__name__ for step in rest.values() if isinstance(step, partial))
-        assert steps == ["charge_reserved", "run_renewal"]
+        steps = {job.id: _step(rest[job.id]) for job in claimed}
+        assert sorted(step is pay_invoice for step in steps.values()) == [False, True]
         for job in claimed:
             rest[job.id]()
     current = one.status()
@@ -292,38 +402,32 @@ def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
         assert one.status()["current_period_end"] == one.subscription["current_period_end"]
 
 
-def test_a_reserved_attempt_whose_turn_comes_too_late_is_read_again_before_any_charge(
+def test_a_batch_past_its_time_budget_hands_its_jobs_not_started_back(
     api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock, subscribed, _ = _due_together(api, price=11, count=2)
-    # Every reserved attempt's turn comes after the deadline (as behind slow processor
-    # calls), and meanwhile the janitor settled the first as never charged: that one
-    # must not reach the processor under its old key; the other joins its attempt.
-    monkeypatch.setattr(renewal, "CHARGE_WITHIN", timedelta(seconds=-1))
-    with on_clock(services, clock, ahead=AFTER_THE_END):
-        claimed = sorted(_claim_renewals(services, clock), key=lambda job: job.account_id or "")
-        rest = renewal.prepare_renewals(services, claimed)
-        reserved = [step.args[2] for step in rest.values() if isinstance(step, partial)]
-        assert len(reserved) == 2
-        dropped = next(a for a in reserved if a.account_id == claimed[0].account_id)
-        payment_attempts.fail(
-            services.database, dropped.payment, FailureReason.NOT_CHARGED, services=services
-        )
-        for job in claimed:
-            rest[job.id]()
-    with services.database.read() as session:
-        charged = set(
-            session.scalars(
-                select(SandboxObject.idempotency_key).where(
-                    SandboxObject.idempotency_key.in_([a.key for a in reserved])
-                )
+    plan = create_plan(api, price=7)
+    subscribed = [Subscribed(api, None, plan) for _ in range(2)]  # on real time
+    with services.database.transaction() as session:
+        for one in subscribed:
+            jobs.enqueue(
+                session,
+                kind=engine.RENEW_JOB,
+                account_id=one.agent.account_id,
+                payload={
+                    "subscription_id": one.id,
+                    "period_end": one.subscription["current_period_end"],
+                },
+                run_at=wall_now() - timedelta(seconds=1),
             )
-        )
-    kept = next(a for a in reserved if a is not dropped)
-    assert charged == {kept.key}
-    for one in subscribed:
-        if one.agent.account_id == dropped.account_id:
-            assert len(payments_of(services, one.agent.account_id)) == 1  # the start's only
-        else:
-            assert one.status()["payment_status"] == "paid"
-            assert len(payments_of(services, one.agent.account_id)) == 2
+    worker = Worker(services, worker_id="test-batch-budget")
+    group = worker._claim(limit=2, kind=engine.RENEW_JOB)
+    assert len(group) == 2
+    monkeypatch.setattr(worker_module, "BATCH_BUDGET", -1.0)  # spent before the first
+    worker._run_batch(engine.RENEW_JOB, group)
+    with services.database.read() as session:
+        back = session.execute(
+            select(Job.status, Job.attempts, Job.locked_by).where(
+                Job.id.in_([job.id for job in group])
+            )
+        ).all()
+    assert [tuple(row) for row in back] == [("queued", 0, None)] * 2  # for any worker, at once

@@ -72,8 +72,10 @@ BatchHandler = Callable[[Services, list[ClaimedJob]], dict[int, Callable[[], obj
 
 
 # How many due jobs of a batch kind a serving worker takes at once, run in turn by one of
-# its threads: a renewal batch of 25 takes about a second.
+# its threads (25 renewals take about a second with the sandbox), and how long it may
+# take before the jobs not started yet go back to the queue (their leases last 5 min).
 BATCH = 25
+BATCH_BUDGET = 60.0
 
 
 def batch_handlers() -> dict[str, BatchHandler]:
@@ -123,8 +125,18 @@ class Worker:
             return {}
 
     def _run_batch(self, kind: str, group: list[ClaimedJob]) -> None:
+        """A batch kind's jobs, one after another; those whose turn comes after
+        BATCH_BUDGET go back to the queue, long before their leases run out."""
+        started = time.monotonic()
         prepared = self._prepare(kind, group)
-        for job in group:
+        for n, job in enumerate(group):
+            if time.monotonic() - started > BATCH_BUDGET:
+                try:
+                    with self.services.database.transaction() as session:
+                        jobs.hand_back(session, group[n:], worker_id=self.worker_id)
+                except Exception:  # their leases run out instead
+                    log.exception("could not hand %d %s jobs back", len(group) - n, kind)
+                return
             self._run_logged(job, prepared.get(job.id))
 
     def _claim(

@@ -14,7 +14,7 @@ reverse-charge note, for an EU business buyer in another EU country than the sel
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -383,8 +383,7 @@ def new_invoice_id() -> str:
 @dataclass(frozen=True)
 class OpenInvoice:
     """An invoice for `issue_open_invoices` to finalize open (its id from
-    `new_invoice_id`), with `columns` its payer sets in the same row (its first payment
-    attempt)."""
+    `new_invoice_id`)."""
 
     id: str
     account_id: str
@@ -394,13 +393,12 @@ class OpenInvoice:
     subscription_id: str
     billing_reason: str
     meta: dict[str, Any]
-    columns: dict[str, Any] = field(default_factory=dict)
 
 
 def issue_open_invoices(session: Session, drafts: list[OpenInvoice]) -> None:
     """`issue_invoice(status="open")` for many invoices in a few statements: numbered in
-    the drafts' order by one UPDATE of the series, written by multi-row INSERTs, and each
-    emitting invoice.finalized as it was at finalization (before its `columns`)."""
+    the drafts' order by one UPDATE of the series, written by multi-row INSERTs, each
+    emitting invoice.finalized."""
     if not drafts:
         return
     from billfold.webhooks import service as webhooks  # webhooks render with the API's JSON
@@ -409,7 +407,7 @@ def issue_open_invoices(session: Session, drafts: list[OpenInvoice]) -> None:
     buyers = _buyer_snapshots(session, {draft.account_id for draft in drafts})
     issued = now()
     numbers = _next_numbers(session, "invoice", settings["invoice_prefix"], issued, len(drafts))
-    rows, line_rows, finalized = [], [], []
+    rows, line_rows = [], []
     for draft, number in zip(drafts, numbers, strict=True):
         buyer = buyers[draft.account_id]
         rate_bp, reverse = _tax_terms(settings, buyer)
@@ -431,12 +429,11 @@ def issue_open_invoices(session: Session, drafts: list[OpenInvoice]) -> None:
             billing_reason=draft.billing_reason,
             meta=draft.meta,
         )
-        finalized.append(values)
-        rows.append({**values, **draft.columns})
+        rows.append(values)
         line_rows += lines
     session.execute(insert(Invoice), rows)
     session.execute(insert(InvoiceLine), line_rows)
-    for values in finalized:
+    for values in rows:
         webhooks.emit(
             session,
             type="invoice.finalized",

@@ -288,6 +288,26 @@ def release_leases(session: Session, *, worker_prefix: str) -> int:
     return int(released)
 
 
+def hand_back(session: Session, jobs: list[ClaimedJob], *, worker_id: str) -> None:
+    """Give claimed jobs that were not started back to the queue, due now, for any worker
+    (their attempt not counted: they never ran)."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.id.in_([job.id for job in jobs]),
+            Job.status == "running",
+            Job.locked_by == worker_id,
+        )
+        .values(
+            status="queued",
+            attempts=Job.attempts - 1,
+            locked_by=None,
+            locked_until=None,
+            slot=None,
+        )
+    )
+
+
 def cancel(session: Session, *dedupe_keys: str) -> None:
     """Drop queued jobs that are no longer needed (their work was done another way)."""
     session.execute(

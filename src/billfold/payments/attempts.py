@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
@@ -75,11 +75,9 @@ __all__ = [
     "AttemptPurpose",
     "AttemptState",
     "FailureReason",
-    "NewAttempt",
     "Outcome",
     "Settled",
     "begin",
-    "begin_first",
     "fail",
     "locking",
     "on_failure",
@@ -260,73 +258,34 @@ def begin(
     if previous is not None and not previous.never_charged:
         return previous
     number = 1 if previous is None else previous.number + 1
-    new = NewAttempt(
-        purpose=purpose,
-        operation=operation,
-        account_id=account_id,
-        amount_micros=amount_micros,
-        currency=currency,
-        payment_method_id=payment_method_id,
-        payment_purpose=payment_purpose,
-        context=context or {},
-    )
-    values = _values(new, number, now())
+    key = operation if number == 1 else f"{operation}#{number}"
+    current = now()
+    values: dict[str, Any] = {
+        "id": new_id("pat"),
+        "account_id": account_id,
+        "purpose": purpose.value,
+        "operation": operation,
+        "number": number,
+        "key": key,
+        "state": AttemptState.PENDING.value,
+        "amount_micros": amount_micros,
+        "currency": currency,
+        "payment_method_id": payment_method_id,
+        "payment_purpose": payment_purpose,
+        "context": context or {},
+        "created_at": current,
+        "updated_at": current,
+    }
     inserted = insert_or_ignore(session, PaymentAttempt, values, ["key"])
     if not inserted:  # a racer wrote it first: theirs
         row = session.scalars(
             select(PaymentAttempt)
-            .where(PaymentAttempt.key == values["key"])
+            .where(PaymentAttempt.key == key)
             .execution_options(populate_existing=True)
         ).one()
         return Attempt.of(row)
     jobs.enqueue_new(session, _janitor_jobs(values))
     return Attempt.of(PaymentAttempt(**values), new=True)  # as written: no read back
-
-
-@dataclass(frozen=True)
-class NewAttempt:
-    """An operation's attempt to begin (`begin`'s arguments)."""
-
-    purpose: AttemptPurpose
-    operation: str
-    account_id: str
-    amount_micros: int
-    currency: str
-    payment_method_id: str
-    payment_purpose: str
-    context: dict[str, Any]
-
-
-def begin_first(session: Session, new: list[NewAttempt]) -> list[Attempt]:
-    """`begin` for operations that can have no attempt yet (named after rows the caller's
-    transaction just wrote, such as a new invoice's first attempt), many at once: their
-    rows and janitor jobs in two multi-row INSERTs."""
-    current = now()
-    rows = [_values(attempt, 1, current) for attempt in new]
-    if rows:
-        session.execute(insert(PaymentAttempt), rows)
-        jobs.enqueue_new(session, [job for row in rows for job in _janitor_jobs(row)])
-    return [Attempt.of(PaymentAttempt(**row), new=True) for row in rows]
-
-
-def _values(new: NewAttempt, number: int, current: datetime) -> dict[str, Any]:
-    """A new attempt's row: its key is the operation, `<operation>#<n>` for the n-th."""
-    return {
-        "id": new_id("pat"),
-        "account_id": new.account_id,
-        "purpose": new.purpose.value,
-        "operation": new.operation,
-        "number": number,
-        "key": new.operation if number == 1 else f"{new.operation}#{number}",
-        "state": AttemptState.PENDING.value,
-        "amount_micros": new.amount_micros,
-        "currency": new.currency,
-        "payment_method_id": new.payment_method_id,
-        "payment_purpose": new.payment_purpose,
-        "context": new.context,
-        "created_at": current,
-        "updated_at": current,
-    }
 
 
 def _janitor_jobs(row: dict[str, Any]) -> list[jobs.NewJob]:

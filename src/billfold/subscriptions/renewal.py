@@ -5,16 +5,15 @@ A renewal is a job at the period's end (`engine.RENEW_JOB`), so the sandbox test
 can drive a subscription through a year; a scheduled plan change takes effect here.
 
 The worker hands the renewal jobs it claims to `prepare_renewals` together. The plain
-ones (an active subscription whose period ends as its job says, nothing scheduled for
-that moment, a price to pay and a default card) roll into their next period in one
-transaction of a few multi-row statements, which also reserves each invoice's first
-payment attempt; each job then charges its own attempt. Every other renewal takes
+ones (an active or trialing subscription whose period ends as its job says, with no
+invoice open and nothing scheduled for that moment) roll into their next period in one
+transaction of a few multi-row statements, which finalizes their invoices; each job then
+pays its own invoice, as `run_renewal` does after its roll. Every other renewal takes
 `run_renewal`, one at a time.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,8 +27,6 @@ from billfold.clock import as_utc, now
 from billfold.invoices import service as invoices
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger.models import Wallet
-from billfold.payments import attempts as payment_attempts
-from billfold.payments.models import PaymentMethod
 from billfold.subscriptions import attempts, states
 from billfold.subscriptions.engine import end, lock, lock_invoice, open_invoice, period_line
 from billfold.subscriptions.models import Plan, Subscription
@@ -131,46 +128,28 @@ def _roll(sub: Subscription, plan: Plan, period_end: datetime) -> _Cycle:
 
 
 def prepare_renewals(services: Services, jobs: list[ClaimedJob]) -> dict[int, Callable[[], object]]:
-    """Roll the plain renewals among `jobs` together and reserve their first attempts
-    (one transaction); what is left of each job, to run on its own: the charge of its
-    attempt, or `run_renewal`."""
+    """Roll the plain renewals among `jobs` together (one transaction); what is left of
+    each job, to run on its own: paying the invoice of its new period, or `run_renewal`.
+    An invoice is paid as `run_renewal` pays it, its attempt reserved just before its
+    charge, so a batch's later charges never run on an attempt reserved long before."""
     with services.database.transaction() as session:
-        reserved = _roll_plain(session, [_due(job) for job in jobs])
-    deadline = time.monotonic() + CHARGE_WITHIN.total_seconds()
+        rolled = _roll_plain(session, [_due(job) for job in jobs])
     rest: dict[int, Callable[[], object]] = {}
     for job in jobs:
-        attempt = reserved.pop(_due(job), None)  # a second job for it renews alone
+        invoice_id = rolled.pop(_due(job), None)  # a second job for it renews alone
         rest[job.id] = (
             partial(run_renewal, services, job)
-            if attempt is None
-            else partial(charge_reserved, services, job, attempt, deadline)
+            if invoice_id is None
+            else partial(pay_invoice, services, invoice_id, trigger=TRIGGER)
         )
     return rest
 
 
-# A batch's attempts are charged one after another. One whose turn comes later than this
-# after it was reserved (slow processor calls ahead of it) renews alone instead, which
-# reads its attempt again: long before the janitor would take it for one whose worker
-# died (payment attempts' STALE_AFTER).
-CHARGE_WITHIN = payment_attempts.FIRST_LOOK_AFTER
-
-
-def charge_reserved(
-    services: Services, job: ClaimedJob, attempt: attempts.Attempt, deadline: float
-) -> None:
-    """Charge the attempt `prepare_renewals` reserved for the job, by `deadline`
-    (`time.monotonic()`); after it, renew alone."""
-    if time.monotonic() > deadline:
-        run_renewal(services, job)
-    else:
-        attempts.pay_reserved(services, attempt)
-
-
 def _roll_plain(
     session: Session, due: list[tuple[str, datetime]]
-) -> dict[tuple[str, datetime], attempts.Attempt]:
+) -> dict[tuple[str, datetime], str]:
     """Roll the plain renewals among `due` (subscription, end of the period it renews
-    after) and reserve their invoices' first attempts; the attempt of each."""
+    after) and finalize their invoices; the invoice of each."""
     current = now()
     subs = attempts.lock_subscriptions(session, sorted({sub_id for sub_id, _ in due}))
     plain = [
@@ -184,29 +163,18 @@ def _roll_plain(
         plan.id: plan
         for plan in session.scalars(select(Plan).where(Plan.id.in_({s.plan_id for s, _ in plain})))
     }
-    account_ids = {sub.account_id for sub, _ in plain}
     currencies = dict(
         session.execute(
-            select(Wallet.account_id, Wallet.currency).where(Wallet.account_id.in_(account_ids))
-        ).all()
-    )
-    cards = dict(
-        session.execute(
-            select(PaymentMethod.account_id, PaymentMethod.id).where(
-                PaymentMethod.account_id.in_(account_ids), PaymentMethod.is_default.is_(True)
+            select(Wallet.account_id, Wallet.currency).where(
+                Wallet.account_id.in_({sub.account_id for sub, _ in plain})
             )
         ).all()
     )
     drafts: list[invoices.OpenInvoice] = []
-    firsts: list[payment_attempts.NewAttempt] = []
-    rolled: list[tuple[Subscription, datetime, str]] = []
+    rolled: dict[tuple[str, datetime], str] = {}
     for sub, period_end in plain:
-        plan, card = plans[sub.plan_id], cards.get(sub.account_id)
-        if plan.price_micros <= 0 or card is None or sub.account_id not in currencies:
-            continue  # paid without a charge, or failed without one: run_renewal
-        cycle = _roll(sub, plan, period_end)
+        cycle = _roll(sub, plans[sub.plan_id], period_end)
         invoice_id = invoices.new_invoice_id()
-        operation = f"{invoice_id}:1"  # as attempts.reserve names an invoice's first
         drafts.append(
             invoices.OpenInvoice(
                 id=invoice_id,
@@ -217,35 +185,13 @@ def _roll_plain(
                 subscription_id=sub.id,
                 billing_reason=BillingReason.CYCLE.value,
                 meta=cycle.meta,
-                columns={
-                    "attempt_count": 1,
-                    "attempt_key": operation,
-                    "attempt_payment_method_id": card,
-                    "meta": {**cycle.meta, "attempt_trigger": TRIGGER},
-                },
             )
         )
-        firsts.append(
-            payment_attempts.NewAttempt(
-                purpose=attempts.PURPOSE,
-                operation=operation,
-                account_id=sub.account_id,
-                amount_micros=plan.price_micros,  # the invoice's total: its one line
-                currency=currencies[sub.account_id],
-                payment_method_id=card,
-                payment_purpose=BillingReason.CYCLE.value,
-                context={"invoice_id": invoice_id, "subscription_id": sub.id},
-            )
-        )
-        rolled.append((sub, period_end, invoice_id))
+        rolled[(sub.id, period_end)] = invoice_id
     invoices.issue_open_invoices(session, drafts)
-    for sub, _, invoice_id in rolled:
-        sub.open_invoice_id = sub.latest_invoice_id = invoice_id
-    begun = payment_attempts.begin_first(session, firsts)
-    return {
-        (sub.id, period_end): attempts.Attempt.of(attempt)
-        for (sub, period_end, _), attempt in zip(rolled, begun, strict=True)
-    }
+    for sub, period_end in plain:
+        sub.open_invoice_id = sub.latest_invoice_id = rolled[(sub.id, period_end)]
+    return rolled
 
 
 def _is_plain(sub: Subscription, period_end: datetime, current: datetime) -> bool:
