@@ -364,12 +364,11 @@ def test_one_renewal_claimed_twice_in_a_batch_rolls_and_charges_once(
     assert len(payments_of(services, one.agent.account_id)) == 2
 
 
-def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
-    api: Api, services: Services
-) -> None:
+def _renewals_due_early(api: Api, services: Services, count: int) -> list[Subscribed]:
+    """`count` subscribers on real time, each with a renewal job due now for a period that
+    has not ended yet: each such job renews nothing."""
     plan = create_plan(api, price=7)
-    subscribed = [Subscribed(api, None, plan) for _ in range(3)]  # on real time
-    # Renewal jobs due now for periods that have not ended yet: each renews nothing.
+    subscribed = [Subscribed(api, None, plan) for _ in range(count)]
     with services.database.transaction() as session:
         for one in subscribed:
             jobs.enqueue(
@@ -382,6 +381,13 @@ def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
                 },
                 run_at=wall_now() - timedelta(seconds=1),
             )
+    return subscribed
+
+
+def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
+    api: Api, services: Services
+) -> None:
+    subscribed = _renewals_due_early(api, services, 3)
     worker = Worker(services, worker_id="test-serving-batch")
     first = worker._claim(limit=1, kind=engine.RENEW_JOB)
     assert len(first) == 1
@@ -405,20 +411,7 @@ def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
 def test_a_batch_past_its_time_budget_hands_its_jobs_not_started_back(
     api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plan = create_plan(api, price=7)
-    subscribed = [Subscribed(api, None, plan) for _ in range(2)]  # on real time
-    with services.database.transaction() as session:
-        for one in subscribed:
-            jobs.enqueue(
-                session,
-                kind=engine.RENEW_JOB,
-                account_id=one.agent.account_id,
-                payload={
-                    "subscription_id": one.id,
-                    "period_end": one.subscription["current_period_end"],
-                },
-                run_at=wall_now() - timedelta(seconds=1),
-            )
+    _renewals_due_early(api, services, 2)
     worker = Worker(services, worker_id="test-batch-budget")
     group = worker._claim(limit=2, kind=engine.RENEW_JOB)
     assert len(group) == 2
