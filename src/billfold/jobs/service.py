@@ -77,8 +77,7 @@ def enqueue(
     The job is on the test clock the caller runs on (see the module docstring), unless it
     is a webhook delivery; `run_at` is on that time."""
     values = _values(
-        NewJob(kind, account_id, payload, run_at, dedupe_key, max_attempts, lane),
-        concurrency_key=concurrency_key,
+        NewJob(kind, account_id, payload, run_at, dedupe_key, max_attempts, lane, concurrency_key)
     )
     if dedupe_key is None:
         session.add(Job(**values))
@@ -103,6 +102,7 @@ class NewJob:
     dedupe_key: str | None = None
     max_attempts: int = 8
     lane: Lane = Lane.DEFAULT
+    concurrency_key: str | None = None
 
 
 def enqueue_new(session: Session, new: list[NewJob]) -> None:
@@ -112,12 +112,12 @@ def enqueue_new(session: Session, new: list[NewJob]) -> None:
         session.execute(insert(Job), [_values(job) for job in new])
 
 
-def _values(job: NewJob, *, concurrency_key: str | None = None) -> dict[str, Any]:
+def _values(job: NewJob) -> dict[str, Any]:
     test_clock_id = current_test_clock() if job.lane != Lane.WEBHOOKS else None
     return {
         "kind": job.kind,
         "lane": job.lane,
-        "concurrency_key": concurrency_key,
+        "concurrency_key": job.concurrency_key,
         "account_id": job.account_id,
         "test_clock_id": test_clock_id,
         "payload": job.payload or {},
