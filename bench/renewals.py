@@ -176,12 +176,18 @@ def check(services: Services, count: int) -> None:
         raise SystemExit(f"expected {count} renewals charged once, got {cycle} / {renewed}")
 
 
-def bench(count: int, workers: int, processes: int = 1) -> tuple[float, float]:
+def fresh_database() -> tuple[str, Services]:
+    """The bench's database, made anew and migrated: its URL, and services on it."""
     recreate_database(BENCH_DB)
     url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     url = f"{url}/{BENCH_DB}"
     upgrade(url)
     services = build_services(Settings(database_url=url, admin_key="bench"), "bench")
+    return url, services
+
+
+def bench(count: int, workers: int, processes: int = 1) -> tuple[float, float]:
+    url, services = fresh_database()
     try:
         log(f"provisioning {count} subscriptions")
         time = provision(services, count)
@@ -203,11 +209,7 @@ def bench(count: int, workers: int, processes: int = 1) -> tuple[float, float]:
 
 def cpu_per_renewal(count: int) -> str:
     """One worker thread's drain, as CPU and statements per renewal (a table row)."""
-    recreate_database(BENCH_DB)
-    url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    url = f"{url}/{BENCH_DB}"
-    upgrade(url)
-    services = build_services(Settings(database_url=url, admin_key="bench"), "bench")
+    _, services = fresh_database()
     statements = 0
 
     def count_statement(*_: Any) -> None:
