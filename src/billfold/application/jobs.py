@@ -60,6 +60,7 @@ def handlers() -> dict[str, Handler]:
         webhooks.JOB_KIND: webhooks.run_delivery,
         engine.RENEW_JOB: renewal.run_renewal,
         dunning.RETRY_JOB: outcomes.run_retry,
+        outcomes.PAY_AGAIN_JOB: outcomes.run_pay_again,
         attempts.SETTLE_JOB: outcomes.run_settle,
         start.EXPIRE_INCOMPLETE_JOB: start.run_expire_incomplete,
         credits.JOB_KIND: credits.run_expiry,

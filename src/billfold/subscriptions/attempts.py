@@ -291,8 +291,11 @@ def pay_invoice(
     trigger: str,
     payment_method_id: str | None = None,
     card: Card | None = None,
+    after_attempt: int | None = None,
 ) -> Paid:
-    """Attempt to pay an open subscription invoice (at most one charge in flight)."""
+    """Attempt to pay an open subscription invoice (at most one charge in flight); with
+    `after_attempt`, only if its last attempt is that one and is settled (nobody tried
+    again since)."""
     database = services.database
     with database.transaction() as session:
         invoice = session.get(Invoice, invoice_id)
@@ -300,6 +303,10 @@ def pay_invoice(
         sub, invoice = _lock_pair(session, invoice.subscription_id, invoice_id)
         if invoice.status != "open":
             return Paid(invoice.status == "paid", None)
+        if after_attempt is not None and (
+            invoice.attempt_count != after_attempt or invoice.attempt_key is not None
+        ):
+            return Paid(False, None)
         if invoice.total_micros <= 0:
             invoices.mark_paid(session, invoice, payment_intent_id=None)
             outcomes.paid(session, sub, invoice)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from billfold.clock import now
 from billfold.invoices.models import Invoice
+from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.money import ceil_to_cent
 from billfold.processors.base import Card
@@ -182,13 +183,36 @@ def on_failed(session: Session, sub: Subscription, failure: Failure) -> None:
 
 
 def _stays_open(session: Session, sub: Subscription, invoice: Invoice) -> None:
-    """A start or a renewal stays open for its next attempt."""
+    """A start stays open for the account's next attempt (fix-payment, a new start) or
+    its expiry."""
+
+
+# A renewal whose attempt never reached the processor is paid again, by this job, at once.
+PAY_AGAIN_JOB = "subscriptions.pay_again"
+
+
+def _pay_again(session: Session, sub: Subscription, invoice: Invoice) -> None:
+    """A renewal's attempt never reached the processor (its process died before the
+    charge): nobody else would pay the invoice (the renewal job is spent, no dunning
+    retry is queued before a failure), so a job pays it again, made by the same trigger,
+    so that a failure then is dunned as it would have been."""
+    jobs.enqueue(
+        session,
+        kind=PAY_AGAIN_JOB,
+        account_id=invoice.account_id,
+        payload={
+            "invoice_id": invoice.id,
+            "after_attempt": invoice.attempt_count,
+            "trigger": str((invoice.meta or {}).get("attempt_trigger", "renewal")),
+        },
+        dedupe_key=f"pay-again:{invoice.id}:{invoice.attempt_count}",
+    )
 
 
 DroppedHandler = Callable[[Session, Subscription, Invoice], None]
 DROPPED: dict[BillingReason, DroppedHandler] = {
     BillingReason.CREATE: _stays_open,
-    BillingReason.CYCLE: _stays_open,
+    BillingReason.CYCLE: _pay_again,
     BillingReason.UPDATE: void,  # the change it would have paid for is given up
     BillingReason.RESET: void,
 }
@@ -226,6 +250,7 @@ def pay_invoice(
     trigger: str,
     payment_method_id: str | None = None,
     card: Card | None = None,
+    after_attempt: int | None = None,
 ) -> Paid:
     return attempts.pay_invoice(
         services,
@@ -234,6 +259,7 @@ def pay_invoice(
         trigger=trigger,
         payment_method_id=payment_method_id,
         card=card,
+        after_attempt=after_attempt,
     )
 
 
@@ -248,6 +274,17 @@ def run_retry(services: Services, job: ClaimedJob) -> None:
         if sub is None or not states.can(sub, Event.RETRY_PAYMENT):
             return
     pay_invoice(services, invoice_id, trigger=f"retry:{int(job.payload['step'])}")
+
+
+def run_pay_again(services: Services, job: ClaimedJob) -> None:
+    """Pay again a renewal invoice whose attempt never reached the processor, unless
+    another attempt was made on it since."""
+    pay_invoice(
+        services,
+        str(job.payload["invoice_id"]),
+        trigger=str(job.payload["trigger"]),
+        after_attempt=int(job.payload["after_attempt"]),
+    )
 
 
 def run_settle(services: Services, job: ClaimedJob) -> None:

@@ -1,0 +1,156 @@
+"""A renewal's payment attempt that never reached the processor (its process died between
+reserving the attempt and the charge): the payment janitor settles it as never charged,
+and the invoice is paid again by the trigger that made the attempt, so the subscription
+neither stays open unpaid for ever nor skips its dunning. Both databases."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from billfold.clock import as_utc
+from billfold.invoices.models import Invoice
+from billfold.jobs import service as jobs
+from billfold.jobs.models import Job
+from billfold.jobs.service import ClaimedJob
+from billfold.payments.models import PaymentAttempt
+from billfold.services import Services
+from billfold.subscriptions import attempts, dunning, engine, outcomes, renewal
+from tests.helpers import CARD_ATTACH_THEN_FAIL, Api, TestClock
+from tests.subscription_helpers import (
+    advance,
+    advance_to,
+    create_plan,
+    instant,
+    invoices_of,
+    on_clock,
+    payments_of,
+    set_default_card,
+    status,
+    subscribe,
+    subscriber,
+)
+
+D = Decimal
+JANITOR_DONE = timedelta(minutes=10)  # past the janitor's check at five minutes
+
+
+def _claim(services: Services, clock: TestClock, kind: str) -> list[ClaimedJob]:
+    """Claim the clock's due jobs of `kind`, as a worker about to die with them would."""
+    with services.database.transaction() as session:
+        return jobs.claim(session, worker_id="doomed", limit=10, test_clock_id=clock.id, kind=kind)
+
+
+def _reserve_and_die(services: Services, invoice_id: str, *, card: str, trigger: str) -> None:
+    """What paying an invoice does up to its charge: the attempt is reserved, and the
+    process dies before the processor is called."""
+    with services.database.transaction() as session:
+        found = session.get(Invoice, invoice_id)
+        assert found is not None and found.subscription_id is not None
+        attempts.lock_subscription(session, found.subscription_id)  # the lock order
+        invoice = attempts.lock_invoice(session, invoice_id)
+        attempts.reserve(session, invoice, payment_method_id=card, trigger=trigger)
+
+
+def _attempts(services: Services, invoice_id: str) -> list[tuple[str, str | None]]:
+    """(state, failure reason) of the invoice's payment attempts, in order."""
+    with services.database.read() as session:
+        rows = session.scalars(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.operation.like(f"{invoice_id}:%"))
+            .order_by(PaymentAttempt.operation)  # <invoice>:<n>, fewer than ten here
+        ).all()
+        return [(row.state, row.failure_reason) for row in rows]
+
+
+def test_a_renewal_whose_attempt_never_reached_the_processor_is_paid_again(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=20, included_credits=3)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    end = instant(sub["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        [job] = _claim(services, clock, engine.RENEW_JOB)  # its worker dies: still running
+        [(_, rest)] = renewal.prepare_renewals(services, [job]).items()
+        del rest  # the period is rolled and its invoice open; its payment never runs
+        [_, cycle] = invoices_of(services, agent.account_id)
+        _reserve_and_die(services, cycle.id, card=card, trigger="renewal")
+    assert status(agent, sub["id"])["payment_status"] == "processing"
+
+    advance(clock, seconds=int((JANITOR_DONE + timedelta(minutes=1)).total_seconds()))
+    current = status(agent, sub["id"])
+    assert (current["status"], current["payment_status"]) == ("active", "paid")
+    [_, cycle] = invoices_of(services, agent.account_id)
+    assert (cycle.status, cycle.attempt_count) == ("paid", 2)
+    assert _attempts(services, cycle.id) == [("failed", "not_charged"), ("succeeded", None)]
+    assert len(payments_of(services, agent.account_id)) == 2  # the start and this renewal
+    assert agent.balance() == D(3)  # the new period's credits, granted once
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+
+    # The next period renews as usual.
+    advance_to(clock, instant(current["current_period_end"]) + timedelta(minutes=2))
+    assert [i.status for i in invoices_of(services, agent.account_id)] == ["paid"] * 3
+
+
+def test_a_dunning_retry_that_never_reached_the_processor_is_tried_again_and_dunning_goes_on(
+    api: Api, services: Services
+) -> None:
+    plan = create_plan(api, price=9)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    end = instant(sub["current_period_end"])
+    declining = set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
+    advance_to(clock, end + timedelta(minutes=2))
+    assert status(agent, sub["id"])["status"] == "past_due"
+    [_, cycle] = invoices_of(services, agent.account_id)
+    first_retry = _queued_retry(services, cycle.id, step=0)
+    assert first_retry is not None
+
+    advance_to(clock, first_retry - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        [job] = _claim(services, clock, dunning.RETRY_JOB)
+        assert job.payload == {"invoice_id": cycle.id, "step": 0}
+        _reserve_and_die(services, cycle.id, card=declining, trigger="retry:0")
+
+    advance(clock, seconds=int((JANITOR_DONE + timedelta(minutes=1)).total_seconds()))
+    # Tried again as the first retry: declined, so the second retry is queued.
+    assert _attempts(services, cycle.id) == [
+        ("failed", "declined"),
+        ("failed", "not_charged"),
+        ("failed", "declined"),
+    ]
+    assert _queued_retry(services, cycle.id, step=1) is not None
+    assert status(agent, sub["id"])["status"] == "past_due"
+
+    # A pay-again job for an attempt that is no longer the last one does nothing.
+    with on_clock(services, clock):
+        outcomes.run_pay_again(
+            services,
+            ClaimedJob(
+                0,
+                outcomes.PAY_AGAIN_JOB,
+                agent.account_id,
+                {"invoice_id": cycle.id, "after_attempt": 2, "trigger": "retry:0"},
+                1,
+                1,
+                clock.id,
+            ),
+        )
+    assert len(_attempts(services, cycle.id)) == 3
+
+
+def _queued_retry(services: Services, invoice_id: str, *, step: int) -> datetime | None:
+    """When dunning retry `step` of the invoice is queued to run, if it is."""
+    with services.database.read() as session:
+        job = session.scalars(
+            select(Job).where(
+                Job.dedupe_key == f"dunning:{invoice_id}:{step}", Job.status == "queued"
+            )
+        ).one_or_none()
+        return None if job is None else as_utc(job.run_at)
