@@ -107,12 +107,14 @@ class Worker:
         claimed = self._claim(limit=limit, at=at, lane=lane)
         prepared: dict[int, Callable[[], object]] = {}
         handed: set[str] = set()  # the kinds handed to their batch handler
+        done: list[ClaimedJob] = []  # their jobs, marked done together at the end
         for job in claimed:
             if job.kind in self.batch_handlers and job.kind not in handed:
                 handed.add(job.kind)
                 group = [other for other in claimed if other.kind == job.kind]
                 prepared.update(self._prepare(job.kind, group))
-            self._run(job, prepared.get(job.id))
+            self._run(job, prepared.get(job.id), done if job.kind in handed else None)
+        self._mark_done(done)
         return len(claimed)
 
     def _prepare(self, kind: str, group: list[ClaimedJob]) -> dict[int, Callable[[], object]]:
@@ -130,15 +132,32 @@ class Worker:
         BATCH_BUDGET go back to the queue, long before their leases run out."""
         started = time.monotonic()
         prepared = self._prepare(kind, group)
-        for n, job in enumerate(group):
-            if time.monotonic() - started > BATCH_BUDGET:
-                try:
-                    with self.services.database.transaction() as session:
-                        jobs.hand_back(session, group[n:], worker_id=self.worker_id)
-                except Exception:  # their leases run out instead
-                    log.exception("could not hand %d %s jobs back", len(group) - n, kind)
-                return
-            self._run_logged(job, prepared.get(job.id))
+        done: list[ClaimedJob] = []
+        try:
+            for n, job in enumerate(group):
+                if time.monotonic() - started > BATCH_BUDGET:
+                    try:
+                        with self.services.database.transaction() as session:
+                            jobs.hand_back(session, group[n:], worker_id=self.worker_id)
+                    except Exception:  # their leases run out instead
+                        log.exception("could not hand %d %s jobs back", len(group) - n, kind)
+                    return
+                self._run_logged(job, prepared.get(job.id), done)
+        finally:
+            try:
+                self._mark_done(done)
+            except Exception:  # they run again when their leases run out (each is safe to)
+                log.exception("could not mark %d %s jobs done", len(done), kind)
+
+    def _mark_done(self, done: list[ClaimedJob]) -> None:
+        """Mark the jobs of a batch that succeeded done, in one transaction."""
+        if not done:
+            return
+        with self.services.database.transaction() as session:
+            marked = jobs.succeed_many(session, done, worker_id=self.worker_id)
+        for job in done:
+            if job.id not in marked:
+                log.warning("job %s finished after its lease was taken over", job.id)
 
     def _claim(
         self,
@@ -175,13 +194,21 @@ class Worker:
                 break
         return total
 
-    def _run(self, job: ClaimedJob, rest: Callable[[], object] | None = None) -> None:
+    def _run(
+        self,
+        job: ClaimedJob,
+        rest: Callable[[], object] | None = None,
+        done: list[ClaimedJob] | None = None,
+    ) -> None:
         """Run the job (or `rest`, what its batch handler left of it) and record how it
-        went, on the job's time."""
+        went, on the job's time; a success is added to `done`, if given, for the caller
+        to mark with its batch's others."""
         with _time_of(job):
-            self._run_on_its_time(job, rest)
+            self._run_on_its_time(job, rest, done)
 
-    def _run_on_its_time(self, job: ClaimedJob, rest: Callable[[], object] | None) -> None:
+    def _run_on_its_time(
+        self, job: ClaimedJob, rest: Callable[[], object] | None, done: list[ClaimedJob] | None
+    ) -> None:
         handler = self.handlers.get(job.kind)
         started = time.monotonic()
         fields = {
@@ -208,9 +235,12 @@ class Worker:
             with self.services.database.transaction() as session:
                 jobs.fail(session, job, worker_id=self.worker_id, error=repr(exc))
             return
-        with self.services.database.transaction() as session:
-            if not jobs.succeed(session, job, worker_id=self.worker_id):
-                log.warning("job %s finished after its lease was taken over", job.id)
+        if done is not None:
+            done.append(job)
+        else:
+            with self.services.database.transaction() as session:
+                if not jobs.succeed(session, job, worker_id=self.worker_id):
+                    log.warning("job %s finished after its lease was taken over", job.id)
         log.info(
             "job %s (%s) done",
             job.id,
@@ -304,9 +334,14 @@ class Worker:
                 futures.append(pool.submit(self._run_batch, kind, group))
         return futures
 
-    def _run_logged(self, job: ClaimedJob, rest: Callable[[], object] | None = None) -> None:
+    def _run_logged(
+        self,
+        job: ClaimedJob,
+        rest: Callable[[], object] | None = None,
+        done: list[ClaimedJob] | None = None,
+    ) -> None:
         try:
-            self._run(job, rest)
+            self._run(job, rest, done)
         except Exception:  # recording the outcome failed: the lease will run out
             log.exception("job %s (%s): its outcome could not be recorded", job.id, job.kind)
 
