@@ -6,7 +6,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from billfold.clock import wall_now
 from billfold.jobs.models import Job
+from billfold.payments.models import OPEN_STATES, PaymentAttempt
 from billfold.services import Services
 
 CARD_OK = "4242424242424242"
@@ -304,6 +305,23 @@ def jobs_of(services: Services, account_id: str, kind: str, *, status: str | Non
         query = query.where(Job.status == status)
     with services.database.read() as session:
         return int(session.scalar(query) or 0)
+
+
+def age_open_attempts(services: Services, account_id: str, by: timedelta) -> None:
+    """Move the account's open payment attempts `by` into the past (when they were written
+    and when their charge began), as if that much real time had passed since: the payment
+    janitor settles an attempt as never charged only once its charge began STALE_AFTER
+    before it asked the processor."""
+    with services.database.transaction() as session:
+        for row in session.scalars(
+            select(PaymentAttempt).where(
+                PaymentAttempt.account_id == account_id, PaymentAttempt.state.in_(OPEN_STATES)
+            )
+        ):
+            row.created_at -= by
+            row.updated_at -= by
+            if row.charge_started_at is not None:
+                row.charge_started_at -= by
 
 
 def fresh_window(window_seconds: int, need_seconds: int) -> None:

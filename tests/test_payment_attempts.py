@@ -45,7 +45,7 @@ from billfold.subscriptions.states import BillingReason
 from billfold.wallet import funding as wallet_funding
 from billfold.wallet.auto_funding import JOB_KIND as TOP_UP_JOB
 from billfold.wallet.auto_funding import run_top_up
-from tests.helpers import CARD_OK, Agent, Api, bonus_coupon, decimal_json
+from tests.helpers import CARD_OK, Agent, Api, age_open_attempts, bonus_coupon, decimal_json
 from tests.subscription_helpers import create_plan, payments_of, status, subscriber
 
 AFTER_STALE = attempts.STALE_AFTER + timedelta(seconds=5)
@@ -318,6 +318,7 @@ def _janitor(services: Services, attempt: PaymentAttempt) -> None:
         ).first()
     assert job is not None and job.kind == attempts.JANITOR_JOB
     assert job.run_at >= attempt.created_at + attempts.STALE_AFTER  # not before its time
+    age_open_attempts(services, attempt.account_id, attempts.STALE_AFTER)  # its time passed
     claimed = ClaimedJob(job.id, job.kind, job.account_id, job.payload, 1, job.max_attempts)
     handlers()[job.kind](services, claimed)
 

@@ -19,7 +19,7 @@ from billfold.payments.models import Payment
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.wallet import funding as wallet_funding
-from tests.helpers import Api, bonus_coupon
+from tests.helpers import Api, age_open_attempts, bonus_coupon
 
 AFTER_RECOVERY_DELAY = attempts.STALE_AFTER + timedelta(seconds=5)
 
@@ -42,6 +42,13 @@ class DyingProcessor:
         if self.charge_reaches_processor:
             self.inner.charge(**kwargs)
         raise ProcessDied
+
+
+def _after_recovery_delay(services: Services, account_id: str) -> None:
+    """What the worker does once the recovery delay has passed (the account's attempts
+    aged by it, their janitor jobs due)."""
+    age_open_attempts(services, account_id, AFTER_RECOVERY_DELAY)
+    Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
 
 
 def _payments(services: Services, account_id: str) -> list[Payment]:
@@ -74,7 +81,7 @@ def test_charge_made_before_the_crash_is_recorded_once(api: Api, services: Servi
     assert agent.balance() == 0  # the card was charged, nothing recorded yet
     Worker(services).drain()
     assert agent.balance() == 0  # the recovery waits, in case the request is still running
-    Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
+    _after_recovery_delay(services, agent.account_id)
     assert agent.balance() == 40
     [payment] = _payments(services, agent.account_id)
     assert (payment.status, payment.amount_micros) == ("succeeded", 40_000_000)
@@ -109,7 +116,7 @@ def test_charge_that_never_reached_the_processor_is_not_made(api: Api, services:
             payment_method_id=agent.card(),
             idempotency_key=None,
         )
-    Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
+    _after_recovery_delay(services, agent.account_id)
     assert agent.balance() == 0
     assert _payments(services, agent.account_id) == []
     # The janitor's first look (nothing found yet) and its check at STALE_AFTER (never
@@ -129,7 +136,7 @@ def test_a_recorded_charge_cancels_its_recovery(api: Api, services: Services) ->
     for job in jobs:
         assert job.status == "succeeded"
         assert job.attempts == 0  # never ran
-    Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
+    _after_recovery_delay(services, agent.account_id)
     assert agent.balance() == 25
 
 
@@ -150,7 +157,7 @@ def test_payment_link_paid_before_the_crash_completes_later(api: Api, services: 
     body = {"session_id": link["session_id"]}
     pending = agent.post("/wallet/confirm-checkout", body)
     assert pending.status_code == 409
-    Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
+    _after_recovery_delay(services, agent.account_id)
     confirmed = agent.post("/wallet/confirm-checkout", body)
     assert confirmed.status_code == 200, confirmed.text
     assert (confirmed.json()["data"]["status"], confirmed.json()["data"]["balance"]) == (
@@ -185,7 +192,7 @@ def test_interrupted_coupon_purchase_is_finished_or_given_back(
     other = api.new_agent()
     info = other.get("/wallet/coupons/validate", params={"coupon_code": code}).json()["data"]
     assert info["error"]["code"] == "coupon_exhausted"
-    Worker(services).drain(at=now() + AFTER_RECOVERY_DELAY)
+    _after_recovery_delay(services, agent.account_id)
     if charged:
         balance = agent.get("/wallet/balance").json()["data"]
         assert (balance["balance"], balance["breakdown"]["promotional"]) == (25, 5)

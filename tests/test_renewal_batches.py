@@ -301,6 +301,33 @@ def test_renewals_rolled_together_whose_payments_never_ran_are_paid_once_later(
         assert len(payments_of(services, one.agent.account_id)) == 2
 
 
+def test_canceling_now_between_the_roll_and_the_payment_credits_no_unused_time(
+    api: Api, services: Services
+) -> None:
+    """The batch rolled the period and issued its invoice; before the job pays it, the
+    agent cancels now. The new period was never paid for: nothing of it is credited,
+    and the job then charges nothing."""
+    clock, [one], _ = _due_together(api, price=20, count=1)
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = _claim_renewals(services, clock)
+        rest = renewal.prepare_renewals(services, claimed)
+    before = one.agent.get("/wallet/balance").json()["data"]
+    canceled = one.agent.post(f"/subscriptions/{one.id}/cancel", {"at_period_end": False})
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["data"]["status"] == "canceled"
+    assert one.agent.get("/wallet/balance").json()["data"] == before
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        for job in claimed:
+            rest[job.id]()
+    assert [(i.billing_reason, i.status) for i in invoices_of(services, one.agent.account_id)] == [
+        ("subscription_create", "paid"),
+        ("subscription_cycle", "void"),
+    ]
+    assert len(payments_of(services, one.agent.account_id)) == 1
+    assert one.agent.get("/wallet/balance").json()["data"] == before
+    assert api.ledger_check(one.agent.account_id)["consistent"] is True
+
+
 def test_a_bad_job_among_renewals_leaves_its_neighbours_to_renew_alone(
     api: Api, services: Services
 ) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from billfold.clock import as_utc
@@ -15,10 +17,13 @@ from billfold.invoices.models import Invoice
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job
 from billfold.jobs.service import ClaimedJob
+from billfold.payments import attempts as payment_attempts
+from billfold.payments import janitor
 from billfold.payments.models import PaymentAttempt
+from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.subscriptions import attempts, dunning, engine, outcomes, renewal
-from tests.helpers import CARD_ATTACH_THEN_FAIL, Api, TestClock
+from tests.helpers import CARD_ATTACH_THEN_FAIL, Api, TestClock, jobs_of
 from tests.subscription_helpers import (
     advance,
     advance_to,
@@ -143,6 +148,156 @@ def test_a_dunning_retry_that_never_reached_the_processor_is_tried_again_and_dun
             ),
         )
     assert len(_attempts(services, cycle.id)) == 3
+
+
+def test_a_declined_fix_payment_before_the_pay_again_job_does_not_stop_dunning(
+    api: Api, services: Services
+) -> None:
+    """A dunning retry's attempt never reached the processor; before the pay-again job
+    runs, the agent's fix-payment is declined (it schedules no retry). The pay-again job
+    still makes the retry it stands for, whose failure queues the next one."""
+    plan = create_plan(api, price=9)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    declining = set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
+    advance_to(clock, instant(sub["current_period_end"]) + timedelta(minutes=2))
+    [_, cycle] = invoices_of(services, agent.account_id)
+    first_retry = _queued_retry(services, cycle.id, step=0)
+    assert first_retry is not None
+    advance_to(clock, first_retry - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        _claim(services, clock, dunning.RETRY_JOB)  # its worker dies
+        _reserve_and_die(services, cycle.id, card=declining, trigger="retry:0")
+    [attempt] = _attempt_rows(services, cycle.id)[1:]
+    with on_clock(services, clock, ahead=timedelta(minutes=9)):
+        outcome = janitor.settle(services, attempt.id)  # never charged: pay-again queued
+        assert outcome is not None and outcome.recorded
+    fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
+    assert fixed.status_code == 402, fixed.text
+    advance(clock, seconds=600)  # the pay-again job
+    assert _attempts(services, cycle.id) == [
+        ("failed", "declined"),
+        ("failed", "not_charged"),
+        ("failed", "declined"),  # fix-payment
+        ("failed", "declined"),  # the first retry, made again
+    ]
+    assert _queued_retry(services, cycle.id, step=1) is not None
+
+
+def test_a_renewal_run_again_charges_its_open_attempt_and_the_janitor_meanwhile_waits(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal job's worker died after reserving the attempt; the job runs again once
+    its lease is out, just when the janitor's check falls due, and the janitor looks
+    while that run's charge is on its way: it must not settle the attempt as never
+    charged (a second charge would follow under a new key)."""
+    plan = create_plan(api, price=20)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    end = instant(sub["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        [job] = _claim(services, clock, engine.RENEW_JOB)
+        with services.database.transaction() as session:
+            invoice_id = renewal.roll_period(session, engine.lock(session, sub["id"]), end)
+            assert invoice_id is not None
+        _reserve_and_die(services, invoice_id, card=card, trigger="renewal")
+    [attempt_id] = [row.id for row in _attempt_rows(services, invoice_id)]
+
+    processor = services.processor
+    real_charge = processor.charge
+    looked: list[str] = []
+
+    def charge_while_the_janitor_looks(**call: Any) -> Any:
+        if not looked:
+            looked.append(call["idempotency_key"])
+            janitor.run_janitor(
+                services,
+                ClaimedJob(
+                    0,
+                    janitor.JANITOR_JOB,
+                    agent.account_id,
+                    {"attempt_id": attempt_id},
+                    1,
+                    8,
+                    clock.id,
+                ),
+            )
+        return real_charge(**call)
+
+    monkeypatch.setattr(processor, "charge", charge_while_the_janitor_looks)
+    with on_clock(services, clock, ahead=timedelta(minutes=8)):  # past the janitor's check
+        renewal.run_renewal(services, job)
+    monkeypatch.setattr(processor, "charge", real_charge)
+
+    assert looked == [f"{invoice_id}:1"]
+    assert _attempts(services, invoice_id) == [("succeeded", None)]
+    assert _charges_at_processor(services, invoice_id) == 1
+    assert jobs_of(services, agent.account_id, outcomes.PAY_AGAIN_JOB) == 0
+    current = status(agent, sub["id"])
+    assert (current["status"], current["payment_status"]) == ("active", "paid")
+    assert len(payments_of(services, agent.account_id)) == 2
+
+
+def test_a_renewal_run_again_after_the_janitor_settled_its_attempt_charges_nothing(
+    api: Api, services: Services
+) -> None:
+    """The other order: the janitor settled the attempt as never charged first, so the
+    job run again does not charge under that key; the pay-again job pays, once."""
+    plan = create_plan(api, price=20)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    end = instant(sub["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        [job] = _claim(services, clock, engine.RENEW_JOB)
+        with services.database.transaction() as session:
+            invoice_id = renewal.roll_period(session, engine.lock(session, sub["id"]), end)
+            assert invoice_id is not None
+        _reserve_and_die(services, invoice_id, card=card, trigger="renewal")
+        [attempt] = _attempt_rows(services, invoice_id)
+    with on_clock(services, clock, ahead=timedelta(minutes=8)):
+        outcome = janitor.settle(services, attempt.id)
+        assert outcome is not None and outcome.recorded
+        # The old run's charge, had it read the attempt open before, finds it settled.
+        stale = payment_attempts.Attempt.of(attempt)
+        replayed = payment_attempts.run(
+            services.database, services.processor, stale, description="late", services=services
+        )
+        assert not replayed.recorded
+        renewal.run_renewal(services, job)  # finds nothing to roll or pay
+    assert _charges_at_processor(services, invoice_id) == 0
+    advance(clock, seconds=600)  # the pay-again job (queued at the time it was settled)
+    [_, cycle] = invoices_of(services, agent.account_id)
+    assert (cycle.status, cycle.attempt_count) == ("paid", 2)
+    assert _charges_at_processor(services, invoice_id) == 1
+
+
+def _attempt_rows(services: Services, invoice_id: str) -> list[PaymentAttempt]:
+    with services.database.read() as session:
+        return list(
+            session.scalars(
+                select(PaymentAttempt)
+                .where(PaymentAttempt.operation.like(f"{invoice_id}:%"))
+                .order_by(PaymentAttempt.operation)
+            )
+        )
+
+
+def _charges_at_processor(services: Services, invoice_id: str) -> int:
+    """Charges the sandbox processor made under the invoice's attempt keys."""
+    with services.database.read() as session:
+        return len(
+            session.scalars(
+                select(SandboxObject.id).where(
+                    SandboxObject.object == "payment_intent",
+                    SandboxObject.idempotency_key.like(f"{invoice_id}:%"),
+                )
+            ).all()
+        )
 
 
 def _queued_retry(services: Services, invoice_id: str, *, step: int) -> datetime | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
@@ -275,6 +275,7 @@ def begin(
         "context": context or {},
         "created_at": current,
         "updated_at": current,
+        "charge_started_at": current,  # its caller charges once this commits
     }
     inserted = insert_or_ignore(session, PaymentAttempt, values, ["key"])
     if not inserted:  # a racer wrote it first: theirs
@@ -364,6 +365,8 @@ def run(
         except Exception:
             _not_charged(database, attempt, services)
             raise
+    if not attempt.new and not _charge_starts(database, attempt):
+        return replay(database, attempt)  # settled meanwhile (never charged): no call
     try:
         result = charge(processor, attempt, customer_id=customer_id, description=description)
     except UnknownPaymentMethod:
@@ -378,6 +381,27 @@ def run(
     except Exception:  # charged, and the outcome is not recorded: the janitor records it
         mark_unknown(database, attempt)
         raise
+
+
+def _charge_starts(database: Database, attempt: Attempt) -> bool:
+    """Before charging under the key of an attempt begun earlier (joined open: a job run
+    again, a retried request): mark that a charge starts now, unless the attempt was
+    settled meanwhile. The janitor settles an attempt as never charged only when no
+    charge began in the STALE_AFTER before it asked the processor (`fail`'s
+    `quiet_since`), so the two exclude each other: either this mark lands first and the
+    janitor waits, or the janitor settles first and nothing is charged here."""
+    with database.transaction() as session:
+        marked = session.execute(
+            update(PaymentAttempt)
+            .where(PaymentAttempt.id == attempt.id, PaymentAttempt.state.in_(OPEN_STATES))
+            .values(charge_started_at=now())
+        ).rowcount  # type: ignore[attr-defined]
+    return bool(marked)
+
+
+class ChargeMayBeInFlight(RuntimeError):
+    """The janitor found no charge, but one under the attempt's key began too recently
+    to rule out that it is still on its way: it looks again later."""
 
 
 def _not_charged(database: Database, attempt: Attempt, services: Services | None) -> None:
@@ -437,11 +461,14 @@ def fail(
     *,
     recovered: bool = False,
     services: Services | None = None,
+    quiet_since: datetime | None = None,
 ) -> Outcome:
-    """Settle an attempt that made no charge as failed, once."""
+    """Settle an attempt that made no charge as failed, once; with `quiet_since` (the
+    janitor's never-charged verdict), only if no charge under its key began after it
+    (else `ChargeMayBeInFlight`)."""
     event = Settled(attempt, None, recovered=recovered, services=services)
     with database.transaction() as session:
-        return _settle(session, event, AttemptState.FAILED, None, reason)
+        return _settle(session, event, AttemptState.FAILED, None, reason, quiet_since)
 
 
 def _settle(
@@ -450,6 +477,7 @@ def _settle(
     state: AttemptState,
     result: ChargeResult | None,
     reason: FailureReason | None,
+    quiet_since: datetime | None = None,
 ) -> Outcome:
     """Move the attempt out of pending/unknown (a conditional UPDATE, after the purpose's
     locks); if this call moved it, record the payment and run the purpose's handlers."""
@@ -457,9 +485,13 @@ def _settle(
     handlers = _HANDLERS[attempt.purpose]
     handlers.locking.publish(session, attempt)
     current = now()
+    conditions = [PaymentAttempt.id == attempt.id, PaymentAttempt.state.in_(OPEN_STATES)]
+    if quiet_since is not None:
+        started = func.coalesce(PaymentAttempt.charge_started_at, PaymentAttempt.created_at)
+        conditions.append(started <= quiet_since)
     moved = session.execute(
         update(PaymentAttempt)
-        .where(PaymentAttempt.id == attempt.id, PaymentAttempt.state.in_(OPEN_STATES))
+        .where(*conditions)
         .values(
             state=state.value,
             payment_id=result.payment_intent_id if result is not None else None,
@@ -474,6 +506,8 @@ def _settle(
     ).rowcount  # type: ignore[attr-defined]
     settled = get(session, attempt.id)
     assert settled is not None
+    if not moved and not settled.state.settled:
+        raise ChargeMayBeInFlight(f"a charge under payment attempt {attempt.id} began lately")
     if not moved:  # recorded by someone else: answer what they recorded
         if result is not None and result.succeeded and settled.never_charged:
             log.error(

@@ -6,7 +6,10 @@ The janitor asks the processor what happened under the attempt's key (`find_char
 a charge it finds is recorded exactly as the request would have recorded it (the
 purpose's handler runs once, in the recording transaction; `recovered` marks it); a
 charge the processor never saw is settled failed (`not_charged`), and the purpose's
-failure handlers give back what was reserved. It never starts a charge.
+failure handlers give back what was reserved. It never starts a charge, and it settles
+nothing as never charged while a charge under the attempt's key may still be on its way
+(one began less than STALE_AFTER before it asked: a caller that joined the attempt open
+marks `charge_started_at` before its call, or finds it settled and does not call).
 
 Each attempt queues its own janitor jobs when it is written (cancelled when its outcome
 is recorded): a first look after `FIRST_LOOK_AFTER`, and the check at `STALE_AFTER`;
@@ -33,6 +36,7 @@ from billfold.payments.attempts import (
     JANITOR_JOB,
     STALE_AFTER,
     Attempt,
+    ChargeMayBeInFlight,
     Outcome,
     begin,
     fail,
@@ -81,6 +85,7 @@ def settle(services: Services, attempt_id: str, *, found_only: bool = False) -> 
             select(Account.processor_customer_id).where(Account.id == attempt.account_id)
         )
     processor = services.processor
+    asked_at = now()
     result = (
         processor.find_charge(attempt.key, customer_id=customer_id, since=attempt.created_at)
         if customer_id is not None  # no customer at the processor: nothing was ever charged
@@ -89,14 +94,18 @@ def settle(services: Services, attempt_id: str, *, found_only: bool = False) -> 
     if result is None:
         if found_only:
             return None
-        log.warning("payment attempt %s never reached the processor", attempt.id)
-        return fail(
+        outcome = fail(
             services.database,
             attempt,
             FailureReason.NOT_CHARGED,
             recovered=True,
             services=services,
+            # A charge begun since then could still be on its way: not settled now.
+            quiet_since=asked_at - STALE_AFTER,
         )
+        if outcome.recorded:
+            log.warning("payment attempt %s never reached the processor", attempt.id)
+        return outcome
     return record_found(services, attempt, result)
 
 
@@ -173,8 +182,11 @@ def run_janitor(services: Services, job: ClaimedJob) -> None:
     found_only = bool(job.payload.get("found_only"))
     try:
         settle(services, str(attempt_id), found_only=found_only)
-    except Exception:
-        log.exception("could not settle payment attempt %s", attempt_id)
+    except Exception as exc:
+        if isinstance(exc, ChargeMayBeInFlight):
+            log.warning("payment attempt %s: not settled yet (%s)", attempt_id, exc)
+        else:
+            log.exception("could not settle payment attempt %s", attempt_id)
         if found_only:
             return  # the check at STALE_AFTER follows anyway
         with services.database.read() as session:

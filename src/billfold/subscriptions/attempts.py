@@ -294,8 +294,8 @@ def pay_invoice(
     after_attempt: int | None = None,
 ) -> Paid:
     """Attempt to pay an open subscription invoice (at most one charge in flight); with
-    `after_attempt`, only if its last attempt is that one and is settled (nobody tried
-    again since)."""
+    `after_attempt`, only if nothing but fix-payment tried it again since that attempt
+    (see `_tried_again`)."""
     database = services.database
     with database.transaction() as session:
         invoice = session.get(Invoice, invoice_id)
@@ -303,9 +303,7 @@ def pay_invoice(
         sub, invoice = _lock_pair(session, invoice.subscription_id, invoice_id)
         if invoice.status != "open":
             return Paid(invoice.status == "paid", None)
-        if after_attempt is not None and (
-            invoice.attempt_count != after_attempt or invoice.attempt_key is not None
-        ):
+        if after_attempt is not None and _tried_again(invoice, after_attempt):
             return Paid(False, None)
         if invoice.total_micros <= 0:
             invoices.mark_paid(session, invoice, payment_intent_id=None)
@@ -342,6 +340,20 @@ def pay_invoice(
         current = session.get(Invoice, invoice_id)
         assert current is not None
         return Paid(current.status == "paid", outcome.payment)
+
+
+FIX_TRIGGER = "fix"  # fix-payment: the account's own attempt, outside the renewal's schedule
+
+
+def _tried_again(invoice: Invoice, after_attempt: int) -> bool:
+    """Whether the invoice's payment was taken up again after attempt `after_attempt`: an
+    attempt in flight, or a later one made by the renewal's own schedule (a dunning
+    retry, another pay-again). A later fix-payment's does not count: it schedules no
+    retry when it fails, so the schedule would otherwise stop there."""
+    if invoice.attempt_key is not None:
+        return True
+    last_trigger = (invoice.meta or {}).get("attempt_trigger")
+    return invoice.attempt_count != after_attempt and last_trigger != FIX_TRIGGER
 
 
 def _failed_uncharged(

@@ -18,7 +18,7 @@ from billfold.ids import new_id
 from billfold.invoices import service as invoices
 from billfold.money import round_to_cent
 from billfold.payments import service as payments
-from billfold.subscriptions import credits, states
+from billfold.subscriptions import attempts, credits, states
 from billfold.subscriptions.engine import (
     end,
     lock,
@@ -53,7 +53,9 @@ def fix_payment(services: Services, *, account_id: str, subscription_id: str) ->
             raise payments.PaymentMethodRequired(
                 "Add a card first (POST /billing/payment-methods): there is no default card."
             )
-    paid = pay_invoice(services, invoice_id, trigger="fix", payment_method_id=default.id)
+    paid = pay_invoice(
+        services, invoice_id, trigger=attempts.FIX_TRIGGER, payment_method_id=default.id
+    )
     return answer(services, paid, account_id=account_id, subscription_id=subscription_id)
 
 
@@ -221,12 +223,16 @@ def cancel(
         sub.updated_at = now()
         emit(session, "updated", sub, change="cancel_at_period_end")
         return sub
+    period_unpaid = False
     if sub.open_invoice_id is not None:
         invoice = lock_invoice(session, sub.open_invoice_id)
         if invoice.attempt_key is not None:
             raise payment_pending(sub)
+        # An active subscription's open renewal invoice bills the period it is in (rolled
+        # in the transaction that issued it): that period was never paid for.
+        period_unpaid = invoice.billing_reason == BillingReason.CYCLE
         void(session, sub, invoice)
-    if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED):  # a paid period
+    if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED) and not period_unpaid:
         invoices.lock_series(session, "credit_note")  # the series before the wallet
         plan = session.get(Plan, sub.plan_id)
         assert plan is not None
