@@ -59,11 +59,13 @@ from sqlalchemy import case, func, select
 
 from billfold.coupons.models import Coupon, CouponRedemption
 from billfold.coupons.service import PURCHASE_KINDS
-from billfold.ledger.models import LedgerPosting, LedgerTransaction
+from billfold.ledger.models import LedgerPosting, LedgerTransaction, Wallet
 from billfold.ledger.service import HOLDS_USAGE, OPERATOR_ADJUSTMENTS
 from billfold.money import to_micros
 from billfold.payments.models import Payment, Refund
 from billfold.services import Services
+from billfold.subscriptions.models import CreditGrant
+from billfold.wallet.models import UsageHold
 from billfold.wallet.refunds import BONUS_KINDS, REFUNDABLE_PURPOSES
 from tests.helpers import Agent, Api, TestClock, assert_error, decimal_json
 from tests.subscription_helpers import FAR_EXPIRY
@@ -307,6 +309,31 @@ def assert_ledger_consistent(api: Api, account_id: str) -> None:
     check = api.ledger_check(account_id)
     assert check["consistent"] is True, check
     assert all(value >= 0 for value in check["cached"].values()), check
+
+
+def included_credit(services: Services, agent: Agent) -> tuple[int, int]:
+    """The included credit the account still has (its subscription bucket, and what its
+    held usage holds keep of it, less what they keep past its grant's expiry), and what
+    its unexpired grants granted: the first can never exceed the second, or credit
+    outlived its period."""
+    with services.database.read() as session:
+        bucket = session.scalar(
+            select(Wallet.subscription_micros).where(Wallet.account_id == agent.account_id)
+        )
+        held = session.scalar(
+            select(
+                func.coalesce(
+                    func.sum(UsageHold.subscription_micros - UsageHold.subscription_expired_micros),
+                    0,
+                )
+            ).where(UsageHold.account_id == agent.account_id, UsageHold.status == "held")
+        )
+        live = session.scalar(
+            select(func.coalesce(func.sum(CreditGrant.amount_micros), 0)).where(
+                CreditGrant.account_id == agent.account_id, CreditGrant.status == "active"
+            )
+        )
+    return int(bucket or 0) + int(held or 0), int(live or 0)
 
 
 def assert_conserved(books: Books, *, slack_micros: int = 0) -> None:

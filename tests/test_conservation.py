@@ -57,6 +57,7 @@ from tests.conservation_helpers import (
     assert_ledger_consistent,
     assert_withdrawal_refused,
     balance_data,
+    included_credit,
     micros,
     new_account,
     observe,
@@ -696,6 +697,8 @@ class World:
             assert 0 <= books.withdrawable <= books.balance, books.explain()
             assert books.withdrawable <= books.undisputed_left, (step, books.explain())
             assert_conserved(books, slack_micros=seen.rounding * CENT)
+            kept, live = included_credit(self.services, agent)
+            assert kept <= live, (step, "included credit outlived its grants", kept, live)
 
 
 def _refunded(response: requests.Response) -> int:

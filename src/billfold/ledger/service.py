@@ -31,6 +31,8 @@ OPERATOR_PROMOTIONS = "operator:promotions"
 # Wallet money reserved by usage holds until they are captured or released: off the
 # wallet (no "wallet:" prefix), so the cached balances stay what the account can spend.
 HOLDS_USAGE = "holds:usage"
+# Included credit granted by subscriptions and not yet expired (the grants' side).
+SUBSCRIPTION_GRANTS = "subscription:grants"
 
 # Hot-path statements go to the Tables: the ORM's bulk-statement machinery adds much
 # Python overhead per statement and nothing these need.

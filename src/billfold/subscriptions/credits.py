@@ -24,12 +24,13 @@ from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
 from billfold.subscriptions.models import CreditGrant, Subscription
 from billfold.subscriptions.states import GrantStatus, SubscriptionStatus
+from billfold.wallet.models import HoldStatus, UsageHold
 
 if TYPE_CHECKING:
     from billfold.services import Services
 
 JOB_KIND = "subscriptions.expire_credits"
-GRANTS = "subscription:grants"
+GRANTS = ledger.SUBSCRIPTION_GRANTS
 
 
 def grant(
@@ -115,9 +116,17 @@ def spent_of_live_grants(session: Session, subscription: Subscription) -> tuple[
 
 def expire_due(session: Session, account_id: str) -> int:
     """Expire every due grant of the account (paused subscriptions' excepted), in expiry
-    order; the micros taken back."""
-    wallet = ledger.lock_wallet(session, account_id)
+    order; the micros taken back now.
+
+    Usage holds keep included credit out of the bucket, taken as any spending is, from
+    the earliest-expiring grants. So the unspent part of an expiring grant is counted
+    with what holds keep (`held`), which is that grant's first: the part in the bucket
+    is taken back now; the part in holds is marked on them (`subscription_expired_micros`)
+    and expires when they give it back (what a capture does not spend of it)."""
+    wallet = ledger.lock_wallet(session, account_id)  # before the holds: the lock order
     bucket = wallet.subscription_micros
+    holding = _holds_keeping_included_credit(session, account_id)
+    held = sum(hold.subscription_micros - hold.subscription_expired_micros for hold in holding)
     live = active_grants(session, account_id)
     paused = set(
         session.scalars(
@@ -134,7 +143,13 @@ def expire_due(session: Session, account_id: str) -> int:
             continue
         live.remove(row)
         others = sum(other.amount_micros for other in live)
-        unspent = max(0, min(row.amount_micros, bucket - others))
+        unspent = max(0, min(row.amount_micros, bucket + held - others))
+        in_holds = min(unspent, held)
+        if in_holds:
+            _mark_held_credit_expired(holding, in_holds)
+            held -= in_holds
+            row.meta = {**(row.meta or {}), "held_at_expiry_micros": in_holds}
+        unspent -= in_holds
         if unspent:
             ledger.post(
                 session,
@@ -156,6 +171,32 @@ def expire_due(session: Session, account_id: str) -> int:
         row.expired_at = current
     session.flush()
     return taken
+
+
+def _holds_keeping_included_credit(session: Session, account_id: str) -> list[UsageHold]:
+    """The account's held holds with included credit not yet marked expired, oldest first
+    (the caller holds the wallet's lock, which every change of a hold takes first)."""
+    return list(
+        session.scalars(
+            select(UsageHold)
+            .where(
+                UsageHold.account_id == account_id,
+                UsageHold.status == HoldStatus.HELD,
+                UsageHold.subscription_micros > UsageHold.subscription_expired_micros,
+            )
+            .order_by(UsageHold.created_at, UsageHold.id)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def _mark_held_credit_expired(holding: list[UsageHold], amount: int) -> None:
+    """Mark `amount` of the included credit the holds keep as expired, oldest hold first."""
+    for hold in holding:
+        take = min(amount, hold.subscription_micros - hold.subscription_expired_micros)
+        hold.subscription_expired_micros += take
+        amount -= take
+    assert amount == 0, "more marked expired than the holds keep"
 
 
 def expire_subscription_grants_now(session: Session, subscription: Subscription) -> int:

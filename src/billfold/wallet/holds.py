@@ -16,6 +16,11 @@ A hold is a ledger movement, so the usage-charge hot path knows nothing about it
   effect on the wallet, and one posting could only show as a credit of the unused rest,
   where invoices, the books and the agent's history expect a usage charge of `c`.
 
+Included (subscription) credit a hold keeps while its grant expires is marked on the
+hold by the grant's expiry (`subscription_expired_micros`): when the hold gives it back,
+what the capture did not spend of it expires at once (`subscription_credit_expiry`), so
+held credit never outlives its period. A capture of such a hold takes the careful path.
+
 Every change of a hold's status is one conditional UPDATE from `held` (and, but for an
 expiry, from before `expires_at`), taken after the wallet row is locked (the lock order
 of every wallet write: wallet, then hold): of a concurrent capture, release and expiry
@@ -229,6 +234,7 @@ def capture(
         meta={**(hold.meta or {}), "hold_id": hold.id},
     )
     _keep_auto_funding_disarmed(session, wallet, balance_after_micros=charge.balance_after_micros)
+    _expire_held_credit(session, hold, captured_micros=captured)
     session.execute(
         update(UsageHold)
         .where(UsageHold.id == hold.id)
@@ -247,6 +253,7 @@ def release(
     ledger.lock_wallet(session, hold.account_id)
     _resolve(session, hold, HoldStatus.RELEASED)
     txn = _give_back(session, hold)
+    _expire_held_credit(session, hold)
     _set_release_transaction(session, hold, txn)
     return get(session, hold_id=hold.id), txn
 
@@ -271,6 +278,7 @@ def expire_if_due(session: Session, hold_id: str) -> bool:
     if expired is None:
         return False
     _set_release_transaction(session, hold, _give_back(session, hold))
+    _expire_held_credit(session, hold)
     return True
 
 
@@ -375,6 +383,32 @@ def _give_back(session: Session, hold: UsageHold) -> LedgerTransaction:
         reference=f"hold_release:{hold.id}",
         meta={"hold_id": hold.id},
     )
+
+
+def _expire_held_credit(session: Session, hold: UsageHold, *, captured_micros: int = 0) -> None:
+    """After the give-back: the included credit the hold kept past its grant's expiry
+    (`subscription_expired_micros`, read under the wallet's lock: the grant's expiry
+    writes it under that lock too) expires now, but for what the capture spent of it (a
+    capture spends the hold's included credit first, and that part first)."""
+    expired = session.scalar(
+        select(UsageHold.subscription_expired_micros).where(UsageHold.id == hold.id)
+    )
+    spent = min(hold.subscription_micros, captured_micros)
+    left = max(0, (expired or 0) - spent)
+    if left:
+        ledger.post(
+            session,
+            account_id=hold.account_id,
+            kind="subscription_credit_expiry",
+            usecase="subscription_credits",
+            description="Included credits expired at the end of their period, while held",
+            reference=f"expire_held:{hold.id}",
+            postings=[
+                ledger.Posting(ledger.wallet_account("subscription"), -left),
+                ledger.Posting(ledger.SUBSCRIPTION_GRANTS, left),
+            ],
+            meta={"hold_id": hold.id},
+        )
 
 
 def _set_release_transaction(session: Session, hold: UsageHold, txn: LedgerTransaction) -> None:

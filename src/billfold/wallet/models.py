@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy import JSON, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.clock import now
@@ -35,6 +35,11 @@ class UsageHold(Base):
     subscription_micros: Mapped[int] = mapped_column(Micros, default=0)
     promotional_micros: Mapped[int] = mapped_column(Micros, default=0)
     purchased_micros: Mapped[int] = mapped_column(Micros, default=0)
+    # Of `subscription_micros`, the included credit whose grant expired while held: what
+    # a release gives back of it (what a capture did not spend) expires then.
+    subscription_expired_micros: Mapped[int] = mapped_column(
+        Micros, default=0, server_default=text("0")
+    )
     usecase: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(String(500))
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)

@@ -203,6 +203,7 @@ class _HoldState:
     created_at: datetime
     hold_transaction_id: str
     test_clock_id: str | None
+    subscription_expired_micros: int = 0
 
 
 _w = _WALLETS.c
@@ -437,8 +438,11 @@ def _plan_capture(
         or hold.expires_at <= op.created_at
         or not 0 < captured <= hold.amount_micros
         or hold.account_id not in wallets
+        or hold.subscription_expired_micros
     ):
-        return None  # the careful path answers it (404, 409, an expiry, a test clock)
+        # The careful path answers it (404, 409, an expiry, a test clock, included credit
+        # held past its grant's expiry).
+        return None
     wallet = wallets[hold.account_id]
     hold.status = HoldStatus.CAPTURED  # a second capture in the batch: the careful path
     for bucket in BUCKETS:
@@ -775,7 +779,8 @@ _LOCK_WITH_HOLDS_PG = """
 _HOLDS_PG = """
     SELECT h.id, h.account_id, h.amount_micros, h.subscription_micros, h.promotional_micros,
            h.purchased_micros, h.usecase, h.description, h.metadata::text, h.status,
-           h.expires_at, h.created_at, h.hold_transaction_id, a.test_clock_id
+           h.expires_at, h.created_at, h.hold_transaction_id, a.test_clock_id,
+           h.subscription_expired_micros
     FROM usage_holds AS h JOIN accounts AS a ON a.id = h.account_id
     WHERE h.id = ANY(%s::varchar[]) ORDER BY h.id FOR UPDATE OF h
 """
@@ -1163,6 +1168,7 @@ def _hold_states(rows: Sequence[Any]) -> dict[str, _HoldState]:
             created_at=row[11].astimezone(UTC),
             hold_transaction_id=row[12],
             test_clock_id=row[13],
+            subscription_expired_micros=row[14],
         )
         for row in rows
     }

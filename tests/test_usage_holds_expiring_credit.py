@@ -1,0 +1,111 @@
+"""Included (subscription) credit a usage hold keeps while its grant expires: it does not
+come back spendable. What a capture spends of it is spent; the rest expires when the hold
+gives it back (release, capture for less, the hold's own expiry). Both databases, the
+usage batch path and the careful one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from billfold.services import Services
+from tests.conservation_helpers import included_credit
+from tests.helpers import Agent, Api, TestClock, decimal_json
+from tests.subscription_helpers import (
+    advance_to,
+    create_plan,
+    grants_of,
+    instant,
+    ledger_of,
+    subscribe,
+    subscriber,
+)
+
+D = Decimal
+
+
+def _hold(api: Api, agent: Agent, amount: str) -> dict[str, Any]:
+    created = api.admin_post(
+        "/usage-holds",
+        {"account_id": agent.account_id, "amount": amount, "usecase": "llm", "ttl_seconds": 7200},
+    )
+    assert created.status_code == 201, created.text
+    data: dict[str, Any] = decimal_json(created)["data"]
+    return data
+
+
+def _subscribed_with_a_hold_over_the_end(
+    api: Api, *, renews: bool
+) -> tuple[Agent, TestClock, dict[str, Any], Any]:
+    """A subscriber with 3 included credits, all held from an hour before the period's
+    end to five minutes after it (the grant expired meanwhile)."""
+    plan = create_plan(api, price=20, included_credits=3)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    if not renews:
+        ended = agent.post(f"/subscriptions/{sub['id']}/cancel", {"at_period_end": True})
+        assert ended.status_code == 200, ended.text
+    end = instant(sub["current_period_end"])
+    advance_to(clock, end - timedelta(hours=1))
+    assert agent.balance() == D(3)
+    held = _hold(api, agent, "3")
+    assert held["breakdown"]["subscription"] == D(3)
+    advance_to(clock, end + timedelta(minutes=5))
+    return agent, clock, held, end
+
+
+def _settle(api: Api, clock: TestClock, end: Any, hold_id: str, how: str) -> None:
+    if how == "release":
+        done = api.admin_post(f"/usage-holds/{hold_id}/release", {})
+    elif how == "expiry":  # the hold's own expiry, two hours after it was made
+        advance_to(clock, end + timedelta(hours=2))
+        return
+    else:
+        amount = {"capture_part": {"amount": "1"}, "capture_all": {}}[how]
+        done = api.admin_post(f"/usage-holds/{hold_id}/capture", amount)
+    assert done.status_code == 200, done.text
+
+
+SPENT = {"release": D(0), "expiry": D(0), "capture_part": D(1), "capture_all": D(3)}
+
+
+@pytest.mark.parametrize("renews", [False, True], ids=["ended", "renewed"])
+@pytest.mark.parametrize("how", list(SPENT))
+def test_included_credit_held_past_its_expiry_never_comes_back(
+    api: Api, services: Services, how: str, renews: bool
+) -> None:
+    agent, clock, held, end = _subscribed_with_a_hold_over_the_end(api, renews=renews)
+    next_grant = D(3) if renews else D(0)  # the renewal's new included credits
+    assert agent.balance() == next_grant  # the held 3 are off the balance
+
+    _settle(api, clock, end, held["id"], how)
+
+    # Whatever the capture did not spend of the expired credit is gone; the new
+    # period's credits are untouched.
+    assert agent.balance() == next_grant
+    kept, live = included_credit(services, agent)
+    assert kept <= live, (kept, live)  # the conservation test's invariant
+    grants_side = sum(
+        (
+            postings.get("subscription:grants", D(0))
+            for _, postings in ledger_of(services, agent.account_id)
+        ),
+        D(0),
+    )
+    assert grants_side == -(next_grant + SPENT[how])  # granted, less what expired
+    assert api.ledger_check(agent.account_id)["consistent"] is True
+    # Still nothing more to spend twenty days on.
+    advance_to(clock, end + timedelta(days=20))
+    refused = api.charge_usage(agent.account_id, str(next_grant + D("0.5")))
+    assert refused.status_code == 402, refused.text
+
+
+def test_the_grant_records_what_holds_kept_at_its_expiry(api: Api, services: Services) -> None:
+    agent, _, _, _ = _subscribed_with_a_hold_over_the_end(api, renews=False)
+    [grant] = grants_of(services, agent.account_id)
+    assert (grant.status, grant.expired_micros) == ("expired", 0)
+    assert (grant.meta or {}).get("held_at_expiry_micros") == 3_000_000
