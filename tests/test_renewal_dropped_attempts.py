@@ -23,7 +23,7 @@ from billfold.payments.models import PaymentAttempt
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.subscriptions import attempts, dunning, engine, outcomes, renewal
-from tests.helpers import CARD_ATTACH_THEN_FAIL, Api, TestClock, jobs_of
+from tests.helpers import CARD_ATTACH_THEN_FAIL, Agent, Api, TestClock, jobs_of
 from tests.subscription_helpers import (
     advance,
     advance_to,
@@ -192,18 +192,7 @@ def test_a_renewal_run_again_charges_its_open_attempt_and_the_janitor_meanwhile_
     its lease is out, just when the janitor's check falls due, and the janitor looks
     while that run's charge is on its way: it must not settle the attempt as never
     charged (a second charge would follow under a new key)."""
-    plan = create_plan(api, price=20)
-    clock = api.new_clock()
-    agent, card = subscriber(api, clock)
-    sub = subscribe(agent, plan["id"], card)
-    end = instant(sub["current_period_end"])
-    advance_to(clock, end - timedelta(minutes=1))
-    with on_clock(services, clock, ahead=timedelta(minutes=2)):
-        [job] = _claim(services, clock, engine.RENEW_JOB)
-        with services.database.transaction() as session:
-            invoice_id = renewal.roll_period(session, engine.lock(session, sub["id"]), end)
-            assert invoice_id is not None
-        _reserve_and_die(services, invoice_id, card=card, trigger="renewal")
+    agent, clock, sub, job, invoice_id = _died_after_reserving(api, services)
     [attempt_id] = [row.id for row in _attempt_rows(services, invoice_id)]
 
     processor = services.processor
@@ -246,19 +235,8 @@ def test_a_renewal_run_again_after_the_janitor_settled_its_attempt_charges_nothi
 ) -> None:
     """The other order: the janitor settled the attempt as never charged first, so the
     job run again does not charge under that key; the pay-again job pays, once."""
-    plan = create_plan(api, price=20)
-    clock = api.new_clock()
-    agent, card = subscriber(api, clock)
-    sub = subscribe(agent, plan["id"], card)
-    end = instant(sub["current_period_end"])
-    advance_to(clock, end - timedelta(minutes=1))
-    with on_clock(services, clock, ahead=timedelta(minutes=2)):
-        [job] = _claim(services, clock, engine.RENEW_JOB)
-        with services.database.transaction() as session:
-            invoice_id = renewal.roll_period(session, engine.lock(session, sub["id"]), end)
-            assert invoice_id is not None
-        _reserve_and_die(services, invoice_id, card=card, trigger="renewal")
-        [attempt] = _attempt_rows(services, invoice_id)
+    agent, clock, _, job, invoice_id = _died_after_reserving(api, services)
+    [attempt] = _attempt_rows(services, invoice_id)
     with on_clock(services, clock, ahead=timedelta(minutes=8)):
         outcome = janitor.settle(services, attempt.id)
         assert outcome is not None and outcome.recorded
@@ -274,6 +252,27 @@ def test_a_renewal_run_again_after_the_janitor_settled_its_attempt_charges_nothi
     [_, cycle] = invoices_of(services, agent.account_id)
     assert (cycle.status, cycle.attempt_count) == ("paid", 2)
     assert _charges_at_processor(services, invoice_id) == 1
+
+
+def _died_after_reserving(
+    api: Api, services: Services
+) -> tuple[Agent, TestClock, dict[str, Any], ClaimedJob, str]:
+    """A subscriber whose renewal job's worker rolled the period and reserved the
+    attempt, then died (the job still running): the agent, the clock, the subscription,
+    the job and the invoice."""
+    plan = create_plan(api, price=20)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    end = instant(sub["current_period_end"])
+    advance_to(clock, end - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        [job] = _claim(services, clock, engine.RENEW_JOB)
+        with services.database.transaction() as session:
+            invoice_id = renewal.roll_period(session, engine.lock(session, sub["id"]), end)
+            assert invoice_id is not None
+        _reserve_and_die(services, invoice_id, card=card, trigger="renewal")
+    return agent, clock, sub, job, invoice_id
 
 
 def _attempt_rows(services: Services, invoice_id: str) -> list[PaymentAttempt]:

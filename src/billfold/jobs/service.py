@@ -248,15 +248,20 @@ def succeed(session: Session, job: ClaimedJob, *, worker_id: str) -> bool:
     done = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status == "running", Job.locked_by == worker_id)
-        .values(
-            status="succeeded",
-            finished_at=wall_now(),
-            locked_until=None,
-            slot=None,
-            last_error=None,
-        )
+        .values(**_succeeded())
     ).rowcount  # type: ignore[attr-defined]
     return bool(done)
+
+
+def _succeeded() -> dict[str, Any]:
+    """What marking a job done writes."""
+    return {
+        "status": "succeeded",
+        "finished_at": wall_now(),
+        "locked_until": None,
+        "slot": None,
+        "last_error": None,
+    }
 
 
 def succeed_many(session: Session, done: list[ClaimedJob], *, worker_id: str) -> set[int]:
@@ -269,13 +274,7 @@ def succeed_many(session: Session, done: list[ClaimedJob], *, worker_id: str) ->
             Job.status == "running",
             Job.locked_by == worker_id,
         )
-        .values(
-            status="succeeded",
-            finished_at=wall_now(),
-            locked_until=None,
-            slot=None,
-            last_error=None,
-        )
+        .values(**_succeeded())
         .returning(Job.id)
     )
     return set(marked)
