@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from billfold.clock import as_utc
+from billfold.application.jobs import Worker
+from billfold.clock import as_utc, real_time, wall_now
 from billfold.invoices.models import Invoice
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job
@@ -23,7 +24,14 @@ from billfold.payments.models import PaymentAttempt
 from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.subscriptions import attempts, dunning, engine, outcomes, renewal
-from tests.helpers import CARD_ATTACH_THEN_FAIL, Agent, Api, TestClock, jobs_of
+from tests.helpers import (
+    CARD_ATTACH_THEN_FAIL,
+    Agent,
+    Api,
+    TestClock,
+    age_open_attempts,
+    jobs_of,
+)
 from tests.subscription_helpers import (
     advance,
     advance_to,
@@ -50,13 +58,16 @@ def _claim(services: Services, clock: TestClock, kind: str) -> list[ClaimedJob]:
 
 def _reserve_and_die(services: Services, invoice_id: str, *, card: str, trigger: str) -> None:
     """What paying an invoice does up to its charge: the attempt is reserved, and the
-    process dies before the processor is called."""
+    process dies before the processor is called; then more real time passes than the
+    janitor waits for a charge that may still be on its way (the attempt aged by it)."""
     with services.database.transaction() as session:
         found = session.get(Invoice, invoice_id)
         assert found is not None and found.subscription_id is not None
         attempts.lock_subscription(session, found.subscription_id)  # the lock order
         invoice = attempts.lock_invoice(session, invoice_id)
         attempts.reserve(session, invoice, payment_method_id=card, trigger=trigger)
+        account_id = invoice.account_id
+    age_open_attempts(services, account_id, payment_attempts.STALE_AFTER)
 
 
 def _attempts(services: Services, invoice_id: str) -> list[tuple[str, str | None]]:
@@ -252,6 +263,118 @@ def test_a_renewal_run_again_after_the_janitor_settled_its_attempt_charges_nothi
     [_, cycle] = invoices_of(services, agent.account_id)
     assert (cycle.status, cycle.attempt_count) == ("paid", 2)
     assert _charges_at_processor(services, invoice_id) == 1
+
+
+def test_a_clock_advanced_during_a_run_again_charge_lets_the_janitor_settle_nothing(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job run again is charging when someone advances the clock a day: every check
+    of the janitor that falls due on the clock runs a moment of real time after that
+    charge began, so none settles the attempt as never charged (the wait is real time)."""
+    agent, clock, _, job, invoice_id = _died_after_reserving(api, services)
+    processor = services.processor
+    real_charge = processor.charge
+    charged: list[str] = []
+
+    def charge_during_an_advance(**call: Any) -> Any:
+        charged.append(call["idempotency_key"])
+        if len(charged) == 1:
+            advance(clock, days=1)
+        return real_charge(**call)
+
+    monkeypatch.setattr(processor, "charge", charge_during_an_advance)
+    with on_clock(services, clock, ahead=timedelta(minutes=8)):
+        renewal.run_renewal(services, job)
+    monkeypatch.setattr(processor, "charge", real_charge)
+    advance(clock, days=1)
+    assert charged == [f"{invoice_id}:1"]
+    assert _charges_at_processor(services, invoice_id) == 1
+    assert _attempts(services, invoice_id) == [("succeeded", None)]
+    assert len(payments_of(services, agent.account_id)) == 2
+
+
+def test_the_real_time_sweep_waits_for_a_charge_of_an_account_on_a_clock_in_the_past(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An account on a clock two months back: its attempts' times are far behind real
+    time, but the sweep (on real time) measures the charge's start in real time, and
+    settles each attempt on its account's clock."""
+    new_clock = api.new_clock
+    monkeypatch.setattr(api, "new_clock", lambda: new_clock(wall_now() - timedelta(days=60)))
+    _, clock, _, job, invoice_id = _died_after_reserving(api, services)
+    processor = services.processor
+    real_charge = processor.charge
+    swept: list[int] = []
+
+    def charge_while_the_sweep_runs(**call: Any) -> Any:
+        with real_time():
+            swept.append(janitor.sweep(services))
+        return real_charge(**call)
+
+    monkeypatch.setattr(processor, "charge", charge_while_the_sweep_runs)
+    with on_clock(services, clock, ahead=timedelta(minutes=3)):
+        renewal.run_renewal(services, job)
+    monkeypatch.setattr(processor, "charge", real_charge)
+    with real_time():
+        Worker(services).drain()
+    advance(clock, hours=1)
+    assert swept == [0]
+    assert _charges_at_processor(services, invoice_id) == 1
+    assert _attempts(services, invoice_id) == [("succeeded", None)]
+
+
+def test_a_pay_again_job_waits_for_a_fix_payment_in_flight(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pay-again job runs while the agent's fix-payment is charging: it does not give
+    up (the fix is declined and schedules no retry), it runs again later and makes the
+    retry it stands for."""
+    plan = create_plan(api, price=9)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    declining = set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
+    advance_to(clock, instant(sub["current_period_end"]) + timedelta(minutes=2))
+    [_, cycle] = invoices_of(services, agent.account_id)
+    first_retry = _queued_retry(services, cycle.id, step=0)
+    assert first_retry is not None
+    advance_to(clock, first_retry - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        _claim(services, clock, dunning.RETRY_JOB)  # its worker dies
+        _reserve_and_die(services, cycle.id, card=declining, trigger="retry:0")
+    [attempt] = _attempt_rows(services, cycle.id)[1:]
+    with on_clock(services, clock, ahead=timedelta(minutes=9)):
+        assert janitor.settle(services, attempt.id) is not None  # never charged
+    pay_again = ClaimedJob(
+        0,
+        outcomes.PAY_AGAIN_JOB,
+        agent.account_id,
+        {"invoice_id": cycle.id, "after_attempt": 2, "trigger": "retry:0"},
+        1,
+        8,
+        clock.id,
+    )
+    processor = services.processor
+    real_charge = processor.charge
+    refused: list[Exception] = []
+
+    def fix_charging_while_pay_again_runs(**call: Any) -> Any:
+        with on_clock(services, clock, ahead=timedelta(minutes=9)):
+            try:
+                outcomes.run_pay_again(services, pay_again)
+            except attempts.AttemptInFlight as exc:
+                refused.append(exc)
+        return real_charge(**call)
+
+    monkeypatch.setattr(processor, "charge", fix_charging_while_pay_again_runs)
+    fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
+    monkeypatch.setattr(processor, "charge", real_charge)
+    assert fixed.status_code == 402, fixed.text
+    assert len(refused) == 1  # the job's retry runs it again
+    with on_clock(services, clock, ahead=timedelta(minutes=10)):
+        outcomes.run_pay_again(services, pay_again)
+    assert [state for state, _ in _attempts(services, cycle.id)] == ["failed"] * 4
+    assert _queued_retry(services, cycle.id, step=1) is not None
 
 
 def _died_after_reserving(

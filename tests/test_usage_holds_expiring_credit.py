@@ -109,3 +109,30 @@ def test_the_grant_records_what_holds_kept_at_its_expiry(api: Api, services: Ser
     [grant] = grants_of(services, agent.account_id)
     assert (grant.status, grant.expired_micros) == ("expired", 0)
     assert (grant.meta or {}).get("held_at_expiry_micros") == 3_000_000
+
+
+@pytest.mark.parametrize("with_hold", [False, True], ids=["no_hold", "held"])
+def test_canceling_now_counts_held_included_credit_as_unspent(
+    api: Api, services: Services, with_hold: bool
+) -> None:
+    """Cancel now credits the unused time less the included credits used beyond the
+    elapsed time: credit a hold keeps is not used (yet), so it is not deducted, and the
+    hold released unused costs nothing either (its credit expires with the period)."""
+    plan = create_plan(api, price=20, included_credits=3)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    held = _hold(api, agent, "3") if with_hold else None
+    canceled = agent.post(f"/subscriptions/{sub['id']}/cancel", {"at_period_end": False})
+    assert canceled.status_code == 200, canceled.text
+    if held is not None:
+        released = api.admin_post(f"/usage-holds/{held['id']}/release", {})
+        assert released.status_code == 200, released.text
+    [unused] = [
+        postings["wallet:promotional"]
+        for kind, postings in ledger_of(services, agent.account_id)
+        if kind == "subscription_unused_time"
+    ]
+    assert unused >= D("19.9")  # nearly the whole period, nothing deducted
+    assert agent.balance() == unused
+    assert api.ledger_check(agent.account_id)["consistent"] is True

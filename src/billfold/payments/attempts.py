@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from billfold.clock import now
+from billfold.clock import now, wall_now
 from billfold.db import Database, insert_or_ignore
 from billfold.events import Topic
 from billfold.ids import new_id
@@ -275,7 +275,9 @@ def begin(
         "context": context or {},
         "created_at": current,
         "updated_at": current,
-        "charge_started_at": current,  # its caller charges once this commits
+        # Real time, whatever clock the account is on: how long a processor call may
+        # still be on its way is a matter of real time.
+        "charge_started_at": wall_now(),  # its caller charges once this commits
     }
     inserted = insert_or_ignore(session, PaymentAttempt, values, ["key"])
     if not inserted:  # a racer wrote it first: theirs
@@ -394,7 +396,7 @@ def _charge_starts(database: Database, attempt: Attempt) -> bool:
         marked = session.execute(
             update(PaymentAttempt)
             .where(PaymentAttempt.id == attempt.id, PaymentAttempt.state.in_(OPEN_STATES))
-            .values(charge_started_at=now())
+            .values(charge_started_at=wall_now())
         ).rowcount  # type: ignore[attr-defined]
     return bool(marked)
 
@@ -464,8 +466,8 @@ def fail(
     quiet_since: datetime | None = None,
 ) -> Outcome:
     """Settle an attempt that made no charge as failed, once; with `quiet_since` (the
-    janitor's never-charged verdict), only if no charge under its key began after it
-    (else `ChargeMayBeInFlight`)."""
+    janitor's never-charged verdict, in real time), only if no charge under its key began
+    after it (else `ChargeMayBeInFlight`)."""
     event = Settled(attempt, None, recovered=recovered, services=services)
     with database.transaction() as session:
         return _settle(session, event, AttemptState.FAILED, None, reason, quiet_since)

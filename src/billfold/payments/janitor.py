@@ -25,11 +25,12 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from billfold import clock
 from billfold.accounts.models import Account
-from billfold.clock import now
+from billfold.clock import now, wall_now
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.payments.attempts import (
@@ -46,6 +47,7 @@ from billfold.payments.attempts import (
 )
 from billfold.payments.models import OPEN_STATES, AttemptPurpose, FailureReason, PaymentAttempt
 from billfold.processors.base import Card, ChargeResult, UnknownPaymentMethod
+from billfold.testclock import service as testclock
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -85,7 +87,7 @@ def settle(services: Services, attempt_id: str, *, found_only: bool = False) -> 
             select(Account.processor_customer_id).where(Account.id == attempt.account_id)
         )
     processor = services.processor
-    asked_at = now()
+    asked_at = wall_now()
     result = (
         processor.find_charge(attempt.key, customer_id=customer_id, since=attempt.created_at)
         if customer_id is not None  # no customer at the processor: nothing was ever charged
@@ -131,34 +133,46 @@ def record_found(services: Services, attempt: Attempt, result: ChargeResult) -> 
     return outcome
 
 
-def open_attempts(session: Session, *, older_than: datetime, limit: int) -> list[str]:
-    """Ids of attempts open since before `older_than`, oldest first."""
-    return list(
-        session.scalars(
-            select(PaymentAttempt.id)
-            .where(
-                PaymentAttempt.state.in_(OPEN_STATES),
-                PaymentAttempt.created_at < older_than,
-            )
-            .order_by(PaymentAttempt.created_at, PaymentAttempt.id)
-            .limit(limit)
-        )
-    )
+def open_attempts(
+    session: Session, *, older_than: datetime, limit: int
+) -> list[tuple[str, str | None]]:
+    """Attempts open whose charge began before `older_than` (real time), oldest first:
+    each one's id and its account's test clock."""
+    started = func.coalesce(PaymentAttempt.charge_started_at, PaymentAttempt.created_at)
+    rows = session.execute(
+        select(PaymentAttempt.id, Account.test_clock_id)
+        .join(Account, Account.id == PaymentAttempt.account_id)
+        .where(PaymentAttempt.state.in_(OPEN_STATES), started < older_than)
+        .order_by(started, PaymentAttempt.id)
+        .limit(limit)
+    ).all()
+    return [(str(attempt_id), clock_id) for attempt_id, clock_id in rows]
 
 
 def sweep(services: Services, *, at: datetime | None = None) -> int:
-    """Settle attempts left open past STALE_AFTER (however their own job fared); the
+    """Settle attempts left open past STALE_AFTER of real time (however their own job
+    fared), each on its account's time (what its outcome queues is on that clock); the
     number settled."""
-    older_than = (at or now()) - STALE_AFTER
+    older_than = (at or wall_now()) - STALE_AFTER
     with services.database.read() as session:
         stale = open_attempts(session, older_than=older_than, limit=SWEEP_BATCH)
     settled = 0
-    for attempt_id in stale:
+    for attempt_id, clock_id in stale:
         try:
-            settled += settle(services, attempt_id) is not None
+            with clock.on(_clock_time(services, clock_id)):
+                settled += settle(services, attempt_id) is not None
+        except ChargeMayBeInFlight as exc:
+            log.warning("payment attempt %s: not settled yet (%s)", attempt_id, exc)
         except Exception:  # the processor may be down: the next sweep tries again
             log.exception("could not settle payment attempt %s", attempt_id)
     return settled
+
+
+def _clock_time(services: Services, test_clock_id: str | None) -> clock.ClockTime | None:
+    if test_clock_id is None:
+        return None
+    with services.database.read() as session:
+        return testclock.time_of(testclock.get(session, test_clock_id))
 
 
 def schedule_sweep(session: Session) -> None:

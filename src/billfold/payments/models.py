@@ -150,9 +150,10 @@ class PaymentAttempt(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
     updated_at: Mapped[datetime] = mapped_column(default=now)
     settled_at: Mapped[datetime | None]
-    # When a charge under the key last began: when it was written, or when a caller that
-    # joined it open marked it just before its own call. The janitor settles it as never
-    # charged only once this is STALE_AFTER behind (None: written before; created_at).
+    # When a charge under the key last began, in real time (whatever the account's clock):
+    # when it was written, or when a caller that joined it open marked it just before its
+    # own call. The janitor settles it as never charged only once this is STALE_AFTER
+    # behind, and its sweep finds open attempts by it (None: written before; created_at).
     charge_started_at: Mapped[datetime | None]
 
     __table_args__ = (

@@ -295,7 +295,7 @@ def pay_invoice(
 ) -> Paid:
     """Attempt to pay an open subscription invoice (at most one charge in flight); with
     `after_attempt`, only if nothing but fix-payment tried it again since that attempt
-    (see `_tried_again`)."""
+    (see `_tried_again`), and `AttemptInFlight` (nothing written) while one is."""
     database = services.database
     with database.transaction() as session:
         invoice = session.get(Invoice, invoice_id)
@@ -303,8 +303,11 @@ def pay_invoice(
         sub, invoice = _lock_pair(session, invoice.subscription_id, invoice_id)
         if invoice.status != "open":
             return Paid(invoice.status == "paid", None)
-        if after_attempt is not None and _tried_again(invoice, after_attempt):
-            return Paid(False, None)
+        if after_attempt is not None:
+            if invoice.attempt_key is not None:
+                raise AttemptInFlight(f"invoice {invoice.id} has an attempt in flight")
+            if _tried_again(invoice, after_attempt):
+                return Paid(False, None)
         if invoice.total_micros <= 0:
             invoices.mark_paid(session, invoice, payment_intent_id=None)
             outcomes.paid(session, sub, invoice)
@@ -345,13 +348,16 @@ def pay_invoice(
 FIX_TRIGGER = "fix"  # fix-payment: the account's own attempt, outside the renewal's schedule
 
 
+class AttemptInFlight(RuntimeError):
+    """An attempt on the invoice is in flight: the caller tries again once it is settled
+    (a job: its retry)."""
+
+
 def _tried_again(invoice: Invoice, after_attempt: int) -> bool:
-    """Whether the invoice's payment was taken up again after attempt `after_attempt`: an
-    attempt in flight, or a later one made by the renewal's own schedule (a dunning
-    retry, another pay-again). A later fix-payment's does not count: it schedules no
-    retry when it fails, so the schedule would otherwise stop there."""
-    if invoice.attempt_key is not None:
-        return True
+    """Whether the invoice's payment was taken up again after attempt `after_attempt` (none
+    in flight now) by the renewal's own schedule: a dunning retry, another pay-again. A
+    later fix-payment's does not count: it schedules no retry when it fails, so the
+    schedule would otherwise stop there."""
     last_trigger = (invoice.meta or {}).get("attempt_trigger")
     return invoice.attempt_count != after_attempt and last_trigger != FIX_TRIGGER
 

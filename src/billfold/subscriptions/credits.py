@@ -102,8 +102,10 @@ def active_grants(session: Session, account_id: str) -> list[CreditGrant]:
 def spent_of_live_grants(session: Session, subscription: Subscription) -> tuple[int, int]:
     """(granted, spent) of the subscription's live grants, by the spending model above:
     the bucket's credit belongs to the latest-expiring grants, what is missing was spent
-    from the earliest. Locks the wallet."""
+    from the earliest. Credit usage holds keep (not yet marked expired) is unspent until
+    a capture spends it. Locks the wallet."""
     bucket = ledger.lock_wallet(session, subscription.account_id).subscription_micros
+    bucket += _held(_holds_keeping_included_credit(session, subscription.account_id))
     granted = spent = 0
     for row in reversed(active_grants(session, subscription.account_id)):  # latest first
         unspent = max(0, min(row.amount_micros, bucket))
@@ -126,7 +128,7 @@ def expire_due(session: Session, account_id: str) -> int:
     wallet = ledger.lock_wallet(session, account_id)  # before the holds: the lock order
     bucket = wallet.subscription_micros
     holding = _holds_keeping_included_credit(session, account_id)
-    held = sum(hold.subscription_micros - hold.subscription_expired_micros for hold in holding)
+    held = _held(holding)
     live = active_grants(session, account_id)
     paused = set(
         session.scalars(
@@ -188,6 +190,11 @@ def _holds_keeping_included_credit(session: Session, account_id: str) -> list[Us
             .execution_options(populate_existing=True)
         )
     )
+
+
+def _held(holding: list[UsageHold]) -> int:
+    """The included credit the holds keep and that has not expired."""
+    return sum(hold.subscription_micros - hold.subscription_expired_micros for hold in holding)
 
 
 def _mark_held_credit_expired(holding: list[UsageHold], amount: int) -> None:

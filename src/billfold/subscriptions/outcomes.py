@@ -278,7 +278,9 @@ def run_retry(services: Services, job: ClaimedJob) -> None:
 
 def run_pay_again(services: Services, job: ClaimedJob) -> None:
     """Pay again a renewal invoice whose attempt never reached the processor, unless
-    another attempt was made on it since."""
+    another attempt of the renewal's schedule was made on it since; while one is in
+    flight (say a fix-payment's), the job runs again later (`attempts.AttemptInFlight`,
+    the job's retry): if that one fails, nothing else would go on with dunning."""
     pay_invoice(
         services,
         str(job.payload["invoice_id"]),
