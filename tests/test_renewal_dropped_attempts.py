@@ -377,6 +377,46 @@ def test_a_pay_again_job_waits_for_a_fix_payment_in_flight(
     assert _queued_retry(services, cycle.id, step=1) is not None
 
 
+def test_a_pay_again_job_outlasts_a_clock_advanced_while_a_fix_payment_charges(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock is advanced a day while the agent's fix-payment charges: the pay-again
+    job meets that attempt in flight on each of its retries in the advance, and still
+    has retries left once the fix is declined, so dunning runs to its end."""
+    plan = create_plan(api, price=9)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    declining = set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
+    advance_to(clock, instant(sub["current_period_end"]) + timedelta(minutes=2))
+    [_, cycle] = invoices_of(services, agent.account_id)
+    first_retry = _queued_retry(services, cycle.id, step=0)
+    assert first_retry is not None
+    advance_to(clock, first_retry - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        _claim(services, clock, dunning.RETRY_JOB)  # its worker dies
+        _reserve_and_die(services, cycle.id, card=declining, trigger="retry:0")
+    [attempt] = _attempt_rows(services, cycle.id)[1:]
+    with on_clock(services, clock, ahead=timedelta(minutes=9)):
+        assert janitor.settle(services, attempt.id) is not None  # never charged
+    processor = services.processor
+    real_charge = processor.charge
+    charged: list[str] = []
+
+    def advance_while_the_fix_charges(**call: Any) -> Any:
+        charged.append(call["idempotency_key"])
+        if len(charged) == 1:
+            advance(clock, days=1)
+        return real_charge(**call)
+
+    monkeypatch.setattr(processor, "charge", advance_while_the_fix_charges)
+    fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
+    monkeypatch.setattr(processor, "charge", real_charge)
+    assert fixed.status_code == 402, fixed.text
+    advance(clock, days=40)
+    assert status(agent, sub["id"])["status"] == "canceled"  # dunning's end (all declined)
+
+
 def _died_after_reserving(
     api: Api, services: Services
 ) -> tuple[Agent, TestClock, dict[str, Any], ClaimedJob, str]:

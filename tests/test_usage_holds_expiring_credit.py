@@ -13,12 +13,13 @@ import pytest
 
 from billfold.services import Services
 from tests.conservation_helpers import included_credit
-from tests.helpers import Agent, Api, TestClock, decimal_json
+from tests.helpers import Agent, Api, TestClock, assert_error, decimal_json
 from tests.subscription_helpers import (
     advance_to,
     create_plan,
     grants_of,
     instant,
+    invoices_of,
     ledger_of,
     subscribe,
     subscriber,
@@ -111,28 +112,45 @@ def test_the_grant_records_what_holds_kept_at_its_expiry(api: Api, services: Ser
     assert (grant.meta or {}).get("held_at_expiry_micros") == 3_000_000
 
 
-@pytest.mark.parametrize("with_hold", [False, True], ids=["no_hold", "held"])
-def test_canceling_now_counts_held_included_credit_as_unspent(
-    api: Api, services: Services, with_hold: bool
+@pytest.mark.parametrize("then", ["release", "capture"])
+@pytest.mark.parametrize("ends", ["cancel", "reset"])
+def test_ending_a_period_early_waits_for_holds_on_its_included_credit(
+    api: Api, services: Services, then: str, ends: str
 ) -> None:
-    """Cancel now credits the unused time less the included credits used beyond the
-    elapsed time: credit a hold keeps is not used (yet), so it is not deducted, and the
-    hold released unused costs nothing either (its credit expires with the period)."""
+    """Cancel now and reset prorate the period's included credits as used or not, and a
+    hold's credit is neither until it is captured or released: while one keeps some,
+    they answer 409 and change nothing; after, the credit counts as what became of it
+    (released: unused, nothing deducted; captured: used, deducted as used ahead)."""
     plan = create_plan(api, price=20, included_credits=3)
     clock = api.new_clock()
     agent, card = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], card)
-    held = _hold(api, agent, "3") if with_hold else None
-    canceled = agent.post(f"/subscriptions/{sub['id']}/cancel", {"at_period_end": False})
-    assert canceled.status_code == 200, canceled.text
-    if held is not None:
-        released = api.admin_post(f"/usage-holds/{held['id']}/release", {})
-        assert released.status_code == 200, released.text
-    [unused] = [
-        postings["wallet:promotional"]
-        for kind, postings in ledger_of(services, agent.account_id)
-        if kind == "subscription_unused_time"
-    ]
-    assert unused >= D("19.9")  # nearly the whole period, nothing deducted
-    assert agent.balance() == unused
+    held = _hold(api, agent, "3")
+    path, body = {
+        "cancel": (f"/subscriptions/{sub['id']}/cancel", {"at_period_end": False}),
+        "reset": (f"/subscriptions/{sub['id']}/reset-cycle", {}),
+    }[ends]
+    before = ledger_of(services, agent.account_id)
+    refused = agent.post(path, body)
+    assert_error(refused, 409, "subscription_credits_held")
+    assert refused.json()["error"]["details"]["held"] == 3
+    assert ledger_of(services, agent.account_id) == before
+    assert agent.get(f"/subscriptions/{sub['id']}").json()["data"]["status"] == "active"
+
+    done = api.admin_post(f"/usage-holds/{held['id']}/{then}", {})
+    assert done.status_code == 200, done.text
+    ended = agent.post(path, body)
+    assert ended.status_code == 200, ended.text
+    used = D(3) if then == "capture" else D(0)
+    if ends == "cancel":
+        [unused] = [
+            postings["wallet:promotional"]
+            for kind, postings in ledger_of(services, agent.account_id)
+            if kind == "subscription_unused_time"
+        ]
+        assert D("19.9") - used <= unused <= D(20) - used  # less the credits used ahead
+        assert agent.balance() == unused
+    else:
+        [_, reset] = invoices_of(services, agent.account_id)
+        assert D("0.00") + used <= reset.total <= D("0.1") + used  # less the unused time
     assert api.ledger_check(agent.account_id)["consistent"] is True

@@ -97,6 +97,7 @@ class ErrorCode(StrEnum):
     SUBSCRIPTION_ALREADY_PAUSED = "subscription_already_paused"
     SUBSCRIPTION_NOT_PAUSED = "subscription_not_paused"
     SUBSCRIPTION_PAYMENT_PENDING = "subscription_payment_pending"
+    SUBSCRIPTION_CREDITS_HELD = "subscription_credits_held"
     NOTHING_TO_FIX = "nothing_to_fix"
     # Webhooks
     WEBHOOK_ENDPOINT_NOT_FOUND = "webhook_endpoint_not_found"
@@ -375,6 +376,13 @@ _SPECS = [
         409,
         "A payment for this subscription is in progress; try again shortly.",
         ("subscription_id", "invoice_id"),
+    ),
+    ErrorSpec(
+        _C.SUBSCRIPTION_CREDITS_HELD,
+        409,
+        "Usage holds keep some of this subscription's included credits: try again once "
+        "they are captured or released.",
+        ("subscription_id", "held"),
     ),
     ErrorSpec(
         _C.NOTHING_TO_FIX,

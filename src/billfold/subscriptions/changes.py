@@ -185,6 +185,7 @@ def reset_cycle(services: Services, *, account_id: str, subscription_id: str) ->
         at = now()
         invoices.lock_series(session, "invoice")  # the series before the wallet
         unused = unused_time(session, sub, plan, at=at)
+        credits.refuse_while_held(session, sub)  # the period's credits end now
         new_end = add_periods(at, plan.period, 1)
         lines = [
             *unused.lines(plan, at, as_utc(sub.current_period_end)),
@@ -237,6 +238,7 @@ def cancel(
         plan = session.get(Plan, sub.plan_id)
         assert plan is not None
         unused = unused_time(session, sub, plan, at=as_utc(sub.paused_at or now()))
+        credits.refuse_while_held(session, sub)  # the period's credits end now
         if unused.value_micros > 0:
             credit_unused_time(session, sub, unused)
     end(session, sub, Event.CANCEL)

@@ -18,10 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
+from billfold.errors import Conflict, ErrorCode
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger import service as ledger
+from billfold.money import from_micros
 from billfold.subscriptions.models import CreditGrant, Subscription
 from billfold.subscriptions.states import GrantStatus, SubscriptionStatus
 from billfold.wallet.models import HoldStatus, UsageHold
@@ -190,6 +192,20 @@ def _holds_keeping_included_credit(session: Session, account_id: str) -> list[Us
             .execution_options(populate_existing=True)
         )
     )
+
+
+def refuse_while_held(session: Session, subscription: Subscription) -> None:
+    """409 while usage holds keep included credit of the account (the caller holds the
+    wallet's lock): ending a period early (cancel now, reset) prorates its credits as
+    spent or not, and a hold's credit is neither until it is captured or released."""
+    held = _held(_holds_keeping_included_credit(session, subscription.account_id))
+    if held:
+        raise Conflict(
+            "Usage holds keep some of this subscription's included credits: try again once "
+            "they are captured or released.",
+            code=ErrorCode.SUBSCRIPTION_CREDITS_HELD,
+            details={"subscription_id": subscription.id, "held": from_micros(held)},
+        )
 
 
 def _held(holding: list[UsageHold]) -> int:

@@ -189,6 +189,7 @@ def _stays_open(session: Session, sub: Subscription, invoice: Invoice) -> None:
 
 # A renewal whose attempt never reached the processor is paid again, by this job, at once.
 PAY_AGAIN_JOB = "subscriptions.pay_again"
+PAY_AGAIN_ATTEMPTS = 40  # the retries' backoff reaches 6 h: about 9 days in all
 
 
 def _pay_again(session: Session, sub: Subscription, invoice: Invoice) -> None:
@@ -206,6 +207,9 @@ def _pay_again(session: Session, sub: Subscription, invoice: Invoice) -> None:
             "trigger": str((invoice.meta or {}).get("attempt_trigger", "renewal")),
         },
         dedupe_key=f"pay-again:{invoice.id}:{invoice.attempt_count}",
+        # While another attempt is in flight it waits on its retries (`AttemptInFlight`):
+        # enough of them to outlast the janitor's week of rechecks of that attempt.
+        max_attempts=PAY_AGAIN_ATTEMPTS,
     )
 
 
