@@ -33,6 +33,7 @@ from tests.helpers import (
     jobs_of,
 )
 from tests.subscription_helpers import (
+    RecordedInvoice,
     advance,
     advance_to,
     create_plan,
@@ -167,23 +168,7 @@ def test_a_declined_fix_payment_before_the_pay_again_job_does_not_stop_dunning(
     """A dunning retry's attempt never reached the processor; before the pay-again job
     runs, the agent's fix-payment is declined (it schedules no retry). The pay-again job
     still makes the retry it stands for, whose failure queues the next one."""
-    plan = create_plan(api, price=9)
-    clock = api.new_clock()
-    agent, card = subscriber(api, clock)
-    sub = subscribe(agent, plan["id"], card)
-    declining = set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
-    advance_to(clock, instant(sub["current_period_end"]) + timedelta(minutes=2))
-    [_, cycle] = invoices_of(services, agent.account_id)
-    first_retry = _queued_retry(services, cycle.id, step=0)
-    assert first_retry is not None
-    advance_to(clock, first_retry - timedelta(minutes=1))
-    with on_clock(services, clock, ahead=timedelta(minutes=2)):
-        _claim(services, clock, dunning.RETRY_JOB)  # its worker dies
-        _reserve_and_die(services, cycle.id, card=declining, trigger="retry:0")
-    [attempt] = _attempt_rows(services, cycle.id)[1:]
-    with on_clock(services, clock, ahead=timedelta(minutes=9)):
-        outcome = janitor.settle(services, attempt.id)  # never charged: pay-again queued
-        assert outcome is not None and outcome.recorded
+    agent, clock, sub, cycle = _dunning_retry_dropped(api, services)
     fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
     assert fixed.status_code == 402, fixed.text
     advance(clock, seconds=600)  # the pay-again job
@@ -329,22 +314,7 @@ def test_a_pay_again_job_waits_for_a_fix_payment_in_flight(
     """The pay-again job runs while the agent's fix-payment is charging: it does not give
     up (the fix is declined and schedules no retry), it runs again later and makes the
     retry it stands for."""
-    plan = create_plan(api, price=9)
-    clock = api.new_clock()
-    agent, card = subscriber(api, clock)
-    sub = subscribe(agent, plan["id"], card)
-    declining = set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
-    advance_to(clock, instant(sub["current_period_end"]) + timedelta(minutes=2))
-    [_, cycle] = invoices_of(services, agent.account_id)
-    first_retry = _queued_retry(services, cycle.id, step=0)
-    assert first_retry is not None
-    advance_to(clock, first_retry - timedelta(minutes=1))
-    with on_clock(services, clock, ahead=timedelta(minutes=2)):
-        _claim(services, clock, dunning.RETRY_JOB)  # its worker dies
-        _reserve_and_die(services, cycle.id, card=declining, trigger="retry:0")
-    [attempt] = _attempt_rows(services, cycle.id)[1:]
-    with on_clock(services, clock, ahead=timedelta(minutes=9)):
-        assert janitor.settle(services, attempt.id) is not None  # never charged
+    agent, clock, sub, cycle = _dunning_retry_dropped(api, services)
     pay_again = ClaimedJob(
         0,
         outcomes.PAY_AGAIN_JOB,
@@ -383,22 +353,7 @@ def test_a_pay_again_job_outlasts_a_clock_advanced_while_a_fix_payment_charges(
     """The clock is advanced a day while the agent's fix-payment charges: the pay-again
     job meets that attempt in flight on each of its retries in the advance, and still
     has retries left once the fix is declined, so dunning runs to its end."""
-    plan = create_plan(api, price=9)
-    clock = api.new_clock()
-    agent, card = subscriber(api, clock)
-    sub = subscribe(agent, plan["id"], card)
-    declining = set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
-    advance_to(clock, instant(sub["current_period_end"]) + timedelta(minutes=2))
-    [_, cycle] = invoices_of(services, agent.account_id)
-    first_retry = _queued_retry(services, cycle.id, step=0)
-    assert first_retry is not None
-    advance_to(clock, first_retry - timedelta(minutes=1))
-    with on_clock(services, clock, ahead=timedelta(minutes=2)):
-        _claim(services, clock, dunning.RETRY_JOB)  # its worker dies
-        _reserve_and_die(services, cycle.id, card=declining, trigger="retry:0")
-    [attempt] = _attempt_rows(services, cycle.id)[1:]
-    with on_clock(services, clock, ahead=timedelta(minutes=9)):
-        assert janitor.settle(services, attempt.id) is not None  # never charged
+    agent, clock, sub, _ = _dunning_retry_dropped(api, services)
     processor = services.processor
     real_charge = processor.charge
     charged: list[str] = []
@@ -415,6 +370,33 @@ def test_a_pay_again_job_outlasts_a_clock_advanced_while_a_fix_payment_charges(
     assert fixed.status_code == 402, fixed.text
     advance(clock, days=40)
     assert status(agent, sub["id"])["status"] == "canceled"  # dunning's end (all declined)
+
+
+def _dunning_retry_dropped(
+    api: Api, services: Services
+) -> tuple[Agent, TestClock, dict[str, Any], RecordedInvoice]:
+    """A subscriber whose renewal was declined (the card still declines), and whose first
+    dunning retry's worker died after reserving its attempt; the janitor then settled
+    that attempt as never charged (a pay-again job queued, not run): the agent, the
+    clock, the subscription and the renewal invoice."""
+    plan = create_plan(api, price=9)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    declining = set_default_card(api, agent, CARD_ATTACH_THEN_FAIL)
+    advance_to(clock, instant(sub["current_period_end"]) + timedelta(minutes=2))
+    [_, cycle] = invoices_of(services, agent.account_id)
+    first_retry = _queued_retry(services, cycle.id, step=0)
+    assert first_retry is not None
+    advance_to(clock, first_retry - timedelta(minutes=1))
+    with on_clock(services, clock, ahead=timedelta(minutes=2)):
+        _claim(services, clock, dunning.RETRY_JOB)  # its worker dies
+        _reserve_and_die(services, cycle.id, card=declining, trigger="retry:0")
+    [attempt] = _attempt_rows(services, cycle.id)[1:]
+    with on_clock(services, clock, ahead=timedelta(minutes=9)):
+        outcome = janitor.settle(services, attempt.id)  # never charged: pay-again queued
+        assert outcome is not None and outcome.recorded
+    return agent, clock, sub, cycle
 
 
 def _died_after_reserving(
