@@ -154,3 +154,43 @@ def test_ending_a_period_early_waits_for_holds_on_its_included_credit(
         [_, reset] = invoices_of(services, agent.account_id)
         assert D("0.00") + used <= reset.total <= D("0.1") + used  # less the unused time
     assert api.ledger_check(agent.account_id)["consistent"] is True
+
+
+@pytest.mark.parametrize("how", ["usage_charge", "hold_captured", "hold_released"])
+def test_included_credit_held_while_a_reset_is_paid_goes_on_into_the_new_period(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The reset's request is refused while holds keep included credit, but one can be
+    made while its payment is on its way. The new period's grant carries that held
+    credit on: captured, it is spent as a usage charge made then would have been (the
+    new period's credits, less it); released, the new period's credits are whole."""
+    plan = create_plan(api, price=20, included_credits=3)
+    clock = api.new_clock()
+    agent, card = subscriber(api, clock)
+    sub = subscribe(agent, plan["id"], card)
+    processor = services.processor
+    real_charge = processor.charge
+    held: list[dict[str, Any]] = []
+
+    def use_the_credits_during_the_charge(**call: Any) -> Any:
+        if not held:
+            if how == "usage_charge":
+                charged = api.charge_usage(agent.account_id, "3")
+                assert charged.status_code == 201, charged.text
+                held.append({})
+            else:
+                held.append(_hold(api, agent, "3"))
+        return real_charge(**call)
+
+    monkeypatch.setattr(processor, "charge", use_the_credits_during_the_charge)
+    reset = agent.post(f"/subscriptions/{sub['id']}/reset-cycle", {})
+    monkeypatch.setattr(processor, "charge", real_charge)
+    assert reset.status_code == 200, reset.text
+    if how != "usage_charge":
+        then = "capture" if how == "hold_captured" else "release"
+        done = api.admin_post(f"/usage-holds/{held[0]['id']}/{then}", {})
+        assert done.status_code == 200, done.text
+    assert agent.balance() == (D(3) if how == "hold_released" else D(0))
+    kept, live = included_credit(services, agent)
+    assert kept <= live, (kept, live)
+    assert api.ledger_check(agent.account_id)["consistent"] is True

@@ -42,10 +42,14 @@ def grant(
     amount_micros: int,
     expires_at: datetime,
     description: str,
+    carried_micros: int = 0,
 ) -> CreditGrant | None:
-    """Credit the wallet's subscription bucket until `expires_at` (in the caller's txn)."""
+    """Credit the wallet's subscription bucket until `expires_at` (in the caller's txn).
+    `carried_micros` (at most the amount) of it is already in usage holds, carried over
+    from grants that ended (a reset): the grant covers it, the bucket gets the rest."""
     if amount_micros <= 0:
         return None
+    assert 0 <= carried_micros <= amount_micros, (carried_micros, amount_micros)
     row = CreditGrant(
         id=new_id("cg"),
         account_id=subscription.account_id,
@@ -57,25 +61,29 @@ def grant(
         expires_at=expires_at,
         meta={"plan_id": subscription.plan_id},
     )
+    if carried_micros:
+        row.meta = {**(row.meta or {}), "carried_in_holds_micros": carried_micros}
     session.add(row)
     session.flush()
-    ledger.post(
-        session,
-        account_id=subscription.account_id,
-        kind="subscription_credit_grant",
-        usecase="subscription_credits",
-        description=description,
-        reference=f"grant:{row.id}",
-        postings=[
-            ledger.Posting(ledger.wallet_account("subscription"), amount_micros),
-            ledger.Posting(GRANTS, -amount_micros),
-        ],
-        meta={
-            "subscription_id": subscription.id,
-            "grant_id": row.id,
-            "expires_at": expires_at.isoformat(),
-        },
-    )
+    posted = amount_micros - carried_micros
+    if posted:
+        ledger.post(
+            session,
+            account_id=subscription.account_id,
+            kind="subscription_credit_grant",
+            usecase="subscription_credits",
+            description=description,
+            reference=f"grant:{row.id}",
+            postings=[
+                ledger.Posting(ledger.wallet_account("subscription"), posted),
+                ledger.Posting(GRANTS, -posted),
+            ],
+            meta={
+                "subscription_id": subscription.id,
+                "grant_id": row.id,
+                "expires_at": expires_at.isoformat(),
+            },
+        )
     schedule_expiry(session, row)
     return row
 
@@ -118,7 +126,7 @@ def spent_of_live_grants(session: Session, subscription: Subscription) -> tuple[
     return granted, spent
 
 
-def expire_due(session: Session, account_id: str) -> int:
+def expire_due(session: Session, account_id: str, *, count_held: bool = True) -> int:
     """Expire every due grant of the account (paused subscriptions' excepted), in expiry
     order; the micros taken back now.
 
@@ -126,10 +134,12 @@ def expire_due(session: Session, account_id: str) -> int:
     the earliest-expiring grants. So the unspent part of an expiring grant is counted
     with what holds keep (`held`), which is that grant's first: the part in the bucket
     is taken back now; the part in holds is marked on them (`subscription_expired_micros`)
-    and expires when they give it back (what a capture does not spend of it)."""
+    and expires when they give it back (what a capture does not spend of it). Without
+    `count_held` (a reset, whose new grant carries the held credit on), held credit is
+    left to the caller."""
     wallet = ledger.lock_wallet(session, account_id)  # before the holds: the lock order
     bucket = wallet.subscription_micros
-    holding = _holds_keeping_included_credit(session, account_id)
+    holding = _holds_keeping_included_credit(session, account_id) if count_held else []
     held = _held(holding)
     live = active_grants(session, account_id)
     paused = set(
@@ -208,6 +218,18 @@ def refuse_while_held(session: Session, subscription: Subscription) -> None:
         )
 
 
+def carry_held(session: Session, account_id: str, *, into: int) -> int:
+    """Included credit usage holds keep (not expired) goes on into a new grant of `into`
+    micros, up to that; what it cannot take is marked expired on the holds. How much the
+    grant carries (the caller holds the wallet's lock)."""
+    holding = _holds_keeping_included_credit(session, account_id)
+    held = _held(holding)
+    carried = min(held, max(0, into))
+    if held > carried:
+        _mark_held_credit_expired(holding, held - carried)
+    return carried
+
+
 def _held(holding: list[UsageHold]) -> int:
     """The included credit the holds keep and that has not expired."""
     return sum(hold.subscription_micros - hold.subscription_expired_micros for hold in holding)
@@ -222,15 +244,17 @@ def _mark_held_credit_expired(holding: list[UsageHold], amount: int) -> None:
     assert amount == 0, "more marked expired than the holds keep"
 
 
-def expire_subscription_grants_now(session: Session, subscription: Subscription) -> int:
-    """End a subscription's grants now (cancellation, a new cycle)."""
+def expire_subscription_grants_now(
+    session: Session, subscription: Subscription, *, count_held: bool = True
+) -> int:
+    """End a subscription's grants now (cancellation, a new cycle; see `expire_due`)."""
     ledger.lock_wallet(session, subscription.account_id)  # the wallet before its grants
     current = now()
     for row in active_grants(session, subscription.account_id):
         if row.subscription_id == subscription.id and row.expires_at > current:
             row.expires_at = current
     session.flush()
-    return expire_due(session, subscription.account_id)
+    return expire_due(session, subscription.account_id, count_held=count_held)
 
 
 def shift_grants(session: Session, subscription: Subscription, by: timedelta) -> None:

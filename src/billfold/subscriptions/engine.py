@@ -82,12 +82,15 @@ def open_invoice(
     return invoice
 
 
-def grant_period_credits(session: Session, sub: Subscription, plan: Plan, less: int = 0) -> None:
+def grant_period_credits(
+    session: Session, sub: Subscription, plan: Plan, less: int = 0, carried: int = 0
+) -> None:
     if plan.included_credits_micros:
         credits.grant(
             session,
             sub,
             amount_micros=plan.included_credits_micros - less,
+            carried_micros=carried,
             expires_at=sub.current_period_end,
             description=f"Included credits: {plan.name}, until {sub.current_period_end:%Y-%m-%d}"
             + (f" (less {from_micros(less)} used ahead in the previous period)" if less else ""),

@@ -88,14 +88,21 @@ def _reset_paid(session: Session, sub: Subscription, plan: Plan, invoice: Invoic
     deductible = int(meta.get("unused_time_micros", 0))
     ahead = min(deductible, max(0, spent - int(meta.get("credits_allowance_micros", 0))))
     owed = max(0, ceil_to_cent(ahead) - int(meta.get("credits_deducted_micros", 0)))
-    credits.expire_subscription_grants_now(session, sub)
+    # Included credit that usage holds took while the reset was being paid (its request
+    # refused while any was held) is neither spent nor unspent yet: the new period's
+    # grant carries it on, so a capture spends the new period's credits and a release
+    # gives them back.
+    credits.expire_subscription_grants_now(session, sub, count_held=False)
+    carried = credits.carry_held(
+        session, sub.account_id, into=(plan.included_credits_micros or 0) - owed
+    )
     start = datetime.fromisoformat(meta["period_start"])
     end_ = datetime.fromisoformat(meta["period_end"])
     sub.cycle_anchor = start
     sub.cycle_number = 0
     sub.current_period_start = start
     sub.current_period_end = end_
-    grant_period_credits(session, sub, plan, less=owed)
+    grant_period_credits(session, sub, plan, less=owed, carried=carried)
     schedule_renewal(session, sub)
     emit(session, "updated", sub, change="reset_cycle")
 
