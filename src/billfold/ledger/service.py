@@ -141,6 +141,33 @@ def post(
     return transaction
 
 
+def expire_included_credit(
+    session: Session,
+    *,
+    account_id: str,
+    amount_micros: int,
+    description: str,
+    reference: str,
+    meta: dict[str, Any],
+) -> LedgerTransaction:
+    """Included (subscription) credit that expired: out of the wallet's subscription
+    bucket, back to the grants' side (a grant's expiry, or a hold giving back credit
+    that expired while it was held)."""
+    return post(
+        session,
+        account_id=account_id,
+        kind="subscription_credit_expiry",
+        usecase="subscription_credits",
+        description=description,
+        reference=reference,
+        postings=[
+            Posting(wallet_account("subscription"), -amount_micros),
+            Posting(SUBSCRIPTION_GRANTS, amount_micros),
+        ],
+        meta=meta,
+    )
+
+
 def record_failed_attempt(
     session: Session,
     *,

@@ -165,17 +165,12 @@ def expire_due(session: Session, account_id: str, *, count_held: bool = True) ->
             row.meta = {**(row.meta or {}), "held_at_expiry_micros": in_holds}
         unspent -= in_holds
         if unspent:
-            ledger.post(
+            ledger.expire_included_credit(
                 session,
                 account_id=account_id,
-                kind="subscription_credit_expiry",
-                usecase="subscription_credits",
+                amount_micros=unspent,
                 description="Included credits expired at the end of their period",
                 reference=f"expire:{row.id}",
-                postings=[
-                    ledger.Posting(ledger.wallet_account("subscription"), -unspent),
-                    ledger.Posting(GRANTS, unspent),
-                ],
                 meta={"subscription_id": row.subscription_id, "grant_id": row.id},
             )
             bucket -= unspent

@@ -396,17 +396,12 @@ def _expire_held_credit(session: Session, hold: UsageHold, *, captured_micros: i
     spent = min(hold.subscription_micros, captured_micros)
     left = max(0, (expired or 0) - spent)
     if left:
-        ledger.post(
+        ledger.expire_included_credit(
             session,
             account_id=hold.account_id,
-            kind="subscription_credit_expiry",
-            usecase="subscription_credits",
+            amount_micros=left,
             description="Included credits expired at the end of their period, while held",
             reference=f"expire_held:{hold.id}",
-            postings=[
-                ledger.Posting(ledger.wallet_account("subscription"), -left),
-                ledger.Posting(ledger.SUBSCRIPTION_GRANTS, left),
-            ],
             meta={"hold_id": hold.id},
         )
 
