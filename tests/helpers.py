@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import requests
 from sqlalchemy import func, select
 
@@ -305,6 +308,30 @@ def jobs_of(services: Services, account_id: str, kind: str, *, status: str | Non
         query = query.where(Job.status == status)
     with services.database.read() as session:
         return int(session.scalar(query) or 0)
+
+
+@contextmanager
+def while_charging(
+    monkeypatch: pytest.MonkeyPatch, services: Services, meanwhile: Callable[[], object]
+) -> Iterator[list[str]]:
+    """Run `meanwhile` once, while the block's first card charge is on its way to the
+    processor (called, not yet answered); yields the idempotency keys of the block's
+    charges, in order."""
+    processor = services.processor
+    real_charge = processor.charge
+    charged: list[str] = []
+
+    def charge(**call: Any) -> Any:
+        charged.append(call["idempotency_key"])
+        if len(charged) == 1:
+            meanwhile()
+        return real_charge(**call)
+
+    monkeypatch.setattr(processor, "charge", charge)
+    try:
+        yield charged
+    finally:
+        monkeypatch.setattr(processor, "charge", real_charge)
 
 
 def age_open_attempts(services: Services, account_id: str, by: timedelta) -> None:

@@ -31,6 +31,7 @@ from tests.helpers import (
     TestClock,
     age_open_attempts,
     jobs_of,
+    while_charging,
 )
 from tests.subscription_helpers import (
     RecordedInvoice,
@@ -191,33 +192,18 @@ def test_a_renewal_run_again_charges_its_open_attempt_and_the_janitor_meanwhile_
     agent, clock, sub, job, invoice_id = _died_after_reserving(api, services)
     [attempt_id] = [row.id for row in _attempt_rows(services, invoice_id)]
 
-    processor = services.processor
-    real_charge = processor.charge
-    looked: list[str] = []
-
-    def charge_while_the_janitor_looks(**call: Any) -> Any:
-        if not looked:
-            looked.append(call["idempotency_key"])
-            janitor.run_janitor(
-                services,
-                ClaimedJob(
-                    0,
-                    janitor.JANITOR_JOB,
-                    agent.account_id,
-                    {"attempt_id": attempt_id},
-                    1,
-                    8,
-                    clock.id,
-                ),
-            )
-        return real_charge(**call)
-
-    monkeypatch.setattr(processor, "charge", charge_while_the_janitor_looks)
-    with on_clock(services, clock, ahead=timedelta(minutes=8)):  # past the janitor's check
+    janitor_job = ClaimedJob(
+        0, janitor.JANITOR_JOB, agent.account_id, {"attempt_id": attempt_id}, 1, 8, clock.id
+    )
+    with (
+        while_charging(
+            monkeypatch, services, lambda: janitor.run_janitor(services, janitor_job)
+        ) as charged,
+        on_clock(services, clock, ahead=timedelta(minutes=8)),  # past the janitor's check
+    ):
         renewal.run_renewal(services, job)
-    monkeypatch.setattr(processor, "charge", real_charge)
 
-    assert looked == [f"{invoice_id}:1"]
+    assert charged == [f"{invoice_id}:1"]
     assert _attempts(services, invoice_id) == [("succeeded", None)]
     assert _charges_at_processor(services, invoice_id) == 1
     assert jobs_of(services, agent.account_id, outcomes.PAY_AGAIN_JOB) == 0
@@ -257,20 +243,11 @@ def test_a_clock_advanced_during_a_run_again_charge_lets_the_janitor_settle_noth
     of the janitor that falls due on the clock runs a moment of real time after that
     charge began, so none settles the attempt as never charged (the wait is real time)."""
     agent, clock, _, job, invoice_id = _died_after_reserving(api, services)
-    processor = services.processor
-    real_charge = processor.charge
-    charged: list[str] = []
-
-    def charge_during_an_advance(**call: Any) -> Any:
-        charged.append(call["idempotency_key"])
-        if len(charged) == 1:
-            advance(clock, days=1)
-        return real_charge(**call)
-
-    monkeypatch.setattr(processor, "charge", charge_during_an_advance)
-    with on_clock(services, clock, ahead=timedelta(minutes=8)):
+    with (
+        while_charging(monkeypatch, services, lambda: advance(clock, days=1)) as charged,
+        on_clock(services, clock, ahead=timedelta(minutes=8)),
+    ):
         renewal.run_renewal(services, job)
-    monkeypatch.setattr(processor, "charge", real_charge)
     advance(clock, days=1)
     assert charged == [f"{invoice_id}:1"]
     assert _charges_at_processor(services, invoice_id) == 1
@@ -287,19 +264,18 @@ def test_the_real_time_sweep_waits_for_a_charge_of_an_account_on_a_clock_in_the_
     new_clock = api.new_clock
     monkeypatch.setattr(api, "new_clock", lambda: new_clock(wall_now() - timedelta(days=60)))
     _, clock, _, job, invoice_id = _died_after_reserving(api, services)
-    processor = services.processor
-    real_charge = processor.charge
     swept: list[int] = []
 
-    def charge_while_the_sweep_runs(**call: Any) -> Any:
+    def sweep() -> None:
         with real_time():
             swept.append(janitor.sweep(services))
-        return real_charge(**call)
 
-    monkeypatch.setattr(processor, "charge", charge_while_the_sweep_runs)
-    with on_clock(services, clock, ahead=timedelta(minutes=3)):
+    with (
+        while_charging(monkeypatch, services, sweep) as charged,
+        on_clock(services, clock, ahead=timedelta(minutes=3)),
+    ):
         renewal.run_renewal(services, job)
-    monkeypatch.setattr(processor, "charge", real_charge)
+    assert len(charged) == 1
     with real_time():
         Worker(services).drain()
     advance(clock, hours=1)
@@ -324,22 +300,19 @@ def test_a_pay_again_job_waits_for_a_fix_payment_in_flight(
         8,
         clock.id,
     )
-    processor = services.processor
-    real_charge = processor.charge
     refused: list[Exception] = []
 
-    def fix_charging_while_pay_again_runs(**call: Any) -> Any:
+    def pay_again_runs() -> None:
         with on_clock(services, clock, ahead=timedelta(minutes=9)):
             try:
                 outcomes.run_pay_again(services, pay_again)
             except attempts.AttemptInFlight as exc:
                 refused.append(exc)
-        return real_charge(**call)
 
-    monkeypatch.setattr(processor, "charge", fix_charging_while_pay_again_runs)
-    fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
-    monkeypatch.setattr(processor, "charge", real_charge)
+    with while_charging(monkeypatch, services, pay_again_runs) as charged:
+        fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
     assert fixed.status_code == 402, fixed.text
+    assert len(charged) == 1
     assert len(refused) == 1  # the job's retry runs it again
     with on_clock(services, clock, ahead=timedelta(minutes=10)):
         outcomes.run_pay_again(services, pay_again)
@@ -354,19 +327,8 @@ def test_a_pay_again_job_outlasts_a_clock_advanced_while_a_fix_payment_charges(
     job meets that attempt in flight on each of its retries in the advance, and still
     has retries left once the fix is declined, so dunning runs to its end."""
     agent, clock, sub, _ = _dunning_retry_dropped(api, services)
-    processor = services.processor
-    real_charge = processor.charge
-    charged: list[str] = []
-
-    def advance_while_the_fix_charges(**call: Any) -> Any:
-        charged.append(call["idempotency_key"])
-        if len(charged) == 1:
-            advance(clock, days=1)
-        return real_charge(**call)
-
-    monkeypatch.setattr(processor, "charge", advance_while_the_fix_charges)
-    fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
-    monkeypatch.setattr(processor, "charge", real_charge)
+    with while_charging(monkeypatch, services, lambda: advance(clock, days=1)):
+        fixed = agent.post(f"/subscriptions/{sub['id']}/fix-payment")
     assert fixed.status_code == 402, fixed.text
     advance(clock, days=40)
     assert status(agent, sub["id"])["status"] == "canceled"  # dunning's end (all declined)

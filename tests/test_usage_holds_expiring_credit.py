@@ -13,7 +13,7 @@ import pytest
 
 from billfold.services import Services
 from tests.conservation_helpers import included_credit
-from tests.helpers import Agent, Api, TestClock, assert_error, decimal_json
+from tests.helpers import Agent, Api, TestClock, assert_error, decimal_json, while_charging
 from tests.subscription_helpers import (
     advance_to,
     create_plan,
@@ -168,23 +168,17 @@ def test_included_credit_held_while_a_reset_is_paid_goes_on_into_the_new_period(
     clock = api.new_clock()
     agent, card = subscriber(api, clock)
     sub = subscribe(agent, plan["id"], card)
-    processor = services.processor
-    real_charge = processor.charge
     held: list[dict[str, Any]] = []
 
-    def use_the_credits_during_the_charge(**call: Any) -> Any:
-        if not held:
-            if how == "usage_charge":
-                charged = api.charge_usage(agent.account_id, "3")
-                assert charged.status_code == 201, charged.text
-                held.append({})
-            else:
-                held.append(_hold(api, agent, "3"))
-        return real_charge(**call)
+    def use_the_credits() -> None:
+        if how == "usage_charge":
+            charged = api.charge_usage(agent.account_id, "3")
+            assert charged.status_code == 201, charged.text
+        else:
+            held.append(_hold(api, agent, "3"))
 
-    monkeypatch.setattr(processor, "charge", use_the_credits_during_the_charge)
-    reset = agent.post(f"/subscriptions/{sub['id']}/reset-cycle", {})
-    monkeypatch.setattr(processor, "charge", real_charge)
+    with while_charging(monkeypatch, services, use_the_credits):
+        reset = agent.post(f"/subscriptions/{sub['id']}/reset-cycle", {})
     assert reset.status_code == 200, reset.text
     if how != "usage_charge":
         then = "capture" if how == "hold_captured" else "release"
