@@ -23,6 +23,7 @@ from billfold.invoices.models import Invoice, InvoiceLine
 from billfold.ledger.models import LedgerPosting, LedgerTransaction
 from billfold.money import from_micros
 from billfold.payments.models import Payment
+from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.subscriptions.models import CreditGrant
 from billfold.webhooks.models import WebhookEvent
@@ -247,3 +248,16 @@ def listen_to_every_event(api: Api, services: Services, url: str) -> Iterator[No
     assert disabled.status_code == 200, disabled.text
     while Worker(services).drain():
         pass
+
+
+def charges_at_processor(services: Services, invoice_id: str) -> int:
+    """Charges the sandbox processor made under the invoice's attempt keys."""
+    with services.database.read() as session:
+        return len(
+            session.scalars(
+                select(SandboxObject.id).where(
+                    SandboxObject.object == "payment_intent",
+                    SandboxObject.idempotency_key.like(f"{invoice_id}:%"),
+                )
+            ).all()
+        )

@@ -19,20 +19,30 @@ from sqlalchemy import select
 
 from billfold.application import jobs as worker_module
 from billfold.application.jobs import Worker
-from billfold.clock import wall_now
+from billfold.clock import as_utc, wall_now
 from billfold.invoices import service as invoices
 from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job, Lane
 from billfold.jobs.service import ClaimedJob
+from billfold.payments import attempts as payment_attempts
+from billfold.payments import janitor
 from billfold.payments.models import PaymentAttempt
 from billfold.services import Services
-from billfold.subscriptions import engine, renewal
+from billfold.subscriptions import attempts, engine, renewal
 from billfold.subscriptions.outcomes import pay_invoice
 from billfold.webhooks.models import WebhookEvent
-from tests.helpers import CARD_ATTACH_THEN_FAIL, Api, TestClock
+from tests.helpers import (
+    CARD_ATTACH_THEN_FAIL,
+    Api,
+    TestClock,
+    age_open_attempts,
+    while_charging,
+)
 from tests.subscription_helpers import (
+    advance,
     advance_to,
+    charges_at_processor,
     create_plan,
     instant,
     invoices_of,
@@ -120,24 +130,46 @@ def test_plain_renewals_roll_together_and_the_others_renew_alone(
         rest = renewal.prepare_renewals(services, claimed)
         by_sub = {job.payload["subscription_id"]: rest[job.id] for job in claimed}
         together = [*plain, declined, cardless]
-        assert all(_step(by_sub[one.id]) is pay_invoice for one in together)
+        charged = [*plain, declined]  # a default card: their first attempts are reserved
+        assert all(_step(by_sub[one.id]) is attempts.pay_reserved for one in charged)
+        assert _step(by_sub[cardless.id]) is pay_invoice
         assert all(_step(by_sub[one.id]) is renewal.run_renewal for one in (canceling, downgrading))
 
         # Rolled, not paid yet: one open invoice each, numbered in one run of the series,
-        # no attempt reserved before its turn to be charged.
+        # the first attempt of each with a card reserved on it, for the invoice's total.
         opened = [invoices_of(services, one.agent.account_id)[-1] for one in together]
-        assert [(i.billing_reason, i.status, i.attempt_count) for i in opened] == [
-            ("subscription_cycle", "open", 0)
+        assert [(i.billing_reason, i.status) for i in opened] == [
+            ("subscription_cycle", "open")
         ] * 5
         numbers = sorted(int(i.number.rsplit("-", 1)[1]) for i in opened)
         assert numbers == list(range(numbers[0], numbers[0] + 5))
         with services.database.read() as session:
-            reserved = session.scalars(
-                select(PaymentAttempt.key).where(
-                    PaymentAttempt.operation.in_([f"{i.id}:1" for i in opened])
+            rows = {
+                row.id: row
+                for row in session.scalars(
+                    select(Invoice).where(Invoice.id.in_([i.id for i in opened]))
                 )
-            ).all()
-        assert reserved == []
+            }
+            reserved = {
+                a.operation: a
+                for a in session.scalars(
+                    select(PaymentAttempt).where(
+                        PaymentAttempt.operation.in_([f"{i.id}:1" for i in opened])
+                    )
+                )
+            }
+        for one, invoice in zip(together, opened, strict=True):
+            row = rows[invoice.id]
+            if one is cardless:
+                assert (row.attempt_count, row.attempt_key) == (0, None)
+                assert f"{invoice.id}:1" not in reserved
+                continue
+            attempt = reserved[f"{invoice.id}:1"]
+            assert (row.attempt_count, row.attempt_key) == (1, attempt.key)
+            assert row.attempt_payment_method_id == attempt.payment_method_id
+            assert (row.meta or {})["attempt_trigger"] == "renewal"
+            assert (attempt.state, attempt.amount_micros) == ("pending", row.total_micros)
+            assert attempt.charge_started_at is not None
 
         for job in claimed:
             rest[job.id]()
@@ -266,7 +298,7 @@ def test_a_renewal_rolled_in_a_batch_writes_what_one_renewed_alone_writes(
         with on_clock(services, clock, ahead=AFTER_THE_END):
             claimed = {job.account_id: job for job in _claim_renewals(services, clock)}
             rest = renewal.prepare_renewals(services, [claimed[batched.agent.account_id]])
-            assert _step(rest[claimed[batched.agent.account_id].id]) is pay_invoice
+            assert _step(rest[claimed[batched.agent.account_id].id]) is attempts.pay_reserved
             rest[claimed[batched.agent.account_id].id]()
             renewal.run_renewal(services, claimed[alone.agent.account_id])
         written = _written_for(services, batched.agent.account_id)
@@ -304,13 +336,17 @@ def test_renewals_rolled_together_whose_payments_never_ran_are_paid_once_later(
 def test_canceling_now_between_the_roll_and_the_payment_credits_no_unused_time(
     api: Api, services: Services
 ) -> None:
-    """The batch rolled the period and issued its invoice; before the job pays it, the
-    agent cancels now. The new period was never paid for: nothing of it is credited,
-    and the job then charges nothing."""
+    """The batch rolled the period and issued its invoice, with no attempt reserved (the
+    account has no card now); before the job pays it, the agent cancels now. The new
+    period was never paid for: nothing of it is credited, and the job then charges
+    nothing."""
     clock, [one], _ = _due_together(api, price=20, count=1)
+    removed = one.agent.delete(f"/billing/payment-methods/{one.card}")
+    assert removed.status_code == 200, removed.text
     with on_clock(services, clock, ahead=AFTER_THE_END):
         claimed = _claim_renewals(services, clock)
         rest = renewal.prepare_renewals(services, claimed)
+        assert [_step(step) for step in rest.values()] == [pay_invoice]
     before = one.agent.get("/wallet/balance").json()["data"]
     canceled = one.agent.post(f"/subscriptions/{one.id}/cancel", {"at_period_end": False})
     assert canceled.status_code == 200, canceled.text
@@ -325,6 +361,114 @@ def test_canceling_now_between_the_roll_and_the_payment_credits_no_unused_time(
     ]
     assert len(payments_of(services, one.agent.account_id)) == 1
     assert one.agent.get("/wallet/balance").json()["data"] == before
+    assert api.ledger_check(one.agent.account_id)["consistent"] is True
+
+
+def test_canceling_now_while_a_reserved_attempt_waits_for_its_charge_is_refused(
+    api: Api, services: Services
+) -> None:
+    """The batch reserved the new invoice's attempt: until it is charged and recorded, a
+    payment is in progress, so cancel-now answers 409 and changes nothing (as during
+    any charge); once the renewal is paid, it cancels, crediting the unused period."""
+    clock, [one], _ = _due_together(api, price=20, count=1)
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = _claim_renewals(services, clock)
+        rest = renewal.prepare_renewals(services, claimed)
+    before = one.agent.get("/wallet/balance").json()["data"]
+    refused = one.agent.post(f"/subscriptions/{one.id}/cancel", {"at_period_end": False})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "subscription_payment_pending"
+    assert one.status()["status"] == "active"
+    assert one.agent.get("/wallet/balance").json()["data"] == before
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        for job in claimed:
+            rest[job.id]()
+    assert one.status()["payment_status"] == "paid"
+    canceled = one.agent.post(f"/subscriptions/{one.id}/cancel", {"at_period_end": False})
+    assert canceled.status_code == 200, canceled.text
+    assert len(payments_of(services, one.agent.account_id)) == 2
+    assert api.ledger_check(one.agent.account_id)["consistent"] is True
+
+
+def _open_attempt(services: Services, account_id: str) -> PaymentAttempt:
+    with services.database.read() as session:
+        return session.scalars(
+            select(PaymentAttempt).where(
+                PaymentAttempt.account_id == account_id, PaymentAttempt.state == "pending"
+            )
+        ).one()
+
+
+def _real_time_passes(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
+    """From here on, the payment machine's charges see real time `by` later (as if a
+    batch's charges ahead of them had taken that long)."""
+    monkeypatch.setattr(payment_attempts, "wall_now", lambda: wall_now() + by)
+
+
+def test_a_batch_attempt_charged_long_after_its_reservation_marks_its_charge_start_again(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's charges run one after another: one whose turn comes at once charges
+    under the reservation's mark; one whose turn comes more than MARK_AGAIN_AFTER after
+    it marks when its charge starts, just before the processor call, so the janitor's
+    wait counts from then."""
+    clock, [prompt, late], _ = _due_together(api, price=12, count=2)
+    waited = payment_attempts.MARK_AGAIN_AFTER + timedelta(seconds=10)
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = {job.account_id: job for job in _claim_renewals(services, clock)}
+        rest = renewal.prepare_renewals(services, list(claimed.values()))
+        reserved = {
+            one: as_utc(_open_attempt(services, one.agent.account_id).charge_started_at)
+            for one in (prompt, late)
+        }
+        seen: dict[Subscribed, datetime] = {}
+        for one in (prompt, late):
+            if one is late:
+                _real_time_passes(monkeypatch, waited)
+
+            def look(one: Subscribed = one) -> None:
+                attempt = _open_attempt(services, one.agent.account_id)
+                seen[one] = as_utc(attempt.charge_started_at)
+
+            with while_charging(monkeypatch, services, look) as charged:
+                rest[claimed[one.agent.account_id].id]()
+            assert len(charged) == 1
+    assert seen[prompt] == reserved[prompt]  # not written again
+    assert seen[late] >= reserved[late] + waited  # marked again, at the charge
+    for one in (prompt, late):
+        assert one.status()["payment_status"] == "paid"
+        [*_, cycle] = invoices_of(services, one.agent.account_id)
+        assert charges_at_processor(services, cycle.id) == 1
+
+
+def test_a_batch_attempt_the_janitor_settled_before_its_turn_is_not_charged_and_is_paid_again(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's later charge comes after the janitor settled its attempt as never charged
+    (its turn came more than STALE_AFTER after the reservation): no charge is made under
+    that key, and the janitor's drop pays the invoice again, once."""
+    clock, [one], _ = _due_together(api, price=12, count=1)
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        [job] = _claim_renewals(services, clock)
+        rest = renewal.prepare_renewals(services, [job])
+    attempt = _open_attempt(services, one.agent.account_id)
+    age_open_attempts(services, one.agent.account_id, payment_attempts.STALE_AFTER)
+    with on_clock(services, clock, ahead=AFTER_THE_END + timedelta(minutes=6)):
+        settled = janitor.settle(services, attempt.id)
+        assert settled is not None and settled.recorded
+        _real_time_passes(monkeypatch, payment_attempts.STALE_AFTER)
+        with while_charging(monkeypatch, services, lambda: None) as charged:
+            rest[job.id]()  # its turn, at last
+        assert charged == []
+    monkeypatch.undo()
+    [_, cycle] = invoices_of(services, one.agent.account_id)
+    assert charges_at_processor(services, cycle.id) == 0
+    assert cycle.status == "open"
+    advance(clock, seconds=900)  # the pay-again job the drop queued
+    [_, cycle] = invoices_of(services, one.agent.account_id)
+    assert (cycle.status, cycle.attempt_count) == ("paid", 2)
+    assert charges_at_processor(services, cycle.id) == 1
+    assert len(payments_of(services, one.agent.account_id)) == 2
     assert api.ledger_check(one.agent.account_id)["consistent"] is True
 
 
@@ -377,7 +521,7 @@ def test_one_renewal_claimed_twice_in_a_batch_rolls_and_charges_once(
         assert len(claimed) == 2
         rest = renewal.prepare_renewals(services, claimed)
         steps = {job.id: _step(rest[job.id]) for job in claimed}
-        assert sorted(step is pay_invoice for step in steps.values()) == [False, True]
+        assert sorted(step is attempts.pay_reserved for step in steps.values()) == [False, True]
         for job in claimed:
             rest[job.id]()
     current = one.status()

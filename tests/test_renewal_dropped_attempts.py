@@ -21,7 +21,6 @@ from billfold.jobs.service import ClaimedJob
 from billfold.payments import attempts as payment_attempts
 from billfold.payments import janitor
 from billfold.payments.models import PaymentAttempt
-from billfold.processors.sandbox import SandboxObject
 from billfold.services import Services
 from billfold.subscriptions import attempts, dunning, engine, outcomes, renewal
 from tests.helpers import (
@@ -37,6 +36,7 @@ from tests.subscription_helpers import (
     RecordedInvoice,
     advance,
     advance_to,
+    charges_at_processor,
     create_plan,
     instant,
     invoices_of,
@@ -205,7 +205,7 @@ def test_a_renewal_run_again_charges_its_open_attempt_and_the_janitor_meanwhile_
 
     assert charged == [f"{invoice_id}:1"]
     assert _attempts(services, invoice_id) == [("succeeded", None)]
-    assert _charges_at_processor(services, invoice_id) == 1
+    assert charges_at_processor(services, invoice_id) == 1
     assert jobs_of(services, agent.account_id, outcomes.PAY_AGAIN_JOB) == 0
     current = status(agent, sub["id"])
     assert (current["status"], current["payment_status"]) == ("active", "paid")
@@ -229,11 +229,11 @@ def test_a_renewal_run_again_after_the_janitor_settled_its_attempt_charges_nothi
         )
         assert not replayed.recorded
         renewal.run_renewal(services, job)  # finds nothing to roll or pay
-    assert _charges_at_processor(services, invoice_id) == 0
+    assert charges_at_processor(services, invoice_id) == 0
     advance(clock, seconds=600)  # the pay-again job (queued at the time it was settled)
     [_, cycle] = invoices_of(services, agent.account_id)
     assert (cycle.status, cycle.attempt_count) == ("paid", 2)
-    assert _charges_at_processor(services, invoice_id) == 1
+    assert charges_at_processor(services, invoice_id) == 1
 
 
 def test_a_clock_advanced_during_a_run_again_charge_lets_the_janitor_settle_nothing(
@@ -250,7 +250,7 @@ def test_a_clock_advanced_during_a_run_again_charge_lets_the_janitor_settle_noth
         renewal.run_renewal(services, job)
     advance(clock, days=1)
     assert charged == [f"{invoice_id}:1"]
-    assert _charges_at_processor(services, invoice_id) == 1
+    assert charges_at_processor(services, invoice_id) == 1
     assert _attempts(services, invoice_id) == [("succeeded", None)]
     assert len(payments_of(services, agent.account_id)) == 2
 
@@ -280,7 +280,7 @@ def test_the_real_time_sweep_waits_for_a_charge_of_an_account_on_a_clock_in_the_
         Worker(services).drain()
     advance(clock, hours=1)
     assert swept == [0]
-    assert _charges_at_processor(services, invoice_id) == 1
+    assert charges_at_processor(services, invoice_id) == 1
     assert _attempts(services, invoice_id) == [("succeeded", None)]
 
 
@@ -390,19 +390,6 @@ def _attempt_rows(services: Services, invoice_id: str) -> list[PaymentAttempt]:
                 .where(PaymentAttempt.operation.like(f"{invoice_id}:%"))
                 .order_by(PaymentAttempt.operation)
             )
-        )
-
-
-def _charges_at_processor(services: Services, invoice_id: str) -> int:
-    """Charges the sandbox processor made under the invoice's attempt keys."""
-    with services.database.read() as session:
-        return len(
-            session.scalars(
-                select(SandboxObject.id).where(
-                    SandboxObject.object == "payment_intent",
-                    SandboxObject.idempotency_key.like(f"{invoice_id}:%"),
-                )
-            ).all()
         )
 
 

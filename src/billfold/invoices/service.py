@@ -395,12 +395,12 @@ class OpenInvoice:
     meta: dict[str, Any]
 
 
-def issue_open_invoices(session: Session, drafts: list[OpenInvoice]) -> None:
+def issue_open_invoices(session: Session, drafts: list[OpenInvoice]) -> dict[str, int]:
     """`issue_invoice(status="open")` for many invoices in a few statements: numbered in
     the drafts' order by one UPDATE of the series, written by multi-row INSERTs, each
-    emitting invoice.finalized."""
+    emitting invoice.finalized; the total of each (in micros), by id."""
     if not drafts:
-        return
+        return {}
     from billfold.webhooks import service as webhooks  # webhooks render with the API's JSON
 
     settings = get_settings(session)
@@ -440,6 +440,7 @@ def issue_open_invoices(session: Session, drafts: list[OpenInvoice]) -> None:
             account_id=values["account_id"],
             data=lambda values=values: summary_view(Invoice(**values)),
         )
+    return {values["id"]: int(values["total_micros"]) for values in rows}
 
 
 def mark_paid(session: Session, invoice: Invoice, *, payment_intent_id: str | None) -> None:

@@ -35,10 +35,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from billfold.clock import now, wall_now
+from billfold.clock import as_utc, now, wall_now
 from billfold.db import Database, insert_or_ignore
 from billfold.events import Topic
 from billfold.ids import new_id
@@ -66,6 +66,9 @@ JANITOR_JOB = "payments.settle_attempts"  # see billfold.payments.janitor
 STALE_AFTER = timedelta(minutes=5)
 # The janitor's first look, which only records a charge the processor already knows.
 FIRST_LOOK_AFTER = timedelta(minutes=1)
+# A charge that starts longer than this after its attempt's last mark (`charge_started_at`)
+# marks it again first: the janitor's STALE_AFTER then never counts from long before it.
+MARK_AGAIN_AFTER = timedelta(seconds=30)
 
 __all__ = [
     "FIRST_LOOK_AFTER",
@@ -75,9 +78,11 @@ __all__ = [
     "AttemptPurpose",
     "AttemptState",
     "FailureReason",
+    "NewAttempt",
     "Outcome",
     "Settled",
     "begin",
+    "begin_first",
     "fail",
     "locking",
     "on_failure",
@@ -107,6 +112,8 @@ class Attempt:
     failure_reason: FailureReason | None
     failure_message: str | None
     created_at: datetime
+    # When a charge under its key last began (real time; None: before migration 0012).
+    charge_started_at: datetime | None = None
     new: bool = False  # written by the `begin` that returned it
 
     @classmethod
@@ -128,6 +135,7 @@ class Attempt:
             failure_reason=FailureReason(row.failure_reason) if row.failure_reason else None,
             failure_message=row.failure_message,
             created_at=row.created_at,
+            charge_started_at=row.charge_started_at,
             new=new,
         )
 
@@ -258,27 +266,18 @@ def begin(
     if previous is not None and not previous.never_charged:
         return previous
     number = 1 if previous is None else previous.number + 1
-    key = operation if number == 1 else f"{operation}#{number}"
-    current = now()
-    values: dict[str, Any] = {
-        "id": new_id("pat"),
-        "account_id": account_id,
-        "purpose": purpose.value,
-        "operation": operation,
-        "number": number,
-        "key": key,
-        "state": AttemptState.PENDING.value,
-        "amount_micros": amount_micros,
-        "currency": currency,
-        "payment_method_id": payment_method_id,
-        "payment_purpose": payment_purpose,
-        "context": context or {},
-        "created_at": current,
-        "updated_at": current,
-        # Real time, whatever clock the account is on: how long a processor call may
-        # still be on its way is a matter of real time.
-        "charge_started_at": wall_now(),  # its caller charges once this commits
-    }
+    new = NewAttempt(
+        purpose=purpose,
+        operation=operation,
+        account_id=account_id,
+        amount_micros=amount_micros,
+        currency=currency,
+        payment_method_id=payment_method_id,
+        payment_purpose=payment_purpose,
+        context=context or {},
+    )
+    values = _values(new, number, now())
+    key = values["key"]
     inserted = insert_or_ignore(session, PaymentAttempt, values, ["key"])
     if not inserted:  # a racer wrote it first: theirs
         row = session.scalars(
@@ -289,6 +288,57 @@ def begin(
         return Attempt.of(row)
     jobs.enqueue_new(session, _janitor_jobs(values))
     return Attempt.of(PaymentAttempt(**values), new=True)  # as written: no read back
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """An operation's attempt to begin (`begin`'s arguments)."""
+
+    purpose: AttemptPurpose
+    operation: str
+    account_id: str
+    amount_micros: int
+    currency: str
+    payment_method_id: str
+    payment_purpose: str
+    context: dict[str, Any]
+
+
+def begin_first(session: Session, new: list[NewAttempt]) -> list[Attempt]:
+    """`begin` for operations that can have no attempt yet (named after rows the caller's
+    transaction just wrote, such as a new invoice's first attempt), many at once: their
+    rows and janitor jobs in two multi-row INSERTs. Their callers may charge them one
+    after another: `run` marks a charge start again before a charge that comes more than
+    MARK_AGAIN_AFTER after this."""
+    current = now()
+    rows = [_values(attempt, 1, current) for attempt in new]
+    if rows:
+        session.execute(insert(PaymentAttempt), rows)
+        jobs.enqueue_new(session, [job for row in rows for job in _janitor_jobs(row)])
+    return [Attempt.of(PaymentAttempt(**row), new=True) for row in rows]
+
+
+def _values(new: NewAttempt, number: int, current: datetime) -> dict[str, Any]:
+    """A new attempt's row: its key is the operation, `<operation>#<n>` for the n-th."""
+    return {
+        "id": new_id("pat"),
+        "account_id": new.account_id,
+        "purpose": new.purpose.value,
+        "operation": new.operation,
+        "number": number,
+        "key": new.operation if number == 1 else f"{new.operation}#{number}",
+        "state": AttemptState.PENDING.value,
+        "amount_micros": new.amount_micros,
+        "currency": new.currency,
+        "payment_method_id": new.payment_method_id,
+        "payment_purpose": new.payment_purpose,
+        "context": new.context,
+        "created_at": current,
+        "updated_at": current,
+        # Real time, whatever clock the account is on: how long a processor call may
+        # still be on its way is a matter of real time.
+        "charge_started_at": wall_now(),  # its caller charges once this commits
+    }
 
 
 def _janitor_jobs(row: dict[str, Any]) -> list[jobs.NewJob]:
@@ -367,7 +417,7 @@ def run(
         except Exception:
             _not_charged(database, attempt, services)
             raise
-    if not attempt.new and not _charge_starts(database, attempt):
+    if _mark_before_charge(attempt) and not _charge_starts(database, attempt):
         return replay(database, attempt)  # settled meanwhile (never charged): no call
     try:
         result = charge(processor, attempt, customer_id=customer_id, description=description)
@@ -383,6 +433,17 @@ def run(
     except Exception:  # charged, and the outcome is not recorded: the janitor records it
         mark_unknown(database, attempt)
         raise
+
+
+def _mark_before_charge(attempt: Attempt) -> bool:
+    """Whether the charge about to be made must first mark that it starts: always for an
+    attempt begun earlier and joined open (its mark is another caller's); for one this
+    caller began, when its mark is more than MARK_AGAIN_AFTER old (a slow customer or
+    card check, a batch's later charge), so the janitor's STALE_AFTER wait always counts
+    from no more than that before the processor call."""
+    if not attempt.new or attempt.charge_started_at is None:
+        return True
+    return wall_now() - as_utc(attempt.charge_started_at) > MARK_AGAIN_AFTER
 
 
 def _charge_starts(database: Database, attempt: Attempt) -> bool:

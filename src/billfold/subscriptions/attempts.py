@@ -174,6 +174,19 @@ class Attempt:
     currency: str
     payment: payment_attempts.Attempt  # the machine's attempt
 
+    @classmethod
+    def of(cls, payment: payment_attempts.Attempt) -> Attempt:
+        return cls(
+            invoice_id=str(payment.context["invoice_id"]),
+            subscription_id=str(payment.context["subscription_id"]),
+            account_id=payment.account_id,
+            key=payment.key,
+            payment_method_id=payment.payment_method_id,
+            amount_micros=payment.amount_micros,
+            currency=payment.currency,
+            payment=payment,
+        )
+
 
 def lock_subscription(session: Session, subscription_id: str) -> Subscription | None:
     return session.scalars(
@@ -271,16 +284,7 @@ def reserve(session: Session, invoice: Invoice, *, payment_method_id: str, trigg
         )
     invoice.attempt_key = payment.key
     session.flush()
-    return Attempt(
-        invoice_id=invoice.id,
-        subscription_id=invoice.subscription_id,
-        account_id=invoice.account_id,
-        key=payment.key,
-        payment_method_id=payment.payment_method_id,
-        amount_micros=payment.amount_micros,
-        currency=payment.currency,
-        payment=payment,
-    )
+    return Attempt.of(payment)
 
 
 def pay_invoice(
@@ -329,18 +333,24 @@ def pay_invoice(
         attempt = reserve(
             session, invoice, payment_method_id=payment_method_id or "", trigger=trigger
         )
+    return pay_reserved(services, attempt, card=card)
+
+
+def pay_reserved(services: Services, attempt: Attempt, *, card: Card | None = None) -> Paid:
+    """Charge an attempt reserved (and committed) on its invoice, and record the outcome
+    (`card`: one not on file yet, kept once charged)."""
     outcome = payment_attempts.run(
-        database,
+        services.database,
         services.processor,
         attempt.payment,
         description=_description(attempt),
-        prepare=lambda _customer_id: card,  # a card not on file yet: kept once charged
+        prepare=lambda _customer_id: card,
         services=services,
     )
     if outcome.recorded and isinstance(outcome.value, Paid):
         return outcome.value
-    with database.read() as session:  # recorded by someone else
-        current = session.get(Invoice, invoice_id)
+    with services.database.read() as session:  # recorded by someone else
+        current = session.get(Invoice, attempt.invoice_id)
         assert current is not None
         return Paid(current.status == "paid", outcome.payment)
 

@@ -7,9 +7,16 @@ can drive a subscription through a year; a scheduled plan change takes effect he
 The worker hands the renewal jobs it claims to `prepare_renewals` together. The plain
 ones (an active or trialing subscription whose period ends as its job says, with no
 invoice open and nothing scheduled for that moment) roll into their next period in one
-transaction of a few multi-row statements, which finalizes their invoices; each job then
-pays its own invoice, as `run_renewal` does after its roll. Every other renewal takes
-`run_renewal`, one at a time.
+transaction of a few multi-row statements, which finalizes their invoices and reserves
+the first payment attempt of each that has a total to pay and a default card; each job
+then charges its own attempt (or pays its invoice as `run_renewal` does after its roll:
+a free period, no card). Every other renewal takes `run_renewal`, one at a time.
+
+The batch's attempts are charged one after another, so a later one may be charged some
+time after it was reserved: the payment machine marks a charge start again before a
+charge that comes more than `MARK_AGAIN_AFTER` after its attempt's mark (or, if the
+janitor settled the attempt as never charged meanwhile, makes no charge: its drop pays
+the invoice again).
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import as_utc, now
 from billfold.invoices import service as invoices
+from billfold.invoices.models import Invoice
 from billfold.jobs.service import ClaimedJob
 from billfold.ledger.models import Wallet
+from billfold.payments import attempts as payment_attempts
+from billfold.payments.models import PaymentMethod
 from billfold.subscriptions import attempts, states
 from billfold.subscriptions.engine import end, lock, lock_invoice, open_invoice, period_line
 from billfold.subscriptions.models import Plan, Subscription
@@ -128,28 +138,29 @@ def _roll(sub: Subscription, plan: Plan, period_end: datetime) -> _Cycle:
 
 
 def prepare_renewals(services: Services, jobs: list[ClaimedJob]) -> dict[int, Callable[[], object]]:
-    """Roll the plain renewals among `jobs` together (one transaction); what is left of
-    each job, to run on its own: paying the invoice of its new period, or `run_renewal`.
-    An invoice is paid as `run_renewal` pays it, its attempt reserved just before its
-    charge, so a batch's later charges never run on an attempt reserved long before."""
+    """Roll the plain renewals among `jobs` together and reserve their first attempts
+    (one transaction); what is left of each job, to run on its own: the charge of its
+    attempt, paying its invoice (nothing to charge, or no card), or `run_renewal`."""
     with services.database.transaction() as session:
         rolled = _roll_plain(session, [_due(job) for job in jobs])
     rest: dict[int, Callable[[], object]] = {}
     for job in jobs:
-        invoice_id = rolled.pop(_due(job), None)  # a second job for it renews alone
-        rest[job.id] = (
-            partial(run_renewal, services, job)
-            if invoice_id is None
-            else partial(pay_invoice, services, invoice_id, trigger=TRIGGER)
-        )
+        renewed = rolled.pop(_due(job), None)  # a second job for it renews alone
+        if renewed is None:
+            rest[job.id] = partial(run_renewal, services, job)
+        elif isinstance(renewed, attempts.Attempt):
+            rest[job.id] = partial(attempts.pay_reserved, services, renewed)
+        else:
+            rest[job.id] = partial(pay_invoice, services, renewed, trigger=TRIGGER)
     return rest
 
 
 def _roll_plain(
     session: Session, due: list[tuple[str, datetime]]
-) -> dict[tuple[str, datetime], str]:
+) -> dict[tuple[str, datetime], attempts.Attempt | str]:
     """Roll the plain renewals among `due` (subscription, end of the period it renews
-    after) and finalize their invoices; the invoice of each."""
+    after), finalize their invoices and reserve the first attempt of each with a total to
+    pay and a default card; that attempt, or the invoice to pay, of each."""
     current = now()
     subs = attempts.lock_subscriptions(session, sorted({sub_id for sub_id, _ in due}))
     plain = [
@@ -163,10 +174,16 @@ def _roll_plain(
         plan.id: plan
         for plan in session.scalars(select(Plan).where(Plan.id.in_({s.plan_id for s, _ in plain})))
     }
+    account_ids = {sub.account_id for sub, _ in plain}
     currencies = dict(
         session.execute(
-            select(Wallet.account_id, Wallet.currency).where(
-                Wallet.account_id.in_({sub.account_id for sub, _ in plain})
+            select(Wallet.account_id, Wallet.currency).where(Wallet.account_id.in_(account_ids))
+        ).all()
+    )
+    cards = dict(
+        session.execute(
+            select(PaymentMethod.account_id, PaymentMethod.id).where(
+                PaymentMethod.account_id.in_(account_ids), PaymentMethod.is_default.is_(True)
             )
         ).all()
     )
@@ -188,10 +205,53 @@ def _roll_plain(
             )
         )
         rolled[(sub.id, period_end)] = invoice_id
-    invoices.issue_open_invoices(session, drafts)
+    totals = invoices.issue_open_invoices(session, drafts)
     for sub, period_end in plain:
         sub.open_invoice_id = sub.latest_invoice_id = rolled[(sub.id, period_end)]
-    return rolled
+    to_charge = [draft for draft in drafts if totals[draft.id] > 0 and draft.account_id in cards]
+    reserved = _reserve_first(session, to_charge, totals, cards)
+    return {due: reserved.get(invoice_id, invoice_id) for due, invoice_id in rolled.items()}
+
+
+def _reserve_first(
+    session: Session,
+    drafts: list[invoices.OpenInvoice],
+    totals: dict[str, int],
+    cards: dict[str, str],
+) -> dict[str, attempts.Attempt]:
+    """The first payment attempts of invoices just issued (as `attempts.reserve` makes an
+    invoice's first, on the account's default card), by invoice id."""
+    first = [
+        payment_attempts.NewAttempt(
+            purpose=attempts.PURPOSE,
+            operation=f"{draft.id}:1",  # as attempts.reserve names an invoice's first
+            account_id=draft.account_id,
+            amount_micros=totals[draft.id],
+            currency=draft.currency,
+            payment_method_id=cards[draft.account_id],
+            payment_purpose=draft.billing_reason,
+            context={"invoice_id": draft.id, "subscription_id": draft.subscription_id},
+        )
+        for draft in drafts
+    ]
+    begun = payment_attempts.begin_first(session, first)
+    if begun:
+        session.execute(
+            update(Invoice),
+            [
+                {
+                    "id": draft.id,
+                    "attempt_count": 1,
+                    "attempt_key": attempt.key,
+                    "attempt_payment_method_id": attempt.payment_method_id,
+                    "meta": {**draft.meta, "attempt_trigger": TRIGGER},
+                }
+                for draft, attempt in zip(drafts, begun, strict=True)
+            ],
+        )
+    return {
+        draft.id: attempts.Attempt.of(attempt) for draft, attempt in zip(drafts, begun, strict=True)
+    }
 
 
 def _is_plain(sub: Subscription, period_end: datetime, current: datetime) -> bool:
