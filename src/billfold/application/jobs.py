@@ -80,7 +80,10 @@ BATCH_BUDGET = 60.0
 
 
 def batch_handlers() -> dict[str, BatchHandler]:
-    return {engine.RENEW_JOB: renewal.prepare_renewals}
+    return {
+        engine.RENEW_JOB: renewal.prepare_renewals,
+        credits.JOB_KIND: credits.prepare_expiries,
+    }
 
 
 class Worker:
