@@ -534,6 +534,26 @@ def fail(
         return _settle(session, event, AttemptState.FAILED, None, reason, quiet_since)
 
 
+def _recorded_by_someone_else(
+    session: Session, attempt: Attempt, result: ChargeResult | None
+) -> Outcome:
+    """`_settle`'s UPDATE moved nothing: the outcome someone else recorded, or
+    `ChargeMayBeInFlight` if the attempt is still open (the janitor's `quiet_since`)."""
+    settled = get(session, attempt.id)
+    assert settled is not None
+    if not settled.state.settled:
+        raise ChargeMayBeInFlight(f"a charge under payment attempt {attempt.id} began lately")
+    if result is not None and result.succeeded and settled.never_charged:
+        log.error(
+            "payment attempt %s was settled as never charged, but the processor "
+            "charged it (%s): refund it at the processor",
+            attempt.id,
+            result.payment_intent_id,
+        )
+    payment = session.get(Payment, settled.payment_id) if settled.payment_id else None
+    return Outcome(settled, payment, recorded=False)
+
+
 def _settle(
     session: Session,
     event: Settled,
@@ -552,35 +572,34 @@ def _settle(
     if quiet_since is not None:
         started = func.coalesce(PaymentAttempt.charge_started_at, PaymentAttempt.created_at)
         conditions.append(started <= quiet_since)
+    payment_id = result.payment_intent_id if result is not None else None
+    message = (
+        result.failure_message[:500] if result is not None and result.failure_message else None
+    )
     moved = session.execute(
         update(PaymentAttempt)
         .where(*conditions)
         .values(
             state=state.value,
-            payment_id=result.payment_intent_id if result is not None else None,
+            payment_id=payment_id,
             failure_reason=reason.value if reason is not None else None,
-            failure_message=result.failure_message[:500]
-            if result is not None and result.failure_message
-            else None,
+            failure_message=message,
             settled_by="janitor" if recovered else "request",
             settled_at=current,
             updated_at=current,
         )
     ).rowcount  # type: ignore[attr-defined]
-    settled = get(session, attempt.id)
-    assert settled is not None
-    if not moved and not settled.state.settled:
-        raise ChargeMayBeInFlight(f"a charge under payment attempt {attempt.id} began lately")
-    if not moved:  # recorded by someone else: answer what they recorded
-        if result is not None and result.succeeded and settled.never_charged:
-            log.error(
-                "payment attempt %s was settled as never charged, but the processor "
-                "charged it (%s): refund it at the processor",
-                attempt.id,
-                result.payment_intent_id,
-            )
-        payment = session.get(Payment, settled.payment_id) if settled.payment_id else None
-        return Outcome(settled, payment, recorded=False)
+    if not moved:
+        return _recorded_by_someone_else(session, attempt, result)
+    # Moved by this UPDATE: the attempt is as written (nothing else of it changes).
+    settled = replace(
+        attempt,
+        state=state,
+        payment_id=payment_id,
+        failure_reason=reason,
+        failure_message=message,
+        new=False,
+    )
     jobs.cancel(session, _janitor_key(attempt.id), _first_look_key(attempt.id))
     payment = None
     if result is not None:
