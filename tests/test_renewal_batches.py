@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from billfold.accounts.models import Account
 from billfold.application import jobs as worker_module
 from billfold.application.jobs import Worker
 from billfold.clock import as_utc, wall_now
@@ -132,6 +133,14 @@ def test_plain_renewals_roll_together_and_the_others_renew_alone(
         together = [*plain, declined, cardless]
         charged = [*plain, declined]  # a default card: their first attempts are reserved
         assert all(_step(by_sub[one.id]) is attempts.pay_reserved for one in charged)
+        with services.database.read() as session:  # read in the batch, not again per charge
+            customers = dict(
+                session.execute(select(Account.id, Account.processor_customer_id)).all()
+            )
+        for one in charged:
+            step = by_sub[one.id]
+            assert isinstance(step, partial)
+            assert step.keywords["customer_id"] == customers[one.agent.account_id] is not None
         assert _step(by_sub[cardless.id]) is pay_invoice
         assert all(_step(by_sub[one.id]) is renewal.run_renewal for one in (canceling, downgrading))
 

@@ -388,9 +388,11 @@ def run(
     description: str,
     prepare: Callable[[str], Card | None] | None = None,
     services: Services | None = None,
+    customer_id: str | None = None,
 ) -> Outcome:
     """Charge the card of an attempt begun (and committed) by the caller, and record the
     outcome. An attempt already settled is answered as recorded, without a call.
+    `customer_id`: the account's processor customer, if the caller read it already.
 
     `prepare(customer_id)` runs just before the charge, e.g. to check a card not on file
     (returning it, to keep once charged). A card the processor does not know settles the
@@ -401,7 +403,9 @@ def run(
     if attempt.state.settled:
         return replay(database, attempt)
     try:
-        customer_id = payments.ensure_customer(database, processor, attempt.account_id)
+        customer_id = customer_id or payments.ensure_customer(
+            database, processor, attempt.account_id
+        )
     except Exception:
         _not_charged(database, attempt, services)
         raise

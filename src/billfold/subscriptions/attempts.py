@@ -336,9 +336,16 @@ def pay_invoice(
     return pay_reserved(services, attempt, card=card)
 
 
-def pay_reserved(services: Services, attempt: Attempt, *, card: Card | None = None) -> Paid:
+def pay_reserved(
+    services: Services,
+    attempt: Attempt,
+    *,
+    card: Card | None = None,
+    customer_id: str | None = None,
+) -> Paid:
     """Charge an attempt reserved (and committed) on its invoice, and record the outcome
-    (`card`: one not on file yet, kept once charged)."""
+    (`card`: one not on file yet, kept once charged; `customer_id`: the account's
+    processor customer, if the caller read it already)."""
     outcome = payment_attempts.run(
         services.database,
         services.processor,
@@ -346,6 +353,7 @@ def pay_reserved(services: Services, attempt: Attempt, *, card: Card | None = No
         description=_description(attempt),
         prepare=lambda _customer_id: card,
         services=services,
+        customer_id=customer_id,
     )
     if outcome.recorded and isinstance(outcome.value, Paid):
         return outcome.value

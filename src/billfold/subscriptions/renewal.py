@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from billfold.accounts.models import Account
 from billfold.clock import as_utc, now
 from billfold.invoices import service as invoices
 from billfold.invoices.models import Invoice
@@ -148,16 +149,30 @@ def prepare_renewals(services: Services, jobs: list[ClaimedJob]) -> dict[int, Ca
         renewed = rolled.pop(_due(job), None)  # a second job for it renews alone
         if renewed is None:
             rest[job.id] = partial(run_renewal, services, job)
-        elif isinstance(renewed, attempts.Attempt):
-            rest[job.id] = partial(attempts.pay_reserved, services, renewed)
+        elif isinstance(renewed, _Reserved):
+            rest[job.id] = partial(
+                attempts.pay_reserved,
+                services,
+                renewed.attempt,
+                customer_id=renewed.customer_id,
+            )
         else:
             rest[job.id] = partial(pay_invoice, services, renewed, trigger=TRIGGER)
     return rest
 
 
+@dataclass(frozen=True)
+class _Reserved:
+    """A renewal's first attempt reserved in its batch, and the account's processor
+    customer (None: not created yet, `run` creates it)."""
+
+    attempt: attempts.Attempt
+    customer_id: str | None
+
+
 def _roll_plain(
     session: Session, due: list[tuple[str, datetime]]
-) -> dict[tuple[str, datetime], attempts.Attempt | str]:
+) -> dict[tuple[str, datetime], _Reserved | str]:
     """Roll the plain renewals among `due` (subscription, end of the period it renews
     after), finalize their invoices and reserve the first attempt of each with a total to
     pay and a default card; that attempt, or the invoice to pay, of each."""
@@ -180,13 +195,14 @@ def _roll_plain(
             select(Wallet.account_id, Wallet.currency).where(Wallet.account_id.in_(account_ids))
         ).all()
     )
-    cards = dict(
-        session.execute(
-            select(PaymentMethod.account_id, PaymentMethod.id).where(
-                PaymentMethod.account_id.in_(account_ids), PaymentMethod.is_default.is_(True)
-            )
-        ).all()
-    )
+    cards: dict[str, str] = {}
+    customers: dict[str, str | None] = {}
+    for account_id, card, customer in session.execute(
+        select(PaymentMethod.account_id, PaymentMethod.id, Account.processor_customer_id)
+        .join(Account, Account.id == PaymentMethod.account_id)
+        .where(PaymentMethod.account_id.in_(account_ids), PaymentMethod.is_default.is_(True))
+    ):
+        cards[account_id], customers[account_id] = card, customer
     drafts: list[invoices.OpenInvoice] = []
     rolled: dict[tuple[str, datetime], str] = {}
     for sub, period_end in plain:
@@ -209,7 +225,10 @@ def _roll_plain(
     for sub, period_end in plain:
         sub.open_invoice_id = sub.latest_invoice_id = rolled[(sub.id, period_end)]
     to_charge = [draft for draft in drafts if totals[draft.id] > 0 and draft.account_id in cards]
-    reserved = _reserve_first(session, to_charge, totals, cards)
+    reserved = {
+        invoice_id: _Reserved(attempt, customers[attempt.account_id])
+        for invoice_id, attempt in _reserve_first(session, to_charge, totals, cards).items()
+    }
     return {due: reserved.get(invoice_id, invoice_id) for due, invoice_id in rolled.items()}
 
 
