@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 try:  # POSIX; elsewhere SQLite's writers wait in its busy handler, as without the gate
     import fcntl
@@ -29,8 +29,9 @@ except ImportError:  # pragma: no cover
 
 import psycopg
 import simplejson
-from sqlalchemy import BigInteger, DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import BigInteger, DateTime, Engine, MetaData, Table, create_engine, event, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -398,32 +399,42 @@ def insert_or_ignore(
     """INSERT … ON CONFLICT DO NOTHING; True when this call inserted the row.
 
     The unique index decides between concurrent writers without aborting the
-    transaction, so the loser can go on to read the winner's row.
+    transaction, so the loser can go on to read the winner's row. `values` and
+    `conflict_columns` name the model's attributes.
     """
-    statement = _insert_or_ignore(
+    statement, columns = _insert_or_ignore(
         session.get_bind().dialect.name, model, tuple(conflict_columns), index_where
     )
-    return session.execute(statement, values).first() is not None
+    row = {columns.get(key, key): value for key, value in values.items()}
+    return session.execute(statement, row).first() is not None
 
 
 @lru_cache(maxsize=256)
 def _insert_or_ignore(
     dialect: str, model: type[Base], conflict_columns: tuple[str, ...], index_where: str | None
-) -> Any:
-    """The statement for `insert_or_ignore`, built once (its values are parameters)."""
+) -> tuple[Any, dict[str, str]]:
+    """The statement for `insert_or_ignore`, built once (its values are parameters), and
+    the model's attributes whose column is named otherwise. A Core INSERT of the table:
+    the ORM's insert of the entity costs about three times the CPU for the same SQL."""
+    table = cast(Table, model.__table__)
+    columns = {
+        attribute.key: attribute.columns[0].key
+        for attribute in sa_inspect(model).column_attrs
+        if attribute.key != attribute.columns[0].key
+    }
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt: Any = pg_insert(model)
+        stmt: Any = pg_insert(table)
     else:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        stmt = sqlite_insert(model)
+        stmt = sqlite_insert(table)
+    conflict = [columns.get(name, name) for name in conflict_columns]
     # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT here.
     where = text(index_where) if index_where else None
-    return stmt.on_conflict_do_nothing(
-        index_elements=list(conflict_columns), index_where=where
-    ).returning(getattr(model, conflict_columns[0]))
+    statement = stmt.on_conflict_do_nothing(index_elements=conflict, index_where=where)
+    return statement.returning(table.c[conflict[0]]), columns
 
 
 # --- PostgreSQL: a column of values as one text parameter -------------------------------
