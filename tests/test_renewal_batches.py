@@ -35,6 +35,7 @@ from billfold.subscriptions.outcomes import pay_invoice
 from billfold.webhooks.models import WebhookEvent
 from tests.helpers import (
     CARD_ATTACH_THEN_FAIL,
+    CARD_OK,
     Api,
     TestClock,
     age_open_attempts,
@@ -476,6 +477,67 @@ def test_a_batch_attempt_the_janitor_settled_before_its_turn_is_not_charged_and_
     advance(clock, seconds=900)  # the pay-again job the drop queued
     [_, cycle] = invoices_of(services, one.agent.account_id)
     assert (cycle.status, cycle.attempt_count) == ("paid", 2)
+    assert charges_at_processor(services, cycle.id) == 1
+    assert len(payments_of(services, one.agent.account_id)) == 2
+    assert api.ledger_check(one.agent.account_id)["consistent"] is True
+
+
+def test_a_card_a_reserved_attempt_will_charge_cannot_be_removed_until_it_is_charged(
+    api: Api, services: Services
+) -> None:
+    """The batch reserved the renewal's attempt on the default card; until it is charged,
+    removing that card answers 409 and changes nothing (else the attempt would charge a
+    card the account no longer has); once charged, the card can go."""
+    clock, [one], _ = _due_together(api, price=20, count=1)
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = _claim_renewals(services, clock)
+        rest = renewal.prepare_renewals(services, claimed)
+    newer = set_default_card(api, one.agent, CARD_OK)
+    refused = one.agent.delete(f"/billing/payment-methods/{one.card}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "payment_method_in_use"
+    assert refused.json()["error"]["details"]["payment_method_id"] == one.card
+    cards = one.agent.get("/billing/payment-methods").json()["data"]["items"]
+    assert {card["id"] for card in cards} == {one.card, newer}
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        for job in claimed:
+            rest[job.id]()
+    [*_, paid] = payments_of(services, one.agent.account_id)
+    assert paid.payment_method_id == one.card  # the default when the period renewed
+    removed = one.agent.delete(f"/billing/payment-methods/{one.card}")
+    assert removed.status_code == 200, removed.text
+    assert one.status()["payment_status"] == "paid"
+
+
+def test_a_batch_attempt_joined_before_its_turn_is_not_failed_by_its_turn(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal runs again elsewhere (a lease taken over) and charges the batch's
+    attempt; meanwhile the batch's own turn fails before its charge. It must not settle
+    the attempt as never charged (the joiner's charge is on its way, and a pay-again
+    would charge a second time): it leaves it to the janitor, and the joiner records it."""
+    clock, [one], _ = _due_together(api, price=20, count=1)
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        [job] = _claim_renewals(services, clock)
+        step = renewal.prepare_renewals(services, [job])[job.id]
+        assert isinstance(step, partial)
+        reserved = step.args[1]
+
+        def batch_turn_fails_before_its_charge() -> None:
+            def unreachable(*_: object, **__: object) -> str:
+                raise RuntimeError("processor unreachable")
+
+            with monkeypatch.context() as patched:
+                patched.setattr(payment_attempts.payments, "ensure_customer", unreachable)
+                with pytest.raises(RuntimeError):
+                    attempts.pay_reserved(services, reserved)  # no customer read ahead
+
+        with while_charging(monkeypatch, services, batch_turn_fails_before_its_charge) as charged:
+            renewal.run_renewal(services, job)
+        assert charged == [reserved.key]
+    advance(clock, seconds=900)  # past the janitor's checks and any pay-again
+    [*_, cycle] = invoices_of(services, one.agent.account_id)
+    assert (cycle.status, cycle.attempt_count) == ("paid", 1)
     assert charges_at_processor(services, cycle.id) == 1
     assert len(payments_of(services, one.agent.account_id)) == 2
     assert api.ledger_check(one.agent.account_id)["consistent"] is True

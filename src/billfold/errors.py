@@ -61,6 +61,7 @@ class ErrorCode(StrEnum):
     PAYMENT_METHOD_REQUIRED = "payment_method_required"
     PAYMENT_METHOD_NOT_FOUND = "payment_method_not_found"
     PAYMENT_METHOD_UNAVAILABLE = "payment_method_unavailable"
+    PAYMENT_METHOD_IN_USE = "payment_method_in_use"
     PAYMENT_NOT_FOUND = "payment_not_found"
     NOT_REFUNDABLE = "not_refundable"
     REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
@@ -255,6 +256,12 @@ _SPECS = [
         _C.PAYMENT_METHOD_NOT_FOUND,
         404,
         "No such card on this account, or the processor no longer has it.",
+        ("payment_method_id",),
+    ),
+    ErrorSpec(
+        _C.PAYMENT_METHOD_IN_USE,
+        409,
+        "A payment on this card is in progress (a renewal's charge, say); try again shortly.",
         ("payment_method_id",),
     ),
     ErrorSpec(

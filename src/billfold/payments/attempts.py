@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from billfold.clock import as_utc, now, wall_now
 from billfold.db import Database, insert_or_ignore
+from billfold.errors import Conflict, ErrorCode
 from billfold.events import Topic
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
@@ -415,14 +416,21 @@ def run(
             card = prepare(customer_id)
         except UnknownPaymentMethod:
             if attempt.new:
-                return fail(database, attempt, FailureReason.CARD_UNAVAILABLE, services=services)
+                try:
+                    unavailable = FailureReason.CARD_UNAVAILABLE
+                    return _fail_unjoined(database, attempt, unavailable, services)
+                except ChargeMayBeInFlight:
+                    pass  # joined meanwhile: as below
             # An earlier run may have charged under this key: the processor answers that
             # charge below, or refuses the card again (then nothing was ever charged).
         except Exception:
             _not_charged(database, attempt, services)
             raise
-    if _mark_before_charge(attempt) and not _charge_starts(database, attempt):
-        return replay(database, attempt)  # settled meanwhile (never charged): no call
+    if _mark_before_charge(attempt):
+        marked = _charge_starts(database, attempt)
+        if marked is None:
+            return replay(database, attempt)  # settled meanwhile (never charged): no call
+        attempt = replace(attempt, charge_started_at=marked)
     try:
         result = charge(processor, attempt, customer_id=customer_id, description=description)
     except UnknownPaymentMethod:
@@ -450,20 +458,22 @@ def _mark_before_charge(attempt: Attempt) -> bool:
     return wall_now() - as_utc(attempt.charge_started_at) > MARK_AGAIN_AFTER
 
 
-def _charge_starts(database: Database, attempt: Attempt) -> bool:
+def _charge_starts(database: Database, attempt: Attempt) -> datetime | None:
     """Before charging under the key of an attempt begun earlier (joined open: a job run
-    again, a retried request): mark that a charge starts now, unless the attempt was
-    settled meanwhile. The janitor settles an attempt as never charged only when no
+    again, a retried request; or begun long before, see `_mark_before_charge`): mark that
+    a charge starts now (the mark; None, and nothing marked, if the attempt was settled
+    meanwhile). The janitor settles an attempt as never charged only when no
     charge began in the STALE_AFTER before it asked the processor (`fail`'s
     `quiet_since`), so the two exclude each other: either this mark lands first and the
     janitor waits, or the janitor settles first and nothing is charged here."""
+    mark = wall_now()
     with database.transaction() as session:
         marked = session.execute(
             update(PaymentAttempt)
             .where(PaymentAttempt.id == attempt.id, PaymentAttempt.state.in_(OPEN_STATES))
-            .values(charge_started_at=wall_now())
+            .values(charge_started_at=mark)
         ).rowcount  # type: ignore[attr-defined]
-    return bool(marked)
+    return mark if marked else None
 
 
 class ChargeMayBeInFlight(RuntimeError):
@@ -474,9 +484,24 @@ class ChargeMayBeInFlight(RuntimeError):
 def _not_charged(database: Database, attempt: Attempt, services: Services | None) -> None:
     """Something failed before the processor call."""
     if attempt.new:
-        fail(database, attempt, FailureReason.NOT_CHARGED, services=services)
-    else:  # an earlier run may have charged under this key: the janitor finds out
-        mark_unknown(database, attempt)
+        try:
+            _fail_unjoined(database, attempt, FailureReason.NOT_CHARGED, services)
+            return
+        except ChargeMayBeInFlight:
+            pass  # joined meanwhile: as below
+    # An earlier run (or one that joined it) may have charged under this key: the janitor
+    # finds out.
+    mark_unknown(database, attempt)
+
+
+def _fail_unjoined(
+    database: Database, attempt: Attempt, reason: FailureReason, services: Services | None
+) -> Outcome:
+    """Settle an attempt this caller began, before its charge, as failed: only if nobody
+    joined it since (whoever joins an open attempt marks its charge start before charging,
+    and a batch's attempt stays open to others until its turn); else
+    `ChargeMayBeInFlight`."""
+    return fail(database, attempt, reason, services=services, unmarked=attempt.charge_started_at)
 
 
 def replay(database: Database, attempt: Attempt) -> Outcome:
@@ -529,13 +554,15 @@ def fail(
     recovered: bool = False,
     services: Services | None = None,
     quiet_since: datetime | None = None,
+    unmarked: datetime | None = None,
 ) -> Outcome:
     """Settle an attempt that made no charge as failed, once; with `quiet_since` (the
     janitor's never-charged verdict, in real time), only if no charge under its key began
-    after it (else `ChargeMayBeInFlight`)."""
+    after it; with `unmarked`, only if its charge start is still that mark (else
+    `ChargeMayBeInFlight`)."""
     event = Settled(attempt, None, recovered=recovered, services=services)
     with database.transaction() as session:
-        return _settle(session, event, AttemptState.FAILED, None, reason, quiet_since)
+        return _settle(session, event, AttemptState.FAILED, None, reason, quiet_since, unmarked)
 
 
 def _recorded_by_someone_else(
@@ -565,6 +592,7 @@ def _settle(
     result: ChargeResult | None,
     reason: FailureReason | None,
     quiet_since: datetime | None = None,
+    unmarked: datetime | None = None,
 ) -> Outcome:
     """Move the attempt out of pending/unknown (a conditional UPDATE, after the purpose's
     locks); if this call moved it, record the payment and run the purpose's handlers."""
@@ -576,6 +604,8 @@ def _settle(
     if quiet_since is not None:
         started = func.coalesce(PaymentAttempt.charge_started_at, PaymentAttempt.created_at)
         conditions.append(started <= quiet_since)
+    if unmarked is not None:
+        conditions.append(PaymentAttempt.charge_started_at == unmarked)
     payment_id = result.payment_intent_id if result is not None else None
     message = (
         result.failure_message[:500] if result is not None and result.failure_message else None
@@ -622,3 +652,24 @@ def _settle(
     else:
         value = next((v for v in handlers.failed.publish(session, event) if v is not None), None)
     return Outcome(settled, payment, recorded=True, value=value)
+
+
+def refuse_while_open(session: Session, *, account_id: str, payment_method_id: str) -> None:
+    """409 while a payment attempt on the card is open (reserved, or its charge on its way,
+    such as a renewal batch's): removing the card then would leave the attempt to charge a
+    card the account no longer has."""
+    found = session.scalars(
+        select(PaymentAttempt.id)
+        .where(
+            PaymentAttempt.account_id == account_id,
+            PaymentAttempt.payment_method_id == payment_method_id,
+            PaymentAttempt.state.in_(OPEN_STATES),
+        )
+        .limit(1)
+    ).first()
+    if found is not None:
+        raise Conflict(
+            "A payment on this card is in progress; try again shortly.",
+            code=ErrorCode.PAYMENT_METHOD_IN_USE,
+            details={"payment_method_id": payment_method_id},
+        )
