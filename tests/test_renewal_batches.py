@@ -415,6 +415,16 @@ def _real_time_passes(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
     monkeypatch.setattr(payment_attempts, "wall_now", lambda: wall_now() + by)
 
 
+def _paid_once(api: Api, services: Services, one: Subscribed, *, attempts_made: int) -> None:
+    """The renewal invoice is paid, after `attempts_made` attempts, by one charge at the
+    processor, and the ledger holds."""
+    [_, cycle] = invoices_of(services, one.agent.account_id)
+    assert (cycle.status, cycle.attempt_count) == ("paid", attempts_made)
+    assert charges_at_processor(services, cycle.id) == 1
+    assert len(payments_of(services, one.agent.account_id)) == 2  # the start's and this
+    assert api.ledger_check(one.agent.account_id)["consistent"] is True
+
+
 def test_a_batch_attempt_charged_long_after_its_reservation_marks_its_charge_start_again(
     api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -475,11 +485,7 @@ def test_a_batch_attempt_the_janitor_settled_before_its_turn_is_not_charged_and_
     assert charges_at_processor(services, cycle.id) == 0
     assert cycle.status == "open"
     advance(clock, seconds=900)  # the pay-again job the drop queued
-    [_, cycle] = invoices_of(services, one.agent.account_id)
-    assert (cycle.status, cycle.attempt_count) == ("paid", 2)
-    assert charges_at_processor(services, cycle.id) == 1
-    assert len(payments_of(services, one.agent.account_id)) == 2
-    assert api.ledger_check(one.agent.account_id)["consistent"] is True
+    _paid_once(api, services, one, attempts_made=2)
 
 
 def test_a_card_a_reserved_attempt_will_charge_cannot_be_removed_until_it_is_charged(
@@ -536,11 +542,7 @@ def test_a_batch_attempt_joined_before_its_turn_is_not_failed_by_its_turn(
             renewal.run_renewal(services, job)
         assert charged == [reserved.key]
     advance(clock, seconds=900)  # past the janitor's checks and any pay-again
-    [*_, cycle] = invoices_of(services, one.agent.account_id)
-    assert (cycle.status, cycle.attempt_count) == ("paid", 1)
-    assert charges_at_processor(services, cycle.id) == 1
-    assert len(payments_of(services, one.agent.account_id)) == 2
-    assert api.ledger_check(one.agent.account_id)["consistent"] is True
+    _paid_once(api, services, one, attempts_made=1)
 
 
 def test_a_bad_job_among_renewals_leaves_its_neighbours_to_renew_alone(
