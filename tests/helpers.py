@@ -79,8 +79,11 @@ class Agent:
             headers["Idempotency-Key"] = key
         return self.api.session.put(self.api.agent_url(path), json=json, headers=headers, **kwargs)
 
-    def delete(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.api.session.delete(self.api.agent_url(path), headers=self.headers, **kwargs)
+    def delete(self, path: str, *, key: str | None = None, **kwargs: Any) -> requests.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        if key:
+            headers["Idempotency-Key"] = key
+        return self.api.session.delete(self.api.agent_url(path), headers=headers, **kwargs)
 
     def card(self, number: str = CARD_OK) -> str:
         return self.api.tokenize(number)

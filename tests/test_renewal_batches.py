@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -385,7 +386,8 @@ def test_canceling_now_while_a_reserved_attempt_waits_for_its_charge_is_refused(
         claimed = _claim_renewals(services, clock)
         rest = renewal.prepare_renewals(services, claimed)
     before = one.agent.get("/wallet/balance").json()["data"]
-    refused = one.agent.post(f"/subscriptions/{one.id}/cancel", {"at_period_end": False})
+    cancel = (f"/subscriptions/{one.id}/cancel", {"at_period_end": False})
+    refused = one.agent.post(*cancel, key="cancel-now-1")
     assert refused.status_code == 409, refused.text
     assert refused.json()["error"]["code"] == "subscription_payment_pending"
     assert one.status()["status"] == "active"
@@ -394,8 +396,10 @@ def test_canceling_now_while_a_reserved_attempt_waits_for_its_charge_is_refused(
         for job in claimed:
             rest[job.id]()
     assert one.status()["payment_status"] == "paid"
-    canceled = one.agent.post(f"/subscriptions/{one.id}/cancel", {"at_period_end": False})
+    # "Try again shortly": the refusal was not kept under its key, so the same request runs.
+    canceled = one.agent.post(*cancel, key="cancel-now-1")
     assert canceled.status_code == 200, canceled.text
+    assert "idempotency-replayed" not in {name.lower() for name in canceled.headers}
     assert len(payments_of(services, one.agent.account_id)) == 2
     assert api.ledger_check(one.agent.account_id)["consistent"] is True
 
@@ -488,6 +492,30 @@ def test_a_batch_attempt_the_janitor_settled_before_its_turn_is_not_charged_and_
     _paid_once(api, services, one, attempts_made=2)
 
 
+def test_a_pause_refused_while_a_reserved_attempt_waits_runs_when_sent_again(
+    api: Api, services: Services
+) -> None:
+    """Pausing (one transaction) while the batch's attempt waits for its charge answers 409
+    `subscription_payment_pending`, not kept under its Idempotency-Key: sent again with
+    the same key once the renewal is paid, it pauses."""
+    clock, [one], _ = _due_together(api, price=20, count=1)
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = _claim_renewals(services, clock)
+        rest = renewal.prepare_renewals(services, claimed)
+    refused = one.agent.post(f"/subscriptions/{one.id}/pause", {}, key="pause-1")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "subscription_payment_pending"
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        for job in claimed:
+            rest[job.id]()
+    paused = one.agent.post(f"/subscriptions/{one.id}/pause", {}, key="pause-1")
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["data"]["status"] == "paused"
+    replayed = one.agent.post(f"/subscriptions/{one.id}/pause", {}, key="pause-1")
+    assert replayed.status_code == 200, replayed.text  # a success is kept and replayed
+    assert replayed.headers.get("Idempotency-Replayed") == "true"
+
+
 def test_a_card_a_reserved_attempt_will_charge_cannot_be_removed_until_it_is_charged(
     api: Api, services: Services
 ) -> None:
@@ -499,7 +527,8 @@ def test_a_card_a_reserved_attempt_will_charge_cannot_be_removed_until_it_is_cha
         claimed = _claim_renewals(services, clock)
         rest = renewal.prepare_renewals(services, claimed)
     newer = set_default_card(api, one.agent, CARD_OK)
-    refused = one.agent.delete(f"/billing/payment-methods/{one.card}")
+    removal = f"/billing/payment-methods/{one.card}"
+    refused = one.agent.delete(removal, key="remove-old-card-1")
     assert refused.status_code == 409, refused.text
     assert refused.json()["error"]["code"] == "payment_method_in_use"
     assert refused.json()["error"]["details"]["payment_method_id"] == one.card
@@ -510,9 +539,48 @@ def test_a_card_a_reserved_attempt_will_charge_cannot_be_removed_until_it_is_cha
             rest[job.id]()
     [*_, paid] = payments_of(services, one.agent.account_id)
     assert paid.payment_method_id == one.card  # the default when the period renewed
-    removed = one.agent.delete(f"/billing/payment-methods/{one.card}")
+    removed = one.agent.delete(removal, key="remove-old-card-1")  # the same request again
     assert removed.status_code == 200, removed.text
     assert one.status()["payment_status"] == "paid"
+
+
+@pytest.mark.postgres
+def test_a_card_removed_while_the_batch_reserves_an_attempt_on_it_waits_then_is_refused(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch has read the default card (holding it shared) and not yet committed the
+    attempt it reserves on it, when the account removes that card: the removal waits for
+    the batch's commit, then finds the attempt and answers 409; the card stays."""
+    clock, [one], _ = _due_together(api, price=20, count=1)
+    answers: list[int] = []
+    removers: list[threading.Thread] = []
+    real_begin_first = payment_attempts.begin_first
+
+    def begin_first_while_removed(session: Any, new: Any) -> Any:
+        def remove() -> None:
+            answers.append(one.agent.delete(f"/billing/payment-methods/{one.card}").status_code)
+
+        remover = threading.Thread(target=remove)
+        remover.start()
+        remover.join(timeout=1.0)
+        removers.append(remover)
+        return real_begin_first(session, new)
+
+    monkeypatch.setattr(renewal.payment_attempts, "begin_first", begin_first_while_removed)
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        claimed = _claim_renewals(services, clock)
+        rest = renewal.prepare_renewals(services, claimed)
+    monkeypatch.undo()
+    [remover] = removers
+    remover.join(timeout=60)
+    assert answers == [409]  # it waited for the batch (no answer before its commit)
+    cards = one.agent.get("/billing/payment-methods").json()["data"]["items"]
+    assert one.card in {card["id"] for card in cards}
+    with on_clock(services, clock, ahead=AFTER_THE_END):
+        for job in claimed:
+            rest[job.id]()
+    [*_, paid] = payments_of(services, one.agent.account_id)
+    assert (paid.payment_method_id, paid.status) == (one.card, "succeeded")
 
 
 def test_a_batch_attempt_joined_before_its_turn_is_not_failed_by_its_turn(

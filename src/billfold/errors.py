@@ -441,7 +441,26 @@ def render_markdown() -> str:
         status = str(spec.status) if spec.status is not None else "its own"
         details = ", ".join(f"`{name}`" for name in spec.details) or "none"
         lines.append(f"| `{spec.code.value}` | {status} | {cell(spec.meaning)} | {details} |")
+    later = ", ".join(f"`{code.value}`" for code in CATALOGUE if code in RETRY_LATER)
+    lines += [
+        "",
+        f"Refusals that say to try again shortly ({later}) are not stored under the "
+        "request's `Idempotency-Key`: the same request, with the same key, may be sent "
+        "again and runs once nothing refuses it. Every other refusal is stored and replayed.",
+    ]
     return "\n".join(lines) + "\n"
+
+
+# Refusals that say "try again shortly": something in flight (a payment, a hold) refuses the
+# request for now. They are not stored under the request's Idempotency-Key, so the same
+# request, key and all, can be sent again and run once it can.
+RETRY_LATER: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.SUBSCRIPTION_PAYMENT_PENDING,
+        ErrorCode.SUBSCRIPTION_CREDITS_HELD,
+        ErrorCode.PAYMENT_METHOD_IN_USE,
+    }
+)
 
 
 class BillfoldError(Exception):

@@ -23,7 +23,7 @@ import simplejson
 from simplejson.encoder import encode_basestring_ascii
 from sqlalchemy.orm import Session
 
-from billfold.errors import BillfoldError, InvalidRequest, error_payload
+from billfold.errors import RETRY_LATER, BillfoldError, InvalidRequest, error_payload
 from billfold.idempotency import service as idempotency
 from billfold.jsonenc import envelope, render
 from billfold.services import Services
@@ -162,6 +162,9 @@ class Idempotent:
                 savepoint.rollback()
                 stored = self._render_error(exc)
                 error_headers = exc.headers
+                if exc.code in RETRY_LATER:  # not kept: the same request may come again
+                    idempotency.release(session, scope=self.scope, key=self.key)
+                    return self._reply(stored, headers=error_headers)
             idempotency.complete(session, scope=self.scope, key=self.key, response=stored)
         return self._reply(stored, headers=error_headers)
 
@@ -175,17 +178,22 @@ class Idempotent:
         if replay is not None:
             return self._reply(replay, replayed=True)
         error_headers: dict[str, str] = {}
+        retry_later = False
         try:
             stored = self._render(handler())
         except BillfoldError as exc:
             stored = self._render_error(exc)
             error_headers = exc.headers
+            retry_later = exc.code in RETRY_LATER  # not kept: the same request may come again
         except BaseException:
             with database.transaction() as session:
                 idempotency.release(session, scope=self.scope, key=self.key)
             raise
         with database.transaction() as session:
-            idempotency.complete(session, scope=self.scope, key=self.key, response=stored)
+            if retry_later:
+                idempotency.release(session, scope=self.scope, key=self.key)
+            else:
+                idempotency.complete(session, scope=self.scope, key=self.key, response=stored)
         return self._reply(stored, headers=error_headers)
 
 

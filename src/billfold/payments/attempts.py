@@ -40,7 +40,6 @@ from sqlalchemy.orm import Session
 
 from billfold.clock import as_utc, now, wall_now
 from billfold.db import Database, insert_or_ignore
-from billfold.errors import Conflict, ErrorCode
 from billfold.events import Topic
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
@@ -652,24 +651,3 @@ def _settle(
     else:
         value = next((v for v in handlers.failed.publish(session, event) if v is not None), None)
     return Outcome(settled, payment, recorded=True, value=value)
-
-
-def refuse_while_open(session: Session, *, account_id: str, payment_method_id: str) -> None:
-    """409 while a payment attempt on the card is open (reserved, or its charge on its way,
-    such as a renewal batch's): removing the card then would leave the attempt to charge a
-    card the account no longer has."""
-    found = session.scalars(
-        select(PaymentAttempt.id)
-        .where(
-            PaymentAttempt.account_id == account_id,
-            PaymentAttempt.payment_method_id == payment_method_id,
-            PaymentAttempt.state.in_(OPEN_STATES),
-        )
-        .limit(1)
-    ).first()
-    if found is not None:
-        raise Conflict(
-            "A payment on this card is in progress; try again shortly.",
-            code=ErrorCode.PAYMENT_METHOD_IN_USE,
-            details={"payment_method_id": payment_method_id},
-        )

@@ -10,12 +10,12 @@ from sqlalchemy.orm import Session
 from billfold.accounts.models import Account
 from billfold.accounts.service import get_account
 from billfold.db import Database, insert_or_ignore
-from billfold.errors import BillfoldError, ErrorCode, NotFound
+from billfold.errors import BillfoldError, Conflict, ErrorCode, NotFound
 from billfold.ledger import service as ledger
 from billfold.ledger.models import LedgerTransaction
 from billfold.ledger.service import lock_wallet
 from billfold.money import from_micros
-from billfold.payments.models import Payment, PaymentMethod
+from billfold.payments.models import OPEN_STATES, Payment, PaymentAttempt, PaymentMethod
 from billfold.processors.base import Card, CardError, ChargeResult, Processor, UnknownPaymentMethod
 from billfold.webhooks import service as webhooks
 
@@ -77,19 +77,36 @@ def list_payment_methods(session: Session, account_id: str) -> list[PaymentMetho
     )
 
 
-def owned_payment_method(session: Session, account_id: str, pm_id: str) -> PaymentMethod:
-    pm = session.get(PaymentMethod, pm_id)
+def owned_payment_method(
+    session: Session, account_id: str, pm_id: str, *, lock: bool = False
+) -> PaymentMethod:
+    """The account's saved card (404 for anyone else's); with `lock`, its row locked."""
+    if lock:
+        pm = session.scalars(
+            select(PaymentMethod)
+            .where(PaymentMethod.id == pm_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+    else:
+        pm = session.get(PaymentMethod, pm_id)
     if pm is None or pm.account_id != account_id:
         raise payment_method_not_found(pm_id)
     return pm
 
 
-def default_payment_method(session: Session, account_id: str) -> PaymentMethod | None:
-    return session.scalars(
-        select(PaymentMethod).where(
-            PaymentMethod.account_id == account_id, PaymentMethod.is_default.is_(True)
-        )
-    ).one_or_none()
+def default_payment_method(
+    session: Session, account_id: str, *, to_charge: bool = False
+) -> PaymentMethod | None:
+    """The account's default card; `to_charge` (a payment attempt about to be reserved on
+    it) holds it with a share lock to the transaction's end, so a removal waits, then
+    finds the attempt (see `remove_payment_method`)."""
+    statement = select(PaymentMethod).where(
+        PaymentMethod.account_id == account_id, PaymentMethod.is_default.is_(True)
+    )
+    if to_charge:
+        statement = statement.with_for_update(read=True)
+    return session.scalars(statement).one_or_none()
 
 
 def _make_default(session: Session, account_id: str, pm_id: str) -> None:
@@ -137,10 +154,18 @@ def set_default(session: Session, *, account_id: str, pm_id: str) -> PaymentMeth
     return pm
 
 
-def remove_payment_method(session: Session, *, account_id: str, pm_id: str) -> PaymentMethod:
-    """Delete a saved card; if it was the default, the newest remaining card becomes default."""
+def remove_payment_method(
+    session: Session, *, account_id: str, pm_id: str, refuse_while_charging: bool = False
+) -> PaymentMethod:
+    """Delete a saved card; if it was the default, the newest remaining card becomes default.
+    With `refuse_while_charging` (the account's own request; not a card the processor
+    already detached), 409 while a payment attempt on it is open: checked after the card's
+    row is locked, which an attempt's reservation holds shared (`default_payment_method`),
+    so the check sees any attempt reserved on it."""
     lock_wallet(session, account_id)
-    pm = owned_payment_method(session, account_id, pm_id)
+    pm = owned_payment_method(session, account_id, pm_id, lock=True)
+    if refuse_while_charging:
+        _refuse_while_charging(session, account_id, pm_id)
     was_default = pm.is_default
     session.delete(pm)
     session.flush()
@@ -149,6 +174,27 @@ def remove_payment_method(session: Session, *, account_id: str, pm_id: str) -> P
         if remaining:
             _make_default(session, account_id, remaining[0].id)
     return pm
+
+
+def _refuse_while_charging(session: Session, account_id: str, pm_id: str) -> None:
+    """409 while a payment attempt on the card is open (reserved, or its charge on its way,
+    such as a renewal batch's): removing the card then would leave the attempt to charge a
+    card the account no longer has."""
+    found = session.scalars(
+        select(PaymentAttempt.id)
+        .where(
+            PaymentAttempt.account_id == account_id,
+            PaymentAttempt.payment_method_id == pm_id,
+            PaymentAttempt.state.in_(OPEN_STATES),
+        )
+        .limit(1)
+    ).first()
+    if found is not None:
+        raise Conflict(
+            "A payment on this card is in progress; try again shortly.",
+            code=ErrorCode.PAYMENT_METHOD_IN_USE,
+            details={"payment_method_id": pm_id},
+        )
 
 
 def ensure_customer(database: Database, processor: Processor, account_id: str) -> str:

@@ -317,7 +317,7 @@ def pay_invoice(
             outcomes.paid(session, sub, invoice)
             return Paid(True, None)
         if invoice.attempt_key is None and payment_method_id is None:
-            default = payments.default_payment_method(session, invoice.account_id)
+            default = payments.default_payment_method(session, invoice.account_id, to_charge=True)
             if default is None:
                 return _failed_uncharged(
                     session,

@@ -201,6 +201,7 @@ def _roll_plain(
         select(PaymentMethod.account_id, PaymentMethod.id, Account.processor_customer_id)
         .join(Account, Account.id == PaymentMethod.account_id)
         .where(PaymentMethod.account_id.in_(account_ids), PaymentMethod.is_default.is_(True))
+        .with_for_update(read=True, of=PaymentMethod)  # as default_payment_method(to_charge)
     ):
         cards[account_id], customers[account_id] = card, customer
     drafts: list[invoices.OpenInvoice] = []

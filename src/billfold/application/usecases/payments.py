@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from billfold.application.idempotent import Outcome, Reply
 from billfold.application.usecases.base import Call, for_account
 from billfold.money import from_micros
-from billfold.payments import attempts as attempt_machine
 from billfold.payments import service
 from billfold.payments.models import AttemptState, PaymentAttempt
 from billfold.payments.schemas import (
@@ -145,11 +144,11 @@ def remove_payment_method(
 
     def handler() -> Outcome:
         with app.database.transaction() as session:
-            attempt_machine.refuse_while_open(
-                session, account_id=account_id, payment_method_id=payment_method_id
-            )
             pm = service.remove_payment_method(
-                session, account_id=account_id, pm_id=payment_method_id
+                session,
+                account_id=account_id,
+                pm_id=payment_method_id,
+                refuse_while_charging=True,
             )
             removed = RemovedPaymentMethodOut.model_validate(
                 {**service.payment_method_view(pm), "deleted": True}
