@@ -415,7 +415,8 @@ def _insert_or_ignore(
 ) -> tuple[Any, dict[str, str]]:
     """The statement for `insert_or_ignore`, built once (its values are parameters), and
     the model's attributes whose column is named otherwise. A Core INSERT of the table:
-    the ORM's insert of the entity costs about three times the CPU for the same SQL."""
+    the ORM's insert of the entity costs over twice the CPU for the same SQL
+    (bench/statement_cpu.py)."""
     table = cast(Table, model.__table__)
     columns = {
         attribute.key: attribute.columns[0].key

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
-from billfold.errors import Conflict, ErrorCode, NotFound
+from billfold.errors import Conflict, ErrorCode
 from billfold.ids import new_id
 from billfold.jobs import service as jobs
 from billfold.jobs.service import ClaimedJob
@@ -141,37 +141,21 @@ def expire_due(session: Session, account_id: str, *, count_held: bool = True) ->
     and expires when they give it back (what a capture does not spend of it). Without
     `count_held` (a reset, whose new grant carries the held credit on), held credit is
     left to the caller."""
-    wallet = ledger.lock_wallet(session, account_id)  # before the holds: the lock order
-    holding = _holds_keeping_included_credit(session, account_id) if count_held else []
-    paused = set(
-        session.scalars(
-            select(Subscription.id).where(
-                Subscription.account_id == account_id,
-                Subscription.status == SubscriptionStatus.PAUSED,
-            )
-        )
-    )
-    return _expire(session, wallet, holding, active_grants(session, account_id), paused)
+    return expire_due_many(session, [account_id], count_held=count_held)[account_id]
 
 
-def expire_due_many(session: Session, account_ids: list[str]) -> None:
-    """`expire_due` for several accounts in one transaction: their wallets locked in
-    account order (as every writer of several wallets locks them), then their holds,
-    grants and paused subscriptions read with one statement each."""
-    ids = sorted(set(account_ids))
-    wallets = {
-        wallet.account_id: wallet
-        for wallet in session.scalars(
-            select(Wallet)
-            .where(Wallet.account_id.in_(ids))
-            .order_by(Wallet.account_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    }
+def expire_due_many(
+    session: Session, account_ids: list[str], *, count_held: bool = True
+) -> dict[str, int]:
+    """`expire_due` for several accounts in one transaction (what each took back): their
+    wallets locked in account order first (before the holds: the lock order), then their
+    holds, grants and paused subscriptions read with one statement each."""
+    wallets = ledger.lock_wallets(session, account_ids)
+    ids = list(wallets)
     holding: dict[str, list[UsageHold]] = {account_id: [] for account_id in ids}
-    for hold in session.scalars(_keeping_included_credit(UsageHold.account_id.in_(ids))):
-        holding[hold.account_id].append(hold)
+    if count_held:
+        for hold in session.scalars(_keeping_included_credit(UsageHold.account_id.in_(ids))):
+            holding[hold.account_id].append(hold)
     live: dict[str, list[CreditGrant]] = {account_id: [] for account_id in ids}
     for row in session.scalars(_active(CreditGrant.account_id.in_(ids))):
         live[row.account_id].append(row)
@@ -183,11 +167,12 @@ def expire_due_many(session: Session, account_ids: list[str]) -> None:
             )
         )
     )
-    for account_id in ids:
-        wallet = wallets.get(account_id)
-        if wallet is None:
-            raise NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND)
-        _expire(session, wallet, holding[account_id], live[account_id], paused)
+    return {
+        account_id: _expire(
+            session, wallets[account_id], holding[account_id], live[account_id], paused
+        )
+        for account_id in ids
+    }
 
 
 def _expire(
