@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, func, insert, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from billfold.clock import current_test_clock, now, wall_now
 from billfold.db import insert_or_ignore
@@ -109,7 +109,7 @@ def enqueue_new(session: Session, new: list[NewJob]) -> None:
     """Add jobs in one multi-row INSERT, for dedupe keys no other job can hold (made from
     rows the caller's transaction just wrote): a duplicate is a bug, and raises."""
     if new:
-        session.execute(insert(Job), [_values(job) for job in new])
+        session.execute(insert(_JOBS), [_values(job) for job in new])
 
 
 def _values(job: NewJob) -> dict[str, Any]:
@@ -130,14 +130,20 @@ def _values(job: NewJob) -> dict[str, Any]:
     }
 
 
+# The table, not the entity: no Job object is ever loaded here to keep in step with a
+# statement, and the ORM's handling of a statement costs more CPU than the SQL (see
+# bench/statement_cpu.py).
+_JOBS = cast(Table, Job.__table__)
+_J = _JOBS.c
+
 _CLAIMED = (
-    Job.id,
-    Job.kind,
-    Job.account_id,
-    Job.payload,
-    Job.attempts,
-    Job.max_attempts,
-    Job.test_clock_id,
+    _J.id,
+    _J.kind,
+    _J.account_id,
+    _J.payload,
+    _J.attempts,
+    _J.max_attempts,
+    _J.test_clock_id,
 )
 
 
@@ -161,41 +167,42 @@ def claim(
         current = lease_cutoff = at or wall_now()
     else:
         current, lease_cutoff = at or now(), wall_now()
-    other = aliased(Job)
+    others = _JOBS.alias()
+    other = others.c
     running_with_same_key = (
         select(func.count())
-        .select_from(other)
+        .select_from(others)
         .where(
-            other.concurrency_key == Job.concurrency_key,
+            other.concurrency_key == _J.concurrency_key,
             other.status == "running",
-            other.id != Job.id,
+            other.id != _J.id,
         )
         .scalar_subquery()
     )
     due = (
-        select(Job.id, Job.concurrency_key, Job.slot)
+        select(_J.id, _J.concurrency_key, _J.slot)
         .where(
             or_(
-                (Job.status == "queued") & (Job.run_at <= current),
-                (Job.status == "running") & (Job.locked_until < lease_cutoff),
+                (_J.status == "queued") & (_J.run_at <= current),
+                (_J.status == "running") & (_J.locked_until < lease_cutoff),
             ),
-            or_(Job.concurrency_key.is_(None), running_with_same_key < MAX_RUNNING_PER_KEY),
-            Job.test_clock_id.is_(None)
+            or_(_J.concurrency_key.is_(None), running_with_same_key < MAX_RUNNING_PER_KEY),
+            _J.test_clock_id.is_(None)
             if test_clock_id is None
-            else Job.test_clock_id == test_clock_id,
+            else _J.test_clock_id == test_clock_id,
         )
-        .order_by(Job.run_at, Job.id)
+        .order_by(_J.run_at, _J.id)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=Job)
+        .with_for_update(skip_locked=True, of=_JOBS)
     )
     if lane is not None:
-        due = due.where(Job.lane == lane)
+        due = due.where(_J.lane == lane)
     if kind is not None:
-        due = due.where(Job.kind == kind)
+        due = due.where(_J.kind == kind)
     candidates = session.execute(due).all()
     lease = {
         "status": "running",
-        "attempts": Job.attempts + 1,
+        "attempts": _J.attempts + 1,
         "locked_by": worker_id,
         "locked_until": lease_cutoff + LEASE,
     }
@@ -203,7 +210,7 @@ def claim(
     free = [job_id for job_id, key, _ in candidates if key is None]
     if free:
         rows += session.execute(
-            update(Job).where(Job.id.in_(free)).values(**lease).returning(*_CLAIMED)
+            update(_JOBS).where(_J.id.in_(free)).values(**lease).returning(*_CLAIMED)
         ).all()
     # One job per key per claim, keys in one order for every claimer: then no two claims
     # can wait on each other's new slots (a deadlock), only one on the other.
@@ -225,8 +232,8 @@ def _claim_slot(
     keeps its own); None if every slot is taken, or another worker just took ours."""
     taken = set(
         session.scalars(
-            select(Job.slot).where(
-                Job.concurrency_key == key, Job.status == "running", Job.id != job_id
+            select(_J.slot).where(
+                _J.concurrency_key == key, _J.status == "running", _J.id != job_id
             )
         )
     )
@@ -237,7 +244,7 @@ def _claim_slot(
     try:
         with session.begin_nested():
             return session.execute(
-                update(Job).where(Job.id == job_id).values(**lease, slot=slot).returning(*_CLAIMED)
+                update(_JOBS).where(_J.id == job_id).values(**lease, slot=slot).returning(*_CLAIMED)
             ).one()
     except IntegrityError:
         return None
@@ -246,8 +253,8 @@ def _claim_slot(
 def succeed(session: Session, job: ClaimedJob, *, worker_id: str) -> bool:
     """Mark done in the handler's own transaction; False if the lease was lost meanwhile."""
     done = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "running", Job.locked_by == worker_id)
+        update(_JOBS)
+        .where(_J.id == job.id, _J.status == "running", _J.locked_by == worker_id)
         .values(**_succeeded())
     ).rowcount  # type: ignore[attr-defined]
     return bool(done)
@@ -268,14 +275,14 @@ def succeed_many(session: Session, done: list[ClaimedJob], *, worker_id: str) ->
     """Mark several jobs done in one UPDATE (a batch's, after its last one ran); the ids
     of those whose lease was not lost meanwhile."""
     marked = session.scalars(
-        update(Job)
+        update(_JOBS)
         .where(
-            Job.id.in_([job.id for job in done]),
-            Job.status == "running",
-            Job.locked_by == worker_id,
+            _J.id.in_([job.id for job in done]),
+            _J.status == "running",
+            _J.locked_by == worker_id,
         )
         .values(**_succeeded())
-        .returning(Job.id)
+        .returning(_J.id)
     )
     return set(marked)
 
@@ -290,8 +297,8 @@ def fail(session: Session, job: ClaimedJob, *, worker_id: str, error: str) -> No
         delay = BACKOFF[job.attempts - 1] if job.attempts - 1 < len(BACKOFF) else LAST_BACKOFF
         values = {"status": "queued", "run_at": current + delay}
     session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "running", Job.locked_by == worker_id)
+        update(_JOBS)
+        .where(_J.id == job.id, _J.status == "running", _J.locked_by == worker_id)
         .values(**values, locked_until=None, slot=None, last_error=error[:4000])
     )
 
@@ -302,8 +309,8 @@ def release_leases(session: Session, *, worker_prefix: str) -> int:
     rather than when their leases run out. Their attempt stays counted, as a crash's.
     How many were handed back."""
     released = session.execute(
-        update(Job)
-        .where(Job.status == "running", Job.locked_by.startswith(worker_prefix, autoescape=True))
+        update(_JOBS)
+        .where(_J.status == "running", _J.locked_by.startswith(worker_prefix, autoescape=True))
         .values(status="queued", run_at=wall_now(), locked_by=None, locked_until=None, slot=None)
     ).rowcount  # type: ignore[attr-defined]
     return int(released)
@@ -313,15 +320,15 @@ def hand_back(session: Session, jobs: list[ClaimedJob], *, worker_id: str) -> No
     """Give claimed jobs that were not started back to the queue, due now, for any worker
     (their attempt not counted: they never ran)."""
     session.execute(
-        update(Job)
+        update(_JOBS)
         .where(
-            Job.id.in_([job.id for job in jobs]),
-            Job.status == "running",
-            Job.locked_by == worker_id,
+            _J.id.in_([job.id for job in jobs]),
+            _J.status == "running",
+            _J.locked_by == worker_id,
         )
         .values(
             status="queued",
-            attempts=Job.attempts - 1,
+            attempts=_J.attempts - 1,
             locked_by=None,
             locked_until=None,
             slot=None,
@@ -329,11 +336,20 @@ def hand_back(session: Session, jobs: list[ClaimedJob], *, worker_id: str) -> No
     )
 
 
+_QUEUED: ColumnElement[str] = literal_column("'queued'")
+
+
 def cancel(session: Session, *dedupe_keys: str) -> None:
-    """Drop queued jobs that are no longer needed (their work was done another way)."""
+    """Drop queued jobs that are no longer needed (their work was done another way).
+
+    The status is written into the SQL, not bound: only then can PostgreSQL's plan for
+    the prepared statement use the partial index of active dedupe keys (a bound status
+    cannot be proved to lie in its predicate), instead of visiting every queued job, of
+    which there is one per subscription (its next renewal)."""
+    job = _JOBS.c  # the table: no loaded job to keep in step
     session.execute(
-        update(Job)
-        .where(Job.dedupe_key.in_(dedupe_keys), Job.status == "queued")
+        update(_JOBS)
+        .where(job.dedupe_key.in_(dedupe_keys), job.status == _QUEUED)
         .values(status="succeeded", finished_at=wall_now(), last_error="cancelled: not needed")
     )
 

@@ -33,9 +33,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import as_utc, now, wall_now
@@ -584,6 +584,9 @@ def _recorded_by_someone_else(
     return Outcome(settled, payment, recorded=False)
 
 
+_ATTEMPTS = cast(Table, PaymentAttempt.__table__)
+
+
 def _settle(
     session: Session,
     event: Settled,
@@ -599,18 +602,18 @@ def _settle(
     handlers = _HANDLERS[attempt.purpose]
     handlers.locking.publish(session, attempt)
     current = now()
-    conditions = [PaymentAttempt.id == attempt.id, PaymentAttempt.state.in_(OPEN_STATES)]
+    row = _ATTEMPTS.c
+    conditions = [row.id == attempt.id, row.state.in_(OPEN_STATES)]
     if quiet_since is not None:
-        started = func.coalesce(PaymentAttempt.charge_started_at, PaymentAttempt.created_at)
-        conditions.append(started <= quiet_since)
+        conditions.append(func.coalesce(row.charge_started_at, row.created_at) <= quiet_since)
     if unmarked is not None:
-        conditions.append(PaymentAttempt.charge_started_at == unmarked)
+        conditions.append(row.charge_started_at == unmarked)
     payment_id = result.payment_intent_id if result is not None else None
     message = (
         result.failure_message[:500] if result is not None and result.failure_message else None
     )
     moved = session.execute(
-        update(PaymentAttempt)
+        update(_ATTEMPTS)  # the table: no loaded attempt to keep in step (see `get`)
         .where(*conditions)
         .values(
             state=state.value,
