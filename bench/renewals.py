@@ -37,7 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -74,6 +74,12 @@ def provision(services: Services, count: int) -> clock.ClockTime:
     with clock.on_test_clock(time.test_clock_id, time.offset):
         _provision(services, count, time.test_clock_id)
     drain(services, 1, clock.ClockTime(time.test_clock_id, time.offset + timedelta(days=2)))
+    with services.database.engine.connect() as connection:
+        # A running database's tables are analyzed (autovacuum): without this the
+        # planner would still take the jobs table for the few rows it had at its
+        # creation.
+        connection.execute(text("ANALYZE"))
+        connection.commit()
     return time
 
 
@@ -139,15 +145,16 @@ def _drain_child(url: str, workers: int, at: clock.ClockTime, ready: Any) -> Non
 
 
 def drain(services: Services, workers: int, at: clock.ClockTime, ready: Any = None) -> float:
-    """W worker threads run the clock's due jobs on its time `at`, as an advance would
-    (starting when `ready`, a barrier shared with other processes, lets them)."""
+    """W worker threads run the clock's due jobs on its time `at`, each claiming as a
+    serving worker's thread does (a batch kind's jobs up to BATCH of its kind at once;
+    starting when `ready`, a barrier shared with other processes, lets them)."""
     barrier = threading.Barrier(workers + 1)
 
     def run(n: int) -> None:
         with clock.on_test_clock(at.test_clock_id, at.offset):
             barrier.wait()
             worker = Worker(services, worker_id=f"bench-{n}", test_clock_id=at.test_clock_id)
-            while worker.run_once(limit=10):
+            while worker.run_once_as_served():
                 pass
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(workers)]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
+from functools import partial
 
 from billfold import clock
 from billfold.checkout.service import EXPIRE_JOB, run_expiry
@@ -319,12 +320,13 @@ class Worker:
     def _submit(
         self, pool: ThreadPoolExecutor, claimed: list[ClaimedJob], lane: Lane
     ) -> list[Future[None]]:
+        return [pool.submit(task) for task in self._tasks(claimed, lane)]
+
+    def _tasks(self, claimed: list[ClaimedJob], lane: Lane) -> list[Callable[[], None]]:
         """A task per claimed job, but one per kind with a batch handler, which takes up
         to BATCH due jobs of its kind (claimed now) and runs them in turn."""
-        futures = [
-            pool.submit(self._run_logged, job)
-            for job in claimed
-            if job.kind not in self.batch_handlers
+        tasks: list[Callable[[], None]] = [
+            partial(self._run_logged, job) for job in claimed if job.kind not in self.batch_handlers
         ]
         for kind in self.batch_handlers:
             group = [job for job in claimed if job.kind == kind]
@@ -334,8 +336,17 @@ class Worker:
                 except Exception:  # the next claim finds out what failed
                     log.warning("could not claim more %s jobs to run together", kind)
             if group:
-                futures.append(pool.submit(self._run_batch, kind, group))
-        return futures
+                tasks.append(partial(self._run_batch, kind, group))
+        return tasks
+
+    def run_once_as_served(self, *, lane: Lane = Lane.DEFAULT) -> bool:
+        """Claim a due job of `lane` as a serving thread does when it frees up (a batch
+        kind's topped up to BATCH of its kind) and run its task in this thread; whether
+        there was one. Benchmarks drive the serving path with it."""
+        claimed = self._claim(limit=1, lane=lane)
+        for task in self._tasks(claimed, lane):
+            task()
+        return bool(claimed)
 
     def _run_logged(
         self,
