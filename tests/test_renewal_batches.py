@@ -720,6 +720,24 @@ def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
         assert one.status()["current_period_end"] == one.subscription["current_period_end"]
 
 
+def test_running_once_as_served_claims_one_and_tops_its_batch_kind_up_in_this_thread(
+    api: Api, services: Services
+) -> None:
+    subscribed = _renewals_due_early(api, services, 3)
+    worker = Worker(services, worker_id="test-as-served")
+    assert worker.run_once_as_served() is True
+    with services.database.read() as session:
+        done = session.scalars(
+            select(Job.status).where(
+                Job.kind == engine.RENEW_JOB,
+                Job.account_id.in_([one.agent.account_id for one in subscribed]),
+                Job.locked_by == "test-as-served",
+            )
+        ).all()
+    assert done == ["succeeded"] * 3  # one claim, then the other two of its kind with it
+    assert worker.run_once_as_served() is False  # nothing due is left
+
+
 def test_a_batch_past_its_time_budget_hands_its_jobs_not_started_back(
     api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
