@@ -12,9 +12,21 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, case, func, insert, select, true, update
+from sqlalchemy import (
+    BigInteger,
+    Table,
+    Update,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
@@ -40,6 +52,7 @@ _WALLETS = cast(Table, Wallet.__table__)
 _TRANSACTIONS = cast(Table, LedgerTransaction.__table__)
 _POSTINGS = cast(Table, LedgerPosting.__table__)
 _INSERT_TRANSACTION = insert(_TRANSACTIONS)
+_INSERT_POSTINGS = insert(_POSTINGS)
 _BUCKET_COLUMNS = {bucket: _WALLETS.c[f"{bucket}_micros"] for bucket in BUCKETS}
 
 
@@ -52,6 +65,37 @@ def wallet_account(bucket: str) -> str:
 class Posting:
     ledger_account: str
     amount_micros: int
+
+
+@cache
+def _wallet_update(shape: tuple[tuple[str, bool], ...], credit: bool) -> Update:
+    """The wallet's UPDATE for a post that moves the buckets of `shape` (each with
+    whether it lowers it), built once per shape, its values bound: building a statement
+    costs more Python than running it. Every bucket it lowers must stay at or above zero
+    (no row: InsufficientFunds); a credit that lifts the balance back to the
+    auto-funding threshold re-arms it."""
+    wallet = _WALLETS.c
+    net = bindparam("b_net", type_=BigInteger)
+    values: dict[Any, Any] = {
+        wallet.balance_micros: wallet.balance_micros + net,
+        wallet.updated_at: bindparam("b_updated_at", type_=wallet.updated_at.type),
+    }
+    guards = [wallet.account_id == bindparam("b_account_id", type_=wallet.account_id.type)]
+    for bucket, lowered in shape:
+        column = _BUCKET_COLUMNS[bucket]
+        delta = bindparam(f"b_{bucket}", type_=BigInteger)
+        values[column] = column + delta
+        if lowered:
+            guards.append(column + delta >= 0)
+    if credit:
+        values[wallet.auto_funding_armed] = case(
+            (
+                wallet.balance_micros + net >= func.coalesce(wallet.charge_threshold_micros, 0),
+                true(),
+            ),
+            else_=wallet.auto_funding_armed,
+        )
+    return update(_WALLETS).where(*guards).values(values).returning(wallet.balance_micros)
 
 
 def post(
@@ -83,26 +127,11 @@ def post(
             deltas[p.ledger_account.removeprefix(WALLET_PREFIX)] += p.amount_micros
     net = sum(deltas.values())
 
-    wallet = _WALLETS.c
-    values: dict[Any, Any] = {wallet.balance_micros: wallet.balance_micros + net}
-    guards = [wallet.account_id == account_id]
-    for bucket, delta in deltas.items():
-        column = _BUCKET_COLUMNS[bucket]
-        values[column] = column + delta
-        if delta < 0:
-            guards.append(column >= -delta)
-    if net > 0:
-        # A credit that lifts the balance back to the auto-funding threshold re-arms it.
-        values[wallet.auto_funding_armed] = case(
-            (
-                wallet.balance_micros + net >= func.coalesce(wallet.charge_threshold_micros, 0),
-                true(),
-            ),
-            else_=wallet.auto_funding_armed,
-        )
-    values[wallet.updated_at] = now()
+    shape = tuple((bucket, delta < 0) for bucket, delta in sorted(deltas.items()))
+    parameters = {f"b_{bucket}": delta for bucket, delta in deltas.items()}
     balance_after = session.execute(
-        update(_WALLETS).where(*guards).values(values).returning(_WALLETS.c.balance_micros)
+        _wallet_update(shape, net > 0),
+        {"b_account_id": account_id, "b_net": net, "b_updated_at": now(), **parameters},
     ).scalar_one_or_none()
     if balance_after is None:
         raise InsufficientFunds("The wallet balance cannot cover this amount.")
@@ -126,7 +155,7 @@ def post(
     row = {("metadata" if key == "meta" else key): value for key, value in values.items()}
     session.execute(_INSERT_TRANSACTION, row)
     session.execute(
-        insert(_POSTINGS),
+        _INSERT_POSTINGS,
         [
             {
                 "transaction_id": values["id"],
