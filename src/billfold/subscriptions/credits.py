@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from billfold.services import Services
 
 JOB_KIND = "subscriptions.expire_credits"
+_GRANTS_TABLE = cast(Table, CreditGrant.__table__)
+_INSERT_GRANT = insert(_GRANTS_TABLE)
+_GRANT_COLUMNS = [column.name for column in _GRANTS_TABLE.columns]
 GRANTS = ledger.SUBSCRIPTION_GRANTS
 
 
@@ -45,28 +48,31 @@ def grant(
     expires_at: datetime,
     description: str,
     carried_micros: int = 0,
-) -> CreditGrant | None:
-    """Credit the wallet's subscription bucket until `expires_at` (in the caller's txn).
+) -> str | None:
+    """Credit the wallet's subscription bucket until `expires_at` (in the caller's txn);
+    the grant's id (None: nothing to grant).
     `carried_micros` (at most the amount) of it is already in usage holds, carried over
     from grants that ended (a reset): the grant covers it, the bucket gets the rest."""
     if amount_micros <= 0:
         return None
     assert 0 <= carried_micros <= amount_micros, (carried_micros, amount_micros)
+    meta: dict[str, Any] = {"plan_id": subscription.plan_id}
+    if carried_micros:
+        meta["carried_in_holds_micros"] = carried_micros
     row = CreditGrant(
         id=new_id("cg"),
         account_id=subscription.account_id,
         subscription_id=subscription.id,
         amount_micros=amount_micros,
         expired_micros=0,
-        status=GrantStatus.ACTIVE,
+        status=GrantStatus.ACTIVE.value,
         granted_at=now(),
         expires_at=expires_at,
-        meta={"plan_id": subscription.plan_id},
+        meta=meta,
     )
-    if carried_micros:
-        row.meta = {**(row.meta or {}), "carried_in_holds_micros": carried_micros}
-    session.add(row)
-    session.flush()
+    # Written by the table's INSERT (the row is never loaded into the session: nothing in
+    # this transaction changes it; what reads it later selects it).
+    session.execute(_INSERT_GRANT, {column: getattr(row, column) for column in _GRANT_COLUMNS})
     posted = amount_micros - carried_micros
     if posted:
         ledger.post(
@@ -87,7 +93,7 @@ def grant(
             },
         )
     schedule_expiry(session, row)
-    return row
+    return row.id
 
 
 def schedule_expiry(session: Session, row: CreditGrant) -> None:
