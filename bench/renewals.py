@@ -13,10 +13,16 @@ a Markdown table row. It then checks that every subscription was charged exactly
 
     .venv/bin/python bench/renewals.py [--subscriptions 400] [--workers 1,4] [--processes 1]
     .venv/bin/python bench/renewals.py --cpu [--subscriptions 300]
+    .venv/bin/python bench/renewals.py --calls [--subscriptions 300]
 
 With `--cpu`, one worker thread drains in this process while the CPU is counted: this
 process's (Python), every PostgreSQL process's, and the SQL statements sent, each per
 renewal (the other jobs of the drain included). No pgbench.
+
+With `--calls`, one worker drains in this thread under cProfile, which counts the
+Python function calls per renewal (and the statements): figures that do not drift with
+the VM's speed, to compare two versions of the code by; its times are not reported (the
+profiler slows everything down).
 
 With `--processes P`, P worker processes each run W threads (as P `billfold worker`
 processes would; they coordinate only through the database), and pgbench runs P x W
@@ -29,7 +35,9 @@ end. This is a benchmark, not a test: it asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import multiprocessing
+import pstats
 import sys
 import threading
 import time
@@ -218,6 +226,43 @@ def bench(count: int, workers: int, processes: int = 1) -> tuple[float, float]:
 
 def cpu_per_renewal(count: int) -> str:
     """One worker thread's drain, as CPU and statements per renewal (a table row)."""
+    measured: dict[str, float] = {}
+
+    def run(services: Services, later: clock.ClockTime) -> None:
+        postgres_before, python_before = _postgres_cpu(), time.process_time()
+        measured["seconds"] = drain(services, 1, later)
+        measured["python"] = time.process_time() - python_before
+        measured["postgres"] = _postgres_cpu() - postgres_before
+
+    statements = _one_worker(count, run)
+    return (
+        f"| {count / measured['seconds']:.1f} | {measured['python'] / count * 1000:.1f} ms | "
+        f"{measured['postgres'] / count * 1000:.1f} ms | {statements / count:.1f} |"
+    )
+
+
+def calls_per_renewal(count: int) -> str:
+    """One worker's drain in this thread under cProfile, as Python function calls and
+    statements per renewal (a table row): counts that do not drift with the machine's
+    speed, as its CPU times do on a shared VM."""
+    profile = cProfile.Profile()
+
+    def run(services: Services, later: clock.ClockTime) -> None:
+        with clock.on_test_clock(later.test_clock_id, later.offset):
+            worker = Worker(services, worker_id="bench-calls", test_clock_id=later.test_clock_id)
+            profile.enable()
+            while worker.run_once_as_served():
+                pass
+            profile.disable()
+
+    statements = _one_worker(count, run)
+    calls = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
+    return f"| {calls / count:,.0f} | {statements / count:.1f} |"
+
+
+def _one_worker(count: int, run: Any) -> int:
+    """Provision `count` subscriptions in a fresh database and `run(services, time)` the
+    drain at the renewals' time; the statements it sent."""
     _, services = fresh_database()
     statements = 0
 
@@ -230,17 +275,11 @@ def cpu_per_renewal(count: int) -> str:
         time_ = provision(services, count)
         later = clock.ClockTime(time_.test_clock_id, time_.offset + timedelta(days=32))
         event.listen(services.database.engine, "before_cursor_execute", count_statement)
-        postgres_before, python_before = _postgres_cpu(), time.process_time()
-        seconds = drain(services, 1, later)
-        python = time.process_time() - python_before
-        postgres = _postgres_cpu() - postgres_before
+        run(services, later)
         check(services, count)
     finally:
         services.database.dispose()
-    return (
-        f"| {count / seconds:.1f} | {python / count * 1000:.1f} ms | "
-        f"{postgres / count * 1000:.1f} ms | {statements / count:.1f} |"
-    )
+    return statements
 
 
 def _postgres_cpu() -> float:
@@ -253,7 +292,19 @@ def main() -> int:
     parser.add_argument("--workers", default="1,4", help="worker threads per process")
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--cpu", action="store_true", help="CPU per renewal, one thread")
+    parser.add_argument(
+        "--calls", action="store_true", help="Python calls per renewal (cProfile), one thread"
+    )
     args = parser.parse_args()
+    if args.calls:
+        try:
+            row = calls_per_renewal(args.subscriptions)
+        finally:
+            drop_database(BENCH_DB)
+        print("| Python calls a renewal | Statements a renewal |")
+        print("|--:|--:|")
+        print(row)
+        return 0
     if args.cpu:
         try:
             row = cpu_per_renewal(args.subscriptions)

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    String,
     Table,
     Update,
     bindparam,
@@ -80,7 +81,9 @@ def _wallet_update(shape: tuple[tuple[str, bool], ...], credit: bool) -> Update:
         wallet.balance_micros: wallet.balance_micros + net,
         wallet.updated_at: bindparam("b_updated_at", type_=wallet.updated_at.type),
     }
-    guards = [wallet.account_id == bindparam("b_account_id", type_=wallet.account_id.type)]
+    # String, not the column's type: a foreign key's is its target's, unknown until the
+    # accounts model is imported, and the cached statement would keep it so.
+    guards = [wallet.account_id == bindparam("b_account_id", type_=String)]
     for bucket, lowered in shape:
         column = _BUCKET_COLUMNS[bucket]
         delta = bindparam(f"b_{bucket}", type_=BigInteger)
