@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -322,12 +322,14 @@ class Worker:
     ) -> list[Future[None]]:
         return [pool.submit(task) for task in self._tasks(claimed, lane)]
 
-    def _tasks(self, claimed: list[ClaimedJob], lane: Lane) -> list[Callable[[], None]]:
+    def _tasks(self, claimed: list[ClaimedJob], lane: Lane) -> Iterator[Callable[[], None]]:
         """A task per claimed job, but one per kind with a batch handler, which takes up
-        to BATCH due jobs of its kind (claimed now) and runs them in turn."""
-        tasks: list[Callable[[], None]] = [
-            partial(self._run_logged, job) for job in claimed if job.kind not in self.batch_handlers
-        ]
+        to BATCH due jobs of its kind (claimed now) and runs them in turn. The single
+        jobs' tasks come first, before the claims of the batches' others (a submitter
+        starts them meanwhile)."""
+        for job in claimed:
+            if job.kind not in self.batch_handlers:
+                yield partial(self._run_logged, job)
         for kind in self.batch_handlers:
             group = [job for job in claimed if job.kind == kind]
             if group and len(group) < BATCH:
@@ -336,8 +338,7 @@ class Worker:
                 except Exception:  # the next claim finds out what failed
                     log.warning("could not claim more %s jobs to run together", kind)
             if group:
-                tasks.append(partial(self._run_batch, kind, group))
-        return tasks
+                yield partial(self._run_batch, kind, group)
 
     def run_once_as_served(self, *, lane: Lane = Lane.DEFAULT) -> bool:
         """Claim a due job of `lane` as a serving thread does when it frees up (a batch
