@@ -296,24 +296,23 @@ def main() -> int:
         "--calls", action="store_true", help="Python calls per renewal (cProfile), one thread"
     )
     args = parser.parse_args()
-    if args.calls:
-        try:
-            row = calls_per_renewal(args.subscriptions)
-        finally:
-            drop_database(BENCH_DB)
-        print("| Python calls a renewal | Statements a renewal |")
-        print("|--:|--:|")
-        print(row)
-        return 0
-    if args.cpu:
-        try:
-            row = cpu_per_renewal(args.subscriptions)
-        finally:
-            drop_database(BENCH_DB)
-        print("| Renewals/s (one thread) | Python CPU | PostgreSQL CPU | Statements |")
-        print("|--:|--:|--:|--:|")
-        print(row)
-        return 0
+    one_thread = {
+        "calls": (calls_per_renewal, "| Python calls a renewal | Statements a renewal |"),
+        "cpu": (
+            cpu_per_renewal,
+            "| Renewals/s (one thread) | Python CPU | PostgreSQL CPU | Statements |",
+        ),
+    }
+    for mode, (measure, header) in one_thread.items():
+        if getattr(args, mode):
+            try:
+                row = measure(args.subscriptions)
+            finally:
+                drop_database(BENCH_DB)
+            print(header)
+            print("|" + "--:|" * header.count(" |"))
+            print(row)
+            return 0
     pgbench_init()
     rows = []
     try:

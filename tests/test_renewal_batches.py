@@ -696,6 +696,22 @@ def _renewals_due_early(api: Api, services: Services, count: int) -> list[Subscr
     return subscribed
 
 
+def _renewal_jobs_of(
+    services: Services, subscribed: list[Subscribed], *, locked_by: str
+) -> list[str]:
+    """The statuses of the subscribers' renewal jobs that worker `locked_by` ran."""
+    with services.database.read() as session:
+        return list(
+            session.scalars(
+                select(Job.status).where(
+                    Job.kind == engine.RENEW_JOB,
+                    Job.account_id.in_([one.agent.account_id for one in subscribed]),
+                    Job.locked_by == locked_by,
+                )
+            )
+        )
+
+
 def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
     api: Api, services: Services
 ) -> None:
@@ -707,14 +723,7 @@ def test_a_serving_worker_takes_due_renewals_together_for_one_thread(
         tasks = worker._submit(pool, first, Lane.DEFAULT)  # claims the other two as well
         assert len(tasks) == 1
         wait(tasks)
-    with services.database.read() as session:
-        done = session.scalars(
-            select(Job.status).where(
-                Job.kind == engine.RENEW_JOB,
-                Job.account_id.in_([one.agent.account_id for one in subscribed]),
-                Job.locked_by == "test-serving-batch",
-            )
-        ).all()
+    done = _renewal_jobs_of(services, subscribed, locked_by="test-serving-batch")
     assert done == ["succeeded"] * 3  # all three, by this worker
     for one in subscribed:
         assert one.status()["current_period_end"] == one.subscription["current_period_end"]
@@ -726,14 +735,7 @@ def test_running_once_as_served_claims_one_and_tops_its_batch_kind_up_in_this_th
     subscribed = _renewals_due_early(api, services, 3)
     worker = Worker(services, worker_id="test-as-served")
     assert worker.run_once_as_served() is True
-    with services.database.read() as session:
-        done = session.scalars(
-            select(Job.status).where(
-                Job.kind == engine.RENEW_JOB,
-                Job.account_id.in_([one.agent.account_id for one in subscribed]),
-                Job.locked_by == "test-as-served",
-            )
-        ).all()
+    done = _renewal_jobs_of(services, subscribed, locked_by="test-as-served")
     assert done == ["succeeded"] * 3  # one claim, then the other two of its kind with it
     assert worker.run_once_as_served() is False  # nothing due is left
 
