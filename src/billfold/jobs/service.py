@@ -174,7 +174,7 @@ def claim(
         .select_from(others)
         .where(
             other.concurrency_key == _J.concurrency_key,
-            other.status == "running",
+            other.status == _RUNNING,
             other.id != _J.id,
         )
         .scalar_subquery()
@@ -232,9 +232,7 @@ def _claim_slot(
     keeps its own); None if every slot is taken, or another worker just took ours."""
     taken = set(
         session.scalars(
-            select(_J.slot).where(
-                _J.concurrency_key == key, _J.status == "running", _J.id != job_id
-            )
+            select(_J.slot).where(_J.concurrency_key == key, _J.status == _RUNNING, _J.id != job_id)
         )
     )
     free = [slot for slot in range(MAX_RUNNING_PER_KEY) if slot not in taken]
@@ -337,6 +335,8 @@ def hand_back(session: Session, jobs: list[ClaimedJob], *, worker_id: str) -> No
 
 
 _QUEUED: ColumnElement[str] = literal_column("'queued'")
+# As `_QUEUED`, for the running slots of a concurrency key (`uq_jobs_running_slot`).
+_RUNNING: ColumnElement[str] = literal_column("'running'")
 
 
 def cancel(session: Session, *dedupe_keys: str) -> None:
