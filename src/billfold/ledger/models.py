@@ -15,7 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -41,12 +41,21 @@ class LedgerTransaction(Base):
     description: Mapped[str | None] = mapped_column(String(500))
     payment_id: Mapped[str | None] = mapped_column(String(64))
     # Unique per account when set: the business key that makes a posting happen once.
+    # (Most transactions, the usage charges, have none: the unique index holds only the
+    # set ones, so a usage charge writes no entry in it.)
     reference: Mapped[str | None] = mapped_column(String(300))
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     created_at: Mapped[datetime] = mapped_column(default=now)
 
     __table_args__ = (
-        UniqueConstraint("account_id", "reference"),
+        Index(
+            "uq_ledger_transactions_account_id_reference",
+            "account_id",
+            "reference",
+            unique=True,
+            sqlite_where=text("reference IS NOT NULL"),
+            postgresql_where=text("reference IS NOT NULL"),
+        ),
         Index("ix_ledger_transactions_account_created", "account_id", "created_at", "id"),
     )
 

@@ -28,7 +28,7 @@ from billfold.ledger.models import Wallet
 from billfold.money import from_micros
 from billfold.subscriptions.models import CreditGrant, Subscription
 from billfold.subscriptions.states import GrantStatus, SubscriptionStatus
-from billfold.wallet.models import HoldStatus, UsageHold
+from billfold.wallet.models import HELD_SQL, UsageHold
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -236,7 +236,7 @@ def _keeping_included_credit(accounts: ColumnElement[bool]) -> Select[UsageHold]
         select(UsageHold)
         .where(
             accounts,
-            UsageHold.status == HoldStatus.HELD,
+            UsageHold.status == HELD_SQL,
             UsageHold.subscription_micros > UsageHold.subscription_expired_micros,
         )
         .order_by(UsageHold.created_at, UsageHold.id)

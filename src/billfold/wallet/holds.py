@@ -56,7 +56,7 @@ from billfold.ledger import service as ledger
 from billfold.ledger.models import BUCKETS, LedgerTransaction, Wallet
 from billfold.money import from_micros
 from billfold.wallet import auto_funding
-from billfold.wallet.models import HoldStatus, UsageHold
+from billfold.wallet.models import HELD_SQL, HoldStatus, UsageHold
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -81,7 +81,7 @@ def held_micros(session: Session, account_id: str) -> int:
     """What the account's active holds keep out of its balance."""
     total = session.scalar(
         select(func.sum(UsageHold.amount_micros)).where(
-            UsageHold.account_id == account_id, UsageHold.status == HoldStatus.HELD
+            UsageHold.account_id == account_id, UsageHold.status == HELD_SQL
         )
     )
     return int(total or 0)
@@ -296,7 +296,7 @@ def _due_on_real_time(limit: int) -> Any:
         select(UsageHold.id)
         .join(Account, Account.id == UsageHold.account_id)
         .where(
-            UsageHold.status == HoldStatus.HELD,
+            UsageHold.status == HELD_SQL,
             UsageHold.expires_at <= wall_now(),
             Account.test_clock_id.is_(None),
         )

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, text
+from sqlalchemy import JSON, ColumnElement, ForeignKey, Index, String, literal_column, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.clock import now
@@ -18,6 +18,11 @@ class HoldStatus(StrEnum):
     CAPTURED = "captured"  # part (or all) became a usage charge, the rest went back
     RELEASED = "released"  # all of it went back, on request
     EXPIRED = "expired"  # all of it went back when the hold's time ran out
+
+
+# `status = 'held'` with the status in the SQL, not bound: the predicate of the holds'
+# partial indexes, which a prepared statement's generic plan can match only to a literal.
+HELD_SQL: ColumnElement[str] = literal_column("'held'")
 
 
 class UsageHold(Base):
@@ -52,6 +57,20 @@ class UsageHold(Base):
     charge_transaction_id: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (
-        Index("ix_usage_holds_account_status", "account_id", "status"),
-        Index("ix_usage_holds_status_expires_at", "status", "expires_at"),
+        # Every read of holds by account or expiry is of the held ones (the balance's
+        # `held`, the sweep, a grant's expiry): the indexes hold only those, so a hold's
+        # capture, release or expiry writes no entry in them, and they stay as small as
+        # the holds in flight (vacuum takes the old entries out).
+        Index(
+            "ix_usage_holds_held_account",
+            "account_id",
+            sqlite_where=text("status = 'held'"),
+            postgresql_where=text("status = 'held'"),
+        ),
+        Index(
+            "ix_usage_holds_held_expires_at",
+            "expires_at",
+            sqlite_where=text("status = 'held'"),
+            postgresql_where=text("status = 'held'"),
+        ),
     )

@@ -23,7 +23,7 @@ from billfold.ledger.service import (
 from billfold.money import from_micros, to_micros
 from billfold.services import Services
 from billfold.wallet import auto_funding, funding, refunds, service
-from billfold.wallet.models import HoldStatus, UsageHold
+from billfold.wallet.models import HELD_SQL, UsageHold
 from billfold.wallet.schemas import (
     AdjustmentRequest,
     AutoFundingOut,
@@ -243,7 +243,7 @@ def audit_ledger(app: Services) -> LedgerAuditOut:
         held = dict(
             session.execute(
                 select(UsageHold.account_id, func.sum(UsageHold.amount_micros))
-                .where(UsageHold.status == HoldStatus.HELD)
+                .where(UsageHold.status == HELD_SQL)
                 .group_by(UsageHold.account_id)
             ).all()
         )
