@@ -61,22 +61,23 @@ class LedgerTransaction(Base):
 
 
 class LedgerPosting(Base):
+    """One line of a transaction: at most one per ledger account (`ledger.post` checks),
+    so the transaction and the ledger account are its key. The key's index is also the
+    one a transaction's postings are read through: a posting writes two index entries
+    (this and the account's), not three as with a surrogate id."""
+
     __tablename__ = "ledger_postings"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    transaction_id: Mapped[str] = mapped_column(
+        ForeignKey("ledger_transactions.id"), primary_key=True
     )
-    transaction_id: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.id"))
     account_id: Mapped[str] = mapped_column(String(40))
     # wallet:subscription, wallet:promotional, wallet:purchased (cached on the wallet row),
     # processor:clearing, revenue:usage, operator:adjustments (not cached: sums on demand).
-    ledger_account: Mapped[str] = mapped_column(String(40))
+    ledger_account: Mapped[str] = mapped_column(String(40), primary_key=True)
     amount_micros: Mapped[int] = mapped_column(Micros)
 
-    __table_args__ = (
-        Index("ix_ledger_postings_account_ledger", "account_id", "ledger_account"),
-        Index("ix_ledger_postings_transaction_id", "transaction_id"),
-    )
+    __table_args__ = (Index("ix_ledger_postings_account_ledger", "account_id", "ledger_account"),)
 
 
 # Spending order (SPEC §5): subscription credit, then promotional, then purchased.

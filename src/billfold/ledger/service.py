@@ -123,6 +123,8 @@ def post(
         raise AssertionError(f"unbalanced postings: {postings}")
     if any(p.amount_micros == 0 for p in postings):
         raise AssertionError(f"zero posting: {postings}")
+    if len({p.ledger_account for p in postings}) != len(postings):
+        raise AssertionError(f"two postings on one ledger account: {postings}")
 
     deltas: dict[str, int] = defaultdict(int)
     for p in postings:
