@@ -15,12 +15,12 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 try:  # POSIX; elsewhere SQLite's writers wait in its busy handler, as without the gate
     import fcntl
@@ -29,11 +29,22 @@ except ImportError:  # pragma: no cover
 
 import psycopg
 import simplejson
-from sqlalchemy import BigInteger, DateTime, Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Engine,
+    Index,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    select,
+    text,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from billfold.clock import as_utc
@@ -71,6 +82,9 @@ Micros = BigInteger
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime()}
+
+
+_Row = TypeVar("_Row", bound=Base)
 
 
 class _GatedConnection(sqlite3.Connection):
@@ -407,6 +421,31 @@ def insert_or_ignore(
     )
     row = {columns.get(key, key): value for key, value in values.items()}
     return session.execute(statement, row).first() is not None
+
+
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index over the rows the SQL predicate `where` holds for, on both databases."""
+    return Index(
+        name, *columns, unique=unique, sqlite_where=text(where), postgresql_where=text(where)
+    )
+
+
+def lock_rows(
+    session: Session, entity: type[_Row], key: InstrumentedAttribute[str], keys: Iterable[str]
+) -> dict[str, _Row]:
+    """The `entity` rows whose `key` is in `keys`, locked in key order in one statement
+    (so that two callers locking some of the same rows wait for each other, never in a
+    cycle) and read afresh, by key. A key with no row is left out."""
+    return {
+        getattr(row, key.key): row
+        for row in session.scalars(
+            select(entity)
+            .where(key.in_(sorted(set(keys))))
+            .order_by(key)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
 
 
 @lru_cache(maxsize=256)

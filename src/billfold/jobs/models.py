@@ -6,11 +6,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, text
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.clock import wall_now
-from billfold.db import Base
+from billfold.db import Base, partial_index
 
 
 class Lane(StrEnum):
@@ -59,19 +59,17 @@ class Job(Base):
         Index("ix_jobs_due", "status", "run_at"),
         Index("ix_jobs_lane_due", "lane", "status", "run_at"),
         Index("ix_jobs_clock_due", "test_clock_id", "status", "run_at"),
-        Index(
+        partial_index(
             "uq_jobs_running_slot",
             "concurrency_key",
             "slot",
             unique=True,
-            sqlite_where=text("status = 'running'"),
-            postgresql_where=text("status = 'running'"),
+            where="status = 'running'",
         ),
-        Index(
+        partial_index(
             "uq_jobs_active_dedupe_key",
             "dedupe_key",
             unique=True,
-            sqlite_where=text("status IN ('queued', 'running')"),
-            postgresql_where=text("status IN ('queued', 'running')"),
+            where="status IN ('queued', 'running')",
         ),
     )

@@ -15,12 +15,11 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.clock import now
-from billfold.db import Base, Micros
+from billfold.db import Base, Micros, partial_index
 
 
 class LedgerTransaction(Base):
@@ -48,13 +47,12 @@ class LedgerTransaction(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
 
     __table_args__ = (
-        Index(
+        partial_index(
             "uq_ledger_transactions_account_id_reference",
             "account_id",
             "reference",
             unique=True,
-            sqlite_where=text("reference IS NOT NULL"),
-            postgresql_where=text("reference IS NOT NULL"),
+            where="reference IS NOT NULL",
         ),
         Index("ix_ledger_transactions_account_created", "account_id", "created_at", "id"),
     )

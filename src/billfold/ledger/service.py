@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from billfold.clock import now
+from billfold.db import lock_rows
 from billfold.errors import ErrorCode, InsufficientFunds, NotFound
 from billfold.ids import new_id
 from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wallet
@@ -271,18 +272,8 @@ def lock_wallet(session: Session, account_id: str) -> Wallet:
 def lock_wallets(session: Session, account_ids: list[str]) -> dict[str, Wallet]:
     """`lock_wallet` for several accounts in one statement, locked in account order (as
     every writer of several wallets locks them, so two never wait in a cycle), by account."""
-    ids = sorted(set(account_ids))
-    wallets = {
-        wallet.account_id: wallet
-        for wallet in session.scalars(
-            select(Wallet)
-            .where(Wallet.account_id.in_(ids))
-            .order_by(Wallet.account_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    }
-    if len(wallets) != len(ids):
+    wallets = lock_rows(session, Wallet, Wallet.account_id, account_ids)
+    if len(wallets) != len(set(account_ids)):
         raise NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND)
     return wallets
 

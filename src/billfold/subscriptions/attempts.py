@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billfold.db import transaction_memo
+from billfold.db import lock_rows, transaction_memo
 from billfold.errors import ErrorCode
 from billfold.invoices import service as invoices
 from billfold.invoices.models import Invoice
@@ -198,18 +198,8 @@ def lock_subscription(session: Session, subscription_id: str) -> Subscription | 
 
 
 def lock_subscriptions(session: Session, subscription_ids: list[str]) -> dict[str, Subscription]:
-    """Several subscriptions, locked in id order (so that two callers locking some of the
-    same ones wait for each other, never in a cycle), by id."""
-    return {
-        sub.id: sub
-        for sub in session.scalars(
-            select(Subscription)
-            .where(Subscription.id.in_(subscription_ids))
-            .order_by(Subscription.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    }
+    """Several subscriptions, locked in id order (`db.lock_rows`), by id."""
+    return lock_rows(session, Subscription, Subscription.id, subscription_ids)
 
 
 def lock_invoice(session: Session, invoice_id: str) -> Invoice:

@@ -6,11 +6,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, ForeignKey, Index, String, literal_column, text
+from sqlalchemy import JSON, ColumnElement, ForeignKey, String, literal_column, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.clock import now
-from billfold.db import Base, Micros
+from billfold.db import Base, Micros, partial_index
 
 
 class HoldStatus(StrEnum):
@@ -61,16 +61,6 @@ class UsageHold(Base):
         # `held`, the sweep, a grant's expiry): the indexes hold only those, so a hold's
         # capture, release or expiry writes no entry in them, and they stay as small as
         # the holds in flight (vacuum takes the old entries out).
-        Index(
-            "ix_usage_holds_held_account",
-            "account_id",
-            sqlite_where=text("status = 'held'"),
-            postgresql_where=text("status = 'held'"),
-        ),
-        Index(
-            "ix_usage_holds_held_expires_at",
-            "expires_at",
-            sqlite_where=text("status = 'held'"),
-            postgresql_where=text("status = 'held'"),
-        ),
+        partial_index("ix_usage_holds_held_account", "account_id", where="status = 'held'"),
+        partial_index("ix_usage_holds_held_expires_at", "expires_at", where="status = 'held'"),
     )
