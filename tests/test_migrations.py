@@ -209,3 +209,39 @@ def test_an_upgrade_from_every_earlier_revision_keeps_its_rows(
                     assert after.scalar_one() >= count, name
     finally:
         engine.dispose()
+
+
+def test_postings_that_cannot_take_their_new_key_stop_the_migration_before_it_changes_anything(
+    empty_database: str,
+) -> None:
+    """0015 keys a posting by (transaction, ledger account): a transaction that posted
+    twice to one ledger account stops it with a clear error, at 0014 and with no half-made
+    table left (SQLite's schema changes are not transactional); merged, it migrates."""
+    upgrade(empty_database, "0014_partial_hot_indexes")
+    _fill(empty_database)
+    engine = create_engine(empty_database)
+    twice = (
+        "INSERT INTO ledger_postings (transaction_id, account_id, ledger_account, amount_micros)"
+        " SELECT transaction_id, account_id, ledger_account, amount_micros"
+        " FROM ledger_postings WHERE id = (SELECT min(id) FROM ledger_postings)"
+    )
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(twice))
+        with pytest.raises(RuntimeError, match="post twice to one ledger account"):
+            upgrade(empty_database)
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection)
+            assert context.get_current_revision() == "0014_partial_hot_indexes"
+            assert "id" in {c["name"] for c in inspect(connection).get_columns("ledger_postings")}
+            assert not [t for t in inspect(connection).get_table_names() if "tmp" in t]
+        with engine.begin() as connection:
+            connection.execute(
+                text("DELETE FROM ledger_postings WHERE id = (SELECT max(id) FROM ledger_postings)")
+            )
+        upgrade(empty_database)
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == REVISIONS[-1]
+            assert connection.execute(text("SELECT count(*) FROM ledger_postings")).scalar() == 2
+    finally:
+        engine.dispose()

@@ -272,8 +272,9 @@ def lock_wallet(session: Session, account_id: str) -> Wallet:
 def lock_wallets(session: Session, account_ids: list[str]) -> dict[str, Wallet]:
     """`lock_wallet` for several accounts in one statement, locked in account order (as
     every writer of several wallets locks them, so two never wait in a cycle), by account."""
-    wallets = lock_rows(session, Wallet, Wallet.account_id, account_ids)
-    if len(wallets) != len(set(account_ids)):
+    ids = set(account_ids)
+    wallets = lock_rows(session, Wallet, Wallet.account_id, ids)
+    if len(wallets) != len(ids):
         raise NotFound("No such account.", code=ErrorCode.ACCOUNT_NOT_FOUND)
     return wallets
 

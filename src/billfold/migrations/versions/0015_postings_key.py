@@ -23,7 +23,29 @@ _KEY = "pk_ledger_postings"
 _BY_TRANSACTION = "ix_ledger_postings_transaction_id"
 
 
+class TwoPostingsOnOneLedgerAccount(RuntimeError):
+    """A transaction posted twice to one ledger account: the new key cannot hold it."""
+
+
 def upgrade() -> None:
+    # Checked before anything changes: SQLite's schema changes are not transactional, so a
+    # copy failing half-way would leave its temporary table behind.
+    twice = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT transaction_id, ledger_account FROM ledger_postings"
+                " GROUP BY transaction_id, ledger_account HAVING count(*) > 1 LIMIT 5"
+            )
+        )
+        .all()
+    )
+    if twice:
+        raise TwoPostingsOnOneLedgerAccount(
+            "These transactions post twice to one ledger account (transaction, ledger "
+            f"account): {[tuple(row) for row in twice]}. Merge each pair into one posting "
+            "of their sum, then migrate again; nothing was changed."
+        )
     if op.get_bind().dialect.name == "postgresql":
         op.drop_index(_BY_TRANSACTION, table_name="ledger_postings")
         op.drop_constraint(_KEY, "ledger_postings", type_="primary")
