@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from billfold.accounts.models import Account
 from billfold.application import jobs as worker_module
@@ -27,11 +28,13 @@ from billfold.invoices.models import Invoice, InvoiceLine, NumberSeries
 from billfold.jobs import service as jobs
 from billfold.jobs.models import Job, Lane
 from billfold.jobs.service import ClaimedJob
+from billfold.ledger.models import LedgerPosting, LedgerTransaction, Wallet
 from billfold.payments import attempts as payment_attempts
 from billfold.payments import janitor
-from billfold.payments.models import PaymentAttempt
+from billfold.payments.models import Payment, PaymentAttempt
 from billfold.services import Services
-from billfold.subscriptions import attempts, engine, renewal
+from billfold.subscriptions import attempts, engine, renewal, renewals_paid
+from billfold.subscriptions.models import CreditGrant, Subscription
 from billfold.subscriptions.outcomes import pay_invoice
 from billfold.webhooks.models import WebhookEvent
 from tests.helpers import (
@@ -107,6 +110,19 @@ def _step(step: object) -> object:
     return step.func
 
 
+def _pays_reserved(step: object) -> bool:
+    """Whether a job's rest pays its attempt reserved in the batch (with the batch's
+    other reserved attempts: `renewals_paid.Payer`)."""
+    return getattr(_step(step), "__func__", None) is renewals_paid.Payer.pay
+
+
+def _reserved_of(step: object) -> tuple[attempts.Attempt, str | None]:
+    """The attempt a job's rest pays, and the processor customer read for it."""
+    assert _pays_reserved(step) and isinstance(step, partial)
+    attempt, customer_id = step.args
+    return attempt, customer_id
+
+
 def test_plain_renewals_roll_together_and_the_others_renew_alone(
     api: Api, services: Services
 ) -> None:
@@ -134,15 +150,14 @@ def test_plain_renewals_roll_together_and_the_others_renew_alone(
         by_sub = {job.payload["subscription_id"]: rest[job.id] for job in claimed}
         together = [*plain, declined, cardless]
         charged = [*plain, declined]  # a default card: their first attempts are reserved
-        assert all(_step(by_sub[one.id]) is attempts.pay_reserved for one in charged)
+        assert all(_pays_reserved(by_sub[one.id]) for one in charged)
         with services.database.read() as session:  # read in the batch, not again per charge
             customers = dict(
                 session.execute(select(Account.id, Account.processor_customer_id)).all()
             )
         for one in charged:
-            step = by_sub[one.id]
-            assert isinstance(step, partial)
-            assert step.keywords["customer_id"] == customers[one.agent.account_id] is not None
+            _, customer_id = _reserved_of(by_sub[one.id])
+            assert customer_id == customers[one.agent.account_id] is not None
         assert _step(by_sub[cardless.id]) is pay_invoice
         assert all(_step(by_sub[one.id]) is renewal.run_renewal for one in (canceling, downgrading))
 
@@ -248,14 +263,17 @@ def _comparable(value: Any) -> Any:
         return [_comparable(item) for item in value]
     if isinstance(value, datetime):
         return "<time>"
-    if isinstance(value, str) and re.match(r"^([a-z]+_\w+|\d{4}-\d\d-\d\dT.*|.*@.*)$", value):
+    if isinstance(value, str) and _OWN_VALUE.match(value):
         return "<id>"
     return value
 
 
+# An id (a prefix and 24 base62 characters), a time, an email.
+_OWN_VALUE = re.compile(r"^([a-z]+_[A-Za-z0-9]{24}|\d{4}-\d\d-\d\dT.*|.*@.*)$")
 _OWN = {"id", "number", "account_id", "subscription_id", "invoice_id", "buyer", "source"}
 _OWN |= {"attempt_key", "attempt_payment_method_id", "payment_method_id", "payment_id"}
 _OWN |= {"operation", "key", "context", "description", "latest_invoice_id", "customer"}
+_OWN |= {"reference"}
 
 
 def _written_for(services: Services, account_id: str) -> dict[str, Any]:
@@ -287,11 +305,48 @@ def _written_for(services: Services, account_id: str) -> dict[str, Any]:
             .where(WebhookEvent.account_id == account_id)
             .order_by(WebhookEvent.created_at, WebhookEvent.id)
         ).all()
+        transactions = session.scalars(
+            select(LedgerTransaction)
+            .where(LedgerTransaction.account_id == account_id)
+            .order_by(LedgerTransaction.created_at, LedgerTransaction.kind)
+        ).all()
+        postings = session.scalars(
+            select(LedgerPosting).where(LedgerPosting.account_id == account_id)
+        ).all()
+        by_transaction: dict[str, list[Any]] = {}
+        for posting in postings:
+            by_transaction.setdefault(posting.transaction_id, []).append(
+                [posting.ledger_account, posting.amount_micros]
+            )
+        grants = session.scalars(
+            select(CreditGrant)
+            .where(CreditGrant.account_id == account_id)
+            .order_by(CreditGrant.granted_at, CreditGrant.expires_at)
+        ).all()
         return _comparable(
             {
                 "invoices": [columns(i) for i in cycle],
                 "lines": [{**columns(line), "position": line.position} for line in lines],
                 "attempts": [columns(a) for a in attempts],
+                "payments": [
+                    columns(p)
+                    for p in session.scalars(
+                        select(Payment)
+                        .where(Payment.account_id == account_id)
+                        .order_by(Payment.created_at)
+                    )
+                ],
+                "ledger": [
+                    [columns(t), sorted(by_transaction.get(t.id, []))] for t in transactions
+                ],
+                "grants": [columns(g) for g in grants],
+                "wallet": columns(session.get(Wallet, account_id)),
+                "subscriptions": [
+                    columns(sub)
+                    for sub in session.scalars(
+                        select(Subscription).where(Subscription.account_id == account_id)
+                    )
+                ],
                 "jobs": sorted(
                     [j.kind, j.status, j.test_clock_id is not None, sorted(j.payload), j.lane]
                     for j in queued
@@ -301,22 +356,56 @@ def _written_for(services: Services, account_id: str) -> dict[str, Any]:
         )
 
 
-def test_a_renewal_rolled_in_a_batch_writes_what_one_renewed_alone_writes(
+def test_renewals_paid_in_a_batch_write_what_one_renewed_alone_writes(
     api: Api, services: Services
 ) -> None:
+    """Rolled together, charged one after another, their payments recorded together
+    (`renewals_paid`): each account ends with the same rows and events, to the ledger's
+    balances after each transaction, as an account whose renewal ran alone."""
     with contextmanager(listen_to_every_event)(api, services, "http://127.0.0.1:9/hook"):
-        clock, (batched, alone), _ = _due_together(api, price=15, count=2)
+        plan = create_plan(api, price=15, included_credits=4)
+        clock = api.new_clock()
+        *batched, alone = _subscribers(api, clock, plan, 4)
+        end = instant(alone.subscription["current_period_end"])
+        advance_to(clock, end - timedelta(minutes=1))
         with on_clock(services, clock, ahead=AFTER_THE_END):
             claimed = {job.account_id: job for job in _claim_renewals(services, clock)}
-            rest = renewal.prepare_renewals(services, [claimed[batched.agent.account_id]])
-            assert _step(rest[claimed[batched.agent.account_id].id]) is attempts.pay_reserved
-            rest[claimed[batched.agent.account_id].id]()
+            together = [claimed[one.agent.account_id] for one in batched]
+            rest = renewal.prepare_renewals(services, together)
+            assert all(_pays_reserved(rest[job.id]) for job in together)
+            with _statements(services) as sent:
+                rest[together[0].id]()  # the first charges them all, records them together
+            assert len([s for s in sent if s.startswith("UPDATE payment_attempts")]) == 1
+            with _statements(services) as sent:
+                for job in together[1:]:
+                    rest[job.id]()
+            assert sent == []  # their outcomes were recorded with the first
             renewal.run_renewal(services, claimed[alone.agent.account_id])
-        written = _written_for(services, batched.agent.account_id)
+        expected = _written_for(services, alone.agent.account_id)
         assert {"invoice.finalized", "invoice.paid", "subscription.renewed"} <= {
-            kind for kind, _ in written["events"]
+            kind for kind, _ in expected["events"]
         }
-        assert written == _written_for(services, alone.agent.account_id)
+        assert [t["kind"] for t, _ in expected["ledger"]][-2:] == [
+            "subscription_payment",
+            "subscription_credit_grant",
+        ]
+        for one in batched:
+            assert _written_for(services, one.agent.account_id) == expected
+
+
+@contextmanager
+def _statements(services: Services) -> Iterator[list[str]]:
+    """The SQL statements the block sends."""
+    sent: list[str] = []
+
+    def sending(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    event.listen(services.database.engine, "before_cursor_execute", sending)
+    try:
+        yield sent
+    finally:
+        event.remove(services.database.engine, "before_cursor_execute", sending)
 
 
 def test_renewals_rolled_together_whose_payments_never_ran_are_paid_once_later(
@@ -432,34 +521,42 @@ def _paid_once(api: Api, services: Services, one: Subscribed, *, attempts_made: 
 def test_a_batch_attempt_charged_long_after_its_reservation_marks_its_charge_start_again(
     api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The batch's charges run one after another: one whose turn comes at once charges
-    under the reservation's mark; one whose turn comes more than MARK_AGAIN_AFTER after
-    it marks when its charge starts, just before the processor call, so the janitor's
-    wait counts from then."""
-    clock, [prompt, late], _ = _due_together(api, price=12, count=2)
+    """The batch's charges run one after another: the first charges under the
+    reservation's mark; one whose turn comes more than MARK_AGAIN_AFTER after it marks
+    when its charge starts, just before the processor call, so the janitor's wait counts
+    from then."""
+    clock, subscribed, _ = _due_together(api, price=12, count=2)
     waited = payment_attempts.MARK_AGAIN_AFTER + timedelta(seconds=10)
+    real_charge = services.processor.charge
+    seen: dict[str, datetime] = {}  # each account's attempt's mark, at its charge, in order
+
+    def charge(**call: Any) -> Any:
+        with services.database.read() as session:
+            attempt = session.scalars(
+                select(PaymentAttempt).where(PaymentAttempt.key == call["idempotency_key"])
+            ).one()
+        seen[attempt.account_id] = as_utc(attempt.charge_started_at)
+        if len(seen) == 1:  # the first charge takes that long
+            _real_time_passes(monkeypatch, waited)
+        return real_charge(**call)
+
     with on_clock(services, clock, ahead=AFTER_THE_END):
-        claimed = {job.account_id: job for job in _claim_renewals(services, clock)}
-        rest = renewal.prepare_renewals(services, list(claimed.values()))
+        claimed = _claim_renewals(services, clock)
+        rest = renewal.prepare_renewals(services, claimed)
         reserved = {
-            one: as_utc(_open_attempt(services, one.agent.account_id).charge_started_at)
-            for one in (prompt, late)
+            one.agent.account_id: as_utc(
+                _open_attempt(services, one.agent.account_id).charge_started_at
+            )
+            for one in subscribed
         }
-        seen: dict[Subscribed, datetime] = {}
-        for one in (prompt, late):
-            if one is late:
-                _real_time_passes(monkeypatch, waited)
-
-            def look(one: Subscribed = one) -> None:
-                attempt = _open_attempt(services, one.agent.account_id)
-                seen[one] = as_utc(attempt.charge_started_at)
-
-            with while_charging(monkeypatch, services, look) as charged:
-                rest[claimed[one.agent.account_id].id]()
-            assert len(charged) == 1
-    assert seen[prompt] == reserved[prompt]  # not written again
+        monkeypatch.setattr(services.processor, "charge", charge)
+        for job in claimed:
+            rest[job.id]()
+        monkeypatch.setattr(services.processor, "charge", real_charge)
+    first, late = seen
+    assert seen[first] == reserved[first]  # not written again
     assert seen[late] >= reserved[late] + waited  # marked again, at the charge
-    for one in (prompt, late):
+    for one in subscribed:
         assert one.status()["payment_status"] == "paid"
         [*_, cycle] = invoices_of(services, one.agent.account_id)
         assert charges_at_processor(services, cycle.id) == 1
@@ -593,9 +690,7 @@ def test_a_batch_attempt_joined_before_its_turn_is_not_failed_by_its_turn(
     clock, [one], _ = _due_together(api, price=20, count=1)
     with on_clock(services, clock, ahead=AFTER_THE_END):
         [job] = _claim_renewals(services, clock)
-        step = renewal.prepare_renewals(services, [job])[job.id]
-        assert isinstance(step, partial)
-        reserved = step.args[1]
+        reserved, _ = _reserved_of(renewal.prepare_renewals(services, [job])[job.id])
 
         def batch_turn_fails_before_its_charge() -> None:
             def unreachable(*_: object, **__: object) -> str:
@@ -661,8 +756,7 @@ def test_one_renewal_claimed_twice_in_a_batch_rolls_and_charges_once(
         claimed = _claim_renewals(services, clock)
         assert len(claimed) == 2
         rest = renewal.prepare_renewals(services, claimed)
-        steps = {job.id: _step(rest[job.id]) for job in claimed}
-        assert sorted(step is attempts.pay_reserved for step in steps.values()) == [False, True]
+        assert sorted(_pays_reserved(rest[job.id]) for job in claimed) == [False, True]
         for job in claimed:
             rest[job.id]()
     current = one.status()

@@ -444,16 +444,30 @@ def issue_open_invoices(session: Session, drafts: list[OpenInvoice]) -> dict[str
 
 
 def mark_paid(session: Session, invoice: Invoice, *, payment_intent_id: str | None) -> None:
+    set_paid(invoice, payment_intent_id=payment_intent_id, at=now())
+    session.flush()
+    emit_paid(session, invoice)
+
+
+def set_paid(invoice: Invoice, *, payment_intent_id: str | None, at: datetime) -> None:
+    """The invoice paid in full `at` (written when the session flushes: `mark_paid`
+    flushes it and emits its event at once)."""
     invoice.status = "paid"
     invoice.amount_paid_micros = invoice.total_micros
-    invoice.paid_at = now()
+    invoice.paid_at = at
     invoice.payment_intent_id = payment_intent_id
     invoice.next_payment_attempt = None
-    session.flush()
+
+
+def emit_paid(session: Session, invoice: Invoice) -> None:
+    """The `invoice.paid` event of an invoice `set_paid`."""
     from billfold.webhooks import service as webhooks
 
     webhooks.emit(
-        session, type="invoice.paid", account_id=invoice.account_id, data=summary_view(invoice)
+        session,
+        type="invoice.paid",
+        account_id=invoice.account_id,
+        data=lambda: summary_view(invoice),
     )
 
 

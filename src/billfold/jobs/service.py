@@ -76,9 +76,16 @@ def enqueue(
 
     The job is on the test clock the caller runs on (see the module docstring), unless it
     is a webhook delivery; `run_at` is on that time."""
-    values = _values(
-        NewJob(kind, account_id, payload, run_at, dedupe_key, max_attempts, lane, concurrency_key)
+    return enqueue_job(
+        session,
+        NewJob(kind, account_id, payload, run_at, dedupe_key, max_attempts, lane, concurrency_key),
     )
+
+
+def enqueue_job(session: Session, job: NewJob) -> bool:
+    """`enqueue` of a `NewJob`."""
+    values = _values(job)
+    dedupe_key = job.dedupe_key
     if dedupe_key is None:
         session.add(Job(**values))
         return True

@@ -120,17 +120,7 @@ def post(
     lowers must stay at or above zero, or nothing is written and InsufficientFunds
     is raised (the caller's transaction then rolls back as a whole).
     """
-    if sum(p.amount_micros for p in postings) != 0:
-        raise AssertionError(f"unbalanced postings: {postings}")
-    if any(p.amount_micros == 0 for p in postings):
-        raise AssertionError(f"zero posting: {postings}")
-    if len({p.ledger_account for p in postings}) != len(postings):
-        raise AssertionError(f"two postings on one ledger account: {postings}")
-
-    deltas: dict[str, int] = defaultdict(int)
-    for p in postings:
-        if p.ledger_account.startswith(WALLET_PREFIX):
-            deltas[p.ledger_account.removeprefix(WALLET_PREFIX)] += p.amount_micros
+    deltas = _wallet_deltas(postings)
     net = sum(deltas.values())
 
     shape = tuple((bucket, delta < 0) for bucket, delta in sorted(deltas.items()))
@@ -142,38 +132,163 @@ def post(
     if balance_after is None:
         raise InsufficientFunds("The wallet balance cannot cover this amount.")
 
-    values = {
+    entry = Entry(account_id, kind, usecase, postings, description, payment_id, reference, meta)
+    values = _transaction_values(entry, net, balance_after)
+    # Core inserts, in order: the ORM would not know postings depend on their transaction.
+    session.execute(_INSERT_TRANSACTION, _transaction_row(values))
+    session.execute(_INSERT_POSTINGS, _posting_rows(values["id"], entry))
+    transaction = LedgerTransaction(**values)
+    return transaction
+
+
+def _wallet_deltas(postings: Sequence[Posting]) -> dict[str, int]:
+    """What balanced, non-zero postings on distinct ledger accounts move in each wallet
+    bucket (AssertionError for any other postings)."""
+    if sum(p.amount_micros for p in postings) != 0:
+        raise AssertionError(f"unbalanced postings: {postings}")
+    if any(p.amount_micros == 0 for p in postings):
+        raise AssertionError(f"zero posting: {postings}")
+    if len({p.ledger_account for p in postings}) != len(postings):
+        raise AssertionError(f"two postings on one ledger account: {postings}")
+    deltas: dict[str, int] = defaultdict(int)
+    for p in postings:
+        if p.ledger_account.startswith(WALLET_PREFIX):
+            deltas[p.ledger_account.removeprefix(WALLET_PREFIX)] += p.amount_micros
+    return deltas
+
+
+def _transaction_values(entry: Entry, net: int, balance_after: int) -> dict[str, Any]:
+    return {
         "id": new_id("txn"),
-        "account_id": account_id,
-        "kind": kind,
+        "account_id": entry.account_id,
+        "kind": entry.kind,
         "type": "credit" if net >= 0 else "debit",
         "amount_micros": abs(net),
         "balance_after_micros": balance_after,
-        "usecase": usecase,
-        "description": description,
-        "payment_id": payment_id,
-        "reference": reference,
-        "meta": meta,
+        "usecase": entry.usecase,
+        "description": entry.description,
+        "payment_id": entry.payment_id,
+        "reference": entry.reference,
+        "meta": entry.meta,
         "status": "succeeded",
         "created_at": now(),
     }
-    # Core inserts, in order: the ORM would not know postings depend on their transaction.
-    row = {("metadata" if key == "meta" else key): value for key, value in values.items()}
-    session.execute(_INSERT_TRANSACTION, row)
+
+
+def _transaction_row(values: dict[str, Any]) -> dict[str, Any]:
+    """A transaction's values as its table's columns."""
+    return {("metadata" if key == "meta" else key): value for key, value in values.items()}
+
+
+def _posting_rows(transaction_id: str, entry: Entry) -> list[dict[str, Any]]:
+    return [
+        {
+            "transaction_id": transaction_id,
+            "account_id": entry.account_id,
+            "ledger_account": p.ledger_account,
+            "amount_micros": p.amount_micros,
+        }
+        for p in entry.postings
+    ]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A transaction for `post_credits` (`post`'s arguments)."""
+
+    account_id: str
+    kind: str
+    usecase: str
+    postings: Sequence[Posting]
+    description: str | None = None
+    payment_id: str | None = None
+    reference: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+@cache
+def _credit_update() -> Update:
+    """One wallet's share of a `post_credits`: every bucket and the balance raised by
+    their bound (non-negative) sums; a net credit that lifts the balance back to the
+    auto-funding threshold re-arms it, as `post`'s credit does."""
+    wallet = _WALLETS.c
+    net = bindparam("b_net", type_=BigInteger)
+    values: dict[Any, Any] = {
+        wallet.balance_micros: wallet.balance_micros + net,
+        wallet.updated_at: bindparam("b_updated_at", type_=wallet.updated_at.type),
+        wallet.auto_funding_armed: case(
+            (
+                (net > 0)
+                & (wallet.balance_micros + net >= func.coalesce(wallet.charge_threshold_micros, 0)),
+                true(),
+            ),
+            else_=wallet.auto_funding_armed,
+        ),
+    }
+    for bucket, column in _BUCKET_COLUMNS.items():
+        values[column] = column + bindparam(f"b_{bucket}", type_=BigInteger)
+    return (
+        update(_WALLETS)
+        .where(wallet.account_id == bindparam("b_account_id", type_=String))
+        .values(values)
+    )
+
+
+def post_credits(session: Session, entries: Sequence[Entry]) -> list[str]:
+    """`post` for many transactions, none of which lowers a wallet bucket (so none can be
+    refused), in one go: each wallet moved once by one UPDATE (sent as one executemany, in
+    account order: the lock order of wallets), then all the transactions and all their
+    postings by one multi-row INSERT each. Each transaction's `balance_after` is what it
+    would be had they been posted one after another in this order. The ids of the
+    transactions, in order."""
+    if not entries:
+        return []
+    deltas = [_wallet_deltas(entry.postings) for entry in entries]
+    if any(delta < 0 for entry_deltas in deltas for delta in entry_deltas.values()):
+        raise AssertionError("post_credits lowers no wallet bucket: use post")
+    totals: dict[str, dict[str, int]] = {}
+    for entry, entry_deltas in zip(entries, deltas, strict=True):
+        account = totals.setdefault(entry.account_id, dict.fromkeys(BUCKETS, 0))
+        for bucket, delta in entry_deltas.items():
+            account[bucket] += delta
+    current = now()
     session.execute(
-        _INSERT_POSTINGS,
+        _credit_update(),
         [
             {
-                "transaction_id": values["id"],
-                "account_id": account_id,
-                "ledger_account": p.ledger_account,
-                "amount_micros": p.amount_micros,
+                "b_account_id": account_id,
+                "b_net": sum(buckets.values()),
+                "b_updated_at": current,
+                **{f"b_{bucket}": delta for bucket, delta in buckets.items()},
             }
-            for p in postings
+            for account_id, buckets in sorted(totals.items())
         ],
     )
-    transaction = LedgerTransaction(**values)
-    return transaction
+    balances = dict(
+        session.execute(
+            select(_WALLETS.c.account_id, _WALLETS.c.balance_micros).where(
+                _WALLETS.c.account_id.in_(totals)
+            )
+        ).all()
+    )
+    if len(balances) != len(totals):
+        raise InsufficientFunds("The wallet balance cannot cover this amount.")  # as `post`
+    # Each wallet's balance before the first of its transactions here, then after each.
+    running = {
+        account_id: balances[account_id] - sum(buckets.values())
+        for account_id, buckets in totals.items()
+    }
+    transactions: list[dict[str, Any]] = []
+    postings: list[dict[str, Any]] = []
+    for entry, entry_deltas in zip(entries, deltas, strict=True):
+        net = sum(entry_deltas.values())
+        running[entry.account_id] += net
+        values = _transaction_values(entry, net, running[entry.account_id])
+        transactions.append(_transaction_row(values))
+        postings.extend(_posting_rows(values["id"], entry))
+    session.execute(_INSERT_TRANSACTION, transactions)
+    session.execute(_INSERT_POSTINGS, postings)
+    return [row["id"] for row in transactions]
 
 
 def expire_included_credit(

@@ -33,9 +33,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, Update, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from billfold.clock import as_utc, now, wall_now
@@ -83,12 +84,14 @@ __all__ = [
     "Settled",
     "begin",
     "begin_first",
+    "charge_begun",
     "fail",
     "locking",
     "on_failure",
     "on_success",
     "record",
     "run",
+    "settle_charged",
 ]
 
 
@@ -444,6 +447,119 @@ def run(
     except Exception:  # charged, and the outcome is not recorded: the janitor records it
         mark_unknown(database, attempt)
         raise
+
+
+def charge_begun(
+    database: Database,
+    processor: Processor,
+    attempt: Attempt,
+    *,
+    customer_id: str,
+    description: str,
+) -> ChargeResult | None:
+    """`run`'s charge without its recording, for a caller that records many charges
+    together (`settle_charged`): the processor's answer, or None where `run` would do
+    anything else (the attempt settled meanwhile, the processor call raised). The caller
+    then hands that attempt to `run`, which finds out again under the same key: the
+    processor answers a charge it made under a key, and never charges a key twice."""
+    if attempt.state.settled:
+        return None
+    if _mark_before_charge(attempt) and _charge_starts(database, attempt) is None:
+        return None  # settled meanwhile
+    try:
+        return charge(processor, attempt, customer_id=customer_id, description=description)
+    except Exception:
+        log.warning("payment attempt %s: the charge raised; run settles it", attempt.id)
+        return None
+
+
+def settle_charged(
+    session: Session,
+    charged: list[tuple[Attempt, ChargeResult]],
+    *,
+    services: Services | None = None,
+) -> list[Settled]:
+    """`record` for many successful charges of one purpose at once, whose rows the caller
+    has locked first (the purpose's `locking`; its success handler is not called: the
+    caller does what it would, for all of them together). The attempts still open are
+    locked in id order and moved to succeeded by one executemany UPDATE, their janitor
+    jobs dropped by one statement, their payments written by one INSERT. The outcomes of
+    the attempts this call moved, in the order given; the others (settled meanwhile) are
+    left out."""
+    assert all(result.succeeded for _, result in charged), "successful charges only"
+    row = _ATTEMPTS.c
+    still_open = set(
+        session.scalars(
+            select(row.id)
+            .where(row.id.in_([attempt.id for attempt, _ in charged]), row.state.in_(OPEN_STATES))
+            .order_by(row.id)
+            .with_for_update()
+        )
+    )
+    moving = [(attempt, result) for attempt, result in charged if attempt.id in still_open]
+    if not moving:
+        return []
+    current = now()
+    session.execute(
+        _settle_succeeded(),
+        [
+            {"a_id": attempt.id, "a_payment_id": result.payment_intent_id, "a_at": current}
+            for attempt, result in moving
+        ],
+    )
+    jobs.cancel(
+        session,
+        *(_janitor_key(attempt.id) for attempt, _ in moving),
+        *(_first_look_key(attempt.id) for attempt, _ in moving),
+    )
+    paid = payments.record_new_payments(
+        session,
+        [
+            payments.NewPayment(
+                account_id=attempt.account_id,
+                purpose=attempt.payment_purpose,
+                amount_micros=attempt.amount_micros,
+                currency=attempt.currency,
+                payment_method_id=attempt.payment_method_id,
+                result=result,
+            )
+            for attempt, result in moving
+        ],
+    )
+    return [
+        Settled(
+            replace(
+                attempt,
+                state=AttemptState.SUCCEEDED,
+                payment_id=result.payment_intent_id,
+                failure_reason=None,
+                failure_message=None,
+                new=False,
+            ),
+            payment,
+            services=services,
+        )
+        for (attempt, result), payment in zip(moving, paid, strict=True)
+    ]
+
+
+@cache
+def _settle_succeeded() -> Update:
+    """`_settle`'s UPDATE of a successful charge by a request, for an attempt locked open."""
+    row = _ATTEMPTS.c
+    return (
+        update(_ATTEMPTS)
+        .where(row.id == bindparam("a_id"))
+        .values(
+            state=AttemptState.SUCCEEDED.value,
+            payment_id=bindparam("a_payment_id"),
+            failure_reason=None,
+            failure_message=None,
+            settled_by="request",
+            settled_at=bindparam("a_at"),
+            updated_at=bindparam("a_at"),
+        )
+    )
 
 
 def _mark_before_charge(attempt: Attempt) -> bool:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from billfold.accounts.models import Account
 from billfold.accounts.service import get_account
+from billfold.clock import now
 from billfold.db import Database, insert_or_ignore
 from billfold.errors import BillfoldError, Conflict, ErrorCode, NotFound
 from billfold.ledger import service as ledger
@@ -238,6 +240,34 @@ def attach_card(processor: Processor, *, payment_method_id: str, customer_id: st
         ) from None
 
 
+@dataclass(frozen=True)
+class NewPayment:
+    """A processor's outcome to store (`record_payment`'s arguments)."""
+
+    account_id: str
+    purpose: str
+    amount_micros: int
+    currency: str
+    payment_method_id: str
+    result: ChargeResult
+
+    def values(self) -> dict[str, Any]:
+        result = self.result
+        return {
+            "id": result.payment_intent_id,
+            "account_id": self.account_id,
+            "purpose": self.purpose,
+            "amount_micros": self.amount_micros,
+            "currency": self.currency,
+            "status": result.status,
+            "payment_method_id": self.payment_method_id,
+            "failure_code": result.failure_code,
+            "decline_code": result.decline_code,
+            "failure_message": result.failure_message,
+            "refunded_micros": 0,
+        }
+
+
 def record_payment(
     session: Session,
     *,
@@ -249,35 +279,41 @@ def record_payment(
     result: ChargeResult,
 ) -> tuple[Payment, bool]:
     """Store the processor's outcome once; True when this call recorded it."""
-    inserted = insert_or_ignore(
-        session,
-        Payment,
-        {
-            "id": result.payment_intent_id,
-            "account_id": account_id,
-            "purpose": purpose,
-            "amount_micros": amount_micros,
-            "currency": currency,
-            "status": result.status,
-            "payment_method_id": payment_method_id,
-            "failure_code": result.failure_code,
-            "decline_code": result.decline_code,
-            "failure_message": result.failure_message,
-            "refunded_micros": 0,
-        },
-        ["id"],
-    )
+    new = NewPayment(account_id, purpose, amount_micros, currency, payment_method_id, result)
+    inserted = insert_or_ignore(session, Payment, new.values(), ["id"])
     payment = session.get(Payment, result.payment_intent_id, populate_existing=True)
     assert payment is not None
     assert payment.account_id == account_id
     if inserted:
-        webhooks.emit(
-            session,
-            type="payment.succeeded" if result.succeeded else "payment.failed",
-            account_id=account_id,
-            data=payment_view(payment),
-        )
+        _emit_recorded(session, payment)
     return payment, inserted
+
+
+def record_new_payments(session: Session, new: list[NewPayment]) -> list[Payment]:
+    """`record_payment` for processor outcomes no payment row can hold yet (charges just
+    made under keys whose attempts this transaction settles), in one multi-row INSERT: a
+    payment recorded already is a bug, and raises (rolling the caller back). The
+    payments as written, not loaded into the session."""
+    current = now()
+    rows = [{**payment.values(), "disputed": False, "created_at": current} for payment in new]
+    if rows:
+        session.execute(insert(_PAYMENTS), rows)
+    payments = [Payment(**row) for row in rows]
+    for payment in payments:
+        _emit_recorded(session, payment)
+    return payments
+
+
+_PAYMENTS = cast(Table, Payment.__table__)
+
+
+def _emit_recorded(session: Session, payment: Payment) -> None:
+    webhooks.emit(
+        session,
+        type="payment.succeeded" if payment.status == "succeeded" else "payment.failed",
+        account_id=payment.account_id,
+        data=lambda: payment_view(payment),
+    )
 
 
 def get_payment(session: Session, *, account_id: str, payment_intent_id: str) -> Payment:

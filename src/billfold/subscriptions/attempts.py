@@ -340,7 +340,7 @@ def pay_reserved(
         services.database,
         services.processor,
         attempt.payment,
-        description=_description(attempt),
+        description=description(attempt),
         prepare=lambda _customer_id: card,
         services=services,
         customer_id=customer_id,
@@ -388,7 +388,7 @@ def _failed_uncharged(
     return Paid(False, None, error)
 
 
-def _description(attempt: Attempt) -> str:
+def description(attempt: Attempt) -> str:
     return f"Subscription {attempt.subscription_id}, invoice {attempt.invoice_id}"
 
 
@@ -397,15 +397,31 @@ def charge(services: Services, attempt: Attempt) -> ChargeResult:
     processor = services.processor
     customer_id = payments.ensure_customer(services.database, processor, attempt.account_id)
     return payment_attempts.charge(
-        processor, attempt.payment, customer_id=customer_id, description=_description(attempt)
+        processor, attempt.payment, customer_id=customer_id, description=description(attempt)
     )
 
 
 def post_payment(session: Session, invoice: Invoice, payment: Payment) -> str:
     """The card money of a subscription payment: clearing → subscription revenue (the
     id of the ledger transaction)."""
+    entry = payment_entry(invoice, payment)
     txn = ledger.post(
         session,
+        account_id=entry.account_id,
+        kind=entry.kind,
+        usecase=entry.usecase,
+        description=entry.description,
+        payment_id=entry.payment_id,
+        reference=entry.reference,
+        postings=entry.postings,
+        meta=entry.meta,
+    )
+    return txn.id
+
+
+def payment_entry(invoice: Invoice, payment: Payment) -> ledger.Entry:
+    """`post_payment`'s transaction, to post with others (`ledger.post_credits`)."""
+    return ledger.Entry(
         account_id=invoice.account_id,
         kind="subscription_payment",
         usecase="subscription",
@@ -418,7 +434,6 @@ def post_payment(session: Session, invoice: Invoice, payment: Payment) -> str:
         ],
         meta={"invoice_id": invoice.id, "subscription_id": invoice.subscription_id},
     )
-    return txn.id
 
 
 def settle_in_flight(services: Services, invoice_id: str, *, outcomes: Outcomes) -> None:

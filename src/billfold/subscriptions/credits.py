@@ -12,6 +12,7 @@ changes grants locks the account's wallet first, as expiry does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 JOB_KIND = "subscriptions.expire_credits"
 _GRANTS_TABLE = cast(Table, CreditGrant.__table__)
 _INSERT_GRANT = insert(_GRANTS_TABLE)
-_GRANT_COLUMNS = [column.name for column in _GRANTS_TABLE.columns]
 GRANTS = ledger.SUBSCRIPTION_GRANTS
 
 
@@ -56,55 +56,113 @@ def grant(
     if amount_micros <= 0:
         return None
     assert 0 <= carried_micros <= amount_micros, (carried_micros, amount_micros)
-    meta: dict[str, Any] = {"plan_id": subscription.plan_id}
-    if carried_micros:
-        meta["carried_in_holds_micros"] = carried_micros
-    row = CreditGrant(
-        id=new_id("cg"),
-        account_id=subscription.account_id,
-        subscription_id=subscription.id,
+    granted = new_grant(
+        subscription,
         amount_micros=amount_micros,
-        expired_micros=0,
-        status=GrantStatus.ACTIVE.value,
-        granted_at=now(),
         expires_at=expires_at,
-        meta=meta,
+        description=description,
+        carried_micros=carried_micros,
     )
     # Written by the table's INSERT (the row is never loaded into the session: nothing in
     # this transaction changes it; what reads it later selects it).
-    session.execute(_INSERT_GRANT, {column: getattr(row, column) for column in _GRANT_COLUMNS})
-    posted = amount_micros - carried_micros
-    if posted:
+    session.execute(_INSERT_GRANT, granted.row)
+    if granted.entry is not None:
         ledger.post(
             session,
+            account_id=granted.entry.account_id,
+            kind=granted.entry.kind,
+            usecase=granted.entry.usecase,
+            description=granted.entry.description,
+            reference=granted.entry.reference,
+            postings=granted.entry.postings,
+            meta=granted.entry.meta,
+        )
+    schedule_expiry(session, granted.row["account_id"], granted.row["id"], expires_at)
+    return str(granted.row["id"])
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A grant's row, its ledger transaction (None: all of it carried in holds) and its
+    expiry's job, to write (`grant` writes one; `write_grants` many)."""
+
+    row: dict[str, Any]
+    entry: ledger.Entry | None
+    expiry: jobs.NewJob
+
+
+def new_grant(
+    subscription: Subscription,
+    *,
+    amount_micros: int,
+    expires_at: datetime,
+    description: str,
+    carried_micros: int = 0,
+) -> Granted:
+    """What `grant` writes for a grant of `amount_micros` (> 0)."""
+    assert amount_micros > 0 and 0 <= carried_micros <= amount_micros, (
+        amount_micros,
+        carried_micros,
+    )
+    meta: dict[str, Any] = {"plan_id": subscription.plan_id}
+    if carried_micros:
+        meta["carried_in_holds_micros"] = carried_micros
+    grant_id = new_id("cg")
+    row = {
+        "id": grant_id,
+        "account_id": subscription.account_id,
+        "subscription_id": subscription.id,
+        "amount_micros": amount_micros,
+        "expired_micros": 0,
+        "status": GrantStatus.ACTIVE.value,
+        "granted_at": now(),
+        "expires_at": expires_at,
+        "meta": meta,
+    }
+    posted = amount_micros - carried_micros
+    entry = (
+        ledger.Entry(
             account_id=subscription.account_id,
             kind="subscription_credit_grant",
             usecase="subscription_credits",
             description=description,
-            reference=f"grant:{row.id}",
+            reference=f"grant:{grant_id}",
             postings=[
                 ledger.Posting(ledger.wallet_account("subscription"), posted),
                 ledger.Posting(GRANTS, -posted),
             ],
             meta={
                 "subscription_id": subscription.id,
-                "grant_id": row.id,
+                "grant_id": grant_id,
                 "expires_at": expires_at.isoformat(),
             },
         )
-    schedule_expiry(session, row)
-    return row.id
-
-
-def schedule_expiry(session: Session, row: CreditGrant) -> None:
-    jobs.enqueue(
-        session,
-        kind=JOB_KIND,
-        account_id=row.account_id,
-        payload={"account_id": row.account_id},
-        run_at=row.expires_at,
-        dedupe_key=f"expire-credits:{row.id}:{row.expires_at.isoformat()}",
+        if posted
+        else None
     )
+    return Granted(row, entry, _expiry(subscription.account_id, grant_id, expires_at))
+
+
+def write_grants(session: Session, granted: list[Granted]) -> None:
+    """The rows and expiry jobs of new grants, by one multi-row INSERT each (their ledger
+    transactions are the caller's to post: `ledger.post_credits`)."""
+    if granted:
+        session.execute(_INSERT_GRANT, [new.row for new in granted])
+        jobs.enqueue_new(session, [new.expiry for new in granted])
+
+
+def _expiry(account_id: str, grant_id: str, expires_at: datetime) -> jobs.NewJob:
+    return jobs.NewJob(
+        kind=JOB_KIND,
+        account_id=account_id,
+        payload={"account_id": account_id},
+        run_at=expires_at,
+        dedupe_key=f"expire-credits:{grant_id}:{expires_at.isoformat()}",
+    )
+
+
+def schedule_expiry(session: Session, account_id: str, grant_id: str, expires_at: datetime) -> None:
+    jobs.enqueue_job(session, _expiry(account_id, grant_id, expires_at))
 
 
 def active_grants(session: Session, account_id: str) -> list[CreditGrant]:
@@ -303,7 +361,7 @@ def shift_grants(session: Session, subscription: Subscription, by: timedelta) ->
     for row in active_grants(session, subscription.account_id):
         if row.subscription_id == subscription.id:
             row.expires_at = row.expires_at + by
-            schedule_expiry(session, row)
+            schedule_expiry(session, row.account_id, row.id, row.expires_at)
     session.flush()
 
 

@@ -92,14 +92,36 @@ def grant_period_credits(
             amount_micros=plan.included_credits_micros - less,
             carried_micros=carried,
             expires_at=sub.current_period_end,
-            description=f"Included credits: {plan.name}, until {sub.current_period_end:%Y-%m-%d}"
-            + (f" (less {from_micros(less)} used ahead in the previous period)" if less else ""),
+            description=_credits_description(sub, plan, less),
         )
 
 
+def period_grant(sub: Subscription, plan: Plan) -> credits.Granted | None:
+    """What `grant_period_credits` grants for a period whose credits are all new (none
+    used ahead, none carried in holds), to write with `credits.write_grants`."""
+    if not plan.included_credits_micros:
+        return None
+    return credits.new_grant(
+        sub,
+        amount_micros=plan.included_credits_micros,
+        expires_at=sub.current_period_end,
+        description=_credits_description(sub, plan, 0),
+    )
+
+
+def _credits_description(sub: Subscription, plan: Plan, less: int) -> str:
+    return f"Included credits: {plan.name}, until {sub.current_period_end:%Y-%m-%d}" + (
+        f" (less {from_micros(less)} used ahead in the previous period)" if less else ""
+    )
+
+
 def schedule_renewal(session: Session, sub: Subscription) -> None:
-    jobs.enqueue(
-        session,
+    jobs.enqueue_job(session, renewal_job(sub))
+
+
+def renewal_job(sub: Subscription) -> jobs.NewJob:
+    """The job that renews the subscription at the end of its current period."""
+    return jobs.NewJob(
         kind=RENEW_JOB,
         account_id=sub.account_id,
         payload={"subscription_id": sub.id, "period_end": sub.current_period_end.isoformat()},

@@ -43,6 +43,7 @@ from billfold.subscriptions.engine import end, lock, lock_invoice, open_invoice,
 from billfold.subscriptions.models import Plan, Subscription
 from billfold.subscriptions.outcomes import pay_invoice
 from billfold.subscriptions.periods import add_periods
+from billfold.subscriptions.renewals_paid import Payer
 from billfold.subscriptions.states import BillingReason, Event
 
 if TYPE_CHECKING:
@@ -140,22 +141,23 @@ def _roll(sub: Subscription, plan: Plan, period_end: datetime) -> _Cycle:
 
 def prepare_renewals(services: Services, jobs: list[ClaimedJob]) -> dict[int, Callable[[], object]]:
     """Roll the plain renewals among `jobs` together and reserve their first attempts
-    (one transaction); what is left of each job, to run on its own: the charge of its
-    attempt, paying its invoice (nothing to charge, or no card), or `run_renewal`."""
+    (one transaction); what is left of each job, to run on its own: its attempt's outcome
+    (the first of them charges them all and records their successes together: see
+    `renewals_paid`), paying its invoice (nothing to charge, or no card), or
+    `run_renewal`."""
     with services.database.transaction() as session:
         rolled = _roll_plain(session, [_due(job) for job in jobs])
+    payer = Payer(
+        services,
+        [(r.attempt, r.customer_id) for r in rolled.values() if isinstance(r, _Reserved)],
+    )
     rest: dict[int, Callable[[], object]] = {}
     for job in jobs:
         renewed = rolled.pop(_due(job), None)  # a second job for it renews alone
         if renewed is None:
             rest[job.id] = partial(run_renewal, services, job)
         elif isinstance(renewed, _Reserved):
-            rest[job.id] = partial(
-                attempts.pay_reserved,
-                services,
-                renewed.attempt,
-                customer_id=renewed.customer_id,
-            )
+            rest[job.id] = partial(payer.pay, renewed.attempt, renewed.customer_id)
         else:
             rest[job.id] = partial(pay_invoice, services, renewed, trigger=TRIGGER)
     return rest
