@@ -194,7 +194,7 @@ def _posting_rows(transaction_id: str, entry: Entry) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Entry:
-    """A transaction for `post_credits` (`post`'s arguments)."""
+    """A transaction for `post_many` (`post`'s arguments)."""
 
     account_id: str
     kind: str
@@ -207,53 +207,42 @@ class Entry:
 
 
 @cache
-def _credit_update() -> Update:
-    """One wallet's share of a `post_credits`: every bucket and the balance raised by
-    their bound (non-negative) sums; a net credit that lifts the balance back to the
-    auto-funding threshold re-arms it, as `post`'s credit does."""
+def _many_update() -> Update:
+    """One wallet's share of a `post_many`: the balance and every bucket moved by their
+    bound sums, a bucket that would go below zero refusing the row (as `post`'s guard)."""
     wallet = _WALLETS.c
-    net = bindparam("b_net", type_=BigInteger)
     values: dict[Any, Any] = {
-        wallet.balance_micros: wallet.balance_micros + net,
+        wallet.balance_micros: wallet.balance_micros + bindparam("b_net", type_=BigInteger),
         wallet.updated_at: bindparam("b_updated_at", type_=wallet.updated_at.type),
-        wallet.auto_funding_armed: case(
-            (
-                (net > 0)
-                & (wallet.balance_micros + net >= func.coalesce(wallet.charge_threshold_micros, 0)),
-                true(),
-            ),
-            else_=wallet.auto_funding_armed,
-        ),
     }
+    guards = [wallet.account_id == bindparam("b_account_id", type_=String)]
     for bucket, column in _BUCKET_COLUMNS.items():
-        values[column] = column + bindparam(f"b_{bucket}", type_=BigInteger)
-    return (
-        update(_WALLETS)
-        .where(wallet.account_id == bindparam("b_account_id", type_=String))
-        .values(values)
-    )
+        delta = bindparam(f"b_{bucket}", type_=BigInteger)
+        values[column] = column + delta
+        guards.append(column + delta >= 0)
+    return update(_WALLETS).where(*guards).values(values)
 
 
-def post_credits(session: Session, entries: Sequence[Entry]) -> list[str]:
-    """`post` for many transactions, none of which lowers a wallet bucket (so none can be
-    refused), in one go: each wallet moved once by one UPDATE (sent as one executemany, in
-    account order: the lock order of wallets), then all the transactions and all their
-    postings by one multi-row INSERT each. Each transaction's `balance_after` is what it
-    would be had they been posted one after another in this order. The ids of the
+def post_many(session: Session, entries: Sequence[Entry]) -> list[str]:
+    """`post` for many transactions at once, writing what posting them one after another
+    in this order writes: each wallet moved once by one UPDATE (the wallets' UPDATEs sent
+    as one executemany, in account order: the lock order of wallets), then every
+    transaction and every posting by one multi-row INSERT each, each transaction with the
+    balance after it. A bucket that any of them, in turn, would take below zero raises
+    InsufficientFunds (as `post` would; the caller's transaction then rolls back); a
+    credit that lifts a balance to its auto-funding threshold re-arms it. The ids of the
     transactions, in order."""
     if not entries:
         return []
     deltas = [_wallet_deltas(entry.postings) for entry in entries]
-    if any(delta < 0 for entry_deltas in deltas for delta in entry_deltas.values()):
-        raise AssertionError("post_credits lowers no wallet bucket: use post")
     totals: dict[str, dict[str, int]] = {}
     for entry, entry_deltas in zip(entries, deltas, strict=True):
         account = totals.setdefault(entry.account_id, dict.fromkeys(BUCKETS, 0))
         for bucket, delta in entry_deltas.items():
             account[bucket] += delta
     current = now()
-    session.execute(
-        _credit_update(),
+    moved = session.execute(
+        _many_update(),
         [
             {
                 "b_account_id": account_id,
@@ -263,29 +252,51 @@ def post_credits(session: Session, entries: Sequence[Entry]) -> list[str]:
             }
             for account_id, buckets in sorted(totals.items())
         ],
-    )
-    balances = dict(
-        session.execute(
-            select(_WALLETS.c.account_id, _WALLETS.c.balance_micros).where(
-                _WALLETS.c.account_id.in_(totals)
-            )
-        ).all()
-    )
-    if len(balances) != len(totals):
-        raise InsufficientFunds("The wallet balance cannot cover this amount.")  # as `post`
-    # Each wallet's balance before the first of its transactions here, then after each.
-    running = {
-        account_id: balances[account_id] - sum(buckets.values())
-        for account_id, buckets in totals.items()
-    }
+    ).rowcount  # type: ignore[attr-defined]
+    if moved != len(totals):
+        raise InsufficientFunds("The wallet balance cannot cover this amount.")
+    wallet = _WALLETS.c
+    # Each wallet as it was before the first of its transactions here, then after each.
+    running: dict[str, dict[str, int]] = {}
+    thresholds: dict[str, int] = {}
+    unarmed: set[str] = set()
+    for row in session.execute(
+        select(
+            wallet.account_id,
+            wallet.charge_threshold_micros,
+            wallet.auto_funding_armed,
+            *_BUCKET_COLUMNS.values(),
+        ).where(wallet.account_id.in_(totals))
+    ):
+        account_id = row[0]
+        running[account_id] = {
+            bucket: row[3 + n] - totals[account_id][bucket] for n, bucket in enumerate(BUCKETS)
+        }
+        thresholds[account_id] = row[1] or 0
+        if not row[2]:
+            unarmed.add(account_id)
+    rearm: set[str] = set()
     transactions: list[dict[str, Any]] = []
     postings: list[dict[str, Any]] = []
     for entry, entry_deltas in zip(entries, deltas, strict=True):
+        buckets = running[entry.account_id]
+        for bucket, delta in entry_deltas.items():
+            buckets[bucket] += delta
+            if buckets[bucket] < 0:
+                raise InsufficientFunds("The wallet balance cannot cover this amount.")
         net = sum(entry_deltas.values())
-        running[entry.account_id] += net
-        values = _transaction_values(entry, net, running[entry.account_id])
+        balance_after = sum(buckets.values())
+        if net > 0 and balance_after >= thresholds[entry.account_id]:
+            rearm.add(entry.account_id)
+        values = _transaction_values(entry, net, balance_after)
         transactions.append(_transaction_row(values))
         postings.extend(_posting_rows(values["id"], entry))
+    if rearm & unarmed:
+        session.execute(
+            update(_WALLETS)
+            .where(wallet.account_id.in_(sorted(rearm & unarmed)))
+            .values(auto_funding_armed=True)
+        )
     session.execute(_INSERT_TRANSACTION, transactions)
     session.execute(_INSERT_POSTINGS, postings)
     return [row["id"] for row in transactions]
@@ -303,8 +314,30 @@ def expire_included_credit(
     """Included (subscription) credit that expired: out of the wallet's subscription
     bucket, back to the grants' side (a grant's expiry, or a hold giving back credit
     that expired while it was held)."""
+    entry = included_credit_expiry(
+        account_id=account_id,
+        amount_micros=amount_micros,
+        description=description,
+        reference=reference,
+        meta=meta,
+    )
     return post(
         session,
+        account_id=account_id,
+        kind=entry.kind,
+        usecase=entry.usecase,
+        description=description,
+        reference=reference,
+        postings=entry.postings,
+        meta=meta,
+    )
+
+
+def included_credit_expiry(
+    *, account_id: str, amount_micros: int, description: str, reference: str, meta: dict[str, Any]
+) -> Entry:
+    """`expire_included_credit`'s transaction, to post with others (`post_many`)."""
+    return Entry(
         account_id=account_id,
         kind="subscription_credit_expiry",
         usecase="subscription_credits",

@@ -420,7 +420,7 @@ def post_payment(session: Session, invoice: Invoice, payment: Payment) -> str:
 
 
 def payment_entry(invoice: Invoice, payment: Payment) -> ledger.Entry:
-    """`post_payment`'s transaction, to post with others (`ledger.post_credits`)."""
+    """`post_payment`'s transaction, to post with others (`ledger.post_many`)."""
     return ledger.Entry(
         account_id=invoice.account_id,
         kind="subscription_payment",

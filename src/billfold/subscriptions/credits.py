@@ -145,7 +145,7 @@ def new_grant(
 
 def write_grants(session: Session, granted: list[Granted]) -> None:
     """The rows and expiry jobs of new grants, by one multi-row INSERT each (their ledger
-    transactions are the caller's to post: `ledger.post_credits`)."""
+    transactions are the caller's to post: `ledger.post_many`)."""
     if granted:
         session.execute(_INSERT_GRANT, [new.row for new in granted])
         jobs.enqueue_new(session, [new.expiry for new in granted])
@@ -231,23 +231,29 @@ def expire_due_many(
             )
         )
     )
-    return {
+    expiries: list[ledger.Entry] = []
+    taken = {
         account_id: _expire(
-            session, wallets[account_id], holding[account_id], live[account_id], paused
+            wallets[account_id], holding[account_id], live[account_id], paused, expiries
         )
         for account_id in ids
     }
+    session.flush()  # the grants and holds (their wallets are locked already)
+    ledger.post_many(session, expiries)
+    return taken
 
 
 def _expire(
-    session: Session,
     wallet: Wallet,
     holding: list[UsageHold],
     live: list[CreditGrant],
     paused: set[str],
+    expiries: list[ledger.Entry],
 ) -> int:
     """`expire_due` of one account, whose wallet is locked: `holding` its holds keeping
-    included credit, `live` its active grants in expiry order, `paused` subscriptions."""
+    included credit, `live` its active grants in expiry order, `paused` subscriptions;
+    the ledger transactions of what expires from the bucket are added to `expiries`, for
+    the caller to post."""
     account_id = wallet.account_id
     bucket = wallet.subscription_micros
     held = _held(holding)
@@ -266,20 +272,20 @@ def _expire(
             row.meta = {**(row.meta or {}), "held_at_expiry_micros": in_holds}
         unspent -= in_holds
         if unspent:
-            ledger.expire_included_credit(
-                session,
-                account_id=account_id,
-                amount_micros=unspent,
-                description="Included credits expired at the end of their period",
-                reference=f"expire:{row.id}",
-                meta={"subscription_id": row.subscription_id, "grant_id": row.id},
+            expiries.append(
+                ledger.included_credit_expiry(
+                    account_id=account_id,
+                    amount_micros=unspent,
+                    description="Included credits expired at the end of their period",
+                    reference=f"expire:{row.id}",
+                    meta={"subscription_id": row.subscription_id, "grant_id": row.id},
+                )
             )
             bucket -= unspent
             taken += unspent
         row.status = GrantStatus.EXPIRED
         row.expired_micros = unspent
         row.expired_at = current
-    session.flush()
     return taken
 
 

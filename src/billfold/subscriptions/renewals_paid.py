@@ -157,7 +157,7 @@ def record_paid(
         renewed.append((sub, invoice, was))
         paid[attempt.key] = Paid(True, payment)
     credits.write_grants(session, grants)
-    ledger.post_credits(session, entries)
+    ledger.post_many(session, entries)
     jobs.enqueue_new(session, renewals)
     for sub, invoice, was in renewed:
         invoices.emit_paid(session, invoice)

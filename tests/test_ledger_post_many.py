@@ -1,8 +1,8 @@
-"""`ledger.post_credits` (many transactions that lower no wallet bucket, in a few
-statements) writes what `ledger.post` writes one transaction after another: the same
-wallets (balances, buckets, auto-funding re-armed), the same transactions with the same
-balance after each, the same postings. Random sequences over a few accounts, on both
-databases."""
+"""`ledger.post_many` (many transactions in a few statements) writes what `ledger.post`
+writes one transaction after another: the same wallets (balances, buckets, auto-funding
+re-armed), the same transactions with the same balance after each, the same postings; and
+refuses (InsufficientFunds) exactly where one of them, in turn, would be refused. Random
+sequences over a few accounts, on both databases."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from billfold.ledger.models import BUCKETS, LedgerPosting, LedgerTransaction, Wa
 from billfold.services import Services
 from tests.conftest import LiveServer
 
-# What a transaction may post: a bucket credited from its counterpart, or nothing moved in
-# the wallet at all (a card payment's clearing to revenue, as a subscription's).
+# What a transaction may post: a bucket credited from its counterpart, a bucket spent or
+# expired, or nothing moved in the wallet at all (a card payment's clearing to revenue, as
+# a subscription's).
 _SHAPES = {
     "purchased": [(ledger.wallet_account("purchased"), 1), (ledger.PROCESSOR_CLEARING, -1)],
     "subscription": [
@@ -35,6 +36,11 @@ _SHAPES = {
         (ledger.OPERATOR_PROMOTIONS, -3),
     ],
     "off_wallet": [(ledger.PROCESSOR_CLEARING, -1), ("revenue:subscriptions", 1)],
+    "spend": [(ledger.wallet_account("purchased"), -1), (ledger.REVENUE_USAGE, 1)],
+    "expire": [
+        (ledger.wallet_account("subscription"), -1),
+        (ledger.SUBSCRIPTION_GRANTS, 1),
+    ],
 }
 
 entries = st.lists(
@@ -120,35 +126,41 @@ def _written(services: Services, account_ids: list[str]) -> list[Any]:
 
 
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(chosen=entries)
-def test_posting_credits_together_writes_what_posting_them_one_by_one_writes(
+def test_posting_many_together_writes_what_posting_them_one_by_one_writes(
     live_server: LiveServer, chosen: list[tuple[int, str, int]]
 ) -> None:
     services = live_server.services
     alone, together = _accounts(services, 3), _accounts(services, 3)
+    refused = False
+    try:
+        with services.database.transaction() as session:
+            for n, (who, shape, amount) in enumerate(chosen):
+                entry = _entry(alone[who], shape, amount, n)
+                ledger.post(
+                    session,
+                    account_id=entry.account_id,
+                    kind=entry.kind,
+                    usecase=entry.usecase,
+                    postings=entry.postings,
+                    description=entry.description,
+                    reference=entry.reference,
+                    meta=entry.meta,
+                )
+    except InsufficientFunds:
+        refused = True
+    many = [
+        _entry(together[who], shape, amount, n) for n, (who, shape, amount) in enumerate(chosen)
+    ]
+    if refused:
+        with pytest.raises(InsufficientFunds), services.database.transaction() as session:
+            ledger.post_many(session, many)
+        assert _written(services, together) == _written(services, alone)  # nothing, both
+        return
     with services.database.transaction() as session:
-        for n, (who, shape, amount) in enumerate(chosen):
-            entry = _entry(alone[who], shape, amount, n)
-            ledger.post(
-                session,
-                account_id=entry.account_id,
-                kind=entry.kind,
-                usecase=entry.usecase,
-                postings=entry.postings,
-                description=entry.description,
-                reference=entry.reference,
-                meta=entry.meta,
-            )
-    with services.database.transaction() as session:
-        ids = ledger.post_credits(
-            session,
-            [
-                _entry(together[who], shape, amount, n)
-                for n, (who, shape, amount) in enumerate(chosen)
-            ],
-        )
+        ids = ledger.post_many(session, many)
     assert len(set(ids)) == len(chosen)
     assert _written(services, together) == _written(services, alone)
     with services.database.read() as session:
@@ -160,21 +172,15 @@ def test_posting_credits_together_writes_what_posting_them_one_by_one_writes(
             assert ledger.wallet_consistent(cached, ledger.ledger_balances(session, account_id))
 
 
-def test_posting_credits_refuses_a_debit_and_a_wallet_that_does_not_exist(
-    live_server: LiveServer,
-) -> None:
+def test_posting_many_refuses_a_wallet_that_does_not_exist(live_server: LiveServer) -> None:
     services = live_server.services
     [account_id] = _accounts(services, 1)
-    debit = ledger.Entry(
-        account_id=account_id,
-        kind="test_debit",
-        usecase="test",
-        postings=[
-            ledger.Posting(ledger.wallet_account("purchased"), -1),
-            ledger.Posting(ledger.REVENUE_USAGE, 1),
-        ],
-    )
-    with pytest.raises(AssertionError), services.database.transaction() as session:
-        ledger.post_credits(session, [debit])
     with pytest.raises(InsufficientFunds), services.database.transaction() as session:
-        ledger.post_credits(session, [_entry(f"acct_missing{uuid.uuid4().hex}", "purchased", 5, 0)])
+        ledger.post_many(
+            session,
+            [
+                _entry(account_id, "purchased", 5, 0),
+                _entry(f"acct_missing{uuid.uuid4().hex}", "purchased", 5, 1),
+            ],
+        )
+    assert _written(services, [account_id])[1] == []  # rolled back as a whole
