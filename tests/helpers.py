@@ -321,7 +321,7 @@ def while_charging(
     processor (called, not yet answered); yields the idempotency keys of the block's
     charges, in order."""
     processor = services.processor
-    real_charge = processor.charge
+    real_charge, real_charge_many = processor.charge, processor.charge_many
     charged: list[str] = []
 
     def charge(**call: Any) -> Any:
@@ -330,11 +330,20 @@ def while_charging(
             meanwhile()
         return real_charge(**call)
 
+    def charge_many(requests: Any) -> Any:
+        first = not charged
+        charged.extend(request.idempotency_key for request in requests)
+        if first and charged:
+            meanwhile()
+        return real_charge_many(requests)
+
     monkeypatch.setattr(processor, "charge", charge)
+    monkeypatch.setattr(processor, "charge_many", charge_many)
     try:
         yield charged
     finally:
         monkeypatch.setattr(processor, "charge", real_charge)
+        monkeypatch.setattr(processor, "charge_many", real_charge_many)
 
 
 def age_open_attempts(services: Services, account_id: str, by: timedelta) -> None:

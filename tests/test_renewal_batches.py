@@ -518,27 +518,27 @@ def _paid_once(api: Api, services: Services, one: Subscribed, *, attempts_made: 
     assert api.ledger_check(one.agent.account_id)["consistent"] is True
 
 
-def test_a_batch_attempt_charged_long_after_its_reservation_marks_its_charge_start_again(
-    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("late", [False, True], ids=["at-once", "late"])
+def test_a_batch_charged_long_after_its_reservation_marks_its_charge_starts_again(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch, late: bool
 ) -> None:
-    """The batch's charges run one after another: the first charges under the
-    reservation's mark; one whose turn comes more than MARK_AGAIN_AFTER after it marks
-    when its charge starts, just before the processor call, so the janitor's wait counts
-    from then."""
+    """The batch's attempts are charged together: at once after their reservation, under
+    its mark; when the charge comes more than MARK_AGAIN_AFTER after it (the batch's
+    other jobs ran first, say), each attempt marks when its charge starts, just before
+    the processor call, so the janitor's wait counts from then."""
     clock, subscribed, _ = _due_together(api, price=12, count=2)
     waited = payment_attempts.MARK_AGAIN_AFTER + timedelta(seconds=10)
-    real_charge = services.processor.charge
-    seen: dict[str, datetime] = {}  # each account's attempt's mark, at its charge, in order
+    real_charge_many = services.processor.charge_many
+    seen: dict[str, datetime] = {}  # each account's attempt's mark, at its charge
 
-    def charge(**call: Any) -> Any:
+    def charge_many(requests: Any) -> Any:
         with services.database.read() as session:
-            attempt = session.scalars(
-                select(PaymentAttempt).where(PaymentAttempt.key == call["idempotency_key"])
-            ).one()
-        seen[attempt.account_id] = as_utc(attempt.charge_started_at)
-        if len(seen) == 1:  # the first charge takes that long
-            _real_time_passes(monkeypatch, waited)
-        return real_charge(**call)
+            for request in requests:
+                attempt = session.scalars(
+                    select(PaymentAttempt).where(PaymentAttempt.key == request.idempotency_key)
+                ).one()
+                seen[attempt.account_id] = as_utc(attempt.charge_started_at)
+        return real_charge_many(requests)
 
     with on_clock(services, clock, ahead=AFTER_THE_END):
         claimed = _claim_renewals(services, clock)
@@ -549,13 +549,18 @@ def test_a_batch_attempt_charged_long_after_its_reservation_marks_its_charge_sta
             )
             for one in subscribed
         }
-        monkeypatch.setattr(services.processor, "charge", charge)
+        if late:
+            _real_time_passes(monkeypatch, waited)
+        monkeypatch.setattr(services.processor, "charge_many", charge_many)
         for job in claimed:
             rest[job.id]()
-        monkeypatch.setattr(services.processor, "charge", real_charge)
-    first, late = seen
-    assert seen[first] == reserved[first]  # not written again
-    assert seen[late] >= reserved[late] + waited  # marked again, at the charge
+        monkeypatch.setattr(services.processor, "charge_many", real_charge_many)
+    assert set(seen) == set(reserved)
+    for account_id, mark in seen.items():
+        if late:
+            assert mark >= reserved[account_id] + waited  # marked again, at the charge
+        else:
+            assert mark == reserved[account_id]  # not written again
     for one in subscribed:
         assert one.status()["payment_status"] == "paid"
         [*_, cycle] = invoices_of(services, one.agent.account_id)

@@ -34,6 +34,7 @@ PROCESSOR_CALLS = (
     "attach_payment_method",
     "detach_payment_method",
     "charge",
+    "charge_many",
     "refund",
     "find_charge",
     "tokenize_card",

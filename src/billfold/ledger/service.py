@@ -225,39 +225,20 @@ def _many_update() -> Update:
 
 def post_many(session: Session, entries: Sequence[Entry]) -> list[str]:
     """`post` for many transactions at once, writing what posting them one after another
-    in this order writes: each wallet moved once by one UPDATE (the wallets' UPDATEs sent
-    as one executemany, in account order: the lock order of wallets), then every
-    transaction and every posting by one multi-row INSERT each, each transaction with the
-    balance after it. A bucket that any of them, in turn, would take below zero raises
-    InsufficientFunds (as `post` would; the caller's transaction then rolls back); a
-    credit that lifts a balance to its auto-funding threshold re-arms it. The ids of the
-    transactions, in order."""
+    in this order writes. The wallets are locked and read by one SELECT in account order
+    (the database's order, as `lock_wallets` and the usage path lock them). A bucket that
+    any of the transactions, in turn, would take below zero raises InsufficientFunds
+    before anything is written (as `post` would; the caller's transaction then rolls
+    back). Then each wallet moves once (one executemany UPDATE), a credit that lifts a
+    balance to its auto-funding threshold re-arms it, and every transaction and every
+    posting is written by one multi-row INSERT each, each transaction with the balance
+    after it. The ids of the transactions, in order."""
     if not entries:
         return []
     deltas = [_wallet_deltas(entry.postings) for entry in entries]
-    totals: dict[str, dict[str, int]] = {}
-    for entry, entry_deltas in zip(entries, deltas, strict=True):
-        account = totals.setdefault(entry.account_id, dict.fromkeys(BUCKETS, 0))
-        for bucket, delta in entry_deltas.items():
-            account[bucket] += delta
-    current = now()
-    moved = session.execute(
-        _many_update(),
-        [
-            {
-                "b_account_id": account_id,
-                "b_net": sum(buckets.values()),
-                "b_updated_at": current,
-                **{f"b_{bucket}": delta for bucket, delta in buckets.items()},
-            }
-            for account_id, buckets in sorted(totals.items())
-        ],
-    ).rowcount  # type: ignore[attr-defined]
-    if moved != len(totals):
-        raise InsufficientFunds("The wallet balance cannot cover this amount.")
     wallet = _WALLETS.c
-    # Each wallet as it was before the first of its transactions here, then after each.
-    running: dict[str, dict[str, int]] = {}
+    running: dict[str, dict[str, int]] = {}  # each wallet's buckets, posting by posting
+    before: dict[str, dict[str, int]] = {}
     thresholds: dict[str, int] = {}
     unarmed: set[str] = set()
     for row in session.execute(
@@ -266,12 +247,14 @@ def post_many(session: Session, entries: Sequence[Entry]) -> list[str]:
             wallet.charge_threshold_micros,
             wallet.auto_funding_armed,
             *_BUCKET_COLUMNS.values(),
-        ).where(wallet.account_id.in_(totals))
+        )
+        .where(wallet.account_id.in_({entry.account_id for entry in entries}))
+        .order_by(wallet.account_id)
+        .with_for_update()
     ):
         account_id = row[0]
-        running[account_id] = {
-            bucket: row[3 + n] - totals[account_id][bucket] for n, bucket in enumerate(BUCKETS)
-        }
+        before[account_id] = dict(zip(BUCKETS, row[3:], strict=True))
+        running[account_id] = dict(before[account_id])
         thresholds[account_id] = row[1] or 0
         if not row[2]:
             unarmed.add(account_id)
@@ -279,7 +262,9 @@ def post_many(session: Session, entries: Sequence[Entry]) -> list[str]:
     transactions: list[dict[str, Any]] = []
     postings: list[dict[str, Any]] = []
     for entry, entry_deltas in zip(entries, deltas, strict=True):
-        buckets = running[entry.account_id]
+        buckets = running.get(entry.account_id)
+        if buckets is None:
+            raise InsufficientFunds("The wallet balance cannot cover this amount.")  # as `post`
         for bucket, delta in entry_deltas.items():
             buckets[bucket] += delta
             if buckets[bucket] < 0:
@@ -291,6 +276,20 @@ def post_many(session: Session, entries: Sequence[Entry]) -> list[str]:
         values = _transaction_values(entry, net, balance_after)
         transactions.append(_transaction_row(values))
         postings.extend(_posting_rows(values["id"], entry))
+    current = now()
+    moved = session.execute(
+        _many_update(),
+        [
+            {
+                "b_account_id": account_id,
+                "b_net": sum(buckets.values()) - sum(before[account_id].values()),
+                "b_updated_at": current,
+                **{f"b_{b}": buckets[b] - before[account_id][b] for b in BUCKETS},
+            }
+            for account_id, buckets in running.items()
+        ],
+    ).rowcount  # type: ignore[attr-defined]
+    assert moved == len(running), "the wallets are locked: every UPDATE moves its row"
     if rearm & unarmed:
         session.execute(
             update(_WALLETS)

@@ -54,7 +54,13 @@ from billfold.payments.models import (
     Payment,
     PaymentAttempt,
 )
-from billfold.processors.base import Card, ChargeResult, Processor, UnknownPaymentMethod
+from billfold.processors.base import (
+    Card,
+    ChargeRequest,
+    ChargeResult,
+    Processor,
+    UnknownPaymentMethod,
+)
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -450,27 +456,51 @@ def run(
 
 
 def charge_begun(
-    database: Database,
-    processor: Processor,
-    attempt: Attempt,
-    *,
-    customer_id: str,
-    description: str,
-) -> ChargeResult | None:
-    """`run`'s charge without its recording, for a caller that records many charges
-    together (`settle_charged`): the processor's answer, or None where `run` would do
-    anything else (the attempt settled meanwhile, the processor call raised). The caller
-    then hands that attempt to `run`, which finds out again under the same key: the
-    processor answers a charge it made under a key, and never charges a key twice."""
-    if attempt.state.settled:
-        return None
-    if _mark_before_charge(attempt) and _charge_starts(database, attempt) is None:
-        return None  # settled meanwhile
+    database: Database, processor: Processor, begun: list[tuple[Attempt, str, str]]
+) -> list[ChargeResult | None]:
+    """`run`'s charges without their recording, for a caller that records many together
+    (`settle_charged`): each attempt begun (and committed) by the caller, with the
+    account's processor customer and the charge's description, charged in one
+    `charge_many` call; the processor's answer to each, in order, or None where `run`
+    would do anything else (the attempt settled meanwhile, its charge raised, the call as
+    a whole failed). The caller then hands that attempt to `run`, which finds out again
+    under the same key: the processor answers a charge it made under a key, and never
+    charges a key twice."""
+    answers: list[ChargeResult | None] = [None] * len(begun)
+    to_charge: list[int] = []
+    for n, (attempt, _, _) in enumerate(begun):
+        if attempt.state.settled:
+            continue
+        if _mark_before_charge(attempt) and _charge_starts(database, attempt) is None:
+            continue  # settled meanwhile
+        to_charge.append(n)
+    if not to_charge:
+        return answers
     try:
-        return charge(processor, attempt, customer_id=customer_id, description=description)
+        charged = processor.charge_many(
+            [
+                ChargeRequest(
+                    customer_id=begun[n][1],
+                    payment_method_id=begun[n][0].payment_method_id,
+                    amount_cents=micros_to_cents(begun[n][0].amount_micros),
+                    currency=begun[n][0].currency,
+                    idempotency_key=begun[n][0].key,
+                    description=begun[n][2],
+                )
+                for n in to_charge
+            ]
+        )
     except Exception:
-        log.warning("payment attempt %s: the charge raised; run settles it", attempt.id)
-        return None
+        log.warning("%d charges raised together; run settles each", len(to_charge), exc_info=True)
+        return answers
+    for n, answer in zip(to_charge, charged, strict=True):
+        if isinstance(answer, ChargeResult):
+            answers[n] = answer
+        else:
+            log.warning(
+                "payment attempt %s: the charge raised %r; run settles it", begun[n][0].id, answer
+            )
+    return answers
 
 
 def settle_charged(

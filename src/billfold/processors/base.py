@@ -7,6 +7,8 @@ calls), each with an idempotency key so a retried step never moves money twice.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -68,6 +70,18 @@ class HostedCheckoutState:
     payment_method_id: str | None
 
 
+@dataclass(frozen=True)
+class ChargeRequest:
+    """One charge of `Processor.charge_many` (`charge`'s arguments)."""
+
+    customer_id: str
+    payment_method_id: str
+    amount_cents: int
+    currency: str
+    idempotency_key: str
+    description: str
+
+
 class CardError(Exception):
     """The processor refused the card itself (on attach), Stripe's `card_error`."""
 
@@ -114,6 +128,12 @@ class Processor(Protocol):
         description: str,
     ) -> ChargeResult: ...
 
+    def charge_many(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | Exception]:
+        """`charge` for each request, answered in order: what `charge` would return, or the
+        exception it would raise. A failure of the call as a whole (the processor
+        unreachable) raises."""
+        ...
+
     def find_charge(
         self, idempotency_key: str, *, customer_id: str, since: datetime
     ) -> ChargeResult | None:
@@ -145,3 +165,39 @@ class Processor(Protocol):
         ...
 
     def retrieve_hosted_checkout(self, checkout_id: str) -> HostedCheckoutState: ...
+
+
+class ChargeNotMade(Exception):
+    """`charge_each` stopped before this request (its time ran out): nothing was sent."""
+
+
+# How long `charge_each` goes on sending charges: a caller's batch of them must stay well
+# inside a job's lease, whatever the processor's timeouts.
+CHARGE_EACH_BUDGET = 20.0  # seconds
+
+
+def charge_each(
+    processor: Processor, requests: Sequence[ChargeRequest], *, budget: float = CHARGE_EACH_BUDGET
+) -> list[ChargeResult | Exception]:
+    """`charge_many` as one `charge` after another (a processor with no batch call); the
+    requests whose turn comes after `budget` seconds are not sent (`ChargeNotMade`)."""
+    started = time.monotonic()
+    answers: list[ChargeResult | Exception] = []
+    for request in requests:
+        if time.monotonic() - started > budget:
+            answers.append(ChargeNotMade(request.idempotency_key))
+            continue
+        try:
+            answers.append(
+                processor.charge(
+                    customer_id=request.customer_id,
+                    payment_method_id=request.payment_method_id,
+                    amount_cents=request.amount_cents,
+                    currency=request.currency,
+                    idempotency_key=request.idempotency_key,
+                    description=request.description,
+                )
+            )
+        except Exception as exc:  # answered in its place, as the caller's `charge` would raise
+            answers.append(exc)
+    return answers

@@ -10,19 +10,21 @@ are kept.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, Index, String, select
+from sqlalchemy import JSON, Index, String, Table, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from billfold.clock import now
-from billfold.db import Base, Database, insert_or_ignore
+from billfold.db import Base, Database, insert_or_ignore, lock_rows
 from billfold.ids import new_id
 from billfold.processors.base import (
     Card,
     CardError,
+    ChargeRequest,
     ChargeResult,
     HostedCheckout,
     HostedCheckoutState,
@@ -323,6 +325,9 @@ class SandboxProcessor:
         idempotency_key: str,
         description: str,
     ) -> ChargeResult:
+        request = ChargeRequest(
+            customer_id, payment_method_id, amount_cents, currency, idempotency_key, description
+        )
         with self.database.transaction() as session:
             existing = session.scalars(
                 select(SandboxObject).where(SandboxObject.idempotency_key == idempotency_key)
@@ -330,49 +335,54 @@ class SandboxProcessor:
             if existing is not None:
                 return self._charge_result(existing)
             pm = self._payment_method(session, payment_method_id, lock=True)
-            owner = pm.data.get("customer")
-            if owner and owner != customer_id:
-                raise UnknownPaymentMethod(payment_method_id)
-            raw_decline = pm.data.get("decline")
-            decline = Decline(**raw_decline) if raw_decline else None
-            data: dict[str, Any] = {
-                "amount": amount_cents,
-                "currency": currency.lower(),
-                "customer": customer_id,
-                "payment_method": payment_method_id,
-                "description": description,
-                "amount_refunded": 0,
-            }
-            if decline is None:
-                data["status"] = "succeeded"
-                # An off-session charge with setup_future_usage attaches the card.
-                pm.data = {**pm.data, "customer": customer_id}
-            else:
-                data["status"] = (
-                    "requires_action" if decline.off_session_only else "requires_payment_method"
-                )
-                data["last_payment_error"] = {
-                    "code": decline.code,
-                    "decline_code": decline.decline_code,
-                    "message": decline.message,
-                }
-            intent_id = new_id("pi")
-            inserted = insert_or_ignore(
-                session,
-                SandboxObject,
-                {
-                    "id": intent_id,
-                    "object": "payment_intent",
-                    "idempotency_key": idempotency_key,
-                    "data": data,
-                    "created_at": now(),
-                },
-                ["idempotency_key"],
-            )
+            row = _new_charge(pm, request)
+            inserted = insert_or_ignore(session, SandboxObject, row, ["idempotency_key"])
             if not inserted:  # a concurrent call with the same key won
                 session.rollback()
                 return self._replay(idempotency_key)
-            return self._charge_result(SandboxObject(id=intent_id, data=data))
+            return self._charge_result(SandboxObject(id=row["id"], data=row["data"]))
+
+    def charge_many(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | Exception]:
+        """`charge` for each request, in one transaction: the charges made before under
+        their keys and the payment methods (locked, in id order) read once each, the new
+        charges written by one INSERT. A key charged concurrently elsewhere meanwhile fails
+        the INSERT, and with it the whole call (nothing written)."""
+        keys = [request.idempotency_key for request in requests]
+        answers: list[ChargeResult | Exception] = []
+        with self.database.transaction() as session:
+            made = {
+                obj.idempotency_key: obj
+                for obj in session.scalars(
+                    select(SandboxObject).where(SandboxObject.idempotency_key.in_(keys))
+                )
+            }
+            methods = lock_rows(
+                session,
+                SandboxObject,
+                SandboxObject.id,
+                [request.payment_method_id for request in requests],
+            )
+            rows: list[dict[str, Any]] = []
+            for request in requests:
+                obj = made.get(request.idempotency_key)
+                if obj is None:
+                    pm = methods.get(request.payment_method_id)
+                    if pm is None or pm.object != "payment_method":
+                        answers.append(UnknownPaymentMethod(request.payment_method_id))
+                        continue
+                    try:
+                        row = _new_charge(pm, request)
+                    except UnknownPaymentMethod as exc:
+                        answers.append(exc)
+                        continue
+                    rows.append(row)
+                    obj = made[request.idempotency_key] = SandboxObject(
+                        id=row["id"], data=row["data"]
+                    )
+                answers.append(self._charge_result(obj))
+            if rows:
+                session.execute(insert(_SANDBOX_OBJECTS), rows)
+        return answers
 
     def _replay(self, idempotency_key: str) -> ChargeResult:
         found = self._charge_by_key(idempotency_key)
@@ -462,3 +472,45 @@ class SandboxProcessor:
 
     def retrieve_hosted_checkout(self, checkout_id: str) -> HostedCheckoutState:
         raise UnknownPaymentMethod(checkout_id)
+
+
+_SANDBOX_OBJECTS = cast(Table, SandboxObject.__table__)
+
+
+def _new_charge(pm: SandboxObject, request: ChargeRequest) -> dict[str, Any]:
+    """The PaymentIntent row a charge of `pm` (locked) makes: succeeded, or declined as the
+    test card says (UnknownPaymentMethod: another customer's card). A success attaches the
+    card to the customer, as an off-session charge with setup_future_usage does."""
+    owner = pm.data.get("customer")
+    if owner and owner != request.customer_id:
+        raise UnknownPaymentMethod(request.payment_method_id)
+    raw_decline = pm.data.get("decline")
+    decline = Decline(**raw_decline) if raw_decline else None
+    data: dict[str, Any] = {
+        "amount": request.amount_cents,
+        "currency": request.currency.lower(),
+        "customer": request.customer_id,
+        "payment_method": request.payment_method_id,
+        "description": request.description,
+        "amount_refunded": 0,
+    }
+    if decline is None:
+        data["status"] = "succeeded"
+        if owner != request.customer_id:
+            pm.data = {**pm.data, "customer": request.customer_id}
+    else:
+        data["status"] = (
+            "requires_action" if decline.off_session_only else "requires_payment_method"
+        )
+        data["last_payment_error"] = {
+            "code": decline.code,
+            "decline_code": decline.decline_code,
+            "message": decline.message,
+        }
+    return {
+        "id": new_id("pi"),
+        "object": "payment_intent",
+        "idempotency_key": request.idempotency_key,
+        "data": data,
+        "created_at": now(),
+    }

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -29,12 +29,14 @@ from billfold.clock import as_utc, wall_now
 from billfold.processors.base import (
     Card,
     CardError,
+    ChargeRequest,
     ChargeResult,
     HostedCheckout,
     HostedCheckoutState,
     RefundResult,
     SetupIntent,
     UnknownPaymentMethod,
+    charge_each,
 )
 
 log = logging.getLogger("billfold.stripe")
@@ -262,6 +264,10 @@ class StripeProcessor:
                 raise UnknownPaymentMethod(payment_method_id) from None
             raise
         return intent_result(intent)
+
+    def charge_many(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | Exception]:
+        """One PaymentIntent per request, one after another: Stripe has no batch call."""
+        return charge_each(self, requests)
 
     @staticmethod
     def _declined(exc: stripe.CardError) -> ChargeResult:

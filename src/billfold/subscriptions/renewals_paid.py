@@ -1,14 +1,16 @@
-"""Renewals paid together: a worker's batch of reserved renewal attempts, charged one after
-another, and their successful charges recorded in one transaction.
+"""Renewals paid together: a worker's batch of reserved renewal attempts, charged in one
+processor call (`charge_many`), and their successful charges recorded in one transaction.
 
 `renewal.prepare_renewals` reserves the first attempt of each plain renewal of a batch.
-Paid one at a time (`attempts.pay_reserved`), each outcome is recorded in a transaction of
-its own: some twenty statements, most through the ORM. Here the successful charges of a
-batch are recorded together, in a few multi-row statements for all of them, writing for
-each what `attempts._Charged` and `outcomes._renewal_paid` write for one: the attempt
-settled, its janitor jobs dropped, the payment, the invoice paid, the payment's and the
-included credits' ledger transactions, the credit grant and its expiry, the subscription
-renewed and its next renewal, and the same events.
+Paid one at a time (`attempts.pay_reserved`), each is charged and then recorded in a
+transaction of its own: some twenty statements, most through the ORM. Here the batch's
+attempts are charged by one processor call (the sandbox writes them in one transaction;
+Stripe, which has no batch call, makes them one after another), and the successful
+charges are recorded together, by a few multi-row statements for all of them. For each,
+they write what `attempts._Charged` and `outcomes._renewal_paid` write for one: the
+attempt settled, its janitor jobs dropped, the payment, the invoice paid, the payment's
+and the included credits' ledger transactions, the credit grant and its expiry, the
+subscription renewed and its next renewal, and the same events.
 
 Anything else takes the one-at-a-time way: a decline, a charge that raised, a customer not
 created yet, an attempt settled meanwhile, a subscription or invoice no longer as it was
@@ -78,21 +80,23 @@ class Payer:
 def pay_together(
     services: Services, reserved: list[tuple[attempts.Attempt, str | None]]
 ) -> dict[str, Paid]:
-    """Charge the reserved attempts one after another and record the successful charges
+    """Charge the reserved attempts (one `charge_many`) and record the successful charges
     together; the outcome of each attempt recorded here, by key."""
-    charged: list[tuple[attempts.Attempt, ChargeResult]] = []
-    for attempt, customer_id in reserved:
-        if customer_id is None:
-            continue  # `run` creates the processor customer first
-        result = payment_attempts.charge_begun(
-            services.database,
-            services.processor,
-            attempt.payment,
-            customer_id=customer_id,
-            description=attempts.description(attempt),
-        )
-        if result is not None and result.succeeded:
-            charged.append((attempt, result))
+    # An account's processor customer not created yet: `run` creates it first.
+    known = [(attempt, customer_id) for attempt, customer_id in reserved if customer_id]
+    answers = payment_attempts.charge_begun(
+        services.database,
+        services.processor,
+        [
+            (attempt.payment, customer_id, attempts.description(attempt))
+            for attempt, customer_id in known
+        ],
+    )
+    charged = [
+        (attempt, result)
+        for (attempt, _), result in zip(known, answers, strict=True)
+        if result is not None and result.succeeded
+    ]
     if not charged:
         return {}
     with services.database.transaction() as session:
@@ -157,12 +161,14 @@ def record_paid(
         renewed.append((sub, invoice, was))
         paid[attempt.key] = Paid(True, payment)
     credits.write_grants(session, grants)
-    ledger.post_many(session, entries)
     jobs.enqueue_new(session, renewals)
     for sub, invoice, was in renewed:
         invoices.emit_paid(session, invoice)
         recovered_from = was.value if was != SubscriptionStatus.ACTIVE else None
         emit(session, "renewed", sub, recovered_from=recovered_from)
+    # The wallets last, just before the commit: usage charges on them wait only for this.
+    session.flush()
+    ledger.post_many(session, entries)
     return paid
 
 
