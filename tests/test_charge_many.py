@@ -6,6 +6,7 @@ databases."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -82,16 +83,7 @@ def test_the_sandbox_answers_each_request_of_a_batch_as_its_own_charge_would(
         if request is charged_before:
             again = request
         try:
-            alone.append(
-                processor.charge(
-                    customer_id=again.customer_id,
-                    payment_method_id=again.payment_method_id,
-                    amount_cents=again.amount_cents,
-                    currency=again.currency,
-                    idempotency_key=again.idempotency_key,
-                    description=again.description,
-                )
-            )
+            alone.append(processor.charge(**asdict(again)))
         except Exception as exc:
             alone.append(exc)
     assert [_answer(a) for a in together] == [_answer(a) for a in alone]

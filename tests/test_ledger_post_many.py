@@ -138,17 +138,7 @@ def test_posting_many_together_writes_what_posting_them_one_by_one_writes(
     try:
         with services.database.transaction() as session:
             for n, (who, shape, amount) in enumerate(chosen):
-                entry = _entry(alone[who], shape, amount, n)
-                ledger.post(
-                    session,
-                    account_id=entry.account_id,
-                    kind=entry.kind,
-                    usecase=entry.usecase,
-                    postings=entry.postings,
-                    description=entry.description,
-                    reference=entry.reference,
-                    meta=entry.meta,
-                )
+                ledger.post_entry(session, _entry(alone[who], shape, amount, n))
     except InsufficientFunds:
         refused = True
     many = [

@@ -141,6 +141,21 @@ def post(
     return transaction
 
 
+def post_entry(session: Session, entry: Entry) -> LedgerTransaction:
+    """`post` of an `Entry`."""
+    return post(
+        session,
+        account_id=entry.account_id,
+        kind=entry.kind,
+        usecase=entry.usecase,
+        postings=entry.postings,
+        description=entry.description,
+        payment_id=entry.payment_id,
+        reference=entry.reference,
+        meta=entry.meta,
+    )
+
+
 def _wallet_deltas(postings: Sequence[Posting]) -> dict[str, int]:
     """What balanced, non-zero postings on distinct ledger accounts move in each wallet
     bucket (AssertionError for any other postings)."""
@@ -320,16 +335,7 @@ def expire_included_credit(
         reference=reference,
         meta=meta,
     )
-    return post(
-        session,
-        account_id=account_id,
-        kind=entry.kind,
-        usecase=entry.usecase,
-        description=description,
-        reference=reference,
-        postings=entry.postings,
-        meta=meta,
-    )
+    return post_entry(session, entry)
 
 
 def included_credit_expiry(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
@@ -379,7 +379,11 @@ def charge(
     processor: Processor, attempt: Attempt, *, customer_id: str, description: str
 ) -> ChargeResult:
     """The processor call under the attempt's key (outside any transaction)."""
-    return processor.charge(
+    return processor.charge(**asdict(_charge_request(attempt, customer_id, description)))
+
+
+def _charge_request(attempt: Attempt, customer_id: str, description: str) -> ChargeRequest:
+    return ChargeRequest(
         customer_id=customer_id,
         payment_method_id=attempt.payment_method_id,
         amount_cents=micros_to_cents(attempt.amount_micros),
@@ -477,19 +481,7 @@ def charge_begun(
     if not to_charge:
         return answers
     try:
-        charged = processor.charge_many(
-            [
-                ChargeRequest(
-                    customer_id=begun[n][1],
-                    payment_method_id=begun[n][0].payment_method_id,
-                    amount_cents=micros_to_cents(begun[n][0].amount_micros),
-                    currency=begun[n][0].currency,
-                    idempotency_key=begun[n][0].key,
-                    description=begun[n][2],
-                )
-                for n in to_charge
-            ]
-        )
+        charged = processor.charge_many([_charge_request(*begun[n]) for n in to_charge])
     except Exception:
         log.warning("%d charges raised together; run settles each", len(to_charge), exc_info=True)
         return answers

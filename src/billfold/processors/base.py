@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -188,16 +188,7 @@ def charge_each(
             answers.append(ChargeNotMade(request.idempotency_key))
             continue
         try:
-            answers.append(
-                processor.charge(
-                    customer_id=request.customer_id,
-                    payment_method_id=request.payment_method_id,
-                    amount_cents=request.amount_cents,
-                    currency=request.currency,
-                    idempotency_key=request.idempotency_key,
-                    description=request.description,
-                )
-            )
+            answers.append(processor.charge(**asdict(request)))
         except Exception as exc:  # answered in its place, as the caller's `charge` would raise
             answers.append(exc)
     return answers

@@ -404,19 +404,7 @@ def charge(services: Services, attempt: Attempt) -> ChargeResult:
 def post_payment(session: Session, invoice: Invoice, payment: Payment) -> str:
     """The card money of a subscription payment: clearing → subscription revenue (the
     id of the ledger transaction)."""
-    entry = payment_entry(invoice, payment)
-    txn = ledger.post(
-        session,
-        account_id=entry.account_id,
-        kind=entry.kind,
-        usecase=entry.usecase,
-        description=entry.description,
-        payment_id=entry.payment_id,
-        reference=entry.reference,
-        postings=entry.postings,
-        meta=entry.meta,
-    )
-    return txn.id
+    return ledger.post_entry(session, payment_entry(invoice, payment)).id
 
 
 def payment_entry(invoice: Invoice, payment: Payment) -> ledger.Entry:

@@ -67,16 +67,7 @@ def grant(
     # this transaction changes it; what reads it later selects it).
     session.execute(_INSERT_GRANT, granted.row)
     if granted.entry is not None:
-        ledger.post(
-            session,
-            account_id=granted.entry.account_id,
-            kind=granted.entry.kind,
-            usecase=granted.entry.usecase,
-            description=granted.entry.description,
-            reference=granted.entry.reference,
-            postings=granted.entry.postings,
-            meta=granted.entry.meta,
-        )
+        ledger.post_entry(session, granted.entry)
     schedule_expiry(session, granted.row["account_id"], granted.row["id"], expires_at)
     return str(granted.row["id"])
 
