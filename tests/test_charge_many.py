@@ -5,6 +5,7 @@ databases."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import asdict
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from billfold.processors import sandbox as sandbox_module
 from billfold.processors.base import (
     ChargeNotMade,
     ChargeRequest,
@@ -133,3 +135,42 @@ def test_charging_each_answers_in_order_and_sends_none_after_its_budget(
     ]
     assert processor.sent == [request.idempotency_key for request in requests[:3]]
     assert isinstance(answers[3], ChargeNotMade)
+
+
+def test_a_batch_with_a_key_a_concurrent_charge_is_making_answers_that_charge(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A charge under key K has written its row, not yet committed, when a batch with K
+    and another key starts: the batch waits for K's card, then answers K's charge as made
+    (as `charge` would) and charges the other key; nothing is charged twice."""
+    processor = services.processor
+    assert isinstance(processor, SandboxProcessor)
+    customer = processor.create_customer(email="racing@example.com", account_id="acct_racing")
+    racing, other = (
+        _request(customer, api.tokenize(CARD_OK)),
+        _request(customer, api.tokenize(CARD_OK)),
+    )
+    written, go_on = threading.Event(), threading.Event()
+    real_insert = sandbox_module.insert_or_ignore
+    batch_thread = threading.current_thread()
+
+    def insert_then_wait(*args: Any, **kwargs: Any) -> Any:
+        inserted = real_insert(*args, **kwargs)
+        if threading.current_thread() is not batch_thread:
+            written.set()
+            go_on.wait(5)
+        return inserted
+
+    monkeypatch.setattr(sandbox_module, "insert_or_ignore", insert_then_wait)
+    single: list[ChargeResult] = []
+    charging = threading.Thread(target=lambda: single.append(processor.charge(**asdict(racing))))
+    charging.start()
+    assert written.wait(5)
+    threading.Timer(1.0, go_on.set).start()  # the batch starts while K is uncommitted
+    answers = processor.charge_many([racing, other])
+    charging.join()
+    made, charged = answers
+    assert isinstance(made, ChargeResult) and isinstance(charged, ChargeResult)
+    assert made.payment_intent_id == single[0].payment_intent_id
+    assert charged.succeeded
+    assert _charges_under(services, [racing.idempotency_key, other.idempotency_key]) == 2

@@ -588,8 +588,10 @@ def _mark_before_charge(attempt: Attempt) -> bool:
     """Whether the charge about to be made must first mark that it starts: always for an
     attempt begun earlier and joined open (its mark is another caller's); for one this
     caller began, when its mark is more than MARK_AGAIN_AFTER old (a slow customer or
-    card check, a batch's later charge), so the janitor's STALE_AFTER wait always counts
-    from no more than that before the processor call."""
+    card check, a batch charged long after its reservation), so the janitor's STALE_AFTER
+    wait always counts from no more than that before the processor call (plus, for a
+    batch a processor charges one after another, `charge_each`'s budget: 50 s in all,
+    well inside STALE_AFTER)."""
     if not attempt.new or attempt.charge_started_at is None:
         return True
     return wall_now() - as_utc(attempt.charge_started_at) > MARK_AGAIN_AFTER

@@ -343,25 +343,25 @@ class SandboxProcessor:
             return self._charge_result(SandboxObject(id=row["id"], data=row["data"]))
 
     def charge_many(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | Exception]:
-        """`charge` for each request, in one transaction: the charges made before under
-        their keys and the payment methods (locked, in id order) read once each, the new
-        charges written by one INSERT. A key charged concurrently elsewhere meanwhile fails
-        the INSERT, and with it the whole call (nothing written)."""
+        """`charge` for each request, in one transaction: the payment methods locked in id
+        order, then the charges made before under the keys read (after the locks: a
+        charge under the same key, which holds its card's lock until it commits, is seen
+        made), each once; the new charges written by one INSERT."""
         keys = [request.idempotency_key for request in requests]
         answers: list[ChargeResult | Exception] = []
         with self.database.transaction() as session:
-            made = {
-                obj.idempotency_key: obj
-                for obj in session.scalars(
-                    select(SandboxObject).where(SandboxObject.idempotency_key.in_(keys))
-                )
-            }
             methods = lock_rows(
                 session,
                 SandboxObject,
                 SandboxObject.id,
                 [request.payment_method_id for request in requests],
             )
+            made = {
+                obj.idempotency_key: obj
+                for obj in session.scalars(
+                    select(SandboxObject).where(SandboxObject.idempotency_key.in_(keys))
+                )
+            }
             rows: list[dict[str, Any]] = []
             for request in requests:
                 obj = made.get(request.idempotency_key)

@@ -8,15 +8,18 @@ The worker hands the renewal jobs it claims to `prepare_renewals` together. The 
 ones (an active or trialing subscription whose period ends as its job says, with no
 invoice open and nothing scheduled for that moment) roll into their next period in one
 transaction of a few multi-row statements, which finalizes their invoices and reserves
-the first payment attempt of each that has a total to pay and a default card; each job
-then charges its own attempt (or pays its invoice as `run_renewal` does after its roll:
-a free period, no card). Every other renewal takes `run_renewal`, one at a time.
+the first payment attempt of each that has a total to pay and a default card. The first
+of those jobs to run charges all the batch's reserved attempts in one processor call and
+records the successful charges together (`renewals_paid`); each job then takes its own
+outcome, or pays alone (a decline, a charge that raised). A job without an attempt pays
+its invoice as `run_renewal` does after its roll (a free period, no card). Every other
+renewal takes `run_renewal`, one at a time.
 
-The batch's attempts are charged one after another, so a later one may be charged some
-time after it was reserved: the payment machine marks a charge start again before a
-charge that comes more than `MARK_AGAIN_AFTER` after its attempt's mark (or, if the
-janitor settled the attempt as never charged meanwhile, makes no charge: its drop pays
-the invoice again).
+The batch's attempts may be charged some time after they were reserved (the batch's
+other jobs ran first): the payment machine marks a charge start again before a charge
+that comes more than `MARK_AGAIN_AFTER` after its attempt's mark (or, if the janitor
+settled the attempt as never charged meanwhile, makes no charge: its drop pays the
+invoice again).
 """
 
 from __future__ import annotations
