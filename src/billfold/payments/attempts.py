@@ -535,18 +535,7 @@ def settle_charged(
         *(_first_look_key(attempt.id) for attempt, _ in moving),
     )
     paid = payments.record_new_payments(
-        session,
-        [
-            payments.NewPayment(
-                account_id=attempt.account_id,
-                purpose=attempt.payment_purpose,
-                amount_micros=attempt.amount_micros,
-                currency=attempt.currency,
-                payment_method_id=attempt.payment_method_id,
-                result=result,
-            )
-            for attempt, result in moving
-        ],
+        session, [_new_payment(attempt, result) for attempt, result in moving]
     )
     return [
         Settled(
@@ -563,6 +552,18 @@ def settle_charged(
         )
         for (attempt, result), payment in zip(moving, paid, strict=True)
     ]
+
+
+def _new_payment(attempt: Attempt, result: ChargeResult) -> payments.NewPayment:
+    """The payment the processor's answer to an attempt's charge records."""
+    return payments.NewPayment(
+        account_id=attempt.account_id,
+        purpose=attempt.payment_purpose,
+        amount_micros=attempt.amount_micros,
+        currency=attempt.currency,
+        payment_method_id=attempt.payment_method_id,
+        result=result,
+    )
 
 
 @cache
@@ -779,15 +780,7 @@ def _settle(
     jobs.cancel(session, _janitor_key(attempt.id), _first_look_key(attempt.id))
     payment = None
     if result is not None:
-        payment, _ = payments.record_payment(
-            session,
-            account_id=attempt.account_id,
-            purpose=attempt.payment_purpose,
-            amount_micros=attempt.amount_micros,
-            currency=attempt.currency,
-            payment_method_id=attempt.payment_method_id,
-            result=result,
-        )
+        payment, _ = payments.record_payment(session, _new_payment(attempt, result))
     event = replace(event, attempt=settled, payment=payment)
     if state == AttemptState.SUCCEEDED:
         value = handlers.succeeded.call(session, event)

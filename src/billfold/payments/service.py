@@ -242,7 +242,8 @@ def attach_card(processor: Processor, *, payment_method_id: str, customer_id: st
 
 @dataclass(frozen=True)
 class NewPayment:
-    """A processor's outcome to store (`record_payment`'s arguments)."""
+    """A processor's outcome to store, for the account, what it paid for (`purpose`) and
+    the amount, currency and card of the attempt that made it."""
 
     account_id: str
     purpose: str
@@ -268,22 +269,12 @@ class NewPayment:
         }
 
 
-def record_payment(
-    session: Session,
-    *,
-    account_id: str,
-    purpose: str,
-    amount_micros: int,
-    currency: str,
-    payment_method_id: str,
-    result: ChargeResult,
-) -> tuple[Payment, bool]:
+def record_payment(session: Session, new: NewPayment) -> tuple[Payment, bool]:
     """Store the processor's outcome once; True when this call recorded it."""
-    new = NewPayment(account_id, purpose, amount_micros, currency, payment_method_id, result)
     inserted = insert_or_ignore(session, Payment, new.values(), ["id"])
-    payment = session.get(Payment, result.payment_intent_id, populate_existing=True)
+    payment = session.get(Payment, new.result.payment_intent_id, populate_existing=True)
     assert payment is not None
-    assert payment.account_id == account_id
+    assert payment.account_id == new.account_id
     if inserted:
         _emit_recorded(session, payment)
     return payment, inserted

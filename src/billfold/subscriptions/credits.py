@@ -55,7 +55,6 @@ def grant(
     from grants that ended (a reset): the grant covers it, the bucket gets the rest."""
     if amount_micros <= 0:
         return None
-    assert 0 <= carried_micros <= amount_micros, (carried_micros, amount_micros)
     granted = new_grant(
         subscription,
         amount_micros=amount_micros,

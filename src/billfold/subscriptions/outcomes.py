@@ -59,8 +59,14 @@ def _renewal_paid(session: Session, sub: Subscription, plan: Plan, invoice: Invo
         was = states.transition(sub, Event.RENEWAL_PAID)
         grant_period_credits(session, sub, plan)
         schedule_renewal(session, sub)
-        recovered_from = was.value if was != SubscriptionStatus.ACTIVE else None
-        emit(session, "renewed", sub, recovered_from=recovered_from)
+        emit_renewed(session, sub, was)
+
+
+def emit_renewed(session: Session, sub: Subscription, was: SubscriptionStatus) -> None:
+    """The `subscription.renewed` event of a renewal paid, naming the status it recovered
+    from (past due, trialing …), if it was not active."""
+    recovered_from = was.value if was != SubscriptionStatus.ACTIVE else None
+    emit(session, "renewed", sub, recovered_from=recovered_from)
 
 
 def _upgrade_paid(session: Session, sub: Subscription, plan: Plan, invoice: Invoice) -> None:

@@ -40,8 +40,8 @@ from billfold.subscriptions import attempts, credits, states
 from billfold.subscriptions.attempts import Paid
 from billfold.subscriptions.engine import period_grant, renewal_job
 from billfold.subscriptions.models import Plan, Subscription
+from billfold.subscriptions.outcomes import emit_renewed
 from billfold.subscriptions.states import BillingReason, Event, SubscriptionStatus
-from billfold.subscriptions.views import emit
 
 if TYPE_CHECKING:
     from billfold.services import Services
@@ -164,8 +164,7 @@ def record_paid(
     jobs.enqueue_new(session, renewals)
     for sub, invoice, was in renewed:
         invoices.emit_paid(session, invoice)
-        recovered_from = was.value if was != SubscriptionStatus.ACTIVE else None
-        emit(session, "renewed", sub, recovered_from=recovered_from)
+        emit_renewed(session, sub, was)
     # The wallets last, just before the commit: usage charges on them wait only for this.
     session.flush()
     ledger.post_many(session, entries)
